@@ -1,0 +1,67 @@
+"""HTTP ingest (``type: http`` source): POST JSON to publish into a stream.
+
+A body is accepted whole or rejected whole: 200 with the number of events
+published, 400 with a JSON error naming the problem (and nothing of that body
+published), 413 above ``max.body.size``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+
+from .bus import IBus
+from .config import ConnectorDef
+from .listener import json_error
+from .mappers import IMapper, MappingError
+from .schema import Event
+
+
+class IngestResource(Resource):
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, connector: ConnectorDef, mapper: IMapper, bus: IBus, clock: IReactorTime) -> None:
+        super().__init__()
+        self.connector = connector
+        self.name = connector.name
+        self.stream = connector.stream
+        self.mapper = mapper
+        self.bus = bus
+        self.clock = clock
+        self.max_body_size: int = connector["max.body.size"]
+        self.counters: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+
+    def render_POST(self, request: IRequest) -> bytes:
+        body = request.content.read(self.max_body_size + 1)
+        if len(body) > self.max_body_size:
+            return self._reject(request, 413, "too-large", f"the request body is larger than {self.max_body_size} bytes")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return self._reject(request, 400, "invalid-utf8", f"the body is not UTF-8 text: {e}")
+        try:
+            rows = self.mapper.decode(text)
+        except MappingError as e:
+            return self._reject(request, 400, e.reason, str(e))
+        now = self.clock.seconds()
+        self.bus.publish(self.stream, [Event(values, ingress=now) for values in rows])
+        self.counters["events_in"] += len(rows)
+        self.counters["requests_accepted"] += 1
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps({"accepted": len(rows)}).encode() + b"\n"
+
+    def _reject(self, request: IRequest, code: int, reason: str, message: str) -> bytes:
+        self.rejected[reason] += 1
+        self.log.warn(
+            "ingest {source} rejected a request from {peer}: {message}",
+            source=self.name, peer=getattr(request.getClientAddress(), "host", "?"),
+            message=message, reason=reason,
+        )
+        return json_error(request, code, message, reason=reason)

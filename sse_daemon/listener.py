@@ -1,0 +1,178 @@
+"""One listening port, shared by every sink and ingest source that names it.
+
+A port is bound once, so connectors are grouped by (host, port): one
+``Site`` per port and one resource per path. Binding happens in
+``privilegedStartService`` and a failure is raised there, so the daemon exits
+instead of running without its port (a plain endpoint service would only log).
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.application.service import Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.iweb import IRequest
+from twisted.web.error import UnsupportedMethod
+from twisted.web.resource import IResource, Resource
+
+from .config import normalise_path
+
+#: body limit on a port that only serves sinks (subscribing needs no body)
+SINK_ONLY_BODY_LIMIT = 64 * 1024
+
+
+class BindError(Exception):
+    """A listener could not bind; the message names the connectors and the port."""
+
+
+def json_error(request: IRequest, code: int, message: str, **fields: object) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps({"error": message, **fields}).encode() + b"\n"
+
+
+class PathRouter(Resource):
+    """Dispatches on the exact path (query string ignored, trailing slash optional)."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routes: dict[str, IResource] = {}
+
+    def add(self, path: str, resource: IResource) -> None:
+        self.routes[normalise_path(path)] = resource
+
+    def render(self, request: IRequest) -> object:
+        path = normalise_path(request.path.decode("utf-8", "replace"))
+        resource = self.routes.get(path)
+        if resource is None:
+            return json_error(request, 404, f"nothing is served at {path}", paths=sorted(self.routes))
+        try:
+            return resource.render(request)
+        except UnsupportedMethod as e:
+            allowed = [m.decode() for m in e.allowedMethods]
+            request.setHeader(b"Allow", ", ".join(allowed).encode())
+            return json_error(request, 405, f"{request.method.decode('latin-1')} is not allowed on {path}", allowed=allowed)
+
+
+class LimitedRequest(server.Request):
+    """A request whose body is refused with 413 as soon as it passes the port's limit.
+
+    Twisted would otherwise read any body, however large, before a resource
+    sees it. The exact per-path limit is checked again by the ingest resource.
+    """
+
+    _refused = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if length is not None and length > self.channel.site.max_body_size:
+            self.requestHeaders.removeHeader(b"Expect")  # no "100 Continue" after our 413
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body_size:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        limit = self.channel.site.max_body_size
+        body = json.dumps({"error": f"the request body is larger than {limit} bytes"}).encode() + b"\n"
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        transport.loseConnection()
+
+
+class QuietSite(server.Site):
+    """A Site that logs no access lines: an SSE request is only logged when it
+    finishes, which is misleading; sinks and ingest log what matters themselves."""
+
+    requestFactory = LimitedRequest
+    noisy = False
+
+    def __init__(self, resource: IResource, reactor: object, max_body_size: int) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.max_body_size = max_body_size
+
+    def log(self, request: IRequest) -> None:
+        pass
+
+
+class ListenerService(Service):
+    """Binds one (host, port) for the connectors that share it."""
+
+    log = Logger()
+
+    def __init__(self, reactor: object, host: str, port: int) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.router = PathRouter()
+        self.labels: list[str] = []
+        self.max_body_size: int | None = None  # the largest limit of the ingests on this port
+        self.listening: IListeningPort | None = None
+        self.setName(f"listener:{host}:{port}")
+
+    def add(self, path: str, resource: IResource, label: str, max_body_size: int | None = None) -> None:
+        self.router.add(path, resource)
+        self.labels.append(f"{label} at {normalise_path(path)}")
+        if max_body_size is not None:
+            self.max_body_size = max(self.max_body_size or 0, max_body_size)
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually bound (differs from ``port`` when that is 0)."""
+        assert self.listening is not None, "not listening"
+        return self.listening.getHost().port
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        site = QuietSite(self.router, self.reactor, self.max_body_size or SINK_ONLY_BODY_LIMIT)
+        interface = self.host.replace(":", "\\:")
+        endpoint = endpoints.serverFromString(self.reactor, f"tcp:{self.port}:interface={interface}")
+        outcome: list[object] = []
+        endpoint.listen(site).addBoth(outcome.append)
+        result = outcome[0] if outcome else None  # TCP endpoints answer synchronously
+        if isinstance(result, Failure):
+            reason = result.value
+            raise BindError(
+                f"cannot listen on {self.host}:{self.port} for {', '.join(self.labels)}: "
+                f"{getattr(reason, 'socketError', None) or reason}"
+            )
+        self.listening = result
+        self.log.info(
+            "listening on {host}:{port} for {connectors}",
+            host=self.host, port=self.bound_port, connectors=", ".join(self.labels),
+        )
+
+    def startService(self) -> None:
+        if self.listening is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred | None:
+        super().stopService()
+        if self.listening is None:
+            return None
+        listening, self.listening = self.listening, None
+        return listening.stopListening()

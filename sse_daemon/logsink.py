@@ -1,0 +1,43 @@
+"""Log sink (``type: log``): every event of a stream through twisted.logger."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from .bus import IBus, ISubscription
+from .config import ConnectorDef
+from .mappers import IMapper
+from .schema import Event
+
+
+class LogSinkService(Service):
+    log = Logger()
+
+    def __init__(self, connector: ConnectorDef, mapper: IMapper, bus: IBus) -> None:
+        self.connector = connector
+        self.mapper = mapper
+        self.bus = bus
+        self.prefix: str = connector["prefix"]
+        self.counters: Counter[str] = Counter()
+        self._subscription: ISubscription | None = None
+        self.setName(f"sink:{connector.name}")
+
+    def startService(self) -> None:
+        super().startService()
+        self._subscription = self.bus.subscribe(self.connector.stream, self.write)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+
+    def write(self, event: Event) -> None:
+        self.counters["events_in"] += 1
+        self.log.info(
+            "{prefix}{payload}", prefix=self.prefix, payload=self.mapper.encode(event),
+            sink=self.connector.name, stream=self.connector.stream,
+        )

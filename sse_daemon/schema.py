@@ -1,0 +1,167 @@
+"""Stream schemas and typed events.
+
+A schema is written as in the spec: ``param1 string, n int``. The types are the
+spec's (string, int, long, float, double, bool, object). Values that come from a
+mapper are converted by :func:`convert`, whose rules are documented in the README
+("Type conversion") and are deliberately the same for every mapper.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class SchemaError(ValueError):
+    """A schema text that cannot be parsed; the message says where and why."""
+
+
+class ConversionError(ValueError):
+    """A value that does not fit its attribute's type."""
+
+
+class AttrType(enum.Enum):
+    STRING = "string"
+    INT = "int"
+    LONG = "long"
+    FLOAT = "float"
+    DOUBLE = "double"
+    BOOL = "bool"
+    OBJECT = "object"
+
+
+TYPE_NAMES = tuple(t.value for t in AttrType)
+
+_INT_RANGE = {AttrType.INT: (-(2**31), 2**31 - 1), AttrType.LONG: (-(2**63), 2**63 - 1)}
+_FLOAT32_MAX = 3.4028234663852886e38
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    name: str
+    type: AttrType
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    attributes: tuple[Attribute, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.attributes)
+
+    def type_of(self, name: str) -> AttrType | None:
+        for attribute in self.attributes:
+            if attribute.name == name:
+                return attribute.type
+        return None
+
+    def __str__(self) -> str:
+        return ", ".join(f"{a.name} {a.type.value}" for a in self.attributes)
+
+
+def parse_schema(text: str) -> Schema:
+    """Parse ``name type, name type``; an optional pair of parentheses is allowed."""
+    if not isinstance(text, str):
+        raise SchemaError(f"expected a schema such as 'param1 string, n int', found {text!r}")
+    body = text.strip()
+    if body.startswith("(") and body.endswith(")"):
+        body = body[1:-1].strip()
+    if not body:
+        raise SchemaError("a schema needs at least one attribute, such as 'param1 string'")
+    attributes: list[Attribute] = []
+    seen: set[str] = set()
+    for position, item in enumerate(body.split(","), start=1):
+        words = item.split()
+        if len(words) != 2:
+            raise SchemaError(
+                f"attribute {position}: expected '<name> <type>', found {item.strip()!r}"
+            )
+        name, type_name = words
+        if not _NAME.match(name):
+            raise SchemaError(f"attribute {position}: {name!r} is not a valid attribute name")
+        if name in seen:
+            raise SchemaError(f"attribute {name!r} is declared twice")
+        try:
+            attr_type = AttrType(type_name.lower())
+        except ValueError:
+            raise SchemaError(
+                f"attribute {name!r}: unknown type {type_name!r}, expected one of "
+                + ", ".join(TYPE_NAMES)
+            ) from None
+        seen.add(name)
+        attributes.append(Attribute(name, attr_type))
+    return Schema(tuple(attributes))
+
+
+def convert(value: Any, attr_type: AttrType) -> Any:
+    """Convert a decoded (JSON-like) value to ``attr_type`` or raise ConversionError.
+
+    ``None`` stays ``None`` for every type (a JSON null is a null attribute).
+    Rules: string takes strings, and numbers/booleans as their JSON text;
+    int/long take integers in range (not booleans, not 1.5, not "1");
+    float/double take any finite number; bool takes true/false only;
+    object takes anything.
+    """
+    if value is None or attr_type is AttrType.OBJECT:
+        return value
+    if attr_type is AttrType.STRING:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        raise ConversionError(f"expected a string, found {_describe(value)}")
+    if attr_type in _INT_RANGE:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConversionError(f"expected an integer ({attr_type.value}), found {_describe(value)}")
+        low, high = _INT_RANGE[attr_type]
+        if not low <= value <= high:
+            raise ConversionError(f"{value} is out of range for {attr_type.value} ({low} to {high})")
+        return value
+    if attr_type in (AttrType.FLOAT, AttrType.DOUBLE):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConversionError(f"expected a number ({attr_type.value}), found {_describe(value)}")
+        number = float(value)
+        if not math.isfinite(number) or (attr_type is AttrType.FLOAT and abs(number) > _FLOAT32_MAX):
+            raise ConversionError(f"{value} is out of range for {attr_type.value}")
+        return number
+    if attr_type is AttrType.BOOL:
+        if isinstance(value, bool):
+            return value
+        raise ConversionError(f"expected true or false, found {_describe(value)}")
+    raise AssertionError(attr_type)  # pragma: no cover - the enum is closed
+
+
+def _describe(value: Any) -> str:
+    kind = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{kind} {text}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One typed event on the bus.
+
+    ``values`` holds every schema attribute, in schema order. ``id`` and
+    ``type`` are what the event carried on the way in (an SSE id and event
+    type), kept so a mapper or a sink can use them; ``ingress`` is the clock
+    reading when it entered the daemon, for lag figures.
+    """
+
+    values: Mapping[str, Any]
+    id: str | None = None
+    type: str | None = None
+    ingress: float = field(default=0.0, compare=False)

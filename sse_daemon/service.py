@@ -1,0 +1,131 @@
+"""Builds the daemon from a validated Config: the bus, listeners, sinks, sources and routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from .bus import IBus, ISubscription, MemoryBus
+from .config import Config, ConnectorDef, RouteDef, listen_address
+from .ingest import IngestResource
+from .listener import BindError, ListenerService
+from .logsink import LogSinkService
+from .mappers import make_mapper
+from .schema import Event
+from .sink import SseSink, SseSinkResource, SseSinkService
+
+
+class RouteService(Service):
+    """Sends every event of one stream into another, keeping the target's attributes."""
+
+    def __init__(self, route: RouteDef, names: tuple[str, ...], bus: IBus) -> None:
+        self.route = route
+        self.names = names
+        self.bus = bus
+        self.events = 0
+        self._subscription: ISubscription | None = None
+        self.setName(f"route:{route.source}->{route.target}")
+
+    def startService(self) -> None:
+        super().startService()
+        self._subscription = self.bus.subscribe(self.route.source, self.forward)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+
+    def forward(self, event: Event) -> None:
+        self.events += 1
+        values = {name: event.values[name] for name in self.names}
+        self.bus.publish(self.route.target, [Event(values, event.id, event.type, event.ingress)])
+
+
+class DaemonService(MultiService):
+    """The whole daemon. Children start in order: routes and sinks subscribe
+    to the bus, listeners bind, then sources start feeding events."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any, bus: IBus | None = None, clock: IReactorTime | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        #: timers and timestamps; tests pass a task.Clock while sockets stay real
+        self.clock = clock if clock is not None else reactor
+        self.bus = bus if bus is not None else MemoryBus()
+        self.listeners: dict[tuple[str, int], ListenerService] = {}
+        self.sinks: dict[str, Any] = {}
+        self.sources: dict[str, Any] = {}
+        schemas = {name: stream.schema for name, stream in config.streams.items()}
+
+        for route in config.routes:
+            RouteService(route, schemas[route.target].names, self.bus).setServiceParent(self)
+        for connector in config.sinks:
+            self._add_sink(connector, schemas)
+        for connector in config.sources:
+            if connector.type == "http":
+                self._add_ingest(connector, schemas)
+        for listener in self.listeners.values():
+            listener.setServiceParent(self)
+        for connector in config.sources:
+            if connector.type == "sse":
+                from .source import SseSourceService  # the SSE client pulls in treq
+
+                service = SseSourceService(connector, make_mapper(connector.options, schemas[connector.stream]), self.bus, reactor)
+                service.setServiceParent(self)
+                self.sources[connector.name] = service
+
+    def _listener(self, connector: ConnectorDef) -> tuple[ListenerService, str]:
+        host, port, path = listen_address(connector)
+        key = (host, port)
+        if key not in self.listeners:
+            self.listeners[key] = ListenerService(self.reactor, host, port)
+        return self.listeners[key], path
+
+    def _add_sink(self, connector: ConnectorDef, schemas: dict) -> None:
+        mapper = make_mapper(connector.options, schemas[connector.stream])
+        if connector.type == "log":
+            service = LogSinkService(connector, mapper, self.bus)
+        else:
+            sink = SseSink(connector, mapper, self.clock)
+            listener, path = self._listener(connector)
+            listener.add(path, SseSinkResource(sink), connector.label)
+            service = SseSinkService(sink, self.bus, connector.stream, self.clock)
+        service.setServiceParent(self)
+        self.sinks[connector.name] = service
+
+    def _add_ingest(self, connector: ConnectorDef, schemas: dict) -> None:
+        mapper = make_mapper(connector.options, schemas[connector.stream])
+        resource = IngestResource(connector, mapper, self.bus, self.clock)
+        listener, path = self._listener(connector)
+        listener.add(path, resource, connector.label, connector["max.body.size"])
+        self.sources[connector.name] = resource
+
+    #: set by twistd's makeService: a port that cannot be bound ends the process
+    exit_on_bind_error = False
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except BindError as e:
+            if not self.exit_on_bind_error:
+                raise
+            self.log.critical("{message}; exiting", message=str(e))
+            raise SystemExit(1) from None
+
+    def port_of(self, connector_name: str) -> int:
+        """The port a sink or ingest source is reachable on (useful with port 0)."""
+        connector = next(c for c in self.config.connectors if c.name == connector_name)
+        host, port, _ = listen_address(connector)
+        return self.listeners[(host, port)].bound_port
+
+
+def build_service(config: Config, reactor: Any = None, bus: IBus | None = None, clock: IReactorTime | None = None) -> DaemonService:
+    if reactor is None:
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    return DaemonService(config, reactor, bus, clock)

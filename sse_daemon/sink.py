@@ -1,0 +1,289 @@
+"""The SSE sink (``type: sse-server``): every event of a stream to every subscriber.
+
+Each event is mapped and encoded once; the same bytes go to every subscriber
+and into a bounded history that subscribers resume from with
+``Last-Event-ID``. Every subscriber is an ``IPushProducer`` with a bounded
+queue, so one that stops reading is disconnected instead of growing memory
+(``request.write`` alone would buffer without limit).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Iterator
+from urllib.parse import parse_qs
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web import server
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from .bus import IBus, ISubscription
+from .config import ConnectorDef
+from .mappers import IMapper
+from .schema import Event
+from .sse import encode_comment, encode_event
+
+OPENING = encode_comment("sse-daemon stream open")
+HEARTBEAT = encode_comment("heartbeat")
+
+
+class EventIds:
+    """Opaque, strictly increasing ids that are not reused after a restart.
+
+    An id is the wall-clock time in microseconds, bumped by one when two
+    events fall in the same microsecond; a restarted daemon therefore starts
+    above every id it gave out before (unless the clock went backwards).
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(self._last + 1, int(self._clock.seconds() * 1_000_000))
+        return self._last
+
+
+class History:
+    """The last ``size`` encoded events, for resume."""
+
+    def __init__(self, size: int) -> None:
+        self._entries: deque[tuple[int, bytes]] = deque(maxlen=size)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def append(self, event_id: int, frame: bytes) -> None:
+        if self._entries.maxlen:
+            self._entries.append((event_id, frame))
+
+    def after(self, last_event_id: str) -> Iterator[bytes]:
+        """Frames newer than ``last_event_id``; all of them for an id we cannot read."""
+        try:
+            last = int(last_event_id)
+        except ValueError:
+            last = -1
+        return (frame for event_id, frame in self._entries if event_id > last)
+
+
+@implementer(IPushProducer)
+class Subscriber:
+    """One connected client: writes while the socket keeps up, queues (bounded) while it does not."""
+
+    def __init__(self, sink: "SseSink", request: IRequest, peer: str) -> None:
+        self.sink = sink
+        self.request = request
+        self.peer = peer
+        self.paused = False
+        self.gone = False
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.events_sent = 0
+        self.connected_at = sink.clock.seconds()
+
+    def send(self, frame: bytes) -> None:
+        if self.gone:
+            return
+        if self.paused or self.queue:
+            self.queue.append(frame)
+            self.queued_bytes += len(frame)
+            if len(self.queue) > self.sink.queue_size or self.queued_bytes > self.sink.queue_bytes:
+                self.sink.drop_slow(self)
+            return
+        self.request.write(frame)
+        self.events_sent += 1
+        self.sink.counters["bytes_written"] += len(frame)
+
+    def heartbeat(self) -> None:
+        # A paused or backlogged subscriber has bytes in flight already.
+        if not self.gone and not self.paused and not self.queue:
+            self.request.write(HEARTBEAT)
+
+    # IPushProducer: the transport tells us when its buffers are full or drained.
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while self.queue and not self.paused and not self.gone:
+            frame = self.queue.popleft()
+            self.queued_bytes -= len(frame)
+            self.request.write(frame)
+            self.events_sent += 1
+            self.sink.counters["bytes_written"] += len(frame)
+
+    def stopProducing(self) -> None:
+        self.gone = True
+        self.queue.clear()
+        self.queued_bytes = 0
+
+
+class SseSink:
+    """The sink's state: subscribers, history, ids and counters. Driven by the bus and the resource."""
+
+    log = Logger()
+
+    def __init__(self, connector: ConnectorDef, mapper: IMapper, clock: IReactorTime) -> None:
+        self.connector = connector
+        self.name = connector.name
+        self.mapper = mapper
+        self.clock = clock
+        self.ids = EventIds(clock)
+        self.history = History(connector["history.size"])
+        self.queue_size: int = connector["subscriber.queue.size"]
+        self.queue_bytes: int = connector["subscriber.queue.bytes"]
+        self.headers = [(b"Content-Type", b"text/event-stream; charset=utf-8"),
+                        (b"Cache-Control", b"no-cache"),
+                        (b"X-Accel-Buffering", b"no")]
+        for name, value in connector["headers"]:
+            self.headers = [h for h in self.headers if h[0].lower() != name.lower().encode()]
+            self.headers.append((name.encode("latin-1"), value.encode("latin-1", "replace")))
+        self.subscribers: set[Subscriber] = set()
+        self.counters: Counter[str] = Counter()
+
+    # -- from the bus
+    def publish(self, event: Event) -> None:
+        payload = self.mapper.encode(event)
+        event_id = self.ids.next()
+        frame = encode_event(payload, id=str(event_id))
+        self.history.append(event_id, frame)
+        self.counters["events_in"] += 1
+        for subscriber in tuple(self.subscribers):
+            subscriber.send(frame)
+
+    def heartbeat(self) -> None:
+        for subscriber in tuple(self.subscribers):
+            subscriber.heartbeat()
+
+    # -- from the resource
+    def subscribe(self, request: IRequest) -> None:
+        peer = _peer(request)
+        subscriber = Subscriber(self, request, peer)
+        request.setResponseCode(200)
+        for name, value in self.headers:
+            request.responseHeaders.setRawHeaders(name, [value])
+        transport = getattr(request, "transport", None)
+        if hasattr(transport, "setTcpKeepAlive"):
+            transport.setTcpKeepAlive(True)
+        request.registerProducer(subscriber, True)
+        request.notifyFinish().addBoth(self._finished, subscriber)
+        request.write(OPENING)  # sends the head at once and tells proxies to flush
+        last_event_id = _last_event_id(request)
+        if last_event_id is not None:
+            replayed = 0
+            for frame in self.history.after(last_event_id):
+                subscriber.send(frame)
+                replayed += 1
+            self.counters["events_replayed"] += replayed
+        self.subscribers.add(subscriber)
+        self.counters["connections_opened"] += 1
+        self.log.info(
+            "subscriber {peer} connected to sink {sink} (last event id {last_event_id!r}, {count} connected)",
+            peer=peer, sink=self.name, last_event_id=last_event_id, count=len(self.subscribers),
+        )
+
+    def drop_slow(self, subscriber: Subscriber) -> None:
+        self.counters["dropped_slow"] += 1
+        self.log.warn(
+            "subscriber {peer} of sink {sink} is too slow ({queued} events, {queued_bytes} bytes queued): disconnected; it may resume with Last-Event-ID",
+            peer=subscriber.peer, sink=self.name, queued=len(subscriber.queue), queued_bytes=subscriber.queued_bytes,
+        )
+        subscriber.stopProducing()
+        self.subscribers.discard(subscriber)
+        subscriber.request.transport.abortConnection()
+
+    def _finished(self, result: object, subscriber: Subscriber) -> None:
+        subscriber.stopProducing()
+        self.subscribers.discard(subscriber)
+        self.counters["connections_closed"] += 1
+        self.log.info(
+            "subscriber {peer} left sink {sink} after {seconds:.1f}s and {events} events",
+            peer=subscriber.peer, sink=self.name, events=subscriber.events_sent,
+            seconds=self.clock.seconds() - subscriber.connected_at,
+        )
+
+    def close_all(self) -> None:
+        """End every stream cleanly (used on stop; ``stopListening`` alone would leave them open)."""
+        for subscriber in tuple(self.subscribers):
+            self.subscribers.discard(subscriber)
+            if not subscriber.gone:
+                subscriber.gone = True
+                subscriber.request.unregisterProducer()
+                subscriber.request.finish()
+                # finish() alone would keep the connection alive for another request
+                subscriber.request.transport.loseConnection()
+
+
+def _peer(request: IRequest) -> str:
+    address = request.getClientAddress()
+    host = getattr(address, "host", None)
+    return f"{host}:{address.port}" if host is not None else str(address)
+
+
+def _last_event_id(request: IRequest) -> str | None:
+    header = request.getHeader("last-event-id")
+    if header is not None:
+        return header.strip()
+    query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
+    values = query.get("lastEventId")
+    return values[-1].strip() if values else None
+
+
+class SseSinkResource(Resource):
+    """GET subscribes; HEAD answers the head only; other methods get 405."""
+
+    isLeaf = True
+
+    def __init__(self, sink: SseSink) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def render_GET(self, request: IRequest) -> object:
+        self.sink.subscribe(request)
+        return server.NOT_DONE_YET
+
+    def render_HEAD(self, request: IRequest) -> bytes:
+        for name, value in self.sink.headers:
+            request.responseHeaders.setRawHeaders(name, [value])
+        return b""
+
+
+class SseSinkService(Service):
+    """Connects a sink to the bus and drives its heartbeat; on stop, ends every stream."""
+
+    def __init__(self, sink: SseSink, bus: IBus, stream: str, clock: IReactorTime) -> None:
+        self.sink = sink
+        self.bus = bus
+        self.stream = stream
+        self.clock = clock
+        self.setName(f"sink:{sink.name}")
+        self._subscription: ISubscription | None = None
+        self._heartbeat: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._subscription = self.bus.subscribe(self.stream, self.sink.publish)
+        interval = self.sink.connector["heartbeat.interval"]
+        if interval > 0:
+            self._heartbeat = LoopingCall(self._beat)
+            self._heartbeat.clock = self.clock
+            self._heartbeat.start(interval, now=False)
+
+    def _beat(self) -> None:
+        # A LoopingCall stops for good on the first exception; a heartbeat must not.
+        with self.sink.log.failuresHandled("heartbeat of sink {sink} failed", sink=self.sink.name):
+            self.sink.heartbeat()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self.sink.close_all()

@@ -1,0 +1,154 @@
+"""Shared test helpers: deadlines instead of sleeps, a daemon on port 0, raw HTTP clients.
+
+pytest-twisted runs the real reactor but has no per-test timeout and no
+dirty-reactor check, so every awaited Deferred goes through ``deadline`` and
+an autouse fixture fails a test that leaves delayed calls behind.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+from sse_daemon.config import load_files
+from sse_daemon.service import DaemonService, build_service
+
+DEADLINE = 30.0
+
+
+def deadline(d: Any, seconds: float = DEADLINE) -> defer.Deferred:
+    """Wrap a Deferred or coroutine so a hang fails the test instead of CI."""
+    if not isinstance(d, defer.Deferred):
+        d = defer.ensureDeferred(d)
+    return d.addTimeout(seconds, reactor)
+
+
+def sleep(seconds: float) -> defer.Deferred:
+    """Only for pacing poll loops; never to wait for a result."""
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+    end = reactor.seconds() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if reactor.seconds() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await sleep(0.005)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_delayed_calls(request: pytest.FixtureRequest):
+    before = set(reactor.getDelayedCalls())
+    yield
+    if "reactor_free" in request.keywords:
+        return
+
+    def leftovers() -> list:
+        return [c for c in reactor.getDelayedCalls() if c not in before and c.active()]
+
+    if not leftovers():
+        return
+    # A client-side close reaches the server a reactor turn later: give it time.
+    # (no deadline() here: its own timer would count as a leftover; wait_for has a timeout)
+    pytest_twisted.blockon(defer.ensureDeferred(wait_for(lambda: not leftovers(), timeout=10, what="delayed calls to end")).addErrback(lambda _: None))
+    left = [(c, c.func, c.getTime() - reactor.seconds()) for c in leftovers()]
+    for call, _, _ in left:
+        call.cancel()
+    assert not left, f"test left delayed calls behind: {left}"
+
+
+def write_config(tmp_path: Path, text: str, name: str = "sse.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    """``await daemon(yaml_text)`` starts a DaemonService on the real reactor; stopped after the test."""
+    started: list[DaemonService] = []
+
+    async def start(text: str, clock: Any = None) -> DaemonService:
+        config = load_files([str(write_config(tmp_path, text))])
+        service = build_service(config, reactor, clock=clock)
+        service.privilegedStartService()
+        service.startService()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.running:
+            pytest_twisted.blockon(deadline(defer.maybeDeferred(service.stopService)))
+
+
+class RawHttpClient(protocol.Protocol):
+    """Sends bytes, records every byte received; for exact-bytes assertions."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.closed = defer.Deferred()
+        self.is_closed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.is_closed = True
+        self.closed.callback(None)
+
+    async def wait_for(self, needle: bytes, timeout: float = DEADLINE) -> bytes:
+        await wait_for(lambda: needle in self.received or self.is_closed, timeout, what=f"{needle!r} from the server")
+        assert needle in self.received, f"connection closed before {needle!r}; got {bytes(self.received)!r}"
+        return bytes(self.received)
+
+    def close(self) -> Awaitable:
+        if not self.is_closed:
+            self.transport.loseConnection()
+        return deadline(self.closed)
+
+
+async def raw_request(port: int, request: bytes) -> RawHttpClient:
+    client = RawHttpClient()
+    await deadline(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client))
+    client.transport.write(request)
+    return client
+
+
+async def subscribe(port: int, path: str = "/events", headers: str = "") -> RawHttpClient:
+    """Open an SSE stream and wait for the head and opening comment."""
+    client = await raw_request(port, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n{headers}\r\n".encode())
+    await client.wait_for(b"stream open\n\n")
+    return client
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "reactor_free: the test does not need the leftover-delayed-call check")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    """Run hypothesis tests directly, outside pytest-twisted.
+
+    pytest-twisted 1.14 wraps ``hypothesis.inner_test`` on the shared function
+    object once per parametrized item, so the second item nests a blockon
+    inside the reactor greenlet and fails. Our property tests are pure and need
+    no reactor.
+    """
+    if getattr(pyfuncitem.obj, "hypothesis", None) is None:
+        return None
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    pyfuncitem.obj(**args)
+    return True

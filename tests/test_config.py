@@ -1,0 +1,182 @@
+"""Configuration: every error names file, line, connector and option, all at once."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sse_daemon.config import (
+    CONNECTOR_TYPES,
+    COMMON_OPTIONS,
+    ConfigError,
+    load_files,
+    load_yaml,
+    parse_headers,
+    OptionError,
+    validate,
+)
+from sse_daemon.schema import AttrType
+
+pytestmark = pytest.mark.reactor_free
+
+GOOD = """\
+streams:
+  Readings: "sensor string, value double"
+sources:
+  In:
+    type: http
+    stream: Readings
+    receiver.url: http://127.0.0.1:8020/publish
+sinks:
+  Out:
+    type: sse-server
+    stream: Readings
+    server.port: '8020'
+    server.host: 127.0.0.1
+  Other:
+    type: sse-server
+    server.port: 8020
+    server.host: 127.0.0.1
+    server.path: /other/
+    schema: "sensor string"
+  Logged:
+    type: log
+    stream: Readings
+routes:
+  - {from: Readings, to: Other}
+"""
+
+
+def errors(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        validate(load_yaml(textwrap.dedent(text), "conf.yaml"))
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_good_config_is_typed_and_defaulted() -> None:
+    config = validate(load_yaml(GOOD, "good.yaml"))
+    out = next(c for c in config.sinks if c.name == "Out")
+    assert out["server.port"] == 8020  # the spec's quoted number
+    assert out["server.path"] == "/Out"  # default path is the sink's name
+    assert out["heartbeat.interval"] == 15.0
+    assert out["history.size"] == 1000
+    assert out["worker.count"] == 1
+    other = next(c for c in config.sinks if c.name == "Other")
+    assert other["server.path"] == "/other"
+    assert other.stream == "Other"
+    assert config.streams["Other"].schema.names == ("sensor",)
+    assert config.streams["Readings"].schema.attributes[1].type is AttrType.DOUBLE
+    assert [(r.source, r.target) for r in config.routes] == [("Readings", "Other")]
+    ingest = config.sources[0]
+    assert (ingest["receiver.url"].host, ingest["receiver.url"].port, ingest["receiver.url"].path) == ("127.0.0.1", 8020, "/publish")
+    summary = config.summary()
+    assert "Out: sse-server on 127.0.0.1:8020/Out <- stream Readings" in summary
+    assert "Readings -> Other" in summary
+
+
+def test_example_config_is_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    config = load_files([str(root / "etc" / "sse-daemon.yaml")])
+    sink = next(c for c in config.sinks if c.name == "PublishStream")
+    assert (sink["server.port"], sink["server.path"]) == (8020, "/testsse")
+
+
+def test_all_errors_reported_together_with_file_line_connector_option() -> None:
+    found = errors("""\
+        sources:
+          In:
+            type: http
+            schema: "a string"
+            receiver.url: ftp://nowhere
+            max.body.sise: 3
+        sinks:
+          S:
+            type: sse-server
+            schema: "a string"
+            server.port: abc
+            worker.count: 2
+          T:
+            type: sse-servr
+        """)
+    assert found == [
+        "conf.yaml:5: source 'In': option 'receiver.url': expected an http:// or https:// URL, found 'ftp://nowhere'",
+        "conf.yaml:6: source 'In': option 'max.body.sise': unknown option 'max.body.sise'; did you mean 'max.body.size'?",
+        "conf.yaml:11: sink 'S': option 'server.port': expected an integer, found 'abc'",
+        "conf.yaml:12: sink 'S': option 'worker.count': expected 1, found 2: worker.count above 1 is not supported yet; "
+        "one reactor thread serves every subscriber of a sink (see the README, 'worker.count')",
+        "conf.yaml:14: sink 'T': option 'type': unknown sink type 'sse-servr'; did you mean 'sse-server'?",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n", r"conf.yaml:2: sink 'S': option 'server.port': 'server.port' is required"),
+        ("sinks:\n  S:\n    type: sse-server\n    schema: 'a strin'\n    server.port: 1\n", r"conf.yaml:4: sink 'S': option 'schema': attribute 'a': unknown type 'strin'"),
+        ("sinks:\n  S:\n    type: sse-server\n    server.port: 1\n", r"conf.yaml:2: sink 'S': stream 'S' has no schema"),
+        ("sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.port: 70000\n", r"conf.yaml:5: sink 'S': option 'server.port': expected an integer from 0 to 65535, found 70000"),
+        ("sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.port: 1\n    heartbeat.interval: -1\n", r"conf.yaml:6: .*'heartbeat.interval': expected a number of at least 0, found -1"),
+        ("sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.port: 1\n    server.port: 2\n", r"conf.yaml:6: sink 'S': 'server.port' is given twice \(first on line 5\)"),
+        ("sinks:\n  S:\n    type: http\n", r"conf.yaml:3: sink 'S': option 'type': unknown sink type 'http'.*\('http' is a source type\)"),
+        ("sinks:\n  S:\n    schema: 'a string'\n", r"conf.yaml:2: sink 'S': option 'type': 'type' is required: one of log, sse-server"),
+        ("sinks:\n  S: [1, 2]\n", r"conf.yaml:2: sink 'S': expected a mapping"),
+        ("sink:\n  S: {}\n", r"conf.yaml:1: the top level: unknown key 'sink'; did you mean 'sinks'\?"),
+        ("sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.port: 1\n    headers: \"'X-A'\"\n", r"conf.yaml:6: .*'headers': expected 'Name:value'"),
+        ("sinks: {S: {type: log, schema: 'a string'}}\nroutes:\n  - {from: S, to: Nope}\n", r"conf.yaml:3: route: option 'to': unknown stream 'Nope'"),
+        ("sinks:\n  S: {type: log, schema: 'a string'}\n  T: {type: log, schema: 'b int'}\nroutes:\n  - {from: S, to: T}\n", r"conf.yaml:5: route: stream T \(b int\) cannot take events of S \(a string\): 'b' is missing from S"),
+        ("sinks:\n  S: {type: log, schema: 'a string'}\n  T: {type: log, schema: 'a int'}\nroutes:\n  - {from: S, to: T}\n", r"'a' is string in S but int in T"),
+        ("sinks:\n  S: {type: log, schema: 'a string'}\n  T: {type: log, schema: 'a string'}\nroutes:\n  - {from: S, to: T}\n  - {from: T, to: S}\n", r"routes form a loop: S -> T -> S"),
+        ("streams:\n  S: 'a string'\nsinks:\n  L: {type: log, stream: S, schema: 'a int'}\n", r"conf.yaml:4: sink 'L': option 'schema': stream 'S' is already declared as \(a string\)"),
+        ("sinks:\n  A: {type: sse-server, schema: 'a string', server.port: 9, server.path: x}\n  B: {type: sse-server, schema: 'a string', server.port: 9, server.path: /x/}\n", r"conf.yaml:3: sink 'B': option 'server.port': port 9 path /x is already served by sink 'A'"),
+        ("sinks:\n  A: {type: sse-server, schema: 'a string', server.port: 9}\n  B: {type: sse-server, schema: 'a string', server.port: 9, server.host: '::'}\n", r"port 9 is already bound on 0.0.0.0 by sink 'A'"),
+        ("sinks:\n  A: {type: log, schema: 'a string'}\nsources:\n  A: {type: http, schema: 'a string', receiver.url: 'http://x:1/'}\n", r"conf.yaml:4: source 'A': the name 'A' is already used"),
+        ("sinks:\n  S: {type: log\n", r"conf.yaml:3: YAML syntax error"),
+        ("", r"conf.yaml:1: the file is empty"),
+    ],
+)
+def test_error_cases_name_file_line_and_option(text: str, expected: str) -> None:
+    found = errors(text)
+    assert any(re.search(expected, line) for line in found), found
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope.yaml: cannot read the file"):
+        load_files([str(tmp_path / "nope.yaml")])
+
+
+def test_several_files_are_merged_and_names_stay_unique(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("streams:\n  S: 'a string'\nsinks:\n  L: {type: log, stream: S}\n")
+    (tmp_path / "b.yaml").write_text("sinks:\n  L: {type: log, stream: S}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_files([str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")])
+    assert str(caught.value.issues[0]).startswith(f"{tmp_path / 'b.yaml'}:2: sink 'L': the name 'L' is already used by a connector at {tmp_path / 'a.yaml'}:4")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("'Content-Type:text/plain','X-A:b'", (("Content-Type", "text/plain"), ("X-A", "b"))),
+        ("X-A:b,X-B: c d", (("X-A", "b"), ("X-B", "c d"))),
+        ("'X-Url:http://a/b'", (("X-Url", "http://a/b"),)),
+        ("", ()),
+        ({"X-A": "b"}, (("X-A", "b"),)),
+    ],
+)
+def test_headers_formats(text, expected) -> None:
+    assert parse_headers(text) == expected
+
+
+@pytest.mark.parametrize("text", ["'X A:b'", "'X-A'", 5, "'X-A:b\nc'"])
+def test_bad_headers(text) -> None:
+    with pytest.raises(OptionError):
+        parse_headers(text)
+
+
+def test_readme_documents_every_option() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    names = {o.name for o in COMMON_OPTIONS} | {o.name for options in CONNECTOR_TYPES.values() for o in options}
+    missing = sorted(name for name in names if f"| `{name}`" not in readme)
+    assert not missing, f"README.md has no table row for: {missing}"

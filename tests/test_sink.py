@@ -1,0 +1,251 @@
+"""The SSE sink over real sockets on 127.0.0.1, port 0."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, threads
+from twisted.internet.task import Clock
+
+from sse_daemon.schema import Event
+from sse_daemon.sse import EventStreamParser, Message
+
+from .conftest import deadline, raw_request, subscribe, wait_for
+
+SINK = """\
+sinks:
+  Events:
+    type: sse-server
+    schema: "n int, text string"
+    server.host: 127.0.0.1
+    server.port: 0
+    server.path: events
+    headers: "'X-Team:sse','Access-Control-Allow-Origin:*'"
+    {extra}
+"""
+
+
+def config(**extra: object) -> str:
+    return SINK.format(extra="\n    ".join(f"{k}: {v}" for k, v in extra.items()))
+
+
+def publish(service, *numbers: int, text: str = "hi") -> None:
+    service.bus.publish("Events", [Event({"n": n, "text": text}) for n in numbers])
+
+
+def messages(raw: bytes) -> list[Message]:
+    body = raw.partition(b"\r\n\r\n")[2]
+    return [m for m in EventStreamParser().feed(_unchunk(body)) if isinstance(m, Message)]
+
+
+def _unchunk(body: bytes) -> bytes:
+    """Decode HTTP/1.1 chunked framing (the raw client sees it)."""
+    out = bytearray()
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        if not rest:
+            break
+        size = int(size_line, 16)
+        out += rest[:size]
+        body = rest[size + 2:]
+    return bytes(out)
+
+
+@pytest_twisted.ensureDeferred
+async def test_exact_response_head_and_event_bytes(daemon) -> None:
+    service = await daemon(config())
+    port = service.port_of("Events")
+    client = await subscribe(port)
+    head = re.sub(rb"Date: [^\r]+", b"Date: <date>", bytes(client.received))
+    assert head == (
+        b"HTTP/1.1 200 OK\r\n"
+        b"Server: " + head.split(b"Server: ")[1].split(b"\r\n")[0] + b"\r\n"
+        b"Date: <date>\r\n"
+        b"Content-Type: text/event-stream; charset=utf-8\r\n"
+        b"Cache-Control: no-cache\r\n"
+        b"X-Accel-Buffering: no\r\n"
+        b"X-Team: sse\r\n"
+        b"Access-Control-Allow-Origin: *\r\n"
+        b"Transfer-Encoding: chunked\r\n"
+        b"\r\n"
+        b"1a\r\n: sse-daemon stream open\n\n\r\n"
+    )
+    client.received.clear()
+    publish(service, 1, text="two\nlines")
+    await client.wait_for(b"\n\n\r\n")
+    sink = service.sinks["Events"].sink
+    (event_id, _), = sink.history._entries
+    frame = (f"id: {event_id}\n" 'data: {"event":{"n":1,"text":"two\\nlines"}}\n\n').encode()
+    assert bytes(client.received) == b"%x\r\n%s\r\n" % (len(frame), frame)
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_subscribers_get_every_event_in_order(daemon) -> None:
+    service = await daemon(config())
+    port = service.port_of("Events")
+    clients = [await subscribe(port) for _ in range(20)]
+    publish(service, *range(200))
+    for client in clients:
+        await wait_for(lambda: len(messages(bytes(client.received))) == 200, what="200 events")
+        got = messages(bytes(client.received))
+        assert [int(m.data.split('"n":')[1].split(",")[0]) for m in got] == list(range(200))
+        ids = [int(m.id) for m in got]
+        assert ids == sorted(set(ids)), "ids strictly increase"
+    for client in clients:
+        await client.close()
+    sink = service.sinks["Events"].sink
+    await wait_for(lambda: not sink.subscribers, what="subscribers to be cleaned up")
+    assert sink.counters["connections_opened"] == sink.counters["connections_closed"] == 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnect_is_cleaned_up_and_others_continue(daemon) -> None:
+    service = await daemon(config())
+    port = service.port_of("Events")
+    sink = service.sinks["Events"].sink
+    leaving, staying = await subscribe(port), await subscribe(port)
+    await leaving.close()
+    await wait_for(lambda: len(sink.subscribers) == 1, what="the sink to notice the disconnect")
+    publish(service, 7)
+    await staying.wait_for(b'"n":7')
+    await staying.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_heartbeat_on_the_clock(daemon) -> None:
+    clock = Clock()
+    service = await daemon(config(**{"heartbeat.interval": 15}), clock=clock)
+    client = await subscribe(service.port_of("Events"))
+    clock.advance(14.9)
+    publish(service, 1)
+    await client.wait_for(b'"n":1')
+    assert b"heartbeat" not in client.received
+    clock.advance(0.1)
+    await client.wait_for(b": heartbeat\n\n")
+    assert client.received.count(b"heartbeat") == 1
+    clock.pump([15, 15])
+    await wait_for(lambda: client.received.count(b"heartbeat") == 3, what="two more heartbeats")
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_with_last_event_id_loses_and_repeats_nothing(daemon) -> None:
+    service = await daemon(config(**{"history.size": 10}))
+    port = service.port_of("Events")
+    first = await subscribe(port)
+    publish(service, 1, 2, 3)
+    await wait_for(lambda: len(messages(bytes(first.received))) == 3, what="3 events")
+    second_id = messages(bytes(first.received))[1].id
+    await first.close()
+    publish(service, 4)  # published while the client was away
+    for how, expected in (("header", [3, 4]), ("query", [3, 4, 5])):
+        if how == "header":
+            again = await subscribe(port, headers=f"Last-Event-ID: {second_id}\r\n")
+        else:
+            again = await subscribe(port, path=f"/events?lastEventId={second_id}")
+        await wait_for(lambda: len(messages(bytes(again.received))) == len(expected), what=f"the replay by {how}")
+        live = 5 if how == "header" else 6
+        publish(service, live)
+        await wait_for(lambda: len(messages(bytes(again.received))) == len(expected) + 1, what="a live event")
+        got = [m.data for m in messages(bytes(again.received))]
+        assert got == [f'{{"event":{{"n":{n},"text":"hi"}}}}' for n in expected + [live]]
+        await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_from_unknown_id_gets_the_history(daemon) -> None:
+    service = await daemon(config(**{"history.size": 2}))
+    publish(service, 1, 2, 3)
+    client = await subscribe(service.port_of("Events"), headers="Last-Event-ID: from-before\r\n")
+    await wait_for(lambda: len(messages(bytes(client.received))) == 2, what="the history")
+    assert ['"n":2' in m.data for m in messages(bytes(client.received))] == [True, False]
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscriber_that_never_reads_is_dropped_with_bounded_memory(daemon) -> None:
+    limit = 256 * 1024
+    service = await daemon(config(**{"subscriber.queue.bytes": limit, "subscriber.queue.size": 100000}))
+    port = service.port_of("Events")
+    sink = service.sinks["Events"].sink
+    reader = await subscribe(port)
+    stalled = await subscribe(port)
+    stalled.transport.pauseProducing()  # this client never reads again
+    slow = next(s for s in sink.subscribers if s.peer.endswith(str(stalled.transport.getHost().port)))
+    payload = "x" * 16384
+    peak = 0
+    for n in range(4000):  # bounded: 64 MiB at most
+        publish(service, n, text=payload)
+        peak = max(peak, slow.queued_bytes)
+        if sink.counters["dropped_slow"]:
+            break
+        # the reader keeps up: wait until it has this event before sending the next
+        needle = b'"n":%d,' % n
+        await wait_for(lambda: needle in reader.received, what=f"event {n} at the reader")
+        reader.received.clear() if len(reader.received) > 1 << 20 else None
+    assert sink.counters["dropped_slow"] == 1
+    assert slow not in sink.subscribers
+    assert peak <= limit + len(payload) + 200, "the queue never grows past its bound"
+    publish(service, 99999)
+    await reader.wait_for(b'"n":99999,')
+    await reader.close()
+    stalled.transport.resumeProducing()  # only a reading client can see the cut
+    await wait_for(lambda: stalled.is_closed, what="the stalled client to be cut")
+
+
+@pytest_twisted.ensureDeferred
+async def test_methods_and_paths(daemon) -> None:
+    service = await daemon(config())
+    port = service.port_of("Events")
+    post = await raw_request(port, b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    await deadline(post.closed)
+    assert post.received.startswith(b"HTTP/1.1 405 ")
+    missing = await raw_request(port, b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await deadline(missing.closed)
+    assert missing.received.startswith(b"HTTP/1.1 404 ")
+    assert b"nothing is served at /nope" in missing.received
+    head = await raw_request(port, b"HEAD /events/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await deadline(head.closed)
+    assert head.received.startswith(b"HTTP/1.1 200 ")
+    assert b"Content-Type: text/event-stream; charset=utf-8" in head.received
+    assert not service.sinks["Events"].sink.subscribers
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_ends_every_stream(daemon) -> None:
+    service = await daemon(config())
+    client = await subscribe(service.port_of("Events"))
+    await deadline(service.stopService())
+    await deadline(client.closed)
+    assert client.received.endswith(b"0\r\n\r\n"), "the stream ends cleanly with the last chunk"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_third_party_client_reads_events(daemon) -> None:
+    """httpx-sse (written by others) reads our stream, in a thread so the reactor keeps serving."""
+    import httpx
+    from httpx_sse import connect_sse
+
+    service = await daemon(config())
+    url = f"http://127.0.0.1:{service.port_of('Events')}/events"
+    sink = service.sinks["Events"].sink
+
+    def read_three() -> list[tuple[str, str]]:
+        with httpx.Client(timeout=30) as client, connect_sse(client, "GET", url) as source:
+            got = []
+            for sse in source.iter_sse():
+                got.append((sse.id, sse.data))
+                if len(got) == 3:
+                    return got
+        return got
+
+    reading = threads.deferToThread(read_three)
+    await wait_for(lambda: sink.subscribers, what="httpx-sse to subscribe")
+    publish(service, 1, 2, 3)
+    got = await deadline(reading)
+    assert [data for _, data in got] == [f'{{"event":{{"n":{n},"text":"hi"}}}}' for n in (1, 2, 3)]
+    assert [int(i) for i, _ in got] == sorted(int(i) for i, _ in got)
+    await wait_for(lambda: not sink.subscribers, what="httpx-sse to leave")

@@ -1,0 +1,122 @@
+"""The real command: plugin discovery after a normal install, --check, a running twistd, bind errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import protocol, reactor
+from twisted.web.client import HTTPConnectionPool
+
+from .conftest import deadline, subscribe, wait_for, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def twistd(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()", *args]
+
+
+@pytest.mark.reactor_free
+def test_plugin_is_discovered_after_a_normal_install(tmp_path: Path) -> None:
+    """Build and install the package (not editable) into a fresh target and ask Twisted for plugins."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(ROOT)],
+        check=True, cwd=tmp_path, capture_output=True,
+    )
+    assert (target / "twisted" / "plugins" / "sse_daemon_plugin.py").exists()
+    assert not (target / "twisted" / "__init__.py").exists(), "must not shadow Twisted's own package"
+    code = (
+        "from twisted.plugin import getPlugins; from twisted.application.service import IServiceMaker; "
+        "import sse_daemon; "
+        "print(sse_daemon.__file__); print([p.tapname for p in getPlugins(IServiceMaker)])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0].startswith(str(target)), "the installed copy is the one imported"
+    assert "'sse-daemon'" in out
+
+
+@pytest.mark.reactor_free
+def test_check_prints_a_summary_or_every_error(tmp_path: Path) -> None:
+    good = subprocess.run(twistd("sse-daemon", "--config", str(ROOT / "etc" / "sse-daemon.yaml"), "--check"),
+                          capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+    assert "PublishStream: sse-server on 127.0.0.1:8020/testsse <- stream PublishStream" in good.stdout
+    bad = write_config(tmp_path, "sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.prot: 1\n")
+    result = subprocess.run(twistd("sse-daemon", "--config", str(bad), "--check"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"{bad}:5: sink 'S': option 'server.prot': unknown option 'server.prot'; did you mean 'server.port'?" in result.stderr
+    assert f"{bad}:2: sink 'S': option 'server.port': 'server.port' is required" in result.stderr
+
+
+@pytest.mark.reactor_free
+def test_bind_failure_exits_non_zero_naming_connector_and_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, f"sinks:\n  Busy:\n    type: sse-server\n    schema: 'a string'\n    server.host: 127.0.0.1\n    server.port: {port}\n")
+        result = subprocess.run(twistd("-n", "--pidfile=", "sse-daemon", "--config", str(config)),
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port} for sink 'Busy' at /Busy" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+class _Output(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended = False
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: object) -> None:
+        self.ended = True
+        self.reason = reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_twistd_serves_an_event(tmp_path: Path) -> None:
+    config = write_config(tmp_path, """\
+        sources:
+          In: {type: http, stream: S, schema: "param1 string", receiver.url: "http://127.0.0.1:0/publish"}
+        sinks:
+          S: {type: sse-server, server.host: 127.0.0.1, server.port: 0, server.path: testsse}
+        """)
+    process = _Output()
+    transport = reactor.spawnProcess(process, sys.executable, twistd("-n", "--pidfile=", "sse-daemon", "--config", str(config)),
+                                     env=os.environ.copy(), path=str(tmp_path))
+    try:
+        line = await wait_for(lambda: re.search(rb"listening on 127\.0\.0\.1:(\d+) for", process.output) or process.ended,
+                              what="twistd to listen")
+        assert not process.ended, process.output
+        port = int(line.group(1))
+        client = await subscribe(port, "/testsse")
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        response = await deadline(treq.post(f"http://127.0.0.1:{port}/publish", data=b'{"param1":"from twistd"}', pool=pool))
+        assert response.code == 200
+        await deadline(treq.content(response))
+        await client.wait_for(b'data: {"event":{"param1":"from twistd"}}\n\n')
+        transport.signalProcess("TERM")
+        await wait_for(lambda: process.ended, what="twistd to stop")
+        await deadline(client.closed)
+        # twistd ends itself with the signal that stopped it, after a clean shutdown
+        # (systemd counts SIGTERM as success).
+        assert process.reason.value.signal == 15 or process.reason.value.exitCode == 0, process.output
+        assert b"Server Shut Down." in process.output
+    finally:
+        if not process.ended:
+            transport.signalProcess("KILL")
+            await wait_for(lambda: process.ended, what="twistd to die")
