@@ -9,6 +9,7 @@ instead of running without its port (a plain endpoint service would only log).
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
@@ -42,9 +43,22 @@ class PathRouter(Resource):
 
     isLeaf = True
 
+    log = Logger()
+
     def __init__(self) -> None:
         super().__init__()
         self.routes: dict[str, IResource] = {}
+        #: requests refused here, by reason ("not-found", "method-not-allowed", "body-too-large")
+        self.rejected: Counter[str] = Counter()
+
+    def reject(self, request: IRequest, code: int, reason: str, message: str, **fields: object) -> bytes:
+        self.rejected[reason] += 1
+        self.log.info(
+            "refused {method} {path} from {peer}: {message}",
+            method=request.method.decode("latin-1"), path=request.path.decode("latin-1", "replace"),
+            peer=getattr(request.getClientAddress(), "host", "?"), message=message, reason=reason,
+        )
+        return json_error(request, code, message, **fields)
 
     def add(self, path: str, resource: IResource) -> None:
         self.routes[normalise_path(path)] = resource
@@ -53,13 +67,14 @@ class PathRouter(Resource):
         path = normalise_path(request.path.decode("utf-8", "replace"))
         resource = self.routes.get(path)
         if resource is None:
-            return json_error(request, 404, f"nothing is served at {path}", paths=sorted(self.routes))
+            return self.reject(request, 404, "not-found", f"nothing is served at {path}", paths=sorted(self.routes))
         try:
             return resource.render(request)
         except UnsupportedMethod as e:
             allowed = [m.decode() for m in e.allowedMethods]
             request.setHeader(b"Allow", ", ".join(allowed).encode())
-            return json_error(request, 405, f"{request.method.decode('latin-1')} is not allowed on {path}", allowed=allowed)
+            message = f"{request.method.decode('latin-1')} is not allowed on {path}"
+            return self.reject(request, 405, "method-not-allowed", message, allowed=allowed)
 
 
 class LimitedRequest(server.Request):
@@ -93,7 +108,13 @@ class LimitedRequest(server.Request):
 
     def _refuse(self) -> None:
         self._refused = True
-        limit = self.channel.site.max_body_size
+        site = self.channel.site
+        limit = site.max_body_size
+        site.resource.rejected["body-too-large"] += 1
+        site.resource.log.info(
+            "refused a request body from {peer}: larger than {limit} bytes",
+            peer=getattr(self.channel.transport.getPeer(), "host", "?"), limit=limit, reason="body-too-large",
+        )
         body = json.dumps({"error": f"the request body is larger than {limit} bytes"}).encode() + b"\n"
         transport = self.channel.transport
         transport.write(

@@ -116,6 +116,8 @@ async def test_body_over_the_limit_gets_413(daemon) -> None:
     await deadline(client.closed)
     assert client.received.startswith(b"HTTP/1.1 413 ")
     assert service.sources["In"].counters["events_in"] == 0
+    router = next(iter(service.listeners.values())).router
+    assert router.rejected["body-too-large"] == 2, "both refusals are counted"
 
 
 @pytest_twisted.ensureDeferred

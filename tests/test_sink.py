@@ -212,6 +212,8 @@ async def test_methods_and_paths(daemon) -> None:
     assert head.received.startswith(b"HTTP/1.1 200 ")
     assert b"Content-Type: text/event-stream; charset=utf-8" in head.received
     assert not service.sinks["Events"].sink.subscribers
+    router = next(iter(service.listeners.values())).router
+    assert router.rejected == {"not-found": 1, "method-not-allowed": 1}
 
 
 @pytest_twisted.ensureDeferred
