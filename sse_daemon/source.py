@@ -1,0 +1,657 @@
+"""The SSE source (``type: sse``): subscribes to an SSE endpoint and publishes what it receives.
+
+The upstream this spec comes from gave up for good on the first dropped
+connection, fed 404 pages to the mapper and never sent ``Last-Event-ID``
+(see the research notes). Here the decisions are pure and tested on their
+own (:class:`ReconnectPolicy`, :func:`judge_response`, :func:`describe_failure`,
+:class:`RecentIds`); :class:`SseSourceService` is the Twisted glue: treq with
+an unbuffered body, our own body protocol (so stopping can close the
+connection and backpressure can pause it), timers on the injected reactor.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
+
+from treq.client import HTTPClient
+from twisted.application.service import Service
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from twisted.web import error as web_error, http
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    RedirectAgent,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
+
+from .bus import IBus
+from .config import ConnectorDef
+from .mappers import IMapper, MappingError
+from .schema import Event
+from .sse import EventStreamParser, Message, Rejection
+
+#: redirects followed for one request before it counts as a failure
+MAX_REDIRECTS = 10
+#: ids remembered for de-duplication when worker.count > 1
+DEDUP_WINDOW = 10_000
+#: backoff never goes below this, so ``retry: 0`` cannot make failures spin
+MIN_BACKOFF = 0.01
+#: a parser line may hold a whole event plus its field name
+LINE_SLACK = 64
+#: what Twisted adds when a chunked body is cut short (private; absent means nothing to filter)
+_DATA_LOSS = getattr(http, "_DataLoss", ())
+
+
+# --------------------------------------------------------------------------- pure decisions
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """How long to wait before the next connection attempt.
+
+    After a stream that worked ends, wait the server's ``retry:`` (or the
+    initial delay): that is the WHATWG "reestablish" case and the server set
+    its pace. After the n-th failure in a row, back off exponentially from
+    the larger of the two, up to ``maximum`` (or the server's ``retry:`` if
+    that is larger: it asked for at least that), and take off a random part
+    of up to half ("equal jitter") so many clients do not return in step.
+    """
+
+    initial: float = 1.0
+    maximum: float = 30.0
+    jitter: Callable[[], float] = random.random  # in [0, 1)
+
+    def delay(self, failures: int, retry_ms: int | None) -> float:
+        retry = None if retry_ms is None else retry_ms / 1000
+        if failures <= 0:
+            return self.initial if retry is None else retry
+        base = max(self.initial, retry or 0.0, MIN_BACKOFF)
+        ceiling = max(self.maximum, base)
+        raw = min(ceiling, base * 2 ** min(failures - 1, 62))
+        return raw * (1 - 0.5 * self.jitter())
+
+
+class Verdict(enum.Enum):
+    STREAM = "stream"  # read the body as an event stream
+    STOP = "stop"  # the server asked us to stop (204)
+    RETRY = "retry"  # a failure: back off and try again
+
+
+def media_type(content_type: str | None) -> str:
+    """``Text/Event-Stream; charset=utf-8`` -> ``text/event-stream``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def judge_response(code: int, phrase: str, content_type: str | None) -> tuple[Verdict, str]:
+    """What a response head means for the source, and why.
+
+    Only 200 with ``text/event-stream`` is a stream (as WHATWG requires);
+    204 stops the source as the standard says. Everything else is a failure
+    that is retried with backoff, unlike a browser, which gives up: a daemon
+    must outlive a server's bad minute, and its error body must never reach
+    the mapper.
+    """
+    status = f"HTTP {code} {phrase}".rstrip()
+    if code == 204:
+        return Verdict.STOP, f"the server answered {status}: it asks clients to stop"
+    if code != 200:
+        return Verdict.RETRY, f"the server answered {status}"
+    found = media_type(content_type)
+    if found != "text/event-stream":
+        return Verdict.RETRY, (
+            f"the server answered {status} with Content-Type {content_type!r}, not text/event-stream"
+            if content_type else f"the server answered {status} without a Content-Type (expected text/event-stream)"
+        )
+    return Verdict.STREAM, status
+
+
+def describe_failure(reason: BaseException | Failure) -> str:
+    """A one-line cause for the log: refused, DNS, TLS, redirects, lost connection."""
+    if isinstance(reason, Failure):
+        reason = reason.value
+    if isinstance(reason, ResponseDone):
+        return "the server ended the stream"
+    if isinstance(reason, http.PotentialDataLoss):
+        return "the server closed the connection"
+    if isinstance(reason, (ResponseNeverReceived, ResponseFailed)):
+        # _DataLoss only repeats that a chunked body was cut short
+        inner = [describe_failure(f) for f in reason.reasons if not isinstance(f.value, _DATA_LOSS)]
+        what = "no response" if isinstance(reason, ResponseNeverReceived) else "the response failed"
+        return f"{what}: {'; '.join(inner) or type(reason).__name__}"
+    if isinstance(reason, web_error.InfiniteRedirection):
+        return f"more than {MAX_REDIRECTS} redirects (last to {_text(reason.location)})"
+    if isinstance(reason, web_error.RedirectWithNoLocation):
+        return f"redirect {_text(reason.status)} without a Location header"
+    if isinstance(reason, net_error.DNSLookupError):
+        return _strip_period(reason)  # "DNS lookup failed: <why>"
+    if isinstance(reason, net_error.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, net_error.TimeoutError):
+        return "TCP connect timed out"
+    if isinstance(reason, (net_error.ConnectionDone, net_error.ConnectionLost)):
+        return "connection closed" if isinstance(reason, net_error.ConnectionDone) else "connection lost"
+    if _is_tls_error(reason):
+        return f"TLS error: {_tls_text(reason)}"
+    text = str(reason).strip()
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _strip_period(reason: BaseException) -> str:
+    return str(reason).strip().rstrip(".") or type(reason).__name__
+
+
+def _is_tls_error(reason: BaseException) -> bool:
+    try:
+        from OpenSSL.SSL import Error as SSLError
+    except ImportError:  # pragma: no cover - pyOpenSSL is needed for https anyway
+        return False
+    return isinstance(reason, SSLError)
+
+
+def _tls_text(reason: BaseException) -> str:
+    # pyOpenSSL errors carry [(library, function, reason), ...]
+    details = reason.args[0] if reason.args and isinstance(reason.args[0], list) else []
+    texts = [item[-1] for item in details if isinstance(item, tuple) and item]
+    return ", ".join(str(t) for t in texts) or str(reason) or type(reason).__name__
+
+
+class RecentIds:
+    """The last ``size`` ids seen: enough to spot the same event arriving on another connection."""
+
+    def __init__(self, size: int = DEDUP_WINDOW) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: str) -> bool:
+        """Remember ``event_id``; False if it was already there (a duplicate)."""
+        if event_id in self._ids:
+            return False
+        self._ids[event_id] = None
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+        return True
+
+
+def should_log(count: int) -> bool:
+    """Log the first ten of a kind, then every thousandth, so a bad upstream cannot flood the log."""
+    return count <= 10 or count % 1000 == 0
+
+
+# --------------------------------------------------------------------------- Twisted glue
+
+
+class BodyReceiver(Protocol):
+    """Hands body bytes on as they arrive and keeps the transport.
+
+    treq's ``collect`` cannot be cancelled and would keep the connection open
+    (pitfall P3); with the transport we can close it, and pause it when
+    downstream cannot keep up.
+    """
+
+    def __init__(self, on_data: Callable[[bytes], None]) -> None:
+        self._on_data = on_data
+        self.done: Deferred[None] = Deferred()  # fires (never fails) once the body has ended
+        self.reason: Failure | None = None
+        self.closing = False
+        self.paused = False
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        if self.paused:
+            transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.transport = None
+        self.reason = reason
+        if not self.done.called:
+            self.done.callback(None)
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def pause(self) -> None:
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+
+class _Discard(Protocol):
+    """Closes a response we will not read (an error page, a wrong content type)."""
+
+    def makeConnection(self, transport: Any) -> None:
+        transport.stopProducing()
+
+
+@dataclass(slots=True)
+class _Outcome:
+    stop: bool = False
+    failure: str | None = None  # set when the attempt counts as a failure
+    ended: str | None = None  # why a good stream ended
+
+
+@dataclass(eq=False, slots=True)
+class _Connection:
+    """One of the ``worker.count`` connections and its own stream state."""
+
+    index: int
+    parser: EventStreamParser
+    failures: int = 0  # consecutive failed attempts
+    connected: bool = False
+    got_data: bool = False  # this stream has sent bytes: the failure count was reset
+    timed_out: str | None = None
+    previous_id: str = ""  # id of the last message: a message carrying the same one set none of its own
+    loop: Deferred | None = None
+    request: Deferred | None = None
+    waiting: Deferred | None = None
+    receiver: BodyReceiver | None = None
+    timer: IDelayedCall | None = None  # connect timeout, then read timeout
+    last_error: str | None = None
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
+class SseSourceService(Service):
+    """Keeps ``worker.count`` connections to ``receiver.url`` and publishes their events.
+
+    Operator figures are plain attributes: ``connected``, ``reconnects``,
+    ``last_event_id``, ``counters`` and ``rejected`` (parser rejections by
+    reason); ``mapping_errors`` counts unmappable messages by reason.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        connector: ConnectorDef,
+        mapper: IMapper,
+        bus: IBus,
+        reactor: Any,
+        *,
+        jitter: Callable[[], float] = random.random,
+        tls_policy: IPolicyForHTTPS | None = None,
+    ) -> None:
+        self.connector = connector
+        self.source_name = connector.name
+        self.setName(f"source:{connector.name}")
+        self.mapper = mapper
+        self.bus = bus
+        self.reactor = reactor
+        self.url: str = str(connector["receiver.url"])
+        self.stream = connector.stream
+        self.event_types: frozenset[str] = frozenset(connector["event.types"])
+        self.policy = ReconnectPolicy(
+            connector["reconnect.initial.delay"], connector["reconnect.max.delay"], jitter
+        )
+        self.connect_timeout: float = connector["connect.timeout"]
+        self.read_timeout: float = connector["read.timeout"]
+        self.max_event_size: int = connector["max.event.size"]
+        self.workers: int = connector["worker.count"]
+        self.headers: tuple[tuple[str, str], ...] = connector["headers"]
+
+        self.reconnects = 0
+        self.last_event_id = ""
+        self.counters: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.mapping_errors: Counter[str] = Counter()
+        self.stopped_reason: str | None = None  # set when the server told us to stop (204)
+        self.recent_ids = RecentIds()
+        self.paused = False
+
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        agent = Agent(reactor, contextFactory=tls_policy or BrowserLikePolicyForHTTPS(), pool=self.pool)
+        self._http = HTTPClient(RedirectAgent(agent, redirectLimit=MAX_REDIRECTS))
+        self._connections: list[_Connection] = []
+        self._halted = False
+
+    # -- figures
+
+    @property
+    def connected(self) -> bool:
+        return any(c.connected for c in self._connections)
+
+    @property
+    def connections_up(self) -> int:
+        return sum(c.connected for c in self._connections)
+
+    # -- service
+
+    def startService(self) -> None:
+        super().startService()
+        self._halted = False
+        self.stopped_reason = None
+        # A restarted service keeps each connection's Last-Event-ID and retry.
+        parsers = [c.parser for c in self._connections]
+        self._connections = [self._new_connection(i, parsers[i] if i < len(parsers) else None) for i in range(self.workers)]
+        self.log.info(
+            "source {source} subscribing to {url} with {workers} connection(s) for stream {stream}",
+            source=self.source_name, url=self.url, workers=self.workers, stream=self.stream,
+        )
+        for conn in self._connections:
+            conn.loop = Deferred.fromCoroutine(self._run(conn))
+            conn.loop.addErrback(
+                lambda f, conn=conn: self.log.failure(
+                    "source {source} connection {worker} stopped unexpectedly", f, source=self.source_name, worker=conn.index
+                )
+            )
+
+    def stopService(self) -> Deferred:
+        """Close every connection and timer at once; fires when all are closed."""
+        super().stopService()
+        self._halt()
+        loops = [c.loop for c in self._connections if c.loop is not None]
+        d: Deferred = DeferredList(loops, consumeErrors=True)
+        d.addCallback(lambda _: self.pool.closeCachedConnections())
+        d.addCallback(lambda _: self.log.info("source {source} stopped", source=self.source_name))
+        return d
+
+    def pause(self) -> None:
+        """Stop reading (backpressure): the server's writes queue in TCP buffers, not here."""
+        self.paused = True
+        for conn in self._connections:
+            if conn.receiver is not None:
+                conn.receiver.pause()
+                conn.cancel_timer()  # a paused stream is silent by our choice
+
+    def resume(self) -> None:
+        self.paused = False
+        for conn in self._connections:
+            if conn.receiver is not None:
+                conn.receiver.resume()
+                self._arm_read_timeout(conn)
+
+    def _new_connection(self, index: int, parser: EventStreamParser | None = None) -> _Connection:
+        limit = self.max_event_size
+        return _Connection(index, parser or EventStreamParser(max_line=limit + LINE_SLACK, max_event=limit))
+
+    def _halt(self) -> None:
+        self._halted = True
+        for conn in self._connections:
+            conn.cancel_timer()
+            if conn.waiting is not None:
+                conn.waiting.cancel()
+            if conn.request is not None:
+                conn.request.cancel()
+            if conn.receiver is not None:
+                conn.receiver.close()
+
+    # -- one connection's life
+
+    async def _run(self, conn: _Connection) -> None:
+        while not self._halted:
+            try:
+                outcome = await self._attempt(conn)
+            except Exception:
+                # A bug must not leave the source dead: log it and treat it as a failure.
+                self.log.failure("source {source} connection {worker} failed unexpectedly", source=self.source_name, worker=conn.index)
+                outcome = _Outcome(failure="internal error (see the traceback above)")
+            if self._halted:
+                break
+            if outcome.stop:
+                self._server_stop(outcome.failure or "stopped by the server")
+                break
+            if outcome.failure is not None:
+                conn.failures += 1
+                conn.last_error = outcome.failure
+                self.counters["failures"] += 1
+            delay = self.policy.delay(conn.failures, conn.parser.retry)
+            if outcome.failure is not None:
+                self.log.warn(
+                    "source {source} ({url}, connection {worker}): {cause}; retrying in {delay:.2f}s (failure {failures} in a row)",
+                    source=self.source_name, url=self.url, worker=conn.index, cause=outcome.failure,
+                    delay=delay, failures=conn.failures,
+                )
+            else:
+                self.log.info(
+                    "source {source} ({url}, connection {worker}): stream ended ({cause}); reconnecting in {delay:.2f}s with Last-Event-ID {last_event_id!r}",
+                    source=self.source_name, url=self.url, worker=conn.index, cause=outcome.ended,
+                    delay=delay, last_event_id=conn.parser.last_event_id,
+                )
+            conn.waiting = deferLater(self.reactor, delay, lambda: None)
+            try:
+                await conn.waiting
+            except CancelledError:
+                break
+            finally:
+                conn.waiting = None
+            self.reconnects += 1
+
+    async def _attempt(self, conn: _Connection) -> _Outcome:
+        conn.got_data = False
+        conn.timed_out = None
+        headers = self._request_headers(conn)
+        self.counters["attempts"] += 1
+        self.log.debug(
+            "source {source} connection {worker} requesting {url} (Last-Event-ID {last_event_id!r})",
+            source=self.source_name, worker=conn.index, url=self.url, last_event_id=conn.parser.last_event_id,
+        )
+        request = self._http.get(self.url, headers=headers, unbuffered=True, allow_redirects=False)
+        conn.request = request
+        if self.connect_timeout > 0:
+            conn.timer = self.reactor.callLater(self.connect_timeout, self._connect_timed_out, conn)
+        try:
+            response: IResponse = await request
+        except CancelledError:
+            if self._halted:
+                return _Outcome()
+            return _Outcome(failure=conn.timed_out or "request cancelled")
+        except Exception as e:
+            if self._halted:
+                return _Outcome()
+            if conn.timed_out:
+                return _Outcome(failure=conn.timed_out)
+            return _Outcome(failure=describe_failure(e))
+        finally:
+            conn.request = None
+            conn.cancel_timer()
+
+        content_type = response.headers.getRawHeaders(b"content-type", [None])[0]
+        phrase = response.phrase.decode("latin-1", "replace") if isinstance(response.phrase, bytes) else str(response.phrase)
+        verdict, reason = judge_response(
+            response.code, phrase, content_type.decode("latin-1", "replace") if content_type else None
+        )
+        if verdict is not Verdict.STREAM:
+            response.deliverBody(_Discard())
+            self.counters["bad_responses"] += 1
+            return _Outcome(stop=verdict is Verdict.STOP, failure=reason)
+
+        receiver = BodyReceiver(partial(self._data, conn))
+        receiver.paused = self.paused
+        conn.receiver = receiver
+        conn.connected = True
+        self.counters["streams"] += 1
+        final_url = _final_url(response)
+        self.log.info(
+            "source {source} connected to {url}{via} (connection {worker}, Last-Event-ID {last_event_id!r})",
+            source=self.source_name, url=self.url, worker=conn.index, last_event_id=conn.parser.last_event_id,
+            via="" if final_url in (None, self.url) else f" via {final_url}",
+        )
+        response.deliverBody(receiver)
+        self._arm_read_timeout(conn)
+        try:
+            await receiver.done
+        finally:
+            conn.connected = False
+            conn.receiver = None
+            conn.cancel_timer()
+        for item in conn.parser.close():  # drops an unfinished event, resets for the next stream
+            self._handle(conn, item)
+        if self._halted:
+            return _Outcome()
+        if conn.timed_out:
+            self.counters["read_timeouts"] += 1
+            return _Outcome(failure=conn.timed_out)
+        cause = describe_failure(receiver.reason) if receiver.reason is not None else "closed"
+        if not conn.got_data:
+            return _Outcome(failure=f"the stream ended before sending anything ({cause})")
+        return _Outcome(ended=cause)
+
+    def _request_headers(self, conn: _Connection) -> Headers:
+        headers = Headers()
+        headers.setRawHeaders(b"Accept", [b"text/event-stream"])
+        headers.setRawHeaders(b"Cache-Control", [b"no-cache"])
+        for name, value in self.headers:
+            headers.setRawHeaders(name.encode("latin-1"), [value.encode("utf-8")])
+        if conn.parser.last_event_id:
+            headers.setRawHeaders(b"Last-Event-ID", [conn.parser.last_event_id.encode("utf-8")])
+        return headers
+
+    def _connect_timed_out(self, conn: _Connection) -> None:
+        conn.timer = None
+        conn.timed_out = f"no response within {self.connect_timeout:g}s (connect.timeout)"
+        if conn.request is not None:
+            conn.request.cancel()
+
+    def _arm_read_timeout(self, conn: _Connection) -> None:
+        conn.cancel_timer()
+        if self.read_timeout > 0 and conn.receiver is not None and not self.paused:
+            conn.timer = self.reactor.callLater(self.read_timeout, self._read_timed_out, conn)
+
+    def _read_timed_out(self, conn: _Connection) -> None:
+        conn.timer = None
+        conn.timed_out = f"nothing received for {self.read_timeout:g}s (read.timeout)"
+        if conn.receiver is not None:
+            conn.receiver.close()
+
+    def _server_stop(self, reason: str) -> None:
+        self.stopped_reason = reason
+        self.log.warn(
+            "source {source} ({url}): {reason}; the source stops until the daemon restarts",
+            source=self.source_name, url=self.url, reason=reason,
+        )
+        self._halt()
+
+    # -- data
+
+    def _data(self, conn: _Connection, data: bytes) -> None:
+        # Nothing may escape into the HTTP client: it would drop the connection.
+        with self.log.failuresHandled(
+            "source {source} failed to handle data from {url}", level=LogLevel.error,
+            source=self.source_name, url=self.url,
+        ) as handled:
+            self.counters["bytes_in"] += len(data)
+            if not conn.got_data:
+                conn.got_data = True
+                conn.failures = 0  # the server is alive and speaks SSE
+            if conn.timer is not None:
+                conn.timer.reset(self.read_timeout)
+            for item in conn.parser.feed(data):
+                self._handle(conn, item)
+            if conn is self._leader():
+                self.last_event_id = conn.parser.last_event_id
+        if handled.failed:
+            self.counters["internal_errors"] += 1
+
+    def _leader(self) -> _Connection | None:
+        """The lowest-numbered connection that is up: the one that delivers messages without ids."""
+        return next((c for c in self._connections if c.connected), None)
+
+    def _handle(self, conn: _Connection, item: Message | Rejection) -> None:
+        if isinstance(item, Rejection):
+            self.rejected[item.reason] += 1
+            total = sum(self.rejected.values())
+            if should_log(total):
+                what = (
+                    f"a line longer than {conn.parser.max_line} characters" if item.reason == "line-too-long"
+                    else f"{item.size} characters of data"
+                )
+                self.log.warn(
+                    "source {source} ({url}): skipped an event ({reason}: {what}; max.event.size is {limit}); {total} skipped so far",
+                    source=self.source_name, url=self.url, reason=item.reason, what=what,
+                    limit=self.max_event_size, total=total,
+                )
+            return
+        self.counters["messages"] += 1
+        if self.event_types and item.event not in self.event_types:
+            self.counters["filtered"] += 1
+            return
+        if not self._first_delivery(conn, item):
+            self.counters["duplicates"] += 1
+            return
+        try:
+            values = self.mapper.decode(item.data)
+        except MappingError as e:
+            self._unmapped(item, e.reason, str(e))
+            return
+        except Exception as e:  # a mapper bug must not stop the stream
+            self.log.failure("source {source}: the mapper failed", source=self.source_name)
+            self._unmapped(item, "mapper-error", f"{type(e).__name__}: {e}")
+            return
+        now = self.reactor.seconds()
+        events = [Event(v, id=item.id or None, type=item.event, ingress=now) for v in values]
+        self.log.debug(
+            "source {source}: message {id!r} ({event}) -> {count} event(s)",
+            source=self.source_name, id=item.id, event=item.event, count=len(events),
+        )
+        self.counters["events_in"] += len(events)
+        self.bus.publish(self.stream, events)
+
+    def _first_delivery(self, conn: _Connection, message: Message) -> bool:
+        """With several connections, let each event through once.
+
+        An event with an id of its own passes the first time that id is seen.
+        Without an id, copies cannot be told apart, so only the leading
+        connection delivers it.
+        """
+        if self.workers == 1:
+            return True
+        own_id = bool(message.id) and message.id != conn.previous_id
+        conn.previous_id = message.id
+        if not own_id:
+            return conn is self._leader()
+        return self.recent_ids.add(message.id)
+
+    def _unmapped(self, message: Message, reason: str, text: str) -> None:
+        self.counters["mapping_errors"] += 1
+        self.mapping_errors[reason] += 1
+        if should_log(self.counters["mapping_errors"]):
+            payload = message.data if len(message.data) <= 200 else message.data[:197] + "..."
+            self.log.warn(
+                "source {source} ({url}): message {id!r} does not map ({reason}): {error}; payload {payload!r}; {total} so far",
+                source=self.source_name, url=self.url, id=message.id, reason=reason, error=text,
+                payload=payload, total=self.counters["mapping_errors"],
+            )
+
+
+def _final_url(response: IResponse) -> str | None:
+    request = getattr(response, "request", None)
+    uri = getattr(request, "absoluteURI", None)
+    return uri.decode("utf-8", "replace") if isinstance(uri, bytes) else None
