@@ -36,6 +36,7 @@ from twisted.web.client import (
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
@@ -251,6 +252,10 @@ class BodyReceiver(Protocol):
             self.transport.resumeProducing()
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
 class _Discard(Protocol):
     """Closes a response we will not read (an error page, a wrong content type)."""
 
@@ -337,6 +342,7 @@ class SseSourceService(Service):
         self.paused = False
 
         self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.pool._factory = _QuietClientFactory  # one "Starting factory" log line per reconnect is noise
         agent = Agent(reactor, contextFactory=tls_policy or BrowserLikePolicyForHTTPS(), pool=self.pool)
         self._http = HTTPClient(RedirectAgent(agent, redirectLimit=MAX_REDIRECTS))
         self._connections: list[_Connection] = []
