@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= etc/sse-daemon.yaml
 
-.PHONY: install run check test clean
+.PHONY: install run check test test-tools clean
 
 install: $(STAMP)
 
@@ -24,7 +24,12 @@ run: install
 check: install
 	$(BIN)/twistd --nodaemon --pidfile= sse-daemon --config $(CONFIG) --check
 
-test: install
+# Debian's chromium, chromium-driver and nginx, for the browser and proxy tests
+# (installed when missing and we are root; see the script).
+test-tools:
+	bash .ci/install-test-tools
+
+test: install test-tools
 	$(BIN)/python -m pytest
 
 clean:

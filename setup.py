@@ -17,6 +17,13 @@ setup(
         "twisted>=24.7",  # reactor, twisted.web sinks, twistd, twisted.logger
         "treq>=23.11",  # streaming HTTP client for SSE sources
         "pyyaml>=6.0",  # connector definitions
+        "lark>=1.2",  # the statement language (CREATE SOURCE/SINK/STREAM, INSERT INTO, WHERE): sse_daemon/statements.lark
+        "prometheus-client>=0.20",  # /metrics on the admin listener: the official exposition format and parser
+        "pyjwt>=2.8",  # auth.type bearer: JWTs verified against a key (exp, aud, stream claim)
+        "bcrypt>=4.0",  # auth.type basic: bcrypt hashes in auth.users.file
+        "argon2-cffi>=23.1",  # auth.type basic: Argon2 hashes in auth.users.file
+        "pyopenssl>=24.0",  # TLS listeners (server.tls.cert/key) and https sources via Twisted
+        "service-identity>=24.1",  # Twisted's hostname verification of https sources' certificates
     ],
     extras_require={
         "test": [
@@ -28,7 +35,13 @@ setup(
             "httpx-sse>=0.4",  # an SSE client nobody here wrote
             "sse-starlette>=2.1",  # an SSE server nobody here wrote
             "uvicorn>=0.30",
+            "selenium>=4.20",  # drives Debian's chromium (via /usr/bin/chromedriver) to test the status page
         ],
     },
+    entry_points={"console_scripts": ["sse-daemon=sse_daemon.cli:main"]},  # `sse-daemon probe URL`
+    package_data={"sse_daemon": [
+        "static/*",  # the admin status page (plain HTML and JS, no build step)
+        "statements.lark",  # the grammar of the statement language, read at run time
+    ]},
     include_package_data=True,
 )

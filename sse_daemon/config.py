@@ -18,7 +18,6 @@ tables are checked against them by a test).
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -26,7 +25,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .schema import Schema, SchemaError, parse_schema
+from .expressions import Condition, ExpressionError, compile_condition
+from .grammar import StatementSyntaxError
+from .jsonpath import JsonPath, JsonPathError, parse_path as parse_json_path
+from .mappers import MapperConfigError, Template, make_mapper, parse_template
+from .schema import Schema, SchemaError, did_you_mean, parse_schema
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -39,8 +42,11 @@ MIB = 1024 * 1024
 class Location:
     file: str
     line: int | None = None  # 1-based
+    column: int | None = None  # 1-based; given for syntax errors in statements
 
     def __str__(self) -> str:
+        if self.line and self.column:
+            return f"{self.file}:{self.line}:{self.column}"
         return f"{self.file}:{self.line}" if self.line else self.file
 
 
@@ -245,6 +251,14 @@ class Option:
     default: Any = None
     required: bool = False
     default_doc: str | None = None  # when the default is computed (e.g. from the name)
+    #: a family of options named by a suffix, such as ``map.attributes.<attr>``; their
+    #: values are collected in one mapping under the name before ``.<``: ``map.attributes``
+    dynamic: bool = False
+
+    @property
+    def prefix(self) -> str:
+        """``map.attributes.`` for ``map.attributes.<attr>``."""
+        return self.name[: self.name.index("<")]
 
 
 def _worker_count(value: Any) -> int:
@@ -274,7 +288,7 @@ COMMON_OPTIONS = (
     ),
 )
 
-MAP_TYPE = Option("map.type", "STRING", "How events are mapped to and from the wire.", parse_choice("json"), "json")
+MAP_TYPE = Option("map.type", "STRING", "How events are mapped to and from the wire: `json` or `text` (see 'Mapping').", parse_choice("json", "text"), "json")
 FAIL_ON_MISSING = Option(
     "map.fail.on.missing.attribute", "BOOL",
     "Reject a message that lacks a schema attribute; `false` makes the attribute null instead.",
@@ -286,6 +300,114 @@ HEADERS = Option(
     parse_headers, (),
 )
 
+
+def _source_path(value: Any) -> JsonPath:
+    try:
+        return parse_json_path(parse_string(value))
+    except JsonPathError as e:
+        raise OptionError(str(e)) from None
+
+
+def _sink_path(value: Any) -> JsonPath:
+    path = _source_path(value)
+    if not path.names_only:
+        raise OptionError(f"expected a path of names such as '$.portfolio.company' (an output cannot be wrapped in an array index), found {_found(path.text)}")
+    return path
+
+
+def _template(value: Any) -> Template:
+    try:
+        return parse_template(parse_string(value))
+    except ValueError as e:
+        raise OptionError(str(e)) from None
+
+
+#: the original JSON mapper's options, with the `map.` prefix (issue 4; README, "Mapping")
+SOURCE_MAPPING_OPTIONS = (
+    Option("map.enclosing.element", "STRING", "JSONPath of the event, or array of events, inside each message, such as `$.portfolio`; a message without it is rejected (json only).", _source_path, default_doc="`$` (the whole message)"),
+    Option("map.attributes.<attr>", "STRING", "JSONPath of attribute `<attr>` inside each event, such as `$.stock.price` (json only); attributes without one are read from `$.<attr>`.", _source_path, dynamic=True, default_doc="the default mapping"),
+)
+SINK_MAPPING_OPTIONS = (
+    Option("map.enclosing.element", "STRING", "Wraps each output in this path of names: `$.portfolio.company` gives `{\"portfolio\":{\"company\":<payload>}}` (json only).", _sink_path, default_doc="none"),
+    Option("map.payload", "STRING", "A template for each output with `{{attr}}` placeholders, instead of `{\"event\":{...}}` (see 'Payload templates').", _template, default_doc="none"),
+    Option("map.validate.json", "BOOL", "Drop (and count) an output that is not valid JSON instead of sending it.", parse_bool, False),
+)
+SSE_FORMAT = Option(
+    "sse.format", "STRING", "`sse`: the SSE wire format. `raw`: each payload as one bare chunk with the mapper's Content-Type, "
+    "no framing, ids, opening comment or heartbeat, as the original sink wrote it (see 'Interop').", parse_choice("sse", "raw"), "sse",
+)
+
+def _event_name(value: Any) -> str:
+    text = parse_string(value).strip()
+    if not text or any(c in text for c in "\r\n\0"):
+        raise OptionError(f"expected an SSE event type (one line, not empty), found {_found(value)}")
+    return text
+
+
+#: production hardening of an SSE sink (issue 5): honest resume, reconnect storms, limits, access
+SINK_HARDENING_OPTIONS = (
+    Option("history.max.age", "FLOAT", "Seconds an event stays in history; older events are dropped (a client resuming from one gets a reset event); 0 keeps them until `history.size` or `history.max.bytes` push them out.", lambda v: parse_number(v, 0), 0.0),
+    Option("history.max.bytes", "INT", "Bytes of encoded events kept in history; past this the oldest are dropped; 0 means no byte bound.", lambda v: parse_int(v, 0), 16 * MIB),
+    Option("resume.reset.event", "STRING", "Event type of the event sent before the replay when a client's `Last-Event-ID` is older than history, unknown or unreadable (see 'Resume').", _event_name, "reset"),
+    Option("retry.min", "INT", "Least `retry:` hint in milliseconds sent to a new subscriber; each gets a random value from `retry.min` to `retry.max` so clients do not reconnect in lockstep.", lambda v: parse_int(v, 0), 1000),
+    Option("retry.max", "INT", "Largest `retry:` hint in milliseconds; 0 sends no hint (clients use their default, about 3 s in browsers).", lambda v: parse_int(v, 0), 5000),
+    Option("drain.window", "FLOAT", "On shutdown, subscribers are closed in batches spread over this many seconds (each with its own `retry:`), so they do not all reconnect at once; keep it below systemd's `TimeoutStopSec` (30 s in the shipped unit); 0 closes all at once.", lambda v: parse_number(v, 0), 10.0),
+    Option("drain.batch.min", "INT", "Fewest subscribers closed together while draining: a sink with at most this many closes them at once.", lambda v: parse_int(v, 1), 20),
+    Option("max.subscribers", "INT", "Most subscribers the sink serves at once; more get 503 with `Retry-After`; 0 is no limit.", lambda v: parse_int(v, 0), 0),
+    Option("max.subscribers.per.address", "INT", "Most subscribers from one client address at once (behind a proxy every client has its address); 0 is no limit.", lambda v: parse_int(v, 0), 0),
+    Option("max.connections.per.second", "FLOAT", "New subscribers accepted per second (a token bucket holding one second's worth); more get 503 with `Retry-After`; 0 is no limit.", lambda v: parse_number(v, 0), 0.0),
+    Option("limit.retry.after", "INT", "`Retry-After` seconds sent with a 503 for `max.subscribers` and `max.subscribers.per.address` (a rate limit sends the time until a slot frees).", lambda v: parse_int(v, 1), 5),
+)
+
+#: production hardening of an HTTP ingest (issue 5)
+INGEST_HARDENING_OPTIONS = (
+    Option("max.requests.per.second", "FLOAT", "Requests accepted per second from one client address (a token bucket holding one second's worth, at least 1); more get 503 with `Retry-After`; 0 is no limit.", lambda v: parse_number(v, 0), 0.0),
+)
+
+def _realm(value: Any) -> str:
+    text = parse_string(value)
+    if any(c in text for c in '"\\\r\n'):
+        raise OptionError(f"expected a realm without quotes, backslashes or line breaks, found {_found(value)}")
+    return text
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    origins = tuple(o.rstrip("/") for o in parse_list(value))
+    for origin in origins:
+        if origin != "*" and origin != "null" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+            raise OptionError(f"expected origins such as 'https://app.example.com' or '*', found {_found(origin)}")
+    return origins
+
+
+#: TLS on a sink's or ingest's port (issue 5); checked as a whole by _check_access (tls.py)
+TLS_SERVER_OPTIONS = (
+    Option("server.tls.cert", "STRING", "A PEM certificate file (with its chain) to serve this port over TLS (https); needs `server.tls.key`.", parse_string),
+    Option("server.tls.key", "STRING", "The PEM private key file of `server.tls.cert` (unencrypted; readable by the daemon only).", parse_string),
+    Option("server.endpoint", "STRING", "A Twisted endpoint string that binds this port instead (e.g. `ssl:8443:privateKey=key.pem:certKey=cert.pem:extraCertChain=chain.pem`, `systemd:domain=INET:index=0`); connectors sharing the port must give the same.", parse_string),
+)
+
+#: access control of a sink or an ingest (issue 5); checked as a whole by _check_access
+ACCESS_OPTIONS = (
+    Option("auth.type", "STRING", "Who may subscribe (sink) or post (ingest): `none`, `basic` (users of `auth.users.file`) or `bearer` (static tokens and/or JWTs); see 'Access control'.", parse_choice("none", "basic", "bearer"), "none"),
+    Option("auth.realm", "STRING", "The realm named in the `WWW-Authenticate` challenge of a 401.", _realm, "sse-daemon"),
+    Option("auth.users.file", "STRING", "For `basic`: a file of `name:hash` lines, each hash bcrypt (`$2b$...`) or Argon2 (`$argon2id$...`); plain-text passwords are refused.", parse_string),
+    Option("auth.tokens.file", "STRING", "For `bearer`: a file of static tokens, one a line (at least 16 characters each).", parse_string),
+    Option("auth.tokens.env", "STRING", "For `bearer`: the name of an environment variable holding static tokens, comma-separated.", parse_string),
+    Option("auth.jwt.key", "STRING", "For `bearer`: the key JWTs are verified with (a PEM public key; an HMAC secret belongs in `auth.jwt.key.file`).", parse_string),
+    Option("auth.jwt.key.file", "STRING", "For `bearer`: a file holding the JWT key (PEM public key or HMAC secret).", parse_string),
+    Option("auth.jwt.algorithms", "LIST", "JWT signature algorithms accepted, e.g. `RS256, ES256` or `HS256`; the key must suit each.", parse_list, ("RS256",)),
+    Option("auth.jwt.audience", "STRING", "The `aud` a JWT must name; required when a JWT key is given.", parse_string),
+    Option("auth.jwt.issuer", "STRING", "The `iss` a JWT must name; none checks no issuer.", parse_string),
+    Option("auth.jwt.claim", "STRING", "The JWT claim listing the streams the token may read (sink) or write (ingest): a list or a space-separated string; `*` grants every stream.", parse_string, "streams"),
+    Option("auth.jwt.leeway", "FLOAT", "Seconds of clock skew allowed around a JWT's `exp` and `nbf`.", lambda v: parse_number(v, 0), 0.0),
+    Option("auth.cookie", "STRING", "Name of a cookie that may carry the bearer token (a browser's EventSource cannot set headers); empty reads no cookie.", parse_string, ""),
+    Option("auth.query.token", "BOOL", "Also accept the bearer token in an `access_token` query parameter (it may end up in proxy logs; off by default).", parse_bool, False),
+    Option("cors.origins", "LIST", "Origins (`https://app.example.com`) whose pages may subscribe (sink) or post (ingest); a request from another origin gets 403; `*` allows any; empty turns CORS handling off.", _origins, ()),
+    Option("cors.credentials", "BOOL", "Let pages send cookies and `Authorization` cross-origin (`Access-Control-Allow-Credentials: true`); not with `cors.origins: '*'`.", parse_bool, False),
+    Option("cors.max.age", "INT", "Seconds a browser may cache a preflight (`OPTIONS`) answer.", lambda v: parse_int(v, 0), 600),
+)
+
+
 SSE_SERVER_OPTIONS = (
     Option("server.port", "INT", "Port that subscribers connect to. Sinks and ingest sources on one port share it; 0 picks a free port.", _port, required=True),
     Option("server.path", "STRING", "Path that subscribers connect to; the leading slash is optional.", parse_path, default_doc="`/<sink name>`"),
@@ -293,17 +415,26 @@ SSE_SERVER_OPTIONS = (
     Option("worker.count", "INT", "Accepted for compatibility with the spec; must be 1 (see 'worker.count').", _worker_count, 1),
     HEADERS,
     MAP_TYPE,
+    *SINK_MAPPING_OPTIONS,
+    SSE_FORMAT,
     Option("heartbeat.interval", "FLOAT", "Seconds between heartbeat comments that keep proxies and idle connections open; 0 turns them off.", lambda v: parse_number(v, 0), 15.0),
     Option("history.size", "INT", "Events kept for subscribers that resume with `Last-Event-ID`; 0 keeps none.", lambda v: parse_int(v, 0), 1000),
     Option("subscriber.queue.size", "INT", "Events queued for a subscriber that cannot keep up; past this it is disconnected (it may resume from history).", lambda v: parse_int(v, 1), 1000),
     Option("subscriber.queue.bytes", "INT", "Bytes queued for a subscriber that cannot keep up; past this it is disconnected.", lambda v: parse_int(v, 1), 4 * MIB),
+    *SINK_HARDENING_OPTIONS,
+    *ACCESS_OPTIONS,
+    *TLS_SERVER_OPTIONS,
 )
 
 HTTP_SOURCE_OPTIONS = (
     Option("receiver.url", "STRING", "Where to listen for POSTed events: its host and port are bound (the port may be shared with sinks), its path is the endpoint.", parse_url, required=True),
     MAP_TYPE,
     FAIL_ON_MISSING,
+    *SOURCE_MAPPING_OPTIONS,
     Option("max.body.size", "INT", "Largest request body accepted, in bytes; larger bodies get 413.", lambda v: parse_int(v, 1), MIB),
+    *INGEST_HARDENING_OPTIONS,
+    *ACCESS_OPTIONS,
+    *TLS_SERVER_OPTIONS,
 )
 
 SSE_SOURCE_OPTIONS = (
@@ -315,6 +446,7 @@ SSE_SOURCE_OPTIONS = (
     HEADERS,
     MAP_TYPE,
     FAIL_ON_MISSING,
+    *SOURCE_MAPPING_OPTIONS,
     Option(
         "event.types", "LIST", "Only messages of these SSE event types are mapped (`message` is the type of an event "
         "without an `event:` line); empty keeps every type.", parse_list, (),
@@ -339,11 +471,26 @@ SSE_SOURCE_OPTIONS = (
         "max.event.size", "INT", "Largest event data accepted, in characters; a larger event is skipped and counted.",
         lambda v: parse_int(v, 1), 4 * MIB,
     ),
+    Option(
+        "sse.format", "STRING", "`sse`: read `text/event-stream`. `raw`: read a body of back-to-back JSON documents "
+        "with any Content-Type, as the original sink writes it (see 'Interop').", parse_choice("sse", "raw"), "sse",
+    ),
+    # issue 5: certificates of https sources are verified; this replaces the system's trust store
+    Option("tls.ca.file", "STRING", "A PEM bundle of CA certificates that an https `receiver.url`'s certificate must chain to, instead of the system's trust store (certificates and host names are always verified).", parse_string),
 )
 
 LOG_SINK_OPTIONS = (
     Option("prefix", "STRING", "Text written before each logged event.", parse_string, ""),
     MAP_TYPE,
+    *SINK_MAPPING_OPTIONS,
+)
+
+#: the top-level ``admin:`` section: metrics, health, status page (off unless given)
+ADMIN_OPTIONS = (
+    Option("port", "INT", "Port of the admin listener (`/metrics`, `/healthz`, `/readyz`, the status page); 0 picks a free port. It may not be a connector's port.", _port, required=True),
+    Option("host", "STRING", "Address the admin listener binds; keep it local or firewalled (it shows every stream's events).", parse_string, "127.0.0.1"),
+    Option("ready.grace", "FLOAT", "Seconds an SSE source may be down (reconnecting, or not yet connected since start) before `/readyz` answers 503.", lambda v: parse_number(v, 0), 10.0),
+    Option("live.history", "INT", "Events of each stream the status page's live view keeps, for a browser that reconnects.", lambda v: parse_int(v, 1), 100),
 )
 
 #: (role, type) -> options of that connector type, beyond COMMON_OPTIONS
@@ -385,6 +532,14 @@ class RawRoute:
 
 
 @dataclass(slots=True)
+class RawSection:
+    """A top-level section of options (``admin:``), with where it starts."""
+
+    location: Location
+    options: dict[str, RawValue]
+
+
+@dataclass(slots=True)
 class RawConfig:
     """What a front-end read, before any check."""
 
@@ -393,6 +548,7 @@ class RawConfig:
     connectors: list[RawConnector] = field(default_factory=list)
     routes: list[RawRoute] = field(default_factory=list)
     issues: list[ConfigIssue] = field(default_factory=list)  # syntax-level problems
+    admin: list[RawSection] = field(default_factory=list)  # more than one is an error
 
     def extend(self, other: "RawConfig") -> None:
         self.files += other.files
@@ -400,13 +556,16 @@ class RawConfig:
         self.connectors += other.connectors
         self.routes += other.routes
         self.issues += other.issues
+        self.admin += other.admin
 
 
 @dataclass(frozen=True, slots=True)
 class StreamDef:
     name: str
     schema: Schema
-    location: Location
+    # Where a definition was written is not part of what it defines: a statements
+    # file and the equivalent YAML give equal Configs (locations and files aside).
+    location: Location = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,7 +575,7 @@ class ConnectorDef:
     type: str
     stream: str
     options: Mapping[str, Any]  # every option of the type, defaults filled in
-    location: Location
+    location: Location = field(compare=False)
 
     @property
     def label(self) -> str:
@@ -430,16 +589,44 @@ class ConnectorDef:
 class RouteDef:
     source: str
     target: str
+    location: Location = field(compare=False)
+    select: tuple[str, ...] | None = None  # the attributes kept; None is SELECT *
+    where: Condition | None = None  # checked against the source's schema; None passes all
+
+    def __str__(self) -> str:
+        text = f"{self.source} -> {self.target}"
+        if self.select is not None:
+            text += f" select {', '.join(self.select)}"
+        return text + (f" where {self.where}" if self.where is not None else "")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminDef:
+    """The admin listener's options (every one of ADMIN_OPTIONS, defaults filled in)."""
+
+    options: Mapping[str, Any]
     location: Location
+
+    @property
+    def host(self) -> str:
+        return self.options["host"]
+
+    @property
+    def port(self) -> int:
+        return self.options["port"]
+
+    def __getitem__(self, option: str) -> Any:
+        return self.options[option]
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    files: tuple[str, ...]
+    files: tuple[str, ...] = field(compare=False)
     streams: Mapping[str, StreamDef]
     sources: tuple[ConnectorDef, ...]
     sinks: tuple[ConnectorDef, ...]
     routes: tuple[RouteDef, ...]
+    admin: AdminDef | None = None  # None: no admin listener
 
     @property
     def connectors(self) -> tuple[ConnectorDef, ...]:
@@ -457,7 +644,11 @@ class Config:
                              else f"  {c.name}: {c.type} {_endpoint_text(c)} <- stream {c.stream}")
         lines.append(f"routes ({len(self.routes)}):")
         for route in self.routes:
-            lines.append(f"  {route.source} -> {route.target}")
+            lines.append(f"  {route}")
+        if self.admin is None:
+            lines.append("admin: off")
+        else:
+            lines.append(f"admin: on {self.admin.host}:{self.admin.port} (ready.grace {self.admin['ready.grace']:g}s)")
         return "\n".join(lines)
 
 
@@ -471,12 +662,18 @@ def _endpoint_text(c: ConnectorDef) -> str:
 
 # --------------------------------------------------------------------------- YAML front-end
 
-TOP_LEVEL_KEYS = ("streams", "sources", "sinks", "routes")
-ROUTE_KEYS = ("from", "to")
+TOP_LEVEL_KEYS = ("streams", "sources", "sinks", "routes", "admin", "statements")
+ROUTE_KEYS = ("from", "to", "select", "where")
 
 
 def load_files(paths: Iterable[str]) -> Config:
-    """Read and validate every file; raise ConfigError with all problems."""
+    """Read and validate every file; raise ConfigError with all problems.
+
+    The front-end is chosen by extension: ``.sql`` files hold statements
+    (``sse_daemon.statements``), anything else is YAML.
+    """
+    from .statements import load_statements  # statements.py builds this module's Raw* objects
+
     raw = RawConfig()
     for path in paths:
         try:
@@ -488,7 +685,7 @@ def load_files(paths: Iterable[str]) -> Config:
         except UnicodeDecodeError as e:
             raw.issues.append(ConfigIssue(Location(path), f"the file is not UTF-8 text: {e}"))
             continue
-        raw.extend(load_yaml(text, path))
+        raw.extend(load_statements(text, path) if path.lower().endswith(".sql") else load_yaml(text, path))
     return validate(raw)
 
 
@@ -534,6 +731,13 @@ def load_yaml(text: str, filename: str = "<config>") -> RawConfig:
             for option, value_node in fields.items():
                 connector.options[option] = RawValue(reader.value(value_node), reader.loc(value_node))
             raw.connectors.append(connector)
+    if "admin" in top:
+        fields = reader.mapping(top["admin"], "admin")
+        if fields is not None:
+            raw.admin.append(RawSection(
+                reader.key_loc(top["admin"]),
+                {k: RawValue(reader.value(v), reader.loc(v)) for k, v in fields.items()},
+            ))
     if "routes" in top:
         node = top["routes"]
         if not isinstance(node, yaml.SequenceNode):
@@ -546,7 +750,30 @@ def load_yaml(text: str, filename: str = "<config>") -> RawConfig:
                         reader.loc(item),
                         {k: RawValue(reader.value(v), reader.loc(v)) for k, v in fields.items()},
                     ))
+    if "statements" in top:
+        node = top["statements"]
+        if not isinstance(node, yaml.ScalarNode) or not isinstance(reader.value(node), str):
+            raw.issues.append(ConfigIssue(reader.loc(node), f"expected statements as text ('statements: |' with the statements indented below), found {_node_kind(node)}", "statements"))
+        else:
+            from .statements import load_statements  # statements.py builds this module's Raw* objects
+
+            inner = load_statements(reader.value(node), filename, *_text_offsets(node, text))
+            inner.files = []  # the same file
+            raw.extend(inner)
     return raw
+
+
+def _text_offsets(node: yaml.ScalarNode, text: str) -> tuple[int, int]:
+    """(lines, columns) before the first character of a scalar's value in the file.
+
+    Exact for a literal block scalar (``|``), whose lines keep one indentation;
+    otherwise (a folded, quoted or plain scalar) only the first line is placed exactly.
+    """
+    if node.style == "|":
+        lines = text.split("\n")[node.start_mark.line + 1:]
+        first = next((line for line in lines if line.strip()), "")
+        return node.start_mark.line + 1, len(first) - len(first.lstrip(" "))
+    return node.start_mark.line, node.start_mark.column + (1 if node.style in ("'", '"') else 0)
 
 
 class _YamlReader:
@@ -600,10 +827,7 @@ def _node_kind(node: yaml.Node) -> str:
 
 
 def unknown_message(name: str, known: Iterable[str], what: str = "key") -> str:
-    known = list(known)
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(known)}"
-    return f"unknown {what} '{name}'{hint}"
+    return f"unknown {what} '{name}'{did_you_mean(name, known)}"
 
 
 # --------------------------------------------------------------------------- validation
@@ -637,12 +861,20 @@ def validate(raw: RawConfig) -> Config:
             connectors.append(connector)
 
     streams = {name: StreamDef(name, schema, where) for name, (schema, where, _) in schemas.items()}
+    first_raw = {}
+    for raw_connector in raw.connectors:
+        first_raw.setdefault(raw_connector.name, raw_connector)
     for connector in connectors:
         if connector.stream not in streams:
             issues.append(ConfigIssue(connector.location, f"stream '{connector.stream}' has no schema: add 'schema:' here or declare it under 'streams:'", connector.label))
+        else:
+            _check_mapping(connector, first_raw[connector.name], streams[connector.stream].schema, issues)
 
     routes = _routes(raw.routes, streams, issues)
     _check_listeners(connectors, issues)
+    _check_access(connectors, first_raw, issues)
+    _check_tls(connectors, first_raw, issues)
+    admin = _admin(raw.admin, connectors, issues)
 
     if issues:
         raise ConfigError(sorted(issues, key=lambda i: (i.location.file, i.location.line or 0)))
@@ -654,6 +886,7 @@ def validate(raw: RawConfig) -> Config:
         sources=tuple(c for c in connectors if c.role == "source"),
         sinks=tuple(c for c in connectors if c.role == "sink"),
         routes=tuple(routes),
+        admin=admin,
     )
 
 
@@ -685,17 +918,25 @@ def _connector(raw: RawConnector, schemas: dict, issues: list[ConfigIssue]) -> C
     values: dict[str, Any] = {}
     ok = True
     for name, raw_value in raw.options.items():
-        option = known.get(name)
+        option = known.get(name) or _dynamic_option(name, known.values())
         if option is None:
             issues.append(ConfigIssue(raw_value.location, unknown_message(name, known, "option"), label, name))
             ok = False
             continue
         try:
-            values[name] = option.parse(raw_value.value)
+            value = option.parse(raw_value.value)
         except OptionError as e:
             issues.append(ConfigIssue(raw_value.location, str(e), label, name))
             ok = False
+            continue
+        if option.dynamic:  # map.attributes.symbol -> values["map.attributes"]["symbol"]
+            values.setdefault(option.prefix[:-1], {})[name[len(option.prefix):]] = value
+        else:
+            values[name] = value
     for option in known.values():
+        if option.dynamic:
+            values.setdefault(option.prefix[:-1], {})
+            continue
         if option.name in values or option.name in raw.options:
             continue
         if option.required:
@@ -723,11 +964,26 @@ def _connector(raw: RawConnector, schemas: dict, issues: list[ConfigIssue]) -> C
     return ConnectorDef(raw.role, raw.name, type_name, stream, values, raw.location)
 
 
+def _dynamic_option(name: str, options: Iterable[Option]) -> Option | None:
+    """The option family ``name`` belongs to (``map.attributes.x`` -> ``map.attributes.<attr>``)."""
+    return next((o for o in options if o.dynamic and name.startswith(o.prefix) and len(name) > len(o.prefix)), None)
+
+
+def _check_mapping(connector: ConnectorDef, raw: RawConnector, schema: Schema, issues: list[ConfigIssue]) -> None:
+    """The map.* options against the stream's schema (placeholders, attribute paths, text mapping)."""
+    try:
+        make_mapper(connector.options, schema, connector.role)
+    except MapperConfigError as e:
+        for option, message in e.problems:
+            where = raw.options[option].location if option in raw.options else raw.location
+            issues.append(ConfigIssue(where, message, connector.label, option))
+
+
 def _routes(raw_routes: list[RawRoute], streams: Mapping[str, StreamDef], issues: list[ConfigIssue]) -> list[RouteDef]:
     routes: list[RouteDef] = []
     for raw in raw_routes:
         ends = {}
-        for key in ROUTE_KEYS:
+        for key in ("from", "to"):
             if key not in raw.fields:
                 issues.append(ConfigIssue(raw.location, f"'{key}' is required: routes are written '- {{from: A, to: B}}'", "route"))
                 continue
@@ -739,23 +995,76 @@ def _routes(raw_routes: list[RawRoute], streams: Mapping[str, StreamDef], issues
         if len(ends) != 2:
             continue
         source, target = streams[ends["from"]], streams[ends["to"]]
+        select = _route_select(raw, source, issues)
+        where = _route_where(raw, source, issues)
+        if select is False or where is False:
+            continue
         problems = []
         for attribute in target.schema.attributes:
             source_type = source.schema.type_of(attribute.name)
             if source_type is None:
                 problems.append(f"'{attribute.name}' is missing from {source.name}")
+            elif select is not None and attribute.name not in select:
+                problems.append(f"'{attribute.name}' is not selected")
             elif source_type is not attribute.type:
                 problems.append(f"'{attribute.name}' is {source_type.value} in {source.name} but {attribute.type.value} in {target.name}")
+        for name in select or ():
+            if target.schema.type_of(name) is None:
+                problems.append(f"'{name}' is selected but {target.name} has no attribute '{name}'")
         if source.name == target.name:
             problems.append("a route from a stream to itself would loop forever")
         if problems:
             issues.append(ConfigIssue(raw.location, f"stream {target.name} ({target.schema}) cannot take events of {source.name} ({source.schema}): " + "; ".join(problems), "route"))
             continue
-        routes.append(RouteDef(source.name, target.name, raw.location))
+        routes.append(RouteDef(source.name, target.name, raw.location, select, where))
     cycle = _find_cycle(routes)
     if cycle:
         issues.append(ConfigIssue(cycle[0].location, "routes form a loop: " + " -> ".join([r.source for r in cycle] + [cycle[0].source]), "route"))
     return routes
+
+
+def _route_select(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -> tuple[str, ...] | None | bool:
+    """The selected attribute names, None for all (no ``select`` or ``*``), False after an issue."""
+    field_value = raw.fields.get("select")
+    if field_value is None:
+        return None
+    try:
+        names = parse_list(field_value.value)
+    except OptionError:
+        names = ()
+    if not names:
+        issues.append(ConfigIssue(field_value.location, f"expected attribute names such as [a, b] or '*', found {_found(field_value.value)}", "route", "select"))
+        return False
+    if names == ("*",):
+        return None
+    ok = True
+    for index, name in enumerate(names):
+        if source.schema.type_of(name) is None:
+            issues.append(ConfigIssue(field_value.location, f"unknown attribute '{name}' of stream {source.name}{did_you_mean(name, source.schema.names)}", "route", "select"))
+            ok = False
+        elif name in names[:index]:
+            issues.append(ConfigIssue(field_value.location, f"'{name}' is selected twice", "route", "select"))
+            ok = False
+    return names if ok else False
+
+
+def _route_where(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -> Condition | None | bool:
+    """The checked, compiled condition; None when there is none, False after an issue."""
+    field_value = raw.fields.get("where")
+    if field_value is None:
+        return None
+    if not isinstance(field_value.value, str) or not field_value.value.strip():
+        issues.append(ConfigIssue(field_value.location, f"expected a condition such as \"n > 3 and name is not null\", found {_found(field_value.value)}", "route", "where"))
+        return False
+    try:
+        return compile_condition(field_value.value, source.schema, source.name)
+    except StatementSyntaxError as e:
+        where = f"line {e.line}, column {e.column}" if "\n" in field_value.value.strip() else f"column {e.column}"
+        message = f"{e.message} ({where} of the condition)\n{e.snippet()}"
+    except ExpressionError as e:
+        message = str(e)
+    issues.append(ConfigIssue(field_value.location, message, "route", "where"))
+    return False
 
 
 def _find_cycle(routes: list[RouteDef]) -> list[RouteDef] | None:
@@ -785,6 +1094,46 @@ def _find_cycle(routes: list[RouteDef]) -> list[RouteDef] | None:
     return None
 
 
+def _admin(sections: list[RawSection], connectors: list[ConnectorDef], issues: list[ConfigIssue]) -> AdminDef | None:
+    """The ``admin:`` section: given at most once, its own port, options checked like a connector's."""
+    if not sections:
+        return None
+    first, *others = sections
+    for other in others:
+        issues.append(ConfigIssue(other.location, f"'admin' is already configured at {first.location}", "admin"))
+    known = {o.name: o for o in ADMIN_OPTIONS}
+    values: dict[str, Any] = {}
+    ok = True
+    for name, raw_value in first.options.items():
+        option = known.get(name)
+        if option is None:
+            issues.append(ConfigIssue(raw_value.location, unknown_message(name, known, "option"), "admin", name))
+            ok = False
+            continue
+        try:
+            values[name] = option.parse(raw_value.value)
+        except OptionError as e:
+            issues.append(ConfigIssue(raw_value.location, str(e), "admin", name))
+            ok = False
+    for option in ADMIN_OPTIONS:
+        if option.name not in values and option.name not in first.options:
+            if option.required:
+                issues.append(ConfigIssue(first.location, f"'{option.name}' is required ({option.doc})", "admin", option.name))
+                ok = False
+            else:
+                values[option.name] = option.default
+    if not ok:
+        return None
+    port = values["port"]
+    for connector in connectors:
+        address = listen_address(connector)
+        if port and address is not None and address[1] == port:
+            where = first.options["port"].location
+            issues.append(ConfigIssue(where, f"port {port} is already used by {connector.label} (at {connector.location}); the admin listener needs a port of its own", "admin", "port"))
+            return None
+    return AdminDef(values, first.location)
+
+
 def listen_address(connector: ConnectorDef) -> tuple[str, int, str] | None:
     """(host, port, path) that a sink or ingest source serves, or None."""
     if connector.type == "sse-server":
@@ -794,6 +1143,60 @@ def listen_address(connector: ConnectorDef) -> tuple[str, int, str] | None:
         host = "127.0.0.1" if url.host == "localhost" else url.host
         return host, url.port, url.path
     return None
+
+
+def _check_tls(connectors: list[ConnectorDef], raws: Mapping[str, RawConnector], issues: list[ConfigIssue]) -> None:
+    """TLS files readable and matching; https ingests have a certificate; a shared port is bound one way."""
+    from .tls import check_ca_file, check_server_tls, is_tls, listen_description
+
+    def issue(connector: ConnectorDef, option: str, message: str) -> None:
+        raw = raws[connector.name].options.get(option)
+        issues.append(ConfigIssue(raw.location if raw is not None else connector.location, message, connector.label, option))
+
+    bound: dict[tuple[str, int], tuple[str, ConnectorDef]] = {}
+    for connector in connectors:
+        if connector.type == "sse":
+            problem = check_ca_file(connector.options.get("tls.ca.file"))
+            if problem:
+                issue(connector, "tls.ca.file", problem)
+            continue
+        address = listen_address(connector)
+        if address is None or "server.endpoint" not in connector.options:
+            continue
+        problems = check_server_tls(connector.options)
+        for option, message in problems:
+            issue(connector, option, message)
+        if connector.type == "http" and not problems:
+            https = connector["receiver.url"].scheme == "https"
+            if https != is_tls(connector.options):
+                issue(connector, "receiver.url", "an https receiver.url needs server.tls.cert and server.tls.key (or an ssl: server.endpoint)"
+                      if https else "this port is served over TLS: write receiver.url with https://")
+        if problems:
+            continue
+        host, port, _ = address
+        description = listen_description(host, port, connector.options)
+        first = bound.setdefault((host, port), (description, connector))
+        if first[0] != description:
+            issue(connector, "server.endpoint" if connector.options.get("server.endpoint") else "server.tls.cert",
+                  f"port {port} is already bound differently by {first[1].label}: connectors sharing a port must agree on TLS and server.endpoint")
+
+
+def _check_access(connectors: list[ConnectorDef], raws: Mapping[str, RawConnector], issues: list[ConfigIssue]) -> None:
+    """The auth.* options of each sink and ingest as a whole: files readable, hashes not plain text, keys that suit."""
+    from .auth import AuthConfigError, build_authenticator  # reads files; pulls in bcrypt/argon2/PyJWT lazily
+
+    for connector in connectors:
+        if "auth.type" not in connector.options:
+            continue
+        if "*" in connector.options["cors.origins"] and connector.options["cors.credentials"]:
+            raw = raws[connector.name].options.get("cors.credentials")
+            issues.append(ConfigIssue(raw.location if raw else connector.location, "credentials cannot be allowed for any origin ('*'): list the origins", connector.label, "cors.credentials"))
+        try:
+            build_authenticator(connector.options, connector.stream)
+        except AuthConfigError as e:
+            raw = raws[connector.name].options.get(e.option)
+            where = raw.location if raw is not None else connector.location
+            issues.append(ConfigIssue(where, str(e), connector.label, e.option))
 
 
 def _check_listeners(connectors: list[ConnectorDef], issues: list[ConfigIssue]) -> None:

@@ -152,6 +152,8 @@ class ListenerService(Service):
         self.labels: list[str] = []
         self.max_body_size: int | None = None  # the largest limit of the ingests on this port
         self.listening: IListeningPort | None = None
+        #: the endpoint string to bind with (TLS, server.endpoint; see tls.py); None: plain TCP
+        self.endpoint: str | None = None
         self.setName(f"listener:{host}:{port}")
 
     def add(self, path: str, resource: IResource, label: str, max_body_size: int | None = None) -> None:
@@ -170,7 +172,7 @@ class ListenerService(Service):
         super().privilegedStartService()
         site = QuietSite(self.router, self.reactor, self.max_body_size or SINK_ONLY_BODY_LIMIT)
         interface = self.host.replace(":", "\\:")
-        endpoint = endpoints.serverFromString(self.reactor, f"tcp:{self.port}:interface={interface}")
+        endpoint = endpoints.serverFromString(self.reactor, self.endpoint or f"tcp:{self.port}:interface={interface}")
         outcome: list[object] = []
         endpoint.listen(site).addBoth(outcome.append)
         result = outcome[0] if outcome else None  # TCP endpoints answer synchronously

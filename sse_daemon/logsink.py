@@ -9,7 +9,7 @@ from twisted.logger import Logger
 
 from .bus import IBus, ISubscription
 from .config import ConnectorDef
-from .mappers import IMapper
+from .mappers import IMapper, MappingError
 from .schema import Event
 
 
@@ -37,7 +37,13 @@ class LogSinkService(Service):
 
     def write(self, event: Event) -> None:
         self.counters["events_in"] += 1
+        try:
+            payload = self.mapper.encode(event)
+        except MappingError as e:  # map.validate.json refused the output
+            self.counters["events_unmapped"] += 1
+            self.log.warn("sink {sink} dropped an event: {reason}", sink=self.connector.name, reason=str(e))
+            return
         self.log.info(
-            "{prefix}{payload}", prefix=self.prefix, payload=self.mapper.encode(event),
+            "{prefix}{payload}", prefix=self.prefix, payload=payload,
             sink=self.connector.name, stream=self.connector.stream,
         )

@@ -8,11 +8,12 @@ mapper are converted by :func:`convert`, whose rules are documented in the READM
 
 from __future__ import annotations
 
+import difflib
 import enum
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 
 class SchemaError(ValueError):
@@ -139,6 +140,17 @@ def convert(value: Any, attr_type: AttrType) -> Any:
             return value
         raise ConversionError(f"expected true or false, found {_describe(value)}")
     raise AssertionError(attr_type)  # pragma: no cover - the enum is closed
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for a close match, else ``"; expected one of: a, b"``.
+
+    One wording for every unknown name (options, streams, attributes), shared by
+    the configuration, the condition checker and the mappers.
+    """
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(known)}"
 
 
 def _describe(value: Any) -> str:

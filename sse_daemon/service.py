@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .bus import IBus, ISubscription, MemoryBus
+from .admin import AdminService
 from .config import Config, ConnectorDef, RouteDef, listen_address
+from .figures import ConnectorBus, StatsLogService
+from .drain import shutdown  # SIGTERM: stop accepting, drain sinks in stages, then the rest
+from .guard import ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
 from .ingest import IngestResource
+from .tls import client_policy, listen_description
 from .listener import BindError, ListenerService
 from .logsink import LogSinkService
 from .mappers import make_mapper
@@ -19,13 +25,15 @@ from .sink import SseSink, SseSinkResource, SseSinkService
 
 
 class RouteService(Service):
-    """Sends every event of one stream into another, keeping the target's attributes."""
+    """Sends the events of one stream that pass the route's ``where`` into
+    another, keeping the target's attributes (the ``select`` ones, checked at load)."""
 
     def __init__(self, route: RouteDef, names: tuple[str, ...], bus: IBus) -> None:
         self.route = route
         self.names = names
         self.bus = bus
-        self.events = 0
+        self.events = 0  # forwarded
+        self.filtered = 0  # held back by the route's where (false or null)
         self._subscription: ISubscription | None = None
         self.setName(f"route:{route.source}->{route.target}")
 
@@ -40,6 +48,9 @@ class RouteService(Service):
             self._subscription = None
 
     def forward(self, event: Event) -> None:
+        if self.route.where is not None and not self.route.where.matches(event.values):
+            self.filtered += 1
+            return
         self.events += 1
         values = {name: event.values[name] for name in self.names}
         self.bus.publish(self.route.target, [Event(values, event.id, event.type, event.ingress)])
@@ -51,7 +62,10 @@ class DaemonService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any, bus: IBus | None = None, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, bus: IBus | None = None, clock: IReactorTime | None = None,
+        stats_interval: float = 60.0,
+    ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -61,10 +75,16 @@ class DaemonService(MultiService):
         self.listeners: dict[tuple[str, int], ListenerService] = {}
         self.sinks: dict[str, Any] = {}
         self.sources: dict[str, Any] = {}
+        self.routes: list[RouteService] = []
+        #: each source's view of the bus, which notes when it last published
+        self.source_buses: dict[str, ConnectorBus] = {}
+        self.started_at: float | None = None
         schemas = {name: stream.schema for name, stream in config.streams.items()}
 
         for route in config.routes:
-            RouteService(route, schemas[route.target].names, self.bus).setServiceParent(self)
+            route_service = RouteService(route, schemas[route.target].names, self.bus)
+            route_service.setServiceParent(self)
+            self.routes.append(route_service)
         for connector in config.sinks:
             self._add_sink(connector, schemas)
         for connector in config.sources:
@@ -76,15 +96,35 @@ class DaemonService(MultiService):
             if connector.type == "sse":
                 from .source import SseSourceService  # the SSE client pulls in treq
 
-                service = SseSourceService(connector, make_mapper(connector.options, schemas[connector.stream]), self.bus, reactor)
+                service = SseSourceService(connector, make_mapper(connector.options, schemas[connector.stream]), self._source_bus(connector), reactor,
+                                          tls_policy=client_policy(connector.options.get("tls.ca.file")))
                 service.setServiceParent(self)
                 self.sources[connector.name] = service
+        StatsLogService(self, stats_interval, self.clock).setServiceParent(self)
+        self.admin: AdminService | None = None
+        if config.admin is not None:
+            self.admin = AdminService(self, config.admin)
+            self.admin.setServiceParent(self)
+
+    def _source_bus(self, connector: ConnectorDef) -> ConnectorBus:
+        bus = self.source_buses[connector.name] = ConnectorBus(self.bus, self.clock)
+        return bus
+
+    def startService(self) -> None:
+        self.started_at = self.clock.seconds()
+        super().startService()
+
+    def stopService(self) -> Deferred:
+        """Stop accepting, close subscribers in stages, then stop the rest (drain.py)."""
+        sinks = [service for service in self.sinks.values() if isinstance(service, SseSinkService)]
+        return shutdown(self.listeners.values(), sinks, super().stopService, self.reactor)
 
     def _listener(self, connector: ConnectorDef) -> tuple[ListenerService, str]:
         host, port, path = listen_address(connector)
         key = (host, port)
         if key not in self.listeners:
             self.listeners[key] = ListenerService(self.reactor, host, port)
+            self.listeners[key].endpoint = listen_description(host, port, connector.options)  # TLS, server.endpoint
         return self.listeners[key], path
 
     def _add_sink(self, connector: ConnectorDef, schemas: dict) -> None:
@@ -94,16 +134,16 @@ class DaemonService(MultiService):
         else:
             sink = SseSink(connector, mapper, self.clock)
             listener, path = self._listener(connector)
-            listener.add(path, SseSinkResource(sink), connector.label)
+            listener.add(path, sink_guard(connector, SseSinkResource(sink), sink, self.clock), connector.label)
             service = SseSinkService(sink, self.bus, connector.stream, self.clock)
         service.setServiceParent(self)
         self.sinks[connector.name] = service
 
     def _add_ingest(self, connector: ConnectorDef, schemas: dict) -> None:
         mapper = make_mapper(connector.options, schemas[connector.stream])
-        resource = IngestResource(connector, mapper, self.bus, self.clock)
+        resource = IngestResource(connector, mapper, self._source_bus(connector), self.clock)
         listener, path = self._listener(connector)
-        listener.add(path, resource, connector.label, connector["max.body.size"])
+        listener.add(path, ingest_guard(connector, resource, resource.rejected, self.clock), connector.label, connector["max.body.size"])
         self.sources[connector.name] = resource
 
     #: set by twistd's makeService: a port that cannot be bound ends the process
@@ -125,7 +165,10 @@ class DaemonService(MultiService):
         return self.listeners[(host, port)].bound_port
 
 
-def build_service(config: Config, reactor: Any = None, bus: IBus | None = None, clock: IReactorTime | None = None) -> DaemonService:
+def build_service(
+    config: Config, reactor: Any = None, bus: IBus | None = None, clock: IReactorTime | None = None,
+    stats_interval: float = 60.0,
+) -> DaemonService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
-    return DaemonService(config, reactor, bus, clock)
+    return DaemonService(config, reactor, bus, clock, stats_interval)

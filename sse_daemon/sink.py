@@ -9,11 +9,13 @@ queue, so one that stops reading is disconnected instead of growing memory
 
 from __future__ import annotations
 
+import random
 from collections import Counter, deque
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import parse_qs
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -24,9 +26,12 @@ from zope.interface import implementer
 
 from .bus import IBus, ISubscription
 from .config import ConnectorDef
-from .mappers import IMapper
+from .drain import drain_sink  # staged close on shutdown
+from .history import History, reset_payload  # bounded history and the honest-resume decision
+from .mappers import IMapper, MappingError
 from .schema import Event
 from .sse import encode_comment, encode_event
+from .storms import retry_frame, retry_hint  # jittered retry: against reconnect storms
 
 OPENING = encode_comment("sse-daemon stream open")
 HEARTBEAT = encode_comment("heartbeat")
@@ -47,28 +52,6 @@ class EventIds:
     def next(self) -> int:
         self._last = max(self._last + 1, int(self._clock.seconds() * 1_000_000))
         return self._last
-
-
-class History:
-    """The last ``size`` encoded events, for resume."""
-
-    def __init__(self, size: int) -> None:
-        self._entries: deque[tuple[int, bytes]] = deque(maxlen=size)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def append(self, event_id: int, frame: bytes) -> None:
-        if self._entries.maxlen:
-            self._entries.append((event_id, frame))
-
-    def after(self, last_event_id: str) -> Iterator[bytes]:
-        """Frames newer than ``last_event_id``; all of them for an id we cannot read."""
-        try:
-            last = int(last_event_id)
-        except ValueError:
-            last = -1
-        return (frame for event_id, frame in self._entries if event_id > last)
 
 
 @implementer(IPushProducer)
@@ -97,6 +80,7 @@ class Subscriber:
             return
         self.request.write(frame)
         self.events_sent += 1
+        self.sink.counters["events_out"] += 1
         self.sink.counters["bytes_written"] += len(frame)
 
     def heartbeat(self) -> None:
@@ -115,6 +99,7 @@ class Subscriber:
             self.queued_bytes -= len(frame)
             self.request.write(frame)
             self.events_sent += 1
+            self.sink.counters["events_out"] += 1
             self.sink.counters["bytes_written"] += len(frame)
 
     def stopProducing(self) -> None:
@@ -128,16 +113,31 @@ class SseSink:
 
     log = Logger()
 
-    def __init__(self, connector: ConnectorDef, mapper: IMapper, clock: IReactorTime) -> None:
+    def __init__(
+        self, connector: ConnectorDef, mapper: IMapper, clock: IReactorTime,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
         self.connector = connector
         self.name = connector.name
         self.mapper = mapper
         self.clock = clock
         self.ids = EventIds(clock)
-        self.history = History(connector["history.size"])
+        self.history = History(
+            connector["history.size"], clock.seconds, int(clock.seconds() * 1_000_000),
+            connector["history.max.age"], connector["history.max.bytes"],
+        )
+        self.reset_event: str = connector["resume.reset.event"]
+        #: reconnect-storm control: each subscriber's own retry: hint (ms), drawn with ``jitter``
+        self.retry_min: int = connector["retry.min"]
+        self.retry_max: int = connector["retry.max"]
+        self.jitter = jitter
         self.queue_size: int = connector["subscriber.queue.size"]
         self.queue_bytes: int = connector["subscriber.queue.bytes"]
-        self.headers = [(b"Content-Type", b"text/event-stream; charset=utf-8"),
+        #: sse.format raw: bare payloads with the mapper's Content-Type, no framing,
+        #: opening comment, ids, resume or heartbeat, as the original sink wrote them
+        self.raw = connector.options.get("sse.format") == "raw"
+        content_type = mapper.content_type.encode() if self.raw else b"text/event-stream; charset=utf-8"
+        self.headers = [(b"Content-Type", content_type),
                         (b"Cache-Control", b"no-cache"),
                         (b"X-Accel-Buffering", b"no")]
         for name, value in connector["headers"]:
@@ -145,16 +145,31 @@ class SseSink:
             self.headers.append((name.encode("latin-1"), value.encode("latin-1", "replace")))
         self.subscribers: set[Subscriber] = set()
         self.counters: Counter[str] = Counter()
+        #: requests refused before they became subscribers, by reason (counted by the guard)
+        self.rejected: Counter[str] = Counter()
+        #: set by the admin service: called once per event with the seconds from
+        #: the event's ingress to its hand-off to every subscriber's socket
+        self.lag_observer: Callable[[float], None] | None = None
 
     # -- from the bus
     def publish(self, event: Event) -> None:
-        payload = self.mapper.encode(event)
-        event_id = self.ids.next()
-        frame = encode_event(payload, id=str(event_id))
-        self.history.append(event_id, frame)
+        try:
+            payload = self.mapper.encode(event)
+        except MappingError as e:  # map.validate.json refused the output
+            self.counters["events_unmapped"] += 1
+            self.log.warn("sink {sink} dropped an event: {reason}", sink=self.name, reason=str(e))
+            return
+        if self.raw:
+            frame = payload.encode("utf-8")
+        else:
+            event_id = self.ids.next()
+            frame = encode_event(payload, id=str(event_id))
+            self.history.append(event_id, frame)
         self.counters["events_in"] += 1
         for subscriber in tuple(self.subscribers):
             subscriber.send(frame)
+        if self.lag_observer is not None and event.ingress:
+            self.lag_observer(self.clock.seconds() - event.ingress)
 
     def heartbeat(self) -> None:
         for subscriber in tuple(self.subscribers):
@@ -172,14 +187,21 @@ class SseSink:
             transport.setTcpKeepAlive(True)
         request.registerProducer(subscriber, True)
         request.notifyFinish().addBoth(self._finished, subscriber)
-        request.write(OPENING)  # sends the head at once and tells proxies to flush
-        last_event_id = _last_event_id(request)
-        if last_event_id is not None:
-            replayed = 0
-            for frame in self.history.after(last_event_id):
+        last_event_id = None if self.raw else _last_event_id(request)
+        resume = self.history.resume(last_event_id) if last_event_id is not None else None
+        if resume is not None:  # honest resume: say where replay continues (README, "Resume")
+            request.setHeader(b"SSE-Replay-From", str(resume.after).encode())
+        # the head at once (proxies flush on the comment), then this subscriber's own retry: hint
+        request.write(b"" if self.raw else OPENING + retry_frame(retry_hint(self.retry_min, self.retry_max, self.jitter)))
+        if resume is not None:
+            if resume.reset is not None:
+                self.counters["resume_reset_" + resume.reset.replace("-", "_")] += 1
+                subscriber.send(encode_event(reset_payload(resume), event=self.reset_event, id=str(resume.after)))
+            else:
+                self.counters["resume_exact"] += 1
+            for frame in resume.frames:
                 subscriber.send(frame)
-                replayed += 1
-            self.counters["events_replayed"] += replayed
+            self.counters["events_replayed"] += len(resume.frames)
         self.subscribers.add(subscriber)
         self.counters["connections_opened"] += 1
         self.log.info(
@@ -210,13 +232,19 @@ class SseSink:
     def close_all(self) -> None:
         """End every stream cleanly (used on stop; ``stopListening`` alone would leave them open)."""
         for subscriber in tuple(self.subscribers):
-            self.subscribers.discard(subscriber)
-            if not subscriber.gone:
-                subscriber.gone = True
-                subscriber.request.unregisterProducer()
-                subscriber.request.finish()
-                # finish() alone would keep the connection alive for another request
-                subscriber.request.transport.loseConnection()
+            self.close(subscriber)
+
+    def close(self, subscriber: Subscriber, final: bytes = b"") -> None:
+        """End one stream cleanly, after ``final`` (a last comment or ``retry:``; not in raw format)."""
+        self.subscribers.discard(subscriber)
+        if not subscriber.gone:
+            subscriber.gone = True
+            if final and not self.raw and not subscriber.paused:
+                subscriber.request.write(final)
+            subscriber.request.unregisterProducer()
+            subscriber.request.finish()
+            # finish() alone would keep the connection alive for another request
+            subscriber.request.transport.loseConnection()
 
 
 def _peer(request: IRequest) -> str:
@@ -226,12 +254,14 @@ def _peer(request: IRequest) -> str:
 
 
 def _last_event_id(request: IRequest) -> str | None:
+    """The id a client resumes from: the header, else a ``lastEventId`` or ``last_event_id``
+    query parameter (for clients that cannot set headers); empty means none."""
     header = request.getHeader("last-event-id")
     if header is not None:
-        return header.strip()
+        return header.strip() or None
     query = parse_qs(request.uri.partition(b"?")[2].decode("latin-1"))
-    values = query.get("lastEventId")
-    return values[-1].strip() if values else None
+    values = query.get("lastEventId") or query.get("last_event_id")
+    return (values[-1].strip() or None) if values else None
 
 
 class SseSinkResource(Resource):
@@ -269,10 +299,15 @@ class SseSinkService(Service):
         super().startService()
         self._subscription = self.bus.subscribe(self.stream, self.sink.publish)
         interval = self.sink.connector["heartbeat.interval"]
-        if interval > 0:
+        if interval > 0 and not self.sink.raw:
             self._heartbeat = LoopingCall(self._beat)
             self._heartbeat.clock = self.clock
             self._heartbeat.start(interval, now=False)
+
+    def drain(self, io: IReactorTime | None = None) -> Deferred:
+        """Close subscribers in stages over ``drain.window`` (drain.py); the bus keeps feeding the others."""
+        return drain_sink(self.sink, self.sink.connector["drain.window"], self.sink.connector["drain.batch.min"],
+                          self.clock, self.sink.jitter, io)
 
     def _beat(self) -> None:
         # A LoopingCall stops for good on the first exception; a heartbeat must not.

@@ -45,6 +45,7 @@ from .bus import IBus
 from .config import ConnectorDef
 from .mappers import IMapper, MappingError
 from .schema import Event
+from .jsonstream import JsonDocumentSplitter
 from .sse import EventStreamParser, Message, Rejection
 
 #: redirects followed for one request before it counts as a failure
@@ -99,20 +100,24 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def judge_response(code: int, phrase: str, content_type: str | None) -> tuple[Verdict, str]:
+def judge_response(code: int, phrase: str, content_type: str | None, raw: bool = False) -> tuple[Verdict, str]:
     """What a response head means for the source, and why.
 
     Only 200 with ``text/event-stream`` is a stream (as WHATWG requires);
     204 stops the source as the standard says. Everything else is a failure
     that is retried with backoff, unlike a browser, which gives up: a daemon
     must outlive a server's bad minute, and its error body must never reach
-    the mapper.
+    the mapper. With ``raw`` (``sse.format: raw``) any 200 is a stream of
+    JSON documents, whatever its Content-Type: the original sink sent the
+    mapper's type.
     """
     status = f"HTTP {code} {phrase}".rstrip()
     if code == 204:
         return Verdict.STOP, f"the server answered {status}: it asks clients to stop"
     if code != 200:
         return Verdict.RETRY, f"the server answered {status}"
+    if raw:
+        return Verdict.STREAM, status
     found = media_type(content_type)
     if found != "text/event-stream":
         return Verdict.RETRY, (
@@ -276,6 +281,7 @@ class _Connection:
 
     index: int
     parser: EventStreamParser
+    splitter: JsonDocumentSplitter | None = None  # sse.format raw: the body is JSON documents
     failures: int = 0  # consecutive failed attempts
     connected: bool = False
     got_data: bool = False  # this stream has sent bytes: the failure count was reset
@@ -331,6 +337,7 @@ class SseSourceService(Service):
         self.max_event_size: int = connector["max.event.size"]
         self.workers: int = connector["worker.count"]
         self.headers: tuple[tuple[str, str], ...] = connector["headers"]
+        self.raw: bool = connector["sse.format"] == "raw"
 
         self.reconnects = 0
         self.last_event_id = ""
@@ -406,7 +413,8 @@ class SseSourceService(Service):
 
     def _new_connection(self, index: int, parser: EventStreamParser | None = None) -> _Connection:
         limit = self.max_event_size
-        return _Connection(index, parser or EventStreamParser(max_line=limit + LINE_SLACK, max_event=limit))
+        splitter = JsonDocumentSplitter(limit) if self.raw else None
+        return _Connection(index, parser or EventStreamParser(max_line=limit + LINE_SLACK, max_event=limit), splitter)
 
     def _halt(self) -> None:
         self._halted = True
@@ -492,7 +500,7 @@ class SseSourceService(Service):
         content_type = response.headers.getRawHeaders(b"content-type", [None])[0]
         phrase = response.phrase.decode("latin-1", "replace") if isinstance(response.phrase, bytes) else str(response.phrase)
         verdict, reason = judge_response(
-            response.code, phrase, content_type.decode("latin-1", "replace") if content_type else None
+            response.code, phrase, content_type.decode("latin-1", "replace") if content_type else None, self.raw
         )
         if verdict is not Verdict.STREAM:
             response.deliverBody(_Discard())
@@ -518,7 +526,7 @@ class SseSourceService(Service):
             conn.connected = False
             conn.receiver = None
             conn.cancel_timer()
-        for item in conn.parser.close():  # drops an unfinished event, resets for the next stream
+        for item in self._items(conn, None):  # drops an unfinished event, resets for the next stream
             self._handle(conn, item)
         if self._halted:
             return _Outcome()
@@ -579,12 +587,19 @@ class SseSourceService(Service):
                 conn.failures = 0  # the server is alive and speaks SSE
             if conn.timer is not None:
                 conn.timer.reset(self.read_timeout)
-            for item in conn.parser.feed(data):
+            for item in self._items(conn, data):
                 self._handle(conn, item)
             if conn is self._leader():
                 self.last_event_id = conn.parser.last_event_id
         if handled.failed:
             self.counters["internal_errors"] += 1
+
+    def _items(self, conn: _Connection, data: bytes | None) -> list[Message | Rejection]:
+        """What the body's bytes hold (``data`` None: the body ended)."""
+        if conn.splitter is None:
+            return conn.parser.feed(data) if data is not None else conn.parser.close()
+        found = conn.splitter.feed(data) if data is not None else conn.splitter.close()
+        return [Message(item) if isinstance(item, str) else item for item in found]
 
     def _leader(self) -> _Connection | None:
         """The lowest-numbered connection that is up: the one that delivers messages without ids."""
@@ -595,10 +610,10 @@ class SseSourceService(Service):
             self.rejected[item.reason] += 1
             total = sum(self.rejected.values())
             if should_log(total):
-                what = (
-                    f"a line longer than {conn.parser.max_line} characters" if item.reason == "line-too-long"
-                    else f"{item.size} characters of data"
-                )
+                what = {
+                    "line-too-long": f"a line longer than {conn.parser.max_line} characters",
+                    "not-json": "text between JSON documents that is not JSON",
+                }.get(item.reason, f"{item.size} characters of data")
                 self.log.warn(
                     "source {source} ({url}): skipped an event ({reason}: {what}; max.event.size is {limit}); {total} skipped so far",
                     source=self.source_name, url=self.url, reason=item.reason, what=what,

@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.python import usage
 
+from . import logs
 from .config import Config, ConfigError, load_files
 from .service import DaemonService, build_service
 
@@ -18,10 +19,16 @@ from .service import DaemonService, build_service
 class Options(usage.Options):
     synopsis = "--config FILE [--config FILE ...] [--check]"
     longdesc = (
-        "Runs Server-Sent Events sinks and sources defined in YAML files. "
+        "Runs Server-Sent Events sinks and sources defined in YAML files or statement files (.sql). "
         "--check validates the configuration, prints a summary and exits."
     )
     optFlags = [["check", None, "Validate the configuration, print a summary and exit (0 valid, 1 invalid)."]]
+    optParameters = [
+        ["log-format", None, None, "Log lines as 'json' (one object per line, for the journal) or 'text' (twistd's); "
+                                   "default $SSE_DAEMON_LOG_FORMAT or text."],
+        ["log-level", None, None, "Lowest level logged: debug, info, warn, error, critical; default $SSE_DAEMON_LOG_LEVEL or info."],
+        ["stats-interval", None, "60", "Seconds between log lines with every connector's counters (info level); 0 turns them off."],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -29,12 +36,17 @@ class Options(usage.Options):
         self.loaded: Config | None = None
 
     def opt_config(self, path: str) -> None:
-        """A YAML configuration file (repeat for several files)."""
+        """A configuration file: YAML, or statements if it ends in .sql (repeat for several files)."""
         self["config"].append(path)
 
     opt_c = opt_config
 
     def postOptions(self) -> None:
+        self._logging()
+        try:
+            self["stats-interval"] = float(self["stats-interval"])
+        except ValueError:
+            raise usage.UsageError(f"--stats-interval: expected seconds, found {self['stats-interval']!r}") from None
         if not self["config"]:
             raise usage.UsageError("--config FILE is required (for example --config etc/sse-daemon.yaml)")
         try:
@@ -46,9 +58,32 @@ class Options(usage.Options):
             sys.stdout.write(self.loaded.summary() + "\n")
             raise SystemExit(0)
 
+    def _logging(self) -> None:
+        """Make --log-format/--log-level work under twistd, which has neither.
+
+        twistd parses this plugin's options before it starts logging and only
+        then reads its own ``logger`` option; naming our observer factory
+        there (unless --logger names one already) hands it the log.
+        """
+        fmt, level = self["log-format"], self["log-level"]
+        if fmt is None and level is None:
+            return
+        try:
+            parent = getattr(self, "parent", None)
+            logs.select(fmt, level, parent.get("logfile") if parent is not None else None)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if parent is not None and not parent.get("logger"):
+            parent["logger"] = "sse_daemon.logs.selected_observer"
+
 
 def makeService(options: Options, reactor: Any = None) -> DaemonService:
     assert options.loaded is not None
-    service = build_service(options.loaded, reactor)
+    service = build_service(options.loaded, reactor, stats_interval=options["stats-interval"])
     service.exit_on_bind_error = True
+    # SIGHUP re-reads the same files and changes only what changed (reload.py)
+    from .reload import ReloadOnSighup, Reloader
+
+    service.reloader = Reloader(service, options["config"])
+    ReloadOnSighup(service.reloader, service.reactor).setServiceParent(service)
     return service

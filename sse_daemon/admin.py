@@ -1,0 +1,387 @@
+"""The admin listener (``admin:`` in the YAML): metrics, health, a status page, live views.
+
+It binds a port of its own, so a firewall or a proxy can keep it private
+while the sinks stay public. It serves:
+
+- ``/metrics``: Prometheus text (or OpenMetrics when asked for), read from
+  the connectors' live counters at scrape time by :class:`DaemonCollector`;
+  only the lag histogram is fed as events pass (once per event per sink);
+- ``/healthz``: the process answers; ``/readyz``: every listener is bound and
+  every SSE source is connected or within its ``ready.grace`` window;
+- ``/status.json`` and ``/``: every stream, source and sink with its figures,
+  and ``/events/<stream>``: a stream's events over SSE for the page's live
+  view, served by the same :class:`~sse_daemon.sink.SseSink` as real sinks
+  (on this port, so the page needs no CORS).
+
+Labels are connector names and fixed reason strings only; never a client,
+an id or a payload (per-topic labels are what blew up Mercure's memory).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Iterator
+from urllib.parse import quote
+
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from twisted.application.service import MultiService
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger, LogLevel
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+
+from .config import SSE_SERVER_OPTIONS, AdminDef, ConnectorDef, Location
+from .figures import SINK_COUNTERS, SourceWatch, snapshot
+from .listener import ListenerService
+from .mappers import make_mapper
+from .sink import SseSink, SseSinkResource, SseSinkService
+
+if TYPE_CHECKING:
+    from .service import DaemonService
+
+#: seconds; in-process hand-off takes microseconds, a loaded reactor milliseconds to seconds
+LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: how often source connectivity is sampled at most (also sampled on every admin request)
+MAX_SAMPLE_INTERVAL = 1.0
+
+_SINK_HELP = {
+    "connections_opened": "Subscriber connections accepted.",
+    "connections_closed": "Subscriber connections ended (by the client, by a slow drop or on stop).",
+    "events_in": "Events the sink received from the bus.",
+    "events_out": "Event frames written to subscribers (for a log sink: events logged).",
+    "bytes_written": "Bytes of event frames written to subscribers (heartbeats not counted).",
+    "dropped_slow": "Subscribers disconnected because their queue passed subscriber.queue.size or .bytes.",
+    "events_replayed": "Events sent from history to subscribers that resumed with Last-Event-ID.",
+}
+
+
+class DaemonCollector:
+    """Reads every connector's counters when Prometheus scrapes; nothing is kept here."""
+
+    def __init__(self, admin: "AdminService") -> None:
+        self.admin = admin
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families().values())
+
+    def _families(self) -> dict[str, Metric]:
+        p = "sse_daemon_"
+        families: dict[str, Metric] = {
+            "ready": GaugeMetricFamily(p + "ready", "1 when /readyz answers 200: listeners bound, SSE sources connected or within ready.grace."),
+            "start_time": GaugeMetricFamily(p + "start_time_seconds", "When the daemon started, in seconds since the epoch."),
+            "subscribers": GaugeMetricFamily(p + "sink_subscribers", "Subscribers connected to an SSE sink now.", labels=["sink"]),
+            "history": GaugeMetricFamily(p + "sink_history_events", "Events an SSE sink holds for resume.", labels=["sink"]),
+        }
+        for key, text in _SINK_HELP.items():
+            families[key] = CounterMetricFamily(p + "sink_" + key, text, labels=["sink"])
+        families.update({
+            "sink_unmapped": CounterMetricFamily(p + "sink_events_unmapped", "Events a sink dropped because its mapper refused them.", labels=["sink"]),
+            "sink_rejected": CounterMetricFamily(p + "sink_requests_rejected", "Subscription requests refused by a sink's limits or access rules, by reason.", labels=["sink", "reason"]),
+            "sink_resumes": CounterMetricFamily(p + "sink_resumes", "Subscribers that sent Last-Event-ID, by outcome (exact, or the reset reason).", labels=["sink", "outcome"]),
+        })
+        families.update({
+            "source_events_in": CounterMetricFamily(p + "source_events_in", "Events a source published into its stream.", labels=["source"]),
+            "source_rejected": CounterMetricFamily(p + "source_events_rejected", "Messages or requests a source refused, by reason.", labels=["source", "reason"]),
+            "source_connected": GaugeMetricFamily(p + "source_connected", "1 while an SSE source has a stream open.", labels=["source"]),
+            "source_reconnects": CounterMetricFamily(p + "source_reconnects", "Times an SSE source connected again after a stream ended or failed.", labels=["source"]),
+            "source_age": GaugeMetricFamily(p + "source_last_event_age_seconds", "Seconds since the source's last event (since the start if it had none).", labels=["source"]),
+            "route_events": CounterMetricFamily(p + "route_events", "Events a route forwarded.", labels=["from", "to"]),
+            "bus_failures": CounterMetricFamily(p + "stream_subscriber_failures", "Deliveries to a stream's subscribers that raised (logged with a traceback).", labels=["stream"]),
+        })
+        return families
+
+    def collect(self) -> Iterator[Metric]:
+        families = self._families()
+        admin = self.admin
+        now = admin.clock.seconds()
+        figures = snapshot(admin.daemon, now)
+        families["ready"].add_metric([], 1.0 if admin.readiness(now)["ready"] else 0.0)
+        if admin.daemon.started_at is not None:
+            families["start_time"].add_metric([], admin.daemon.started_at)
+        for sink in figures["sinks"]:
+            name = [sink["name"]]
+            families["events_in"].add_metric(name, sink["events_in"])
+            families["events_out"].add_metric(name, sink["events_out"])
+            families["sink_unmapped"].add_metric(name, sink["events_unmapped"])
+            if sink["type"] != "sse-server":
+                continue
+            for reason, count in sorted(sink["rejected"].items()):
+                families["sink_rejected"].add_metric([sink["name"], reason], count)
+            for outcome, count in sorted(sink["resumes"].items()):
+                families["sink_resumes"].add_metric([sink["name"], outcome], count)
+            families["subscribers"].add_metric(name, sink["subscribers"])
+            families["history"].add_metric(name, sink["history"])
+            for key in SINK_COUNTERS:
+                if key not in ("events_in", "events_out"):
+                    families[key].add_metric(name, sink[key])
+        for source in figures["sources"]:
+            name = [source["name"]]
+            families["source_events_in"].add_metric(name, source["events_in"])
+            for reason, count in sorted(source["rejected"].items()):
+                families["source_rejected"].add_metric([source["name"], reason], count)
+            families["source_age"].add_metric(name, source["last_event_age"])
+            if source["type"] == "sse":
+                families["source_connected"].add_metric(name, 1.0 if source["connected"] else 0.0)
+                families["source_reconnects"].add_metric(name, source["reconnects"])
+        for route in figures["routes"]:
+            families["route_events"].add_metric([route["from"], route["to"]], route["events"])
+        for stream in figures["streams"]:
+            families["bus_failures"].add_metric([stream["name"]], stream["subscriber_failures"])
+        return iter(families.values())
+
+
+class AdminService(MultiService):
+    """The admin listener, its live-view sinks and the connectivity sampler."""
+
+    log = Logger()
+
+    def __init__(self, daemon: "DaemonService", definition: AdminDef) -> None:
+        super().__init__()
+        self.setName("admin")
+        self.daemon = daemon
+        self.definition = definition
+        self.clock = daemon.clock
+        self.grace: float = definition["ready.grace"]
+        self.watches: dict[str, SourceWatch] = {}
+        self._sampler: LoopingCall | None = None
+
+        # One registry per daemon: tests run many daemons in one process, and the
+        # global registry would mix them (and refuse the second histogram).
+        self.registry = CollectorRegistry()
+        self.lag = Histogram(
+            "sse_daemon_sink_lag_seconds",
+            "Seconds from an event entering the daemon to its hand-off to the sink's subscribers' sockets.",
+            ["sink"], registry=self.registry, buckets=LAG_BUCKETS,
+        )
+        self.registry.register(DaemonCollector(self))
+        ProcessCollector(registry=self.registry)  # open fds against LimitNOFILE, memory, CPU
+
+        self.listener = ListenerService(daemon.reactor, definition.host, definition.port)
+        self.listener.add("/", PageResource("status.html", b"text/html; charset=utf-8"), "admin status page")
+        self.listener.add("/status.js", PageResource("status.js", b"text/javascript; charset=utf-8"), "admin status script")
+        self.listener.add("/metrics", MetricsResource(self.registry), "admin metrics")
+        self.listener.add("/healthz", HealthResource(self), "admin health")
+        self.listener.add("/readyz", ReadyResource(self), "admin readiness")
+        self.listener.add("/status.json", StatusResource(self), "admin status")
+        self.live: dict[str, SseSink] = {}
+        for name, stream in daemon.config.streams.items():
+            connector = _live_connector(name, definition["live.history"])
+            sink = SseSink(connector, make_mapper(connector.options, stream.schema), self.clock)
+            self.live[name] = sink
+            self.listener.add(live_path(name), SseSinkResource(sink), f"admin live view of {name}")
+            SseSinkService(sink, daemon.bus, name, self.clock).setServiceParent(self)
+        # one label for the bind message and error, not one per path
+        self.listener.labels[:] = ["the admin listener (status page, /metrics, /healthz, /readyz, /events/<stream>)"]
+        self.listener.setServiceParent(self)
+
+    @property
+    def port(self) -> int:
+        return self.listener.bound_port
+
+    def startService(self) -> None:
+        now = self.clock.seconds()
+        for name, source in self.daemon.sources.items():
+            if source.connector.type == "sse":
+                self.watches[name] = SourceWatch(source, now)
+        for service in self.daemon.sinks.values():
+            sink = getattr(service, "sink", None)
+            if sink is not None:
+                sink.lag_observer = self.lag.labels(sink=sink.name).observe
+        super().startService()
+        if self.watches:
+            interval = min(MAX_SAMPLE_INTERVAL, max(0.05, self.grace / 4))
+            self._sampler = LoopingCall(self._sample)
+            self._sampler.clock = self.clock
+            self._sampler.start(interval, now=True)
+
+    def stopService(self) -> Any:
+        if self._sampler is not None and self._sampler.running:
+            self._sampler.stop()
+        self._sampler = None
+        return super().stopService()
+
+    def _sample(self) -> None:
+        with self.log.failuresHandled("sampling source connectivity failed", level=LogLevel.error):
+            now = self.clock.seconds()
+            for watch in self.watches.values():
+                watch.sample(now)
+
+    def readiness(self, now: float) -> dict[str, Any]:
+        """What ``/readyz`` answers: ready or not, and every check with its result."""
+        checks: dict[str, str] = {}
+        for listener in self.daemon.listeners.values():
+            key = f"listener {listener.host}:{listener.port}"
+            checks[key] = "ok" if listener.listening is not None else "not bound"
+        for name, watch in self.watches.items():
+            checks[f"source '{name}'"] = watch.verdict(now, self.grace) or "ok"
+        not_ready = [f"{key}: {value}" for key, value in checks.items() if value != "ok"]
+        if not self.daemon.running:
+            not_ready.insert(0, "the daemon is not running")
+        return {"ready": not not_ready, "not_ready": not_ready, "checks": checks}
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock.seconds()
+        figures = snapshot(self.daemon, now)
+        lag = _lag_summaries(self.lag)
+        for sink in figures["sinks"]:
+            if sink["type"] == "sse-server":
+                sink["lag"] = lag.get(sink["name"], {"count": 0})
+        for source in figures["sources"]:
+            watch = self.watches.get(source["name"])
+            if watch is not None:
+                source["down_for"] = watch.down_for(now)
+        figures["ready"] = self.readiness(now)
+        figures["admin"] = {
+            "ready.grace": self.grace,
+            "live": [
+                {"stream": name, "path": live_path(name), "subscribers": len(sink.subscribers)}
+                for name, sink in self.live.items()
+            ],
+        }
+        return figures
+
+
+def live_path(stream: str) -> str:
+    return "/events/" + quote(stream, safe="")
+
+
+def _live_connector(stream: str, history: int) -> ConnectorDef:
+    """A sink definition for a live view: a real SSE sink's defaults, a short history."""
+    options = {option.name: option.default for option in SSE_SERVER_OPTIONS}
+    options.update({
+        "history.size": history, "server.path": live_path(stream), "map.type": "json",
+        "drain.window": 0.0,  # the admin page's viewers close at once on stop
+        "retry.min": 500, "retry.max": 1500,  # a few viewers: reconnect soon after a drop
+    })
+    return ConnectorDef("sink", f"admin live view {stream}", "sse-server", stream, options, Location("<admin>"))
+
+
+def _lag_summaries(histogram: Histogram) -> dict[str, dict[str, float]]:
+    """Count, mean and bucket-estimated p50/p99 per sink, for the status page."""
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    totals: dict[str, dict[str, float]] = {}
+    for metric in histogram.collect():
+        for sample in metric.samples:
+            sink = sample.labels.get("sink")
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(sink, []).append((float(sample.labels["le"]), sample.value))
+            elif sample.name.endswith("_count"):
+                totals.setdefault(sink, {})["count"] = sample.value
+            elif sample.name.endswith("_sum"):
+                totals.setdefault(sink, {})["sum"] = sample.value
+    out: dict[str, dict[str, float]] = {}
+    for sink, total in totals.items():
+        count = total.get("count", 0)
+        summary: dict[str, float] = {"count": count}
+        if count:
+            summary["mean"] = total.get("sum", 0.0) / count
+            ordered = sorted(buckets.get(sink, []))
+            for name, q in (("p50", 0.5), ("p99", 0.99)):
+                summary[name] = next((le for le, n in ordered if n >= q * count), float("inf"))
+        out[sink] = summary
+    return out
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def _json(request: IRequest, code: int, body: dict[str, Any]) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body, allow_nan=False, default=str).encode() + b"\n"
+
+
+class _Leaf(Resource):
+    """A fixed-path resource whose HEAD is its GET without the body (and without Twisted's warning)."""
+
+    isLeaf = True
+
+    def render_GET(self, request: IRequest) -> bytes:
+        raise NotImplementedError
+
+    def render_HEAD(self, request: IRequest) -> bytes:
+        body = self.render_GET(request)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return b""
+
+
+class MetricsResource(_Leaf):
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: IRequest) -> bytes:
+        accept = (request.getHeader("accept") or "")
+        encoder, content_type = choose_encoder(accept)
+        request.setHeader(b"Content-Type", content_type.encode())
+        request.setHeader(b"Cache-Control", b"no-store")
+        return encoder(self.registry)
+
+
+class HealthResource(_Leaf):
+    """Alive: the reactor answers. Nothing else is checked, so a restart is the right cure."""
+
+    def __init__(self, admin: AdminService) -> None:
+        super().__init__()
+        self.admin = admin
+
+    def render_GET(self, request: IRequest) -> bytes:
+        started = self.admin.daemon.started_at
+        uptime = self.admin.clock.seconds() - started if started is not None else 0.0
+        return _json(request, 200, {"status": "ok", "uptime": round(uptime, 3)})
+
+
+class ReadyResource(_Leaf):
+
+    def __init__(self, admin: AdminService) -> None:
+        super().__init__()
+        self.admin = admin
+
+    def render_GET(self, request: IRequest) -> bytes:
+        verdict = self.admin.readiness(self.admin.clock.seconds())
+        body = {"status": "ready" if verdict["ready"] else "not ready", **verdict}
+        return _json(request, 200 if verdict["ready"] else 503, body)
+
+
+class StatusResource(_Leaf):
+
+    def __init__(self, admin: AdminService) -> None:
+        super().__init__()
+        self.admin = admin
+
+    def render_GET(self, request: IRequest) -> bytes:
+        return _json(request, 200, _finite(self.admin.status()))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no infinity: an estimate past the last bucket reads as null."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+class PageResource(_Leaf):
+    """A file shipped in ``sse_daemon/static`` (package data; no build step)."""
+    #: the page only talks to this origin, and renders event data as text
+    POLICY = b"default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
+
+    def __init__(self, name: str, content_type: bytes) -> None:
+        super().__init__()
+        self.body = resources.files("sse_daemon").joinpath("static", name).read_bytes()
+        self.content_type = content_type
+
+    def render_GET(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", self.content_type)
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"Content-Security-Policy", self.POLICY)
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        return self.body

@@ -1,0 +1,306 @@
+"""Access control for sinks and ingests (pure: credentials in, a decision out).
+
+``auth.type`` picks an authenticator:
+
+- ``none``: everyone (the default);
+- ``basic``: users from ``auth.users.file``, one ``name:hash`` a line, each
+  hash bcrypt (``$2b$...``) or Argon2 (``$argon2id$...``); plain-text
+  passwords are refused when the file is loaded;
+- ``bearer``: static tokens (``auth.tokens.file``, ``auth.tokens.env``) and/or
+  JWTs verified against ``auth.jwt.key``/``auth.jwt.key.file`` with the
+  listed algorithms, a required ``exp``, the configured ``aud`` (and ``iss``),
+  and a claim (``auth.jwt.claim``) naming the streams the token may read (a
+  sink) or write (an ingest).
+
+Nothing here logs or keeps a secret: static tokens are held as SHA-256
+digests, verified passwords are cached under an HMAC with a per-process key,
+and every denial carries a fixed ``reason`` and a message without the secret.
+Times come from the caller's clock (``now``), so token expiry follows the
+daemon's injected clock rather than PyJWT's wall clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Protocol
+
+__all__ = [
+    "AuthConfigError", "Credentials", "Allowed", "Denied", "Authenticator",
+    "NoAuth", "BasicAuth", "BearerAuth", "JwtVerifier", "load_users", "build_authenticator",
+]
+
+BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+ARGON2_PREFIXES = ("$argon2i$", "$argon2d$", "$argon2id$")
+#: verified (user, password) pairs remembered so bcrypt's ~0.1 s is not paid on every reconnect
+VERIFIED_CACHE_SIZE = 1024
+
+
+class AuthConfigError(ValueError):
+    """A problem with an auth option; ``option`` names it for the config error."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a request presented. ``bearer_from`` says where a token came from (header, cookie, query)."""
+
+    basic: tuple[str, str] | None = None
+    bearer: str | None = None
+    bearer_from: str = ""
+
+    def __repr__(self) -> str:  # never show a secret, even in a traceback
+        return f"Credentials(basic={'<user>' if self.basic else None}, bearer={'<token>' if self.bearer else None}, bearer_from={self.bearer_from!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    identity: str  # a user name, "static token", or a JWT's subject; safe to log
+    expires: float | None = None  # when the right to stay connected ends (a JWT's exp)
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    status: int  # 401: who are you?  403: you may not
+    reason: str  # a fixed set: metric labels
+    message: str  # safe to show and log
+
+
+class Authenticator(Protocol):
+    #: the WWW-Authenticate challenge sent with a 401 (None: no auth)
+    challenge: str | None
+
+    def check(self, credentials: Credentials, now: float) -> Allowed | Denied: ...
+
+
+class NoAuth:
+    challenge = None
+
+    def check(self, credentials: Credentials, now: float) -> Allowed | Denied:
+        return Allowed("anonymous")
+
+
+# --------------------------------------------------------------------------- basic
+
+
+def load_users(path: str) -> dict[str, str]:
+    """``name:hash`` lines (``#`` comments, blank lines ignored); only bcrypt and Argon2 hashes."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AuthConfigError("auth.users.file", f"cannot read the users file {path}: {getattr(e, 'strerror', None) or e}") from None
+    users: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        name, colon, hashed = text.partition(":")
+        if not colon or not name:
+            raise AuthConfigError("auth.users.file", f"{path}:{number}: expected 'name:hash'")
+        if not hashed.startswith(BCRYPT_PREFIXES + ARGON2_PREFIXES):
+            raise AuthConfigError(
+                "auth.users.file",
+                f"{path}:{number}: the password of '{name}' is not a bcrypt ($2b$...) or Argon2 ($argon2id$...) hash; "
+                "plain-text passwords are refused (make one with: python -c \"import bcrypt; print(bcrypt.hashpw(b'secret', bcrypt.gensalt()).decode())\")",
+            )
+        if name in users:
+            raise AuthConfigError("auth.users.file", f"{path}:{number}: user '{name}' is listed twice")
+        users[name] = hashed
+    if not users:
+        raise AuthConfigError("auth.users.file", f"{path} lists no users")
+    return users
+
+
+def verify_password(hashed: str, password: str) -> bool:
+    if hashed.startswith(BCRYPT_PREFIXES):
+        import bcrypt
+
+        try:
+            return bcrypt.checkpw(password.encode("utf-8"), hashed.encode("ascii"))
+        except ValueError:
+            return False
+    from argon2 import PasswordHasher
+    from argon2.exceptions import Argon2Error, InvalidHashError
+
+    try:
+        return PasswordHasher().verify(hashed, password)
+    except (Argon2Error, InvalidHashError):
+        return False
+
+
+class BasicAuth:
+    def __init__(self, users: Mapping[str, str], realm: str) -> None:
+        self.users = dict(users)
+        self.challenge = f'Basic realm="{realm}", charset="UTF-8"'
+        self._key = secrets.token_bytes(32)
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        # a real hash to check unknown users against, so they cost as much as known ones
+        self._decoy = next(iter(self.users.values()))
+
+    def check(self, credentials: Credentials, now: float) -> Allowed | Denied:
+        if credentials.basic is None:
+            return Denied(401, "missing-credentials", "this stream needs a user name and password")
+        user, password = credentials.basic
+        hashed = self.users.get(user)
+        mac = hmac.new(self._key, b"\0".join(s.encode("utf-8", "surrogatepass") for s in (user, password, hashed or "")), "sha256").digest()
+        if hashed is not None and mac in self._verified:
+            self._verified.move_to_end(mac)
+            return Allowed(user)
+        ok = verify_password(hashed or self._decoy, password) and hashed is not None
+        if not ok:
+            return Denied(401, "bad-credentials", "wrong user name or password")
+        self._verified[mac] = None
+        while len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return Allowed(user)
+
+
+# --------------------------------------------------------------------------- bearer
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def load_tokens(path: str | None, env_name: str | None, environ: Mapping[str, str]) -> list[bytes]:
+    """Static tokens, as digests: one per line of the file, and/or comma-separated in the variable."""
+    tokens: list[str] = []
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                tokens += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        except (OSError, UnicodeDecodeError) as e:
+            raise AuthConfigError("auth.tokens.file", f"cannot read the tokens file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if env_name:
+        if env_name not in environ:
+            raise AuthConfigError("auth.tokens.env", f"the environment variable {env_name} is not set")
+        tokens += [t.strip() for t in environ[env_name].split(",") if t.strip()]
+    short = [t for t in tokens if len(t) < 16]
+    if short:
+        option = "auth.tokens.file" if path else "auth.tokens.env"
+        raise AuthConfigError(option, f"{len(short)} token(s) shorter than 16 characters; use long random tokens")
+    return [_digest(t) for t in tokens]
+
+
+class JwtVerifier:
+    """Checks a JWT's signature (key, algorithms), ``exp`` (required), ``nbf``, ``aud``, ``iss`` and stream claim."""
+
+    def __init__(self, key: str, algorithms: Iterable[str], audience: str, issuer: str | None,
+                 claim: str, stream: str, leeway: float = 0.0) -> None:
+        import jwt
+        from jwt.algorithms import get_default_algorithms
+
+        self.algorithms = list(algorithms)
+        known = get_default_algorithms()
+        for name in self.algorithms:
+            if name not in known or name == "none":
+                raise AuthConfigError("auth.jwt.algorithms", f"unknown or unsafe algorithm {name!r}; expected some of {', '.join(sorted(a for a in known if a != 'none'))}")
+            if name.startswith("HS") and len(key.strip().encode("utf-8")) < 32:
+                raise AuthConfigError("auth.jwt.key", f"an {name} secret must be at least 32 bytes long")
+            try:
+                known[name].prepare_key(key)
+            except Exception as e:  # InvalidKeyError, ValueError from cryptography, ...
+                raise AuthConfigError("auth.jwt.key", f"the key does not suit {name}: {type(e).__name__}") from None
+        self._jwt = jwt
+        self.key = key
+        self.audience = audience
+        self.issuer = issuer
+        self.claim = claim
+        self.stream = stream
+        self.leeway = leeway
+
+    def check(self, token: str, now: float) -> Allowed | Denied:
+        jwt = self._jwt
+        try:
+            claims = jwt.decode(
+                token, self.key, algorithms=self.algorithms, audience=self.audience, issuer=self.issuer,
+                options={"require": ["exp"], "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+            )
+        except jwt.MissingRequiredClaimError:
+            return Denied(401, "invalid-token", "the token has no expiry (exp)")
+        except jwt.InvalidAudienceError:
+            return Denied(401, "wrong-audience", "the token is not meant for this server (aud)")
+        except jwt.InvalidIssuerError:
+            return Denied(401, "wrong-issuer", "the token was not issued by a trusted issuer (iss)")
+        except jwt.InvalidTokenError:
+            return Denied(401, "invalid-token", "the token is not valid")
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+            return Denied(401, "invalid-token", "the token's expiry (exp) is not a number")
+        if now >= exp + self.leeway:
+            return Denied(401, "token-expired", "the token has expired")
+        if isinstance(nbf, (int, float)) and now < nbf - self.leeway:
+            return Denied(401, "invalid-token", "the token is not valid yet (nbf)")
+        allowed = claims.get(self.claim)
+        if isinstance(allowed, str):
+            allowed = allowed.replace(",", " ").split()
+        if not isinstance(allowed, list) or not ("*" in allowed or self.stream in allowed):
+            return Denied(403, "stream-not-allowed", f"the token does not grant stream {self.stream} (claim {self.claim})")
+        subject = claims.get("sub")
+        return Allowed(f"jwt {subject}" if isinstance(subject, str) else "jwt", float(exp) + self.leeway)
+
+
+class BearerAuth:
+    def __init__(self, tokens: list[bytes], jwt: JwtVerifier | None, realm: str) -> None:
+        self.tokens = tokens
+        self.jwt = jwt
+        self.challenge = f'Bearer realm="{realm}"'
+
+    def check(self, credentials: Credentials, now: float) -> Allowed | Denied:
+        token = credentials.bearer
+        if not token:
+            return Denied(401, "missing-credentials", "this stream needs a bearer token")
+        digest = _digest(token)
+        if any(hmac.compare_digest(digest, known) for known in self.tokens):  # compare every one: no early exit
+            return Allowed("static token")
+        if self.jwt is not None and token.count(".") == 2:
+            return self.jwt.check(token, now)
+        return Denied(401, "invalid-token", "the token is not valid")
+
+
+# --------------------------------------------------------------------------- from options
+
+
+def _read_key(options: Mapping[str, Any]) -> str | None:
+    key, path = options.get("auth.jwt.key"), options.get("auth.jwt.key.file")
+    if key and path:
+        raise AuthConfigError("auth.jwt.key.file", "give auth.jwt.key or auth.jwt.key.file, not both")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()  # an HMAC secret written with a trailing newline must still match
+        except (OSError, UnicodeDecodeError) as e:
+            raise AuthConfigError("auth.jwt.key.file", f"cannot read the key file {path}: {getattr(e, 'strerror', None) or e}") from None
+    return key or None
+
+
+def build_authenticator(options: Mapping[str, Any], stream: str, environ: Mapping[str, str] | None = None) -> Authenticator:
+    """The authenticator a connector's ``auth.*`` options describe; AuthConfigError names the bad option."""
+    environ = os.environ if environ is None else environ
+    kind, realm = options.get("auth.type", "none"), options.get("auth.realm", "sse-daemon")
+    if kind == "none":
+        return NoAuth()
+    if kind == "basic":
+        if not options.get("auth.users.file"):
+            raise AuthConfigError("auth.users.file", "auth.type basic needs auth.users.file (name:hash lines)")
+        return BasicAuth(load_users(options["auth.users.file"]), realm)
+    tokens = load_tokens(options.get("auth.tokens.file"), options.get("auth.tokens.env"), environ)
+    key = _read_key(options)
+    verifier = None
+    if key is not None:
+        if not options.get("auth.jwt.audience"):
+            raise AuthConfigError("auth.jwt.audience", "JWTs are accepted only for a named audience: set auth.jwt.audience")
+        verifier = JwtVerifier(key, options.get("auth.jwt.algorithms") or ("RS256",), options["auth.jwt.audience"],
+                               options.get("auth.jwt.issuer") or None, options.get("auth.jwt.claim", "streams"), stream,
+                               options.get("auth.jwt.leeway", 0.0))
+    if not tokens and verifier is None:
+        raise AuthConfigError("auth.type", "auth.type bearer needs auth.tokens.file, auth.tokens.env, auth.jwt.key or auth.jwt.key.file")
+    return BearerAuth(tokens, verifier, realm)

@@ -1,0 +1,131 @@
+"""A sink's bounded history and the honest-resume decision (pure: no I/O).
+
+History keeps the newest events, bounded by count, age and bytes. Because ids
+strictly increase, history can say exactly which ids it covers: every event
+with an id above its *floor* (the newest id it has evicted, or the moment the
+sink started) is still held. That turns "can this client resume?" into one
+comparison:
+
+- the requested id is at or above the floor (and not from the future): replay
+  what follows it; nothing was lost;
+- otherwise (older than the floor, from before a restart, from another server,
+  or not a number): replay everything held, preceded by a *reset* event, so the
+  client knows it missed events instead of silently getting a gap.
+
+Either way the answer names the id replay continues after
+(``SSE-Replay-From``): equal to the client's ``Last-Event-ID`` when nothing was
+lost, the floor when something was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+__all__ = ["History", "Resume", "reset_payload"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What to send a subscriber that asked to resume."""
+
+    frames: tuple[bytes, ...]  # encoded events to replay, oldest first
+    after: int  # replay continues after this id (the SSE-Replay-From header)
+    reset: str | None = None  # why the client lost events: None, "unparseable", "too-old", "unknown"
+    requested: str = ""
+    oldest: int | None = None  # oldest id still held, for the reset event
+
+
+def reset_payload(resume: Resume) -> str:
+    """The reset event's data: JSON saying what was asked for, what is held, and why."""
+    return json.dumps(
+        {
+            "reason": resume.reset,
+            "requested": resume.requested,
+            "oldest": None if resume.oldest is None else str(resume.oldest),
+            "resumed_after": str(resume.after),
+        },
+        separators=(",", ":"),
+    )
+
+
+class History:
+    """The newest encoded events, bounded by ``size`` events, ``max_age`` seconds and ``max_bytes``.
+
+    ``now`` is the sink's clock (seconds); ``start`` is the first floor: an id
+    at or above it may come from this run, anything below certainly does not.
+    A bound of 0 turns that bound off (``size`` 0 keeps nothing).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        now: Callable[[], float],
+        start: int,
+        max_age: float = 0.0,
+        max_bytes: int = 0,
+    ) -> None:
+        self.size = size
+        self.max_age = max_age
+        self.max_bytes = max_bytes
+        self._now = now
+        self._entries: deque[tuple[int, bytes]] = deque()  # (id, frame); the tuple shape is relied on by tests
+        self._times: deque[float] = deque()  # when each entry was added
+        self.bytes = 0
+        self.floor = start  # every event with an id above this is held
+        self.newest = start  # the newest id appended (or the start)
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._entries)
+
+    def append(self, event_id: int, frame: bytes) -> None:
+        self.newest = max(self.newest, event_id)
+        self._entries.append((event_id, frame))
+        self._times.append(self._now())
+        self.bytes += len(frame)
+        while self._entries and (
+            len(self._entries) > self.size or (self.max_bytes and self.bytes > self.max_bytes)
+        ):
+            self._evict()
+        self._expire()
+
+    def after(self, last_event_id: str) -> Iterator[bytes]:
+        """Frames newer than ``last_event_id``; all of them for an id we cannot read."""
+        return iter(self.resume(last_event_id).frames)
+
+    def resume(self, last_event_id: str) -> Resume:
+        self._expire()
+        oldest = self._entries[0][0] if self._entries else None
+        try:
+            requested = int(last_event_id)
+        except ValueError:
+            requested = None
+        if requested is None:
+            reason = "unparseable"
+        elif requested < self.floor:
+            reason = "too-old"  # evicted, or from before this sink started
+        elif requested > self.newest:
+            reason = "unknown"  # never given out here: another server, or a clock gone back
+        else:
+            frames = tuple(frame for event_id, frame in self._entries if event_id > requested)
+            return Resume(frames, requested, None, last_event_id, oldest)
+        frames = tuple(frame for _, frame in self._entries)
+        return Resume(frames, self.floor, reason, last_event_id, oldest)
+
+    def _evict(self) -> None:
+        event_id, frame = self._entries.popleft()
+        self._times.popleft()
+        self.bytes -= len(frame)
+        self.floor = max(self.floor, event_id)
+        self.evicted += 1
+
+    def _expire(self) -> None:
+        if self.max_age <= 0:
+            return
+        limit = self._now() - self.max_age
+        while self._times and self._times[0] < limit:
+            self._evict()

@@ -1,0 +1,138 @@
+"""Admission limits (pure): token buckets and subscriber caps on an injected clock.
+
+A sink refuses a new subscriber when it already has ``max.subscribers``, when
+the client's address already has ``max.subscribers.per.address``, or when new
+connections arrive faster than ``max.connections.per.second``; an ingest
+refuses a client address that posts faster than ``max.requests.per.second``.
+Every refusal carries a reason (a fixed set: metric labels never hold
+addresses) and a ``Retry-After`` in whole seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = ["TokenBucket", "KeyedBuckets", "Refusal", "Admission", "should_log"]
+
+#: client addresses whose buckets are remembered; the least recently seen is forgotten first
+MAX_TRACKED_ADDRESSES = 10_000
+
+
+def should_log(count: int) -> bool:
+    """Log the first ten refusals of a kind, then every thousandth: a flood must not flood the log."""
+    return count <= 10 or count % 1000 == 0
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; a request takes one."""
+
+    def __init__(self, rate: float, burst: float, now: Callable[[], float]) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._now = now
+        self._tokens = self.burst
+        self._stamp = now()
+
+    def take(self) -> float:
+        """0 when a token was taken; otherwise the seconds until one will be there."""
+        now = self._now()
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
+
+    def full(self) -> bool:
+        return self._tokens + max(0.0, self._now() - self._stamp) * self.rate >= self.burst
+
+
+class KeyedBuckets:
+    """One bucket per key (a client address), bounded: the least recently used key is forgotten."""
+
+    def __init__(self, rate: float, burst: float, now: Callable[[], float], size: int = MAX_TRACKED_ADDRESSES) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._now = now
+        self._size = size
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str) -> float:
+        bucket = self._buckets.pop(key, None) or TokenBucket(self.rate, self.burst, self._now)
+        self._buckets[key] = bucket  # most recently used last
+        while len(self._buckets) > self._size:
+            self._buckets.popitem(last=False)
+        return bucket.take()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str  # "too-many-subscribers", "too-many-from-address", "connection-rate", "request-rate"
+    message: str
+    retry_after: int  # whole seconds, at least 1
+
+
+def _seconds(wait: float) -> int:
+    return max(1, math.ceil(wait - 1e-9))
+
+
+class Admission:
+    """A sink's caps (0 turns a cap off) and its count of open streams, total and by address."""
+
+    def __init__(
+        self,
+        max_total: int,
+        max_per_address: int,
+        per_second: float,
+        now: Callable[[], float],
+        retry_after: int,
+    ) -> None:
+        self.max_total = max_total
+        self.max_per_address = max_per_address
+        self.retry_after = retry_after
+        self.rate = TokenBucket(per_second, per_second, now) if per_second > 0 else None
+        self.total = 0
+        self.by_address: Counter[str] = Counter()
+
+    def check(self, address: str) -> Refusal | None:
+        """Whether a new stream from ``address`` may open now (it takes a rate token if so)."""
+        if self.max_total and self.total >= self.max_total:
+            return Refusal("too-many-subscribers", f"this stream already has {self.total} subscribers (the most it takes)", self.retry_after)
+        if self.max_per_address and self.by_address[address] >= self.max_per_address:
+            return Refusal("too-many-from-address", f"{self.by_address[address]} streams are already open from your address (the most it may have)", self.retry_after)
+        if self.rate is not None:
+            wait = self.rate.take()
+            if wait:
+                return Refusal("connection-rate", f"new connections arrive faster than {self.rate.rate:g} a second", _seconds(wait))
+        return None
+
+    def opened(self, address: str) -> None:
+        self.total += 1
+        self.by_address[address] += 1
+
+    def closed(self, address: str) -> None:
+        self.total -= 1
+        self.by_address[address] -= 1
+        if self.by_address[address] <= 0:
+            del self.by_address[address]
+
+
+class RequestRate:
+    """An ingest's per-address request rate (``max.requests.per.second``; 0 turns it off)."""
+
+    def __init__(self, per_second: float, now: Callable[[], float]) -> None:
+        self.buckets = KeyedBuckets(per_second, per_second, now) if per_second > 0 else None
+
+    def check(self, address: str) -> Refusal | None:
+        if self.buckets is None:
+            return None
+        wait = self.buckets.take(address)
+        if wait:
+            return Refusal("request-rate", f"requests from your address arrive faster than {self.buckets.rate:g} a second", _seconds(wait))
+        return None

@@ -1,0 +1,228 @@
+"""Reload: SIGHUP re-reads the configuration; unchanged connectors keep their connections, invalid ones change nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.logger import formatEvent, globalLogPublisher
+
+from sse_daemon.config import load_yaml, validate
+from sse_daemon.reload import Reloader, keys, plan
+
+from .conftest import RawHttpClient, deadline, raw_request, subscribe, wait_for, write_config
+from .test_twistd import _Output, twistd
+
+BASE = """\
+streams:
+  S: "n int"
+sources:
+  In: {type: http, stream: S, receiver.url: "http://127.0.0.1:0/in"}
+sinks:
+  Keep: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: keep, retry.max: 0}
+"""
+
+
+def v1() -> str:
+    return BASE + """\
+  Change: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: change, heartbeat.interval: 15}
+  Drop: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: drop}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def v2(far_port: int = 1) -> str:
+    return BASE + f"""\
+  Change: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: change, heartbeat.interval: 30}}
+  Added: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: added}}
+  Elsewhere: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: {far_port}, server.path: far}}
+"""
+
+
+async def post(port: int, n: int) -> bytes:
+    data = b'{"n": %d}' % n
+    client = await raw_request(port, b"POST /in HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+    await deadline(client.closed)
+    return bytes(client.received)
+
+
+async def get_status(port: int, path: str) -> int:
+    client = await raw_request(port, f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    await deadline(client.closed)
+    return int(bytes(client.received).split(b" ", 2)[1])
+
+
+@pytest.fixture
+def log_text():
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield lambda: "\n".join(formatEvent(e) or "" for e in events)
+    globalLogPublisher.removeObserver(events.append)
+
+
+@pytest.mark.reactor_free
+def test_plan_compares_definitions_files_env_and_routes(tmp_path: Path, monkeypatch) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("a-long-enough-static-token\n")
+    protected = f"  Guarded: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: g, auth.type: bearer, auth.tokens.file: {tokens}}}\n"
+    with_route = v1().replace('  S: "n int"\n', '  S: "n int"\n  T: "n int"\n') + protected + "routes:\n  - {from: S, to: T}\n"
+    old = validate(load_yaml(with_route))
+    old_keys = keys(old)
+    new = validate(load_yaml("\n" + v2() + protected))  # a blank line first: every line number moves
+    result = plan(old, new, old_keys=old_keys)
+    assert sorted(result.keep) == ["Guarded", "In", "Keep"], "moving lines changes nothing"
+    assert result.restart == ["Change"] and result.remove == ["Drop"] and sorted(result.add) == ["Added", "Elsewhere"]
+    assert result.routes_remove == [0] and result.routes_add == []
+    tokens.write_text("another-long-enough-static-token\n")
+    assert "Guarded" in plan(old, new, old_keys=old_keys).restart, "a changed tokens file changes the connector"
+    monkeypatch.setenv("RELOAD_TEST_TOKENS", "x" * 20)
+    env = BASE + "  E: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: e, auth.type: bearer, auth.tokens.env: RELOAD_TEST_TOKENS}\n"
+    with_env = validate(load_yaml(env))
+    before = keys(with_env)
+    assert plan(with_env, with_env, old_keys=before).keep == ["In", "Keep", "E"]
+    monkeypatch.setenv("RELOAD_TEST_TOKENS", "y" * 20)
+    assert plan(with_env, with_env, old_keys=before).restart == ["E"], "so does a changed variable"
+    assert not plan(old, old).changes
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_keeps_unchanged_restarts_changed_removes_and_adds(daemon, tmp_path: Path, log_text) -> None:
+    service = await daemon(v1())
+    path = tmp_path / "sse.yaml"
+    reloader = Reloader(service, [str(path)])
+    port = service.port_of("Keep")
+    keep_service = service.sinks["Keep"]
+    keep, change, drop = await subscribe(port, "/keep"), await subscribe(port, "/change"), await subscribe(port, "/drop")
+    assert (await post(port, 1)).startswith(b"HTTP/1.1 200")
+    for client in (keep, change, drop):
+        await client.wait_for(b'"n":1')
+    old_id = re.findall(rb"id: (\d+)", bytes(change.received))[-1].decode()
+
+    far_port = free_port()
+    write_config(tmp_path, v2(far_port))
+    assert await deadline(reloader.reload()) is True
+    assert "configuration reloaded: kept In, Keep; restarted Change; removed Drop; added Added, Elsewhere" in log_text()
+
+    await wait_for(lambda: change.is_closed and drop.is_closed, what="the changed and removed sinks to close their streams")
+    assert not keep.is_closed and service.sinks["Keep"] is keep_service, "an unchanged sink keeps its subscribers"
+    assert service.port_of("Keep") == port, "the shared port stays bound"
+    assert (await post(port, 2)).startswith(b"HTTP/1.1 200"), "the unchanged ingest still works"
+    await keep.wait_for(b'"n":2')
+    assert await get_status(port, "/drop") == 404
+    added = await subscribe(port, "/added")
+    resumed = await subscribe(port, "/change", headers=f"Last-Event-ID: {old_id}\r\n")
+    await resumed.wait_for(b"event: reset\n")  # a new sink has a new history: it says so
+    assert service.sinks["Change"].sink.connector["heartbeat.interval"] == 30
+    assert service.port_of("Elsewhere") == far_port, "a new port is bound"
+    far = RawHttpClient()
+    await deadline(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", far_port), far))
+    far.transport.write(b"GET /far HTTP/1.1\r\nHost: x\r\n\r\n")
+    await far.wait_for(b"stream open")
+    assert (await post(port, 3)).startswith(b"HTTP/1.1 200")
+    for client in (keep, added, far):
+        await client.wait_for(b'"n":3')
+    for client in (keep, added, resumed, far):
+        await client.close()
+
+    write_config(tmp_path, v1())  # and back: the new port is released
+    assert await deadline(reloader.reload()) is True
+    assert ("127.0.0.1", far_port) not in service.listeners
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's listening ports do
+        again.bind(("127.0.0.1", far_port))
+    assert sorted(service.sinks) == ["Change", "Drop", "Keep"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_configuration_is_rejected_whole(daemon, tmp_path: Path, log_text) -> None:
+    service = await daemon(v1())
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port = service.port_of("Keep")
+    keep = await subscribe(port, "/keep")
+    before = service.config
+    write_config(tmp_path, v2().replace("heartbeat.interval: 30", "heartbeat.interval: soon").replace("path: added", "path: added, server.prot: 1"))
+    assert await deadline(reloader.reload()) is False
+    text = log_text()
+    assert "reload rejected: " in text and "option 'heartbeat.interval': expected a number, found 'soon'" in text
+    assert "option 'server.prot': unknown option 'server.prot'; did you mean 'server.port'?" in text
+    assert "the running configuration is unchanged" in text
+    assert service.config is before and sorted(service.sinks) == ["Change", "Drop", "Keep"]
+    assert (await post(port, 1)).startswith(b"HTTP/1.1 200")
+    await keep.wait_for(b'"n":1')
+    assert await get_status(port, "/drop") == 200
+    await keep.close()
+    assert reloader.counters == {"reloads": 0, "rejected": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_port_that_cannot_be_bound_rejects_the_reload(daemon, tmp_path: Path, log_text) -> None:
+    service = await daemon(v1())
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port = service.port_of("Keep")
+    keep = await subscribe(port, "/keep")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        far_port = free_port()
+        write_config(tmp_path, v2(far_port) + f"  Busy: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: {busy}}}\n")
+        assert await deadline(reloader.reload()) is False
+    assert f"reload rejected: cannot listen on 127.0.0.1:{busy} for sink 'Busy' at /Busy" in log_text()
+    assert not change_made(service)
+    assert ("127.0.0.1", far_port) not in service.listeners
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted's listening ports do
+        again.bind(("127.0.0.1", far_port))  # a port bound for the rejected reload is released
+    assert not keep.is_closed
+    await keep.close()
+
+
+def change_made(service) -> bool:
+    return "Added" in service.sinks or "Drop" not in service.sinks
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_twistd_reloads_on_sighup(tmp_path: Path) -> None:
+    config = write_config(tmp_path, BASE)
+    process = _Output()
+    transport = reactor.spawnProcess(process, sys.executable, twistd("-n", "--pidfile=", "sse-daemon", "--config", str(config)),
+                                     env=os.environ.copy(), path=str(tmp_path))
+    try:
+        line = await wait_for(lambda: re.search(rb"listening on 127\.0\.0\.1:(\d+) for", process.output) or process.ended,
+                              what="twistd to listen")
+        assert not process.ended, process.output
+        port = int(line.group(1))
+        keep = await subscribe(port, "/keep")
+        write_config(tmp_path, BASE + "  Added: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: added}\n")
+        transport.signalProcess("HUP")
+        await wait_for(lambda: b"configuration reloaded: kept In, Keep; added Added" in process.output or process.ended,
+                       what="the reload")
+        added = await subscribe(port, "/added")
+        assert (await post(port, 9)).startswith(b"HTTP/1.1 200")
+        await keep.wait_for(b'"n":9')
+        await added.wait_for(b'"n":9')
+        write_config(tmp_path, "sinks: [oops")
+        transport.signalProcess("HUP")
+        await wait_for(lambda: b"the running configuration is unchanged" in process.output or process.ended, what="the rejection")
+        assert not process.ended and not keep.is_closed
+        assert b"reload rejected: " in process.output and b"YAML syntax error" in process.output
+        await keep.close()
+        await added.close()
+        transport.signalProcess("TERM")
+        await wait_for(lambda: process.ended, what="twistd to stop")
+    finally:
+        if not process.ended:
+            transport.signalProcess("KILL")
+            await wait_for(lambda: process.ended, what="twistd to die")

@@ -1,0 +1,217 @@
+"""TLS: sinks and ingests served over TLS, server.endpoint, and an https source that verifies certificates."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import reactor, threads
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.logger import formatEvent, globalLogPublisher
+
+from sse_daemon.config import ConfigError, load_yaml, validate
+from sse_daemon.schema import Event
+
+from .conftest import RawHttpClient, deadline, subscribe, wait_for
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for localhost/127.0.0.1 signed by it, and a stranger's key."""
+    folder = tmp_path_factory.mktemp("pki")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(_name("test CA")).issuer_name(_name("test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    files = {
+        "ca": folder / "ca.pem", "cert": folder / "cert.pem", "key": folder / "key.pem",
+        "other_key": folder / "other-key.pem", "empty": folder / "empty.pem",
+    }
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(_pem_key(key))
+    files["other_key"].write_bytes(_pem_key(ec.generate_private_key(ec.SECP256R1())))
+    files["empty"].write_text("no certificates here\n")
+    return files
+
+
+def tls_sink(pki: dict[str, Path], extra: str = "") -> str:
+    return f"""\
+sinks:
+  Events:
+    type: sse-server
+    schema: "n int"
+    server.host: 127.0.0.1
+    server.port: 0
+    server.path: events
+    server.tls.cert: {pki['cert']}
+    server.tls.key: {pki['key']}
+sources:
+  In:
+    type: http
+    stream: Events
+    receiver.url: https://127.0.0.1:0/in
+    server.tls.cert: {pki['cert']}
+    server.tls.key: {pki['key']}
+{extra}"""
+
+
+async def tls_subscribe(port: int, ca: Path) -> RawHttpClient:
+    client = RawHttpClient()
+    options = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(ca.read_bytes()))
+    await deadline(connectProtocol(wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", port)), client))
+    client.transport.write(b"GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+    await client.wait_for(b"stream open\n\n")
+    return client
+
+
+@pytest.fixture
+def log_text():
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield lambda: "\n".join(formatEvent(e) or "" for e in events)
+    globalLogPublisher.removeObserver(events.append)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sink_and_ingest_over_tls(daemon, pki) -> None:
+    import httpx
+
+    service = await daemon(tls_sink(pki))
+    port = service.port_of("Events")
+    client = await tls_subscribe(port, pki["ca"])
+
+    def post() -> int:
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(pki["ca"])), timeout=30) as http:
+            return http.post(f"https://localhost:{port}/in", json={"n": 7}).status_code
+
+    assert await deadline(threads.deferToThread(post)) == 200
+    await client.wait_for(b'"n":7')
+    await client.close()
+    with pytest.raises(Exception):  # plain HTTP on the TLS port gets no answer it can read
+        plain = await subscribe(port)
+        await plain.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_source_verifies_against_the_ca_file(daemon, pki) -> None:
+    upstream = await daemon(tls_sink(pki))
+    port = upstream.port_of("Events")
+    relay = await daemon(f"""\
+sources:
+  Src:
+    type: sse
+    stream: Copy
+    schema: "n int"
+    receiver.url: https://localhost:{port}/events
+    tls.ca.file: {pki['ca']}
+sinks:
+  Show: {{type: log, stream: Copy}}
+""")
+    got: list[Event] = []
+    relay.bus.subscribe("Copy", got.append)
+    sink = upstream.sinks["Events"].sink
+    await wait_for(lambda: sink.subscribers, what="the source to subscribe over TLS")
+    upstream.bus.publish("Events", [Event({"n": 5})])
+    await wait_for(lambda: got, what="the event through TLS")
+    assert got[0].values == {"n": 5}
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_source_refuses_an_unknown_ca_by_default(daemon, pki, log_text) -> None:
+    upstream = await daemon(tls_sink(pki))
+    port = upstream.port_of("Events")
+    relay = await daemon(f"""\
+sources:
+  Src:
+    type: sse
+    stream: Copy
+    schema: "n int"
+    receiver.url: https://localhost:{port}/events
+sinks:
+  Show: {{type: log, stream: Copy}}
+""")
+    source = relay.sources["Src"]
+    await wait_for(lambda: source.counters["failures"] >= 1, what="the TLS failure")
+    assert not upstream.sinks["Events"].sink.subscribers, "no stream over an unverified connection"
+    assert "TLS error" in log_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_endpoint_string(daemon) -> None:
+    service = await daemon("""\
+sinks:
+  Events:
+    type: sse-server
+    schema: "n int"
+    server.host: 127.0.0.1
+    server.port: 0
+    server.path: events
+    server.endpoint: "tcp:0:interface=127.0.0.1:backlog=10"
+""")
+    client = await subscribe(service.port_of("Events"))
+    await client.close()
+
+
+@pytest.mark.reactor_free
+@pytest.mark.parametrize(("options", "message"), [
+    ("server.tls.cert: {cert}", "option 'server.tls.key': server.tls.cert and server.tls.key go together"),
+    ("server.tls.cert: {cert}\n    server.tls.key: {other_key}", "option 'server.tls.key': {other_key} is not the private key of the certificate in {cert}"),
+    ("server.tls.cert: {key}\n    server.tls.key: {key}", "option 'server.tls.cert': {key} does not hold a PEM certificate"),
+    ("server.tls.cert: {cert}\n    server.tls.key: /nonexistent/key.pem", "option 'server.tls.key': cannot read /nonexistent/key.pem"),
+    ("server.tls.cert: {cert}\n    server.tls.key: {key}\n    server.endpoint: tcp:1", "option 'server.endpoint': give server.endpoint or server.tls.cert/server.tls.key, not both"),
+])
+def test_sink_tls_config_errors(pki, options: str, message: str) -> None:
+    names = {k: str(v) for k, v in pki.items()}
+    text = f"sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.port: 0\n    {options.format(**names)}\n"
+    with pytest.raises(ConfigError) as e:
+        validate(load_yaml(text))
+    assert message.format(**names) in str(e.value)
+
+
+@pytest.mark.reactor_free
+def test_other_tls_config_errors(pki) -> None:
+    text = f"""\
+sources:
+  Ingest: {{type: http, stream: S, schema: 'a string', receiver.url: "https://127.0.0.1:9/in"}}
+  Plain: {{type: http, stream: S, receiver.url: "http://127.0.0.1:10/in", server.tls.cert: {pki['cert']}, server.tls.key: {pki['key']}}}
+  Src: {{type: sse, stream: S, receiver.url: "https://example.com/", tls.ca.file: {pki['empty']}}}
+sinks:
+  Tls: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 11, server.tls.cert: {pki['cert']}, server.tls.key: {pki['key']}}}
+  NotTls: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 11, server.path: other}}
+"""
+    with pytest.raises(ConfigError) as e:
+        validate(load_yaml(text, "c.yaml"))
+    messages = str(e.value)
+    assert "source 'Ingest': option 'receiver.url': an https receiver.url needs server.tls.cert" in messages
+    assert "source 'Plain': option 'receiver.url': this port is served over TLS: write receiver.url with https://" in messages
+    assert f"source 'Src': option 'tls.ca.file': {pki['empty']} holds no PEM certificate" in messages
+    assert "sink 'NotTls': option 'server.tls.cert': port 11 is already bound differently by sink 'Tls'" in messages
