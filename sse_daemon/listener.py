@@ -106,6 +106,11 @@ class LimitedRequest(server.Request):
         if not self._refused:
             super().requestReceived(command, path, version)
 
+    def process(self) -> None:
+        if self.path == b"*" and self.method != b"OPTIONS":  # Twisted answers 405 itself; count it too
+            self.channel.site.resource.rejected["method-not-allowed"] += 1
+        super().process()
+
     def _refuse(self) -> None:
         self._refused = True
         site = self.channel.site
@@ -137,6 +142,11 @@ class QuietSite(server.Site):
 
     def log(self, request: IRequest) -> None:
         pass
+
+    def buildProtocol(self, addr: object) -> object:
+        from .malformed import watch_bad_requests  # counts the 400s of Twisted's own parser
+
+        return watch_bad_requests(super().buildProtocol(addr), self.resource)
 
 
 class ListenerService(Service):

@@ -12,8 +12,9 @@
    anything running is touched: a port that cannot be bound rejects the reload
    whole too.
 4. The switch happens in one reactor turn: paths on kept ports are pointed at
-   their new resources, old services stop (their subscribers are closed and
-   may reconnect to the new sink), new services start.
+   their new resources, old services stop, new services start. An old SSE
+   sink closes its subscribers in stages over its ``drain.window``, as on
+   shutdown, so they reconnect (to the new sink) spread out, not at once.
 
 The new pieces are built the way ``service.DaemonService`` builds them at start
 (``_build`` mirrors its ``_add_sink``/``_add_ingest`` and source loop); keep
@@ -313,7 +314,15 @@ class Reloader:
             source = daemon.sources.pop(name, None)
             daemon.source_buses.pop(name, None)
             for old in (service, source):
-                if old is not None and getattr(old, "parent", None) is daemon:
+                if old is None or getattr(old, "parent", None) is not daemon:
+                    continue
+                if hasattr(old, "drain"):  # an SSE sink: close its subscribers in stages, as on shutdown
+                    # it stays a child while it drains (a shutdown meanwhile still stops it), but its
+                    # name goes to the new sink at once
+                    daemon.namedServices.pop(old.name, None)
+                    old.name = None
+                    stopping.append(old.drain(daemon.reactor).addBoth(lambda _, old=old: daemon.removeService(old)))
+                else:
                     stopping.append(maybeDeferred(daemon.removeService, old))
         # ports bound another way: the old one is released first, then the new one binds
         for key, listener in staged.rebind.items():
@@ -353,6 +362,11 @@ class Reloader:
             daemon.sources[name] = source
         daemon.source_buses.update(staged.buses)
         daemon.config = _with_admin(new, daemon.config)
+        # the admin service attaches to sinks and sources at start; let it see the new ones
+        hook = getattr(getattr(daemon, "admin", None), "reloaded", None)
+        if hook is not None:
+            with log.failuresHandled("the admin service's reload hook failed"):
+                hook(sorted(set(changes.restart) | set(changes.add)), sorted(gone))
         await DeferredList(stopping, consumeErrors=True)
 
 

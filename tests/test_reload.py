@@ -226,3 +226,26 @@ async def test_real_twistd_reloads_on_sighup(tmp_path: Path) -> None:
         if not process.ended:
             transport.signalProcess("KILL")
             await wait_for(lambda: process.ended, what="twistd to die")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_changed_busy_sink_hands_over_in_stages(daemon, tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    busy = BASE + "  Busy: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: busy, drain.window: 1, drain.batch.min: 2, heartbeat.interval: %s}\n"
+    service = await daemon(busy % 15, clock=clock)
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port = service.port_of("Busy")
+    old = [await subscribe(port, "/busy") for _ in range(4)]
+    write_config(tmp_path, busy % 20)
+    reloading = reloader.reload()
+    await wait_for(lambda: sum(c.is_closed for c in old) == 2, what="the first batch")
+    newcomer = await subscribe(port, "/busy")  # already served by the new sink
+    assert len(service.sinks["Busy"].sink.subscribers) == 1
+    assert not reloading.called, "the reload waits for the old sink's drain"
+    clock.advance(1)
+    await wait_for(lambda: all(c.is_closed for c in old), what="the last batch")
+    assert await deadline(reloading) is True
+    assert b"server shutting down" in old[-1].received
+    await newcomer.close()

@@ -215,3 +215,26 @@ sinks:
     assert "source 'Plain': option 'receiver.url': this port is served over TLS: write receiver.url with https://" in messages
     assert f"source 'Src': option 'tls.ca.file': {pki['empty']} holds no PEM certificate" in messages
     assert "sink 'NotTls': option 'server.tls.cert': port 11 is already bound differently by sink 'Tls'" in messages
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_rebinds_a_port_with_tls(daemon, pki, tmp_path: Path) -> None:
+    import socket
+
+    from sse_daemon.reload import Reloader
+
+    from .conftest import write_config
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    plain = f"sinks:\n  Events: {{type: sse-server, schema: 'n int', server.host: 127.0.0.1, server.port: {port}, server.path: events}}\n"
+    service = await daemon(plain)
+    client = await subscribe(port)
+    write_config(tmp_path, plain.replace("server.path: events", f"server.path: events, server.tls.cert: {pki['cert']}, server.tls.key: {pki['key']}"))
+    assert await deadline(Reloader(service, [str(tmp_path / "sse.yaml")]).reload()) is True
+    await wait_for(lambda: client.is_closed, what="the plain stream to close")
+    secure = await tls_subscribe(port, pki["ca"])
+    service.bus.publish("Events", [Event({"n": 8})])
+    await secure.wait_for(b'"n":8')
+    await secure.close()
