@@ -182,16 +182,30 @@ class AdminService(MultiService):
         return self.listener.bound_port
 
     def startService(self) -> None:
+        self._attach(list(self.daemon.sources) + list(self.daemon.sinks))
+        super().startService()
+        self._start_sampler()
+
+    def reloaded(self, changed_or_added: list[str], gone: list[str]) -> None:
+        """Called by a reload: measure the connectors it built, forget the removed ones."""
+        for name in gone:
+            self.watches.pop(name, None)
+        self._attach(changed_or_added)
+        self._start_sampler()
+
+    def _attach(self, names: list[str]) -> None:
+        """Watch SSE sources' connectivity and hook sinks' lag into the histogram."""
         now = self.clock.seconds()
-        for name, source in self.daemon.sources.items():
-            if source.connector.type == "sse":
+        for name in names:
+            source = self.daemon.sources.get(name)
+            if source is not None and source.connector.type == "sse":
                 self.watches[name] = SourceWatch(source, now)
-        for service in self.daemon.sinks.values():
-            sink = getattr(service, "sink", None)
+            sink = getattr(self.daemon.sinks.get(name), "sink", None)
             if sink is not None:
                 sink.lag_observer = self.lag.labels(sink=sink.name).observe
-        super().startService()
-        if self.watches:
+
+    def _start_sampler(self) -> None:
+        if self.watches and self.running and (self._sampler is None or not self._sampler.running):
             interval = min(MAX_SAMPLE_INTERVAL, max(0.05, self.grace / 4))
             self._sampler = LoopingCall(self._sample)
             self._sampler.clock = self.clock

@@ -249,3 +249,27 @@ async def test_a_changed_busy_sink_hands_over_in_stages(daemon, tmp_path: Path) 
     assert await deadline(reloading) is True
     assert b"server shutting down" in old[-1].received
     await newcomer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_measures_what_a_reload_adds(daemon, tmp_path: Path) -> None:
+    """The admin service hooks lag and readiness into connectors a reload builds."""
+    admin = "admin: {host: 127.0.0.1, port: 0, ready.grace: 0.2}\n"
+    service = await daemon(admin + v1())
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port = service.port_of("Keep")
+    with_source = admin + v1().replace(
+        "sources:\n", f"sources:\n  Up: {{type: sse, stream: S, receiver.url: 'http://127.0.0.1:{free_port()}/none', reconnect.initial.delay: 0.05}}\n"
+    )
+    write_config(tmp_path, with_source)
+    assert await deadline(reloader.reload()) is True
+    assert "Up" in service.admin.watches, "the new source's readiness is watched"
+    await wait_for(lambda: service.admin.readiness(reactor.seconds())["ready"] is False, what="the unreachable new source to make the daemon not ready")
+    change = service.sinks["Change"].sink
+    assert change.lag_observer is not None, "the restarted sink's lag is measured"
+    assert (await post(port, 1)).startswith(b"HTTP/1.1 200")
+    lag_counts = {s.labels["sink"]: s.value for m in service.admin.registry.collect() if m.name == "sse_daemon_sink_lag_seconds" for s in m.samples if s.name.endswith("_count")}
+    assert lag_counts["Change"] == 1
+    write_config(tmp_path, admin + v1())
+    assert await deadline(reloader.reload()) is True
+    assert "Up" not in service.admin.watches
