@@ -209,43 +209,23 @@ class Reloader:
         log.info("configuration reloaded: {summary}", summary=changes.summary())
         return True
 
-    # -- 1. build off to the side (mirrors DaemonService's constructor)
+    # -- 1. build off to the side (with the constructor DaemonService uses)
 
     def _build(self, new: Config, changes: Plan) -> _Staged:
-        from .figures import ConnectorBus
-        from .guard import ingest_guard, sink_guard
-        from .ingest import IngestResource
-        from .logsink import LogSinkService
-        from .mappers import make_mapper
-        from .sink import SseSink, SseSinkResource, SseSinkService
-        from .tls import client_policy, listen_description
+        from .service import build_connector
+        from .tls import listen_description
 
         daemon = self.daemon
         staged = _Staged()
-        schemas = {name: stream.schema for name, stream in new.streams.items()}
         fresh = set(changes.restart) | set(changes.add)
         for connector in new.connectors:
             if connector.name not in fresh:
                 continue
-            mapper = make_mapper(connector.options, schemas[connector.stream])
-            if connector.type == "log":
-                staged.services[connector.name] = LogSinkService(connector, mapper, daemon.bus)
-            elif connector.type == "sse-server":
-                sink = SseSink(connector, mapper, daemon.clock)
-                staged.resources[connector.name] = sink_guard(connector, SseSinkResource(sink), sink, daemon.clock)
-                staged.services[connector.name] = SseSinkService(sink, daemon.bus, connector.stream, daemon.clock)
-            elif connector.type == "http":
-                bus = staged.buses[connector.name] = ConnectorBus(daemon.bus, daemon.clock)
-                resource = IngestResource(connector, mapper, bus, daemon.clock)
-                staged.resources[connector.name] = ingest_guard(connector, resource, resource.rejected, daemon.clock)
-                staged.sources[connector.name] = resource
-            elif connector.type == "sse":
-                from .source import SseSourceService
-
-                bus = staged.buses[connector.name] = ConnectorBus(daemon.bus, daemon.clock)
-                service = SseSourceService(connector, mapper, bus, daemon.reactor,
-                                           tls_policy=client_policy(connector.options.get("tls.ca.file")))
-                staged.services[connector.name] = staged.sources[connector.name] = service
+            built = build_connector(connector, new.streams[connector.stream].schema, daemon.bus, daemon.clock, daemon.reactor)
+            for pieces, piece in ((staged.services, built.service), (staged.resources, built.resource),
+                                  (staged.sources, built.source), (staged.buses, built.bus)):
+                if piece is not None:
+                    pieces[connector.name] = piece
         for connector in new.connectors:
             address = listen_address(connector)
             if address is None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -22,6 +23,37 @@ from .logsink import LogSinkService
 from .mappers import make_mapper
 from .schema import Event
 from .sink import SseSink, SseSinkResource, SseSinkService
+from .schema import Schema
+
+
+@dataclass(eq=False)
+class BuiltConnector:
+    """The running pieces of one connector (built once here, for start and for reload)."""
+
+    service: IService | None = None  # started with the daemon: sinks, SSE sources
+    resource: Any = None  # served on its listener, guarded: sse-server sinks, ingests
+    source: Any = None  # what DaemonService.sources holds: an ingest resource or an SSE source
+    bus: ConnectorBus | None = None  # a source's view of the bus (notes when it last published)
+
+
+def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: IReactorTime, reactor: Any) -> BuiltConnector:
+    mapper = make_mapper(connector.options, schema)
+    if connector.type == "log":
+        return BuiltConnector(service=LogSinkService(connector, mapper, bus))
+    if connector.type == "sse-server":
+        sink = SseSink(connector, mapper, clock)
+        return BuiltConnector(
+            service=SseSinkService(sink, bus, connector.stream, clock),
+            resource=sink_guard(connector, SseSinkResource(sink), sink, clock),
+        )
+    source_bus = ConnectorBus(bus, clock)
+    if connector.type == "http":
+        ingest = IngestResource(connector, mapper, source_bus, clock)
+        return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, clock), source=ingest, bus=source_bus)
+    from .source import SseSourceService  # the SSE client pulls in treq
+
+    service = SseSourceService(connector, mapper, source_bus, reactor, tls_policy=client_policy(connector.options.get("tls.ca.file")))
+    return BuiltConnector(service=service, source=service, bus=source_bus)
 
 
 class RouteService(Service):
@@ -56,6 +88,15 @@ class RouteService(Service):
         self.bus.publish(self.route.target, [Event(values, event.id, event.type, event.ingress)])
 
 
+def _make_bus(config: Config, reactor: Any) -> IBus:
+    """The bus the ``bus:`` section asks for; the memory bus needs (and imports) no Redis client."""
+    if config.bus.type == "redis":
+        from .redisbus import RedisBus
+
+        return RedisBus(config.bus, reactor)
+    return MemoryBus()
+
+
 class DaemonService(MultiService):
     """The whole daemon. Children start in order: routes and sinks subscribe
     to the bus, listeners bind, then sources start feeding events."""
@@ -71,7 +112,9 @@ class DaemonService(MultiService):
         self.reactor = reactor
         #: timers and timestamps; tests pass a task.Clock while sockets stay real
         self.clock = clock if clock is not None else reactor
-        self.bus = bus if bus is not None else MemoryBus()
+        self.bus = bus if bus is not None else _make_bus(config, reactor)
+        if isinstance(self.bus, Service):  # a shared bus connects on start, before sinks subscribe
+            self.bus.setServiceParent(self)
         self.listeners: dict[tuple[str, int], ListenerService] = {}
         self.sinks: dict[str, Any] = {}
         self.sources: dict[str, Any] = {}
@@ -85,30 +128,22 @@ class DaemonService(MultiService):
             route_service = RouteService(route, schemas[route.target].names, self.bus)
             route_service.setServiceParent(self)
             self.routes.append(route_service)
+        built = {c.name: build_connector(c, schemas[c.stream], self.bus, self.clock, reactor) for c in config.connectors}
         for connector in config.sinks:
-            self._add_sink(connector, schemas)
+            self._add(connector, built[connector.name])
         for connector in config.sources:
             if connector.type == "http":
-                self._add_ingest(connector, schemas)
+                self._add(connector, built[connector.name])
         for listener in self.listeners.values():
             listener.setServiceParent(self)
         for connector in config.sources:
             if connector.type == "sse":
-                from .source import SseSourceService  # the SSE client pulls in treq
-
-                service = SseSourceService(connector, make_mapper(connector.options, schemas[connector.stream]), self._source_bus(connector), reactor,
-                                          tls_policy=client_policy(connector.options.get("tls.ca.file")))
-                service.setServiceParent(self)
-                self.sources[connector.name] = service
+                self._add(connector, built[connector.name])
         StatsLogService(self, stats_interval, self.clock).setServiceParent(self)
         self.admin: AdminService | None = None
         if config.admin is not None:
             self.admin = AdminService(self, config.admin)
             self.admin.setServiceParent(self)
-
-    def _source_bus(self, connector: ConnectorDef) -> ConnectorBus:
-        bus = self.source_buses[connector.name] = ConnectorBus(self.bus, self.clock)
-        return bus
 
     def startService(self) -> None:
         self.started_at = self.clock.seconds()
@@ -127,24 +162,18 @@ class DaemonService(MultiService):
             self.listeners[key].endpoint = listen_description(host, port, connector.options)  # TLS, server.endpoint
         return self.listeners[key], path
 
-    def _add_sink(self, connector: ConnectorDef, schemas: dict) -> None:
-        mapper = make_mapper(connector.options, schemas[connector.stream])
-        if connector.type == "log":
-            service = LogSinkService(connector, mapper, self.bus)
-        else:
-            sink = SseSink(connector, mapper, self.clock)
+    def _add(self, connector: ConnectorDef, built: BuiltConnector) -> None:
+        if built.resource is not None:
             listener, path = self._listener(connector)
-            listener.add(path, sink_guard(connector, SseSinkResource(sink), sink, self.clock), connector.label)
-            service = SseSinkService(sink, self.bus, connector.stream, self.clock)
-        service.setServiceParent(self)
-        self.sinks[connector.name] = service
-
-    def _add_ingest(self, connector: ConnectorDef, schemas: dict) -> None:
-        mapper = make_mapper(connector.options, schemas[connector.stream])
-        resource = IngestResource(connector, mapper, self._source_bus(connector), self.clock)
-        listener, path = self._listener(connector)
-        listener.add(path, ingest_guard(connector, resource, resource.rejected, self.clock), connector.label, connector["max.body.size"])
-        self.sources[connector.name] = resource
+            limit = connector["max.body.size"] if connector.type == "http" else None
+            listener.add(path, built.resource, connector.label, limit)
+        if built.service is not None:
+            built.service.setServiceParent(self)
+        if connector.role == "sink":
+            self.sinks[connector.name] = built.service
+        else:
+            self.sources[connector.name] = built.source
+            self.source_buses[connector.name] = built.bus
 
     #: set by twistd's makeService: a port that cannot be bound ends the process
     exit_on_bind_error = False

@@ -18,7 +18,6 @@ from urllib.parse import quote
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 
 from .conftest import deadline, raw_request, subscribe, wait_for

@@ -10,7 +10,7 @@ from twisted.internet import reactor
 from twisted.logger import capturedLogs
 from twisted.web.client import HTTPConnectionPool
 
-from .conftest import deadline, raw_request, subscribe, wait_for
+from .conftest import deadline, raw_request, subscribe
 
 CONFIG = """\
 streams:

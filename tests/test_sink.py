@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 
-import pytest
 import pytest_twisted
-from twisted.internet import reactor, threads
+from twisted.internet import threads
 from twisted.internet.task import Clock
 
 from sse_daemon.schema import Event
