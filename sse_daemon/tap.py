@@ -66,8 +66,7 @@ class Options(usage.Options):
         there (unless --logger names one already) hands it the log.
         """
         fmt, level = self["log-format"], self["log-level"]
-        if fmt is None and level is None:
-            return
+        # Always: twistd alone would log every level, debug (per-event lines) included.
         try:
             parent = getattr(self, "parent", None)
             logs.select(fmt, level, parent.get("logfile") if parent is not None else None)

@@ -146,6 +146,10 @@ def test_plugin_options_name_the_observer_for_twistd(tmp_path: Path) -> None:
     assert explicit["logger"] is logs.text_observer, "an explicit --logger is kept; the level still applies"
     assert logs._selected["level"] == "debug"
 
+    plain = ServerOptions()
+    plain.parseOptions(["--nodaemon", "sse-daemon", "--config", str(config)])
+    assert plain["logger"] is logs.selected_observer, "without log options the level still defaults to info, not twistd's all-levels"
+
     with pytest.raises(usage.UsageError, match="unknown log format 'xml'"):
         Options().parseOptions(["--config", str(config), "--log-format", "xml"])
     with pytest.raises(usage.UsageError, match="--stats-interval"):

@@ -9,6 +9,6 @@ from twisted.application.service import ServiceMaker
 sseDaemon = ServiceMaker(
     "sse-daemon",
     "sse_daemon.tap",
-    "Server-Sent Events bridge: YAML connectors, SSE sinks and sources linked by an event bus",
+    "Server-Sent Events bridge: connectors from YAML or statement files, SSE sinks and sources linked by an event bus",
     "sse-daemon",
 )
