@@ -6,9 +6,12 @@ file stops twistd before anything binds, with every error listed at once.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
+from twisted.application.service import Service
+from twisted.logger import Logger
 from twisted.python import usage
 
 from . import logs
@@ -76,6 +79,33 @@ class Options(usage.Options):
             parent["logger"] = "sse_daemon.logs.selected_observer"
 
 
+class StopOnSigterm(Service):
+    """SIGTERM stops the reactor (and so drains the daemon) and twistd exits 0.
+
+    Twisted's own SIGTERM handler makes twistd end by re-raising the signal
+    after a clean shutdown; an operator (and systemd's ``SuccessExitStatus``
+    defaults aside, many supervisors) reads that as a crash. The reactor
+    installs its handlers when it starts running, so ours goes in after.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        if self.running:
+            signal.signal(signal.SIGTERM, self._signalled)
+
+    def _signalled(self, signum: int, frame: Any) -> None:
+        self.log.info("received SIGTERM: draining subscribers and shutting down")
+        self.reactor.callFromThread(self.reactor.stop)
+
+
 def makeService(options: Options, reactor: Any = None) -> DaemonService:
     assert options.loaded is not None
     service = build_service(options.loaded, reactor, stats_interval=options["stats-interval"])
@@ -85,4 +115,5 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
 
     service.reloader = Reloader(service, options["config"])
     ReloadOnSighup(service.reloader, service.reactor).setServiceParent(service)
+    StopOnSigterm(service.reactor).setServiceParent(service)
     return service
