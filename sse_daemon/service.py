@@ -90,10 +90,11 @@ class RouteService(Service):
 
 def _make_bus(config: Config, reactor: Any) -> IBus:
     """The bus the ``bus:`` section asks for; the memory bus needs (and imports) no Redis client."""
-    if config.bus.type == "redis":
+    bus = getattr(config, "bus", None)  # no ``bus:`` section: the embedded bus
+    if bus is not None and bus.type == "redis":
         from .redisbus import RedisBus
 
-        return RedisBus(config.bus, reactor)
+        return RedisBus(bus, reactor)
     return MemoryBus()
 
 
