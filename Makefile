@@ -24,8 +24,8 @@ run: install
 check: install
 	$(BIN)/twistd --nodaemon --pidfile= sse-daemon --config $(CONFIG) --check
 
-# Debian's chromium, chromium-driver and nginx, for the browser and proxy tests
-# (installed when missing and we are root; see the script).
+# Debian's chromium, chromium-driver, nginx and redis-server, for the browser,
+# proxy and Redis bus tests (installed when missing and we are root; see the script).
 test-tools:
 	bash .ci/install-test-tools
 

@@ -24,6 +24,7 @@ setup(
         "argon2-cffi>=23.1",  # auth.type basic: Argon2 hashes in auth.users.file
         "pyopenssl>=24.0",  # TLS listeners (server.tls.cert/key) and https sources via Twisted
         "service-identity>=24.1",  # Twisted's hostname verification of https sources' certificates
+        "txredisapi>=1.6",  # bus type redis (sse_daemon/redisbus.py): a Twisted-native Redis client; imported only then
     ],
     extras_require={
         "test": [

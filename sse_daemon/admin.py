@@ -91,6 +91,13 @@ class DaemonCollector:
             "route_events": CounterMetricFamily(p + "route_events", "Events a route forwarded.", labels=["from", "to"]),
             "bus_failures": CounterMetricFamily(p + "stream_subscriber_failures", "Deliveries to a stream's subscribers that raised (logged with a traceback).", labels=["stream"]),
         })
+        if getattr(self.admin.daemon.bus, "readiness", None) is not None:  # a shared bus (bus: {type: redis})
+            families.update({
+                "bus_up": GaugeMetricFamily(p + "bus_up", "1 while the shared bus (Redis) is connected; ingest answers 503 while it is 0."),
+                "bus_published": CounterMetricFamily(p + "bus_events_published", "Events this instance published to the shared bus (acknowledged by Redis)."),
+                "bus_refused": CounterMetricFamily(p + "bus_events_refused", "Events refused because the shared bus was down (their ingest answered 503)."),
+                "bus_reconnects": CounterMetricFamily(p + "bus_reconnects", "Times the shared bus lost Redis and tried again."),
+            })
         return families
 
     def collect(self) -> Iterator[Metric]:
@@ -130,6 +137,12 @@ class DaemonCollector:
             families["route_events"].add_metric([route["from"], route["to"]], route["events"])
         for stream in figures["streams"]:
             families["bus_failures"].add_metric([stream["name"]], stream["subscriber_failures"])
+        if "bus_up" in families:
+            bus = admin.daemon.bus
+            families["bus_up"].add_metric([], 1.0 if bus.state == "up" else 0.0)
+            families["bus_published"].add_metric([], bus.counters["events_published"])
+            families["bus_refused"].add_metric([], bus.counters["publish_refused"])
+            families["bus_reconnects"].add_metric([], bus.counters["reconnects"])
         return iter(families.values())
 
 
@@ -231,6 +244,9 @@ class AdminService(MultiService):
             checks[key] = "ok" if listener.listening is not None else "not bound"
         for name, watch in self.watches.items():
             checks[f"source '{name}'"] = watch.verdict(now, self.grace) or "ok"
+        bus_readiness = getattr(self.daemon.bus, "readiness", None)
+        if bus_readiness is not None:  # a shared bus: ingest answers 503 while it is down
+            checks["bus"] = bus_readiness()
         not_ready = [f"{key}: {value}" for key, value in checks.items() if value != "ok"]
         if not self.daemon.running:
             not_ready.insert(0, "the daemon is not running")

@@ -493,6 +493,54 @@ ADMIN_OPTIONS = (
     Option("live.history", "INT", "Events of each stream the status page's live view keeps, for a browser that reconnects.", lambda v: parse_int(v, 1), 100),
 )
 
+
+
+@dataclass(frozen=True, slots=True)
+class RedisUrl:
+    """``redis://[[user]:password@]host[:port][/db]``, parsed once at load."""
+
+    host: str
+    port: int
+    db: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:  # never shows the password (logs, --check)
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(value: Any) -> RedisUrl:
+    from urllib.parse import unquote, urlsplit
+
+    text = parse_string(value).strip()
+    parts = urlsplit(text)
+    if parts.scheme != "redis":
+        raise OptionError(f"expected a URL such as redis://127.0.0.1:6379/0, found {_found(value)}")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise OptionError(f"the port of {text!r} is not a number from 1 to 65535") from None
+    db_text = parts.path.strip("/") or "0"
+    if not db_text.isdigit():
+        raise OptionError(f"the database of {text!r} must be a number, such as /0")
+    if not parts.hostname:
+        raise OptionError(f"{text!r} names no host")
+    return RedisUrl(parts.hostname, port, int(db_text),
+                    unquote(parts.username) if parts.username else None,
+                    unquote(parts.password) if parts.password is not None else None)
+
+
+#: the top-level ``bus:`` section: which bus links the connectors (memory unless given)
+BUS_OPTIONS = (
+    Option("type", "STRING", "`memory` (in this process only; the default) or `redis` (Redis Streams, shared by every instance using the same Redis and `key.prefix`).", parse_choice("memory", "redis"), "memory"),
+    Option("url", "STRING", "With `type: redis`: the Redis server, `redis://[[user]:password@]host[:port][/db]`.", parse_redis_url, parse_redis_url("redis://127.0.0.1:6379/0"), default_doc="`redis://127.0.0.1:6379/0`"),
+    Option("key.prefix", "STRING", "With `type: redis`: prefix of the Redis key of each stream (`<prefix><stream>`); instances that share it share the streams.", parse_string, "sse-daemon:"),
+    Option("history.size", "INT", "With `type: redis`: entries each Redis stream keeps, approximately (`XADD MAXLEN ~`); what a subscriber can resume from on any instance.", lambda v: parse_int(v, 1), 1000),
+    Option("history.max.age", "FLOAT", "With `type: redis`: seconds an entry is kept at most (trimmed with `XTRIM MINID ~` on publish); 0 keeps entries until `history.size` trims them.", lambda v: parse_number(v, 0), 0.0),
+    Option("reconnect.max.delay", "FLOAT", "With `type: redis`: longest wait, in seconds, between attempts to reconnect to Redis (the wait doubles from 0.1 s up to this).", lambda v: parse_number(v, 0.1), 5.0),
+    Option("source.lease.ttl", "FLOAT", "With `type: redis`: seconds an instance's lease on an SSE source lasts; one instance reads each upstream, and another takes over within this time when it vanishes (at once when it stops cleanly).", lambda v: parse_number(v, 0.3), 10.0),
+)
+
 #: (role, type) -> options of that connector type, beyond COMMON_OPTIONS
 CONNECTOR_TYPES: dict[tuple[str, str], tuple[Option, ...]] = {
     ("sink", "sse-server"): SSE_SERVER_OPTIONS,
@@ -549,6 +597,7 @@ class RawConfig:
     routes: list[RawRoute] = field(default_factory=list)
     issues: list[ConfigIssue] = field(default_factory=list)  # syntax-level problems
     admin: list[RawSection] = field(default_factory=list)  # more than one is an error
+    bus: list[RawSection] = field(default_factory=list)  # more than one is an error
 
     def extend(self, other: "RawConfig") -> None:
         self.files += other.files
@@ -557,6 +606,7 @@ class RawConfig:
         self.routes += other.routes
         self.issues += other.issues
         self.admin += other.admin
+        self.bus += other.bus
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,6 +670,24 @@ class AdminDef:
 
 
 @dataclass(frozen=True, slots=True)
+class BusDef:
+    """The bus's options (every one of BUS_OPTIONS, defaults filled in)."""
+
+    options: Mapping[str, Any]
+    location: Location | None = None  # None: no ``bus:`` section (the memory bus)
+
+    @property
+    def type(self) -> str:
+        return self.options["type"]
+
+    def __getitem__(self, option: str) -> Any:
+        return self.options[option]
+
+
+MEMORY_BUS = BusDef({o.name: o.default for o in BUS_OPTIONS})
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     files: tuple[str, ...] = field(compare=False)
     streams: Mapping[str, StreamDef]
@@ -627,6 +695,7 @@ class Config:
     sinks: tuple[ConnectorDef, ...]
     routes: tuple[RouteDef, ...]
     admin: AdminDef | None = None  # None: no admin listener
+    bus: BusDef = MEMORY_BUS
 
     @property
     def connectors(self) -> tuple[ConnectorDef, ...]:
@@ -649,6 +718,8 @@ class Config:
             lines.append("admin: off")
         else:
             lines.append(f"admin: on {self.admin.host}:{self.admin.port} (ready.grace {self.admin['ready.grace']:g}s)")
+        if self.bus.type == "redis":
+            lines.append(f"bus: redis {self.bus['url']} (key.prefix {self.bus['key.prefix']!r})")
         return "\n".join(lines)
 
 
@@ -662,7 +733,7 @@ def _endpoint_text(c: ConnectorDef) -> str:
 
 # --------------------------------------------------------------------------- YAML front-end
 
-TOP_LEVEL_KEYS = ("streams", "sources", "sinks", "routes", "admin", "statements")
+TOP_LEVEL_KEYS = ("streams", "sources", "sinks", "routes", "admin", "bus", "statements")
 ROUTE_KEYS = ("from", "to", "select", "where")
 
 
@@ -731,13 +802,14 @@ def load_yaml(text: str, filename: str = "<config>") -> RawConfig:
             for option, value_node in fields.items():
                 connector.options[option] = RawValue(reader.value(value_node), reader.loc(value_node))
             raw.connectors.append(connector)
-    if "admin" in top:
-        fields = reader.mapping(top["admin"], "admin")
-        if fields is not None:
-            raw.admin.append(RawSection(
-                reader.key_loc(top["admin"]),
-                {k: RawValue(reader.value(v), reader.loc(v)) for k, v in fields.items()},
-            ))
+    for section in ("admin", "bus"):
+        if section in top:
+            fields = reader.mapping(top[section], section)
+            if fields is not None:
+                getattr(raw, section).append(RawSection(
+                    reader.key_loc(top[section]),
+                    {k: RawValue(reader.value(v), reader.loc(v)) for k, v in fields.items()},
+                ))
     if "routes" in top:
         node = top["routes"]
         if not isinstance(node, yaml.SequenceNode):
@@ -875,6 +947,7 @@ def validate(raw: RawConfig) -> Config:
     _check_access(connectors, first_raw, issues)
     _check_tls(connectors, first_raw, issues)
     admin = _admin(raw.admin, connectors, issues)
+    bus = _bus(raw.bus, connectors, raw.routes, issues)
 
     if issues:
         raise ConfigError(sorted(issues, key=lambda i: (i.location.file, i.location.line or 0)))
@@ -887,6 +960,7 @@ def validate(raw: RawConfig) -> Config:
         sinks=tuple(c for c in connectors if c.role == "sink"),
         routes=tuple(routes),
         admin=admin,
+        bus=bus,
     )
 
 
@@ -1132,6 +1206,42 @@ def _admin(sections: list[RawSection], connectors: list[ConnectorDef], issues: l
             issues.append(ConfigIssue(where, f"port {port} is already used by {connector.label} (at {connector.location}); the admin listener needs a port of its own", "admin", "port"))
             return None
     return AdminDef(values, first.location)
+
+
+def _bus(sections: list[RawSection], connectors: list[ConnectorDef], routes: list[RawRoute], issues: list[ConfigIssue]) -> BusDef:
+    """The ``bus:`` section: given at most once; Redis options only with ``type: redis``.
+
+    With a shared bus every instance runs every connector, so what would
+    publish each event once per instance is refused here rather than
+    duplicating events: routes. (SSE sources run on one instance at a time, under a lease.)
+    """
+    if not sections:
+        return MEMORY_BUS
+    first, *others = sections
+    for other in others:
+        issues.append(ConfigIssue(other.location, f"'bus' is already configured at {first.location}", "bus"))
+    known = {o.name: o for o in BUS_OPTIONS}
+    values: dict[str, Any] = {}
+    for name, raw_value in first.options.items():
+        option = known.get(name)
+        if option is None:
+            issues.append(ConfigIssue(raw_value.location, unknown_message(name, known, "option"), "bus", name))
+            continue
+        try:
+            values[name] = option.parse(raw_value.value)
+        except OptionError as e:
+            issues.append(ConfigIssue(raw_value.location, str(e), "bus", name))
+    bus_type = values.get("type", "memory")
+    if bus_type == "memory":
+        for name in first.options:
+            if name != "type" and name in known:
+                issues.append(ConfigIssue(first.options[name].location, f"'{name}' applies only with 'type: redis'", "bus", name))
+    else:
+        for route in routes:
+            issues.append(ConfigIssue(route.location, "routes cannot run with 'bus: {type: redis}' yet: every instance would forward each event, once per instance", "routes"))
+    for option in BUS_OPTIONS:
+        values.setdefault(option.name, option.default)
+    return BusDef(values, first.location)
 
 
 def listen_address(connector: ConnectorDef) -> tuple[str, int, str] | None:

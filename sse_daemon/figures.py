@@ -42,11 +42,11 @@ class ConnectorBus:
         self.clock = clock
         self.last_publish: float | None = None
 
-    def publish(self, stream: str, events: Iterable[Event]) -> None:
+    def publish(self, stream: str, events: Iterable[Event]) -> Any:
         events = list(events)
         if events:
             self.last_publish = self.clock.seconds()
-        self.bus.publish(stream, events)
+        return self.bus.publish(stream, events)  # a shared bus's Deferred: the caller waits for it
 
     def subscribe(self, stream: str, subscriber: Subscriber) -> ISubscription:
         return self.bus.subscribe(stream, subscriber)
@@ -84,6 +84,8 @@ class SourceWatch:
         stopped = getattr(self.source, "stopped_reason", None)
         if stopped:
             return f"stopped: {stopped}"
+        if getattr(self.source, "standby", False):
+            return None  # another instance holds its lease and reads the upstream (lease.py)
         down = self.down_for(now)
         if down == 0.0:
             return None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = ["History", "Resume", "reset_payload"]
 
@@ -32,20 +32,20 @@ class Resume:
     """What to send a subscriber that asked to resume."""
 
     frames: tuple[bytes, ...]  # encoded events to replay, oldest first
-    after: int  # replay continues after this id (the SSE-Replay-From header)
+    after: Any  # replay continues after this id (the SSE-Replay-From header): an int, or a history key
     reset: str | None = None  # why the client lost events: None, "unparseable", "too-old", "unknown"
     requested: str = ""
-    oldest: int | None = None  # oldest id still held, for the reset event
+    oldest: Any = None  # oldest id still held, for the reset event
 
 
-def reset_payload(resume: Resume) -> str:
+def reset_payload(resume: Resume, show: Callable[[Any], str] = str) -> str:
     """The reset event's data: JSON saying what was asked for, what is held, and why."""
     return json.dumps(
         {
             "reason": resume.reset,
             "requested": resume.requested,
-            "oldest": None if resume.oldest is None else str(resume.oldest),
-            "resumed_after": str(resume.after),
+            "oldest": None if resume.oldest is None else show(resume.oldest),
+            "resumed_after": show(resume.after),
         },
         separators=(",", ":"),
     )
@@ -57,16 +57,27 @@ class History:
     ``now`` is the sink's clock (seconds); ``start`` is the first floor: an id
     at or above it may come from this run, anything below certainly does not.
     A bound of 0 turns that bound off (``size`` 0 keeps nothing).
+
+    Ids are ints by default; a shared bus's ids (Redis entry ids) are read with
+    ``key`` into comparable keys and written back with ``show``. ``start``
+    None (such a bus: what came before is the bus's to say) puts the floor
+    just below the first event appended (``below``); until then nothing is covered.
     """
 
     def __init__(
         self,
         size: int,
         now: Callable[[], float],
-        start: int,
+        start: Any,
         max_age: float = 0.0,
         max_bytes: int = 0,
+        key: Callable[[str], Any] = int,
+        show: Callable[[Any], str] = str,
+        below: Callable[[Any], Any] = lambda k: k - 1,
     ) -> None:
+        self.key = key
+        self.show = show
+        self._below = below
         self.size = size
         self.max_age = max_age
         self.max_bytes = max_bytes
@@ -82,7 +93,9 @@ class History:
         self._expire()
         return len(self._entries)
 
-    def append(self, event_id: int, frame: bytes) -> None:
+    def append(self, event_id: Any, frame: bytes) -> None:
+        if self.floor is None:
+            self.floor = self.newest = self._below(event_id)
         self.newest = max(self.newest, event_id)
         self._entries.append((event_id, frame))
         self._times.append(self._now())
@@ -97,15 +110,26 @@ class History:
         """Frames newer than ``last_event_id``; all of them for an id we cannot read."""
         return iter(self.resume(last_event_id).frames)
 
+    def covers(self, last_event_id: str) -> bool:
+        """Whether resuming after ``last_event_id`` needs nothing but what is held here."""
+        self._expire()
+        try:
+            requested = self.key(last_event_id)
+        except ValueError:
+            return False
+        return self.floor is not None and self.floor <= requested <= self.newest
+
     def resume(self, last_event_id: str) -> Resume:
         self._expire()
         oldest = self._entries[0][0] if self._entries else None
         try:
-            requested = int(last_event_id)
+            requested = self.key(last_event_id)
         except ValueError:
             requested = None
         if requested is None:
             reason = "unparseable"
+        elif self.floor is None:
+            return Resume((), None, "unknown", last_event_id, None)
         elif requested < self.floor:
             reason = "too-old"  # evicted, or from before this sink started
         elif requested > self.newest:
@@ -120,7 +144,7 @@ class History:
         event_id, frame = self._entries.popleft()
         self._times.popleft()
         self.bytes -= len(frame)
-        self.floor = max(self.floor, event_id)
+        self.floor = max(self.floor, event_id)  # type: ignore[type-var]  # set by the first append
         self.evicted += 1
 
     def _expire(self) -> None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.error import UnsupportedMethod
@@ -56,11 +59,34 @@ class IngestResource(Resource):
         except MappingError as e:
             return self._reject(request, 400, e.reason, str(e))
         now = self.clock.seconds()
-        self.bus.publish(self.stream, [Event(values, ingress=now) for values in rows])
-        self.counters["events_in"] += len(rows)
+        published = self.bus.publish(self.stream, [Event(values, ingress=now) for values in rows])
+        if isinstance(published, Deferred):  # a shared bus: answer 200 only once it has the events
+            published.addCallbacks(self._published, self._unavailable, (request, len(rows)), errbackArgs=(request,))
+            published.addErrback(lambda f: self.log.failure("ingest {source} could not answer", f, source=self.name))
+            return NOT_DONE_YET
+        return self._accepted(request, len(rows))
+
+    def _accepted(self, request: IRequest, count: int) -> bytes:
+        self.counters["events_in"] += count
         self.counters["requests_accepted"] += 1
         request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps({"accepted": len(rows)}).encode() + b"\n"
+        return json.dumps({"accepted": count}).encode() + b"\n"
+
+    def _published(self, ids: object, request: IRequest, count: int) -> None:
+        body = self._accepted(request, count)
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.setHeader(b"Content-Length", str(len(body)).encode())  # as a synchronous answer has
+            request.write(body)
+            request.finish()
+
+    def _unavailable(self, failure: Failure, request: IRequest) -> None:
+        """The bus refused or lost the events: 503, so the publisher retries (nothing is silently dropped)."""
+        body = self._reject(request, 503, "bus-unavailable", f"the events were not published: {failure.getErrorMessage()}; retry later")
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.setHeader(b"Retry-After", b"1")
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            request.write(body)
+            request.finish()
 
     def _reject(self, request: IRequest, code: int, reason: str, message: str) -> bytes:
         self.rejected[reason] += 1

@@ -189,6 +189,8 @@ class Reloader:
             return False
         if new.admin != daemon.config.admin:
             log.warn("changes to the admin: section take effect at the next restart")
+        if new.bus != daemon.config.bus:
+            log.warn("changes to the bus: section take effect at the next restart")
         changes = plan(daemon.config, new, old_keys=self.keys)
         if not changes.changes:
             daemon.config = _with_admin(new, daemon.config)
@@ -351,10 +353,10 @@ class Reloader:
 
 
 def _with_admin(new: Config, old: Config) -> Config:
-    """The new configuration, keeping the admin section that is actually running."""
+    """The new configuration, keeping the admin and bus sections that are actually running."""
     from dataclasses import replace
 
-    return replace(new, admin=old.admin) if new.admin != old.admin else new
+    return replace(new, admin=old.admin, bus=old.bus) if (new.admin, new.bus) != (old.admin, old.bus) else new
 
 
 def _adopt(daemon: Any, listener: ListenerService) -> None:

@@ -170,10 +170,14 @@ class Event:
     ``values`` holds every schema attribute, in schema order. ``id`` and
     ``type`` are what the event carried on the way in (an SSE id and event
     type), kept so a mapper or a sink can use them; ``ingress`` is the clock
-    reading when it entered the daemon, for lag figures.
+    reading when it entered the daemon, for lag figures. ``bus_id`` is the
+    id a shared bus gave the event (the Redis entry id), the same on every
+    instance: SSE sinks send it as ``id:`` so clients resume on any instance;
+    None on the memory bus, where each sink numbers events itself.
     """
 
     values: Mapping[str, Any]
     id: str | None = None
     type: str | None = None
     ingress: float = field(default=0.0, compare=False)
+    bus_id: str | None = field(default=None, compare=False)

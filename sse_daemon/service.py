@@ -53,6 +53,11 @@ def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: I
     from .source import SseSourceService  # the SSE client pulls in treq
 
     service = SseSourceService(connector, mapper, source_bus, reactor, tls_policy=client_policy(connector.options.get("tls.ca.file")))
+    if getattr(bus, "provides_ids", False):  # a shared bus: one instance at a time reads the upstream
+        from .lease import leased_source
+
+        leased = leased_source(service, bus, connector.name, bus.lease_ttl, clock)  # shows the source's figures
+        return BuiltConnector(service=leased, source=leased, bus=source_bus)
     return BuiltConnector(service=service, source=service, bus=source_bus)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from twisted.application.service import Service
@@ -27,7 +27,7 @@ from zope.interface import implementer
 from .bus import IBus, ISubscription
 from .config import ConnectorDef
 from .drain import drain_sink  # staged close on shutdown
-from .history import History, reset_payload  # bounded history and the honest-resume decision
+from .history import History, Resume, reset_payload  # bounded history and the honest-resume decision
 from .mappers import IMapper, MappingError
 from .schema import Event
 from .sse import encode_comment, encode_event
@@ -150,6 +150,20 @@ class SseSink:
         #: set by the admin service: called once per event with the seconds from
         #: the event's ingress to its hand-off to every subscriber's socket
         self.lag_observer: Callable[[float], None] | None = None
+        #: set by use_bus_ids on a shared bus: ``replay(after, limit)`` -> Deferred of what follows an id there
+        self.bus_replay: Callable[[str | None, int], Deferred] | None = None
+        #: subscribers waiting for a bus replay, with the live frames that arrived meanwhile
+        self._replaying: dict[Subscriber, list[tuple[Any, bytes]]] = {}
+
+    def use_bus_ids(self, replay: Callable[[str | None, int], Deferred], key: Callable[[str], Any],
+                    show: Callable[[Any], str], below: Callable[[Any], Any]) -> None:
+        """On a shared bus, send the bus's ids (the same on every instance) instead of our own,
+        and resume from the bus an id this history does not cover (another instance's, or older)."""
+        self.bus_replay = replay
+        self.history = History(
+            self.connector["history.size"], self.clock.seconds, None,
+            self.connector["history.max.age"], self.connector["history.max.bytes"], key, show, below,
+        )
 
     # -- from the bus
     def publish(self, event: Event) -> None:
@@ -162,9 +176,15 @@ class SseSink:
         if self.raw:
             frame = payload.encode("utf-8")
         else:
-            event_id = self.ids.next()
-            frame = encode_event(payload, id=str(event_id))
+            if self.bus_replay is not None and event.bus_id is not None:
+                event_id, id_text = self.history.key(event.bus_id), event.bus_id
+            else:
+                event_id = self.ids.next()
+                id_text = str(event_id)
+            frame = encode_event(payload, id=id_text)
             self.history.append(event_id, frame)
+            for live in self._replaying.values():
+                live.append((event_id, frame))
         self.counters["events_in"] += 1
         for subscriber in tuple(self.subscribers):
             subscriber.send(frame)
@@ -188,15 +208,24 @@ class SseSink:
         request.registerProducer(subscriber, True)
         request.notifyFinish().addBoth(self._finished, subscriber)
         last_event_id = None if self.raw else _last_event_id(request)
+        if last_event_id is not None and self.bus_replay is not None and not self.history.covers(last_event_id):
+            self._resume_from_bus(request, subscriber, last_event_id)
+            return
         resume = self.history.resume(last_event_id) if last_event_id is not None else None
-        if resume is not None:  # honest resume: say where replay continues (README, "Resume")
-            request.setHeader(b"SSE-Replay-From", str(resume.after).encode())
+        self._start(request, subscriber, resume, last_event_id)
+
+    def _start(self, request: IRequest, subscriber: Subscriber, resume: Resume | None, last_event_id: str | None) -> None:
+        """Write the head, replay ``resume``, then deliver live events."""
+        show = self.history.show
+        if resume is not None and resume.after is not None:  # honest resume: say where replay continues (README, "Resume")
+            request.setHeader(b"SSE-Replay-From", show(resume.after).encode())
         # the head at once (proxies flush on the comment), then this subscriber's own retry: hint
         request.write(b"" if self.raw else OPENING + retry_frame(retry_hint(self.retry_min, self.retry_max, self.jitter)))
         if resume is not None:
             if resume.reset is not None:
                 self.counters["resume_reset_" + resume.reset.replace("-", "_")] += 1
-                subscriber.send(encode_event(reset_payload(resume), event=self.reset_event, id=str(resume.after)))
+                subscriber.send(encode_event(reset_payload(resume, show), event=self.reset_event,
+                                             id=None if resume.after is None else show(resume.after)))
             else:
                 self.counters["resume_exact"] += 1
             for frame in resume.frames:
@@ -206,8 +235,54 @@ class SseSink:
         self.counters["connections_opened"] += 1
         self.log.info(
             "subscriber {peer} connected to sink {sink} (last event id {last_event_id!r}, {count} connected)",
-            peer=peer, sink=self.name, last_event_id=last_event_id, count=len(self.subscribers),
+            peer=subscriber.peer, sink=self.name, last_event_id=last_event_id, count=len(self.subscribers),
         )
+
+    def _resume_from_bus(self, request: IRequest, subscriber: Subscriber, last_event_id: str) -> None:
+        """Ask the bus what follows an id this history does not cover; live events wait meanwhile.
+
+        The head is written once the answer is in, so it can carry SSE-Replay-From.
+        """
+        try:
+            self.history.key(last_event_id)
+            after: str | None = last_event_id
+        except ValueError:
+            after = None
+        self._replaying[subscriber] = []
+        self.counters["bus_replays"] += 1
+        d = self.bus_replay(after, max(self.history.size, 1))  # type: ignore[misc]  # set: checked by the caller
+        d.addCallbacks(self._bus_replayed, self._bus_replay_failed,
+                       callbackArgs=(request, subscriber, last_event_id), errbackArgs=(request, subscriber, last_event_id))
+        d.addErrback(lambda f: self.log.failure("resuming subscriber {peer} of sink {sink} failed", f,
+                                                peer=subscriber.peer, sink=self.name))
+
+    def _bus_replayed(self, replay: Any, request: IRequest, subscriber: Subscriber, last_event_id: str) -> None:
+        live = self._replaying.pop(subscriber, [])
+        if subscriber.gone:
+            return
+        key = self.history.key
+        frames: list[bytes] = []
+        newest = key(replay.after) if replay.after else None
+        for event in replay.events:
+            newest = key(event.bus_id)
+            try:
+                frames.append(encode_event(self.mapper.encode(event), id=event.bus_id))
+            except MappingError:
+                self.counters["events_unmapped"] += 1
+        # live events that arrived while the bus answered, minus those the answer had already
+        frames += [frame for event_id, frame in live if newest is None or event_id > newest]
+        after = key(replay.after) if replay.after else None
+        oldest = key(replay.oldest) if replay.oldest else None
+        self._start(request, subscriber, Resume(tuple(frames), after, replay.reset, last_event_id, oldest), last_event_id)
+
+    def _bus_replay_failed(self, failure: Any, request: IRequest, subscriber: Subscriber, last_event_id: str) -> None:
+        self._replaying.pop(subscriber, None)
+        if subscriber.gone:
+            return
+        self.counters["bus_replays_failed"] += 1
+        self.log.warn("sink {sink} could not ask the bus what follows {last_event_id!r} ({reason}); resuming from local history",
+                      sink=self.name, last_event_id=last_event_id, reason=failure.getErrorMessage())
+        self._start(request, subscriber, self.history.resume(last_event_id), last_event_id)
 
     def drop_slow(self, subscriber: Subscriber) -> None:
         self.counters["dropped_slow"] += 1
@@ -220,6 +295,7 @@ class SseSink:
         subscriber.request.transport.abortConnection()
 
     def _finished(self, result: object, subscriber: Subscriber) -> None:
+        self._replaying.pop(subscriber, None)
         subscriber.stopProducing()
         self.subscribers.discard(subscriber)
         self.counters["connections_closed"] += 1
@@ -231,12 +307,13 @@ class SseSink:
 
     def close_all(self) -> None:
         """End every stream cleanly (used on stop; ``stopListening`` alone would leave them open)."""
-        for subscriber in tuple(self.subscribers):
+        for subscriber in (*self.subscribers, *self._replaying):  # and those waiting for a bus replay
             self.close(subscriber)
 
     def close(self, subscriber: Subscriber, final: bytes = b"") -> None:
         """End one stream cleanly, after ``final`` (a last comment or ``retry:``; not in raw format)."""
         self.subscribers.discard(subscriber)
+        self._replaying.pop(subscriber, None)
         if not subscriber.gone:
             subscriber.gone = True
             if final and not self.raw and not subscriber.paused:
@@ -297,6 +374,11 @@ class SseSinkService(Service):
 
     def startService(self) -> None:
         super().startService()
+        replay = getattr(self.bus, "replay", None)
+        if getattr(self.bus, "provides_ids", False) and replay is not None and not self.sink.raw:
+            from .redisbus import entry_key, key_below, show_key  # a shared bus's ids (no Redis client needed)
+
+            self.sink.use_bus_ids(lambda after, limit: replay(self.stream, after, limit), entry_key, show_key, key_below)
         self._subscription = self.bus.subscribe(self.stream, self.sink.publish)
         interval = self.sink.connector["heartbeat.interval"]
         if interval > 0 and not self.sink.raw:

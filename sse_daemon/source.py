@@ -396,6 +396,16 @@ class SseSourceService(Service):
         d.addCallback(lambda _: self.log.info("source {source} stopped", source=self.source_name))
         return d
 
+    def resume_after(self, last_event_id: str | None) -> None:
+        """Start (again) from this Last-Event-ID: the cursor a leased source's last holder saved (lease.py)."""
+        if not last_event_id:
+            return
+        if not self._connections:
+            self._connections = [self._new_connection(i) for i in range(self.workers)]
+        for conn in self._connections:
+            conn.parser.last_event_id = last_event_id
+        self.last_event_id = last_event_id
+
     def pause(self) -> None:
         """Stop reading (backpressure): the server's writes queue in TCP buffers, not here."""
         self.paused = True

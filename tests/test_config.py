@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sse_daemon.config import (
+    BUS_OPTIONS,
     CONNECTOR_TYPES,
     COMMON_OPTIONS,
     ConfigError,
@@ -178,5 +179,6 @@ def test_bad_headers(text) -> None:
 def test_readme_documents_every_option() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     names = {o.name for o in COMMON_OPTIONS} | {o.name for options in CONNECTOR_TYPES.values() for o in options}
+    names |= {o.name for o in BUS_OPTIONS}
     missing = sorted(name for name in names if f"| `{name}`" not in readme)
     assert not missing, f"README.md has no table row for: {missing}"
