@@ -7,6 +7,9 @@ an autouse fixture fails a test that leaves delayed calls behind.
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -127,6 +130,20 @@ async def raw_request(port: int, request: bytes) -> RawHttpClient:
     return client
 
 
+def status(raw: bytes) -> int:
+    """The status code of a raw HTTP response."""
+    return int(raw.split(b" ", 2)[1])
+
+
+def header(raw: bytes, name: str) -> str | None:
+    """A header of a raw HTTP response's head, by case-insensitive name."""
+    for line in raw.partition(b"\r\n\r\n")[0].decode().split("\r\n")[1:]:
+        key, _, value = line.partition(": ")
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
 async def subscribe(port: int, path: str = "/events", headers: str = "") -> RawHttpClient:
     """Open an SSE stream and wait for the head and opening comment."""
     client = await raw_request(port, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n{headers}\r\n".encode())
@@ -152,3 +169,50 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     pyfuncitem.obj(**args)
     return True
+
+
+def twistd_command(*args: str) -> list[str]:
+    """``twistd ARGS`` with this interpreter (the venv's twistd, without relying on PATH)."""
+    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()", *args]
+
+
+class TwistdProcess(protocol.ProcessProtocol):
+    """A real ``twistd -n sse-daemon`` child: its output, its port, its end."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended = False
+        self.reason: Any = None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended = True
+        self.reason = reason
+
+    @classmethod
+    async def start(cls, config: Path, cwd: Path) -> tuple["TwistdProcess", int]:
+        """Spawn it and wait for its first listener; returns the process and that port."""
+        process = cls()
+        reactor.spawnProcess(process, sys.executable, twistd_command("-n", "--pidfile=", "sse-daemon", "--config", str(config)),
+                             env=os.environ.copy(), path=str(cwd))
+        line = await wait_for(lambda: re.search(rb"listening on 127\.0\.0\.1:(\d+) for", process.output) or process.ended,
+                              what="twistd to listen")
+        assert not process.ended, process.output
+        return process, int(line.group(1))
+
+    def signal(self, name: str) -> None:
+        self.transport.signalProcess(name)
+
+    async def stop(self, name: str = "TERM", timeout: float = DEADLINE) -> None:
+        if not self.ended:
+            self.signal(name)
+        await wait_for(lambda: self.ended, timeout=timeout, what=f"twistd to end after SIG{name}")
+
+    async def kill(self) -> None:
+        """For ``finally:``: make sure nothing outlives the test."""
+        if not self.ended:
+            await self.stop("KILL")

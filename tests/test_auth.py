@@ -21,7 +21,7 @@ from sse_daemon.auth import (
 )
 from sse_daemon.config import ConfigError, load_yaml, validate
 
-from .conftest import deadline, raw_request, subscribe, wait_for
+from .conftest import deadline, header, raw_request, status, subscribe, wait_for
 
 PASSWORD = "correct horse battery staple"
 ARGON_PASSWORD = "argon-pass-phrase-42"
@@ -178,18 +178,6 @@ async def post(port: int, headers: str = "", data: bytes = b'{"n": 1}') -> bytes
     client = await raw_request(port, f"POST /in HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(data)}\r\n{headers}\r\n".encode() + data)
     await deadline(client.closed)
     return bytes(client.received)
-
-
-def status(raw: bytes) -> int:
-    return int(raw.split(b" ", 2)[1])
-
-
-def header(raw: bytes, name: str) -> str | None:
-    for line in raw.partition(b"\r\n\r\n")[0].decode().split("\r\n")[1:]:
-        key, _, value = line.partition(": ")
-        if key.lower() == name.lower():
-            return value
-    return None
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from twisted.logger import globalLogPublisher
 
 from sse_daemon.limits import Admission, KeyedBuckets, RequestRate, TokenBucket, should_log
 
-from .conftest import RawHttpClient, deadline, raw_request, subscribe, wait_for
+from .conftest import RawHttpClient, deadline, header, raw_request, status, subscribe, wait_for
 
 SINK = """\
 sinks:
@@ -39,18 +39,6 @@ sources:
 
 def config(template: str = SINK, **extra: object) -> str:
     return template.format(extra="\n    ".join(f"{k}: {v}" for k, v in extra.items()))
-
-
-def status(raw: bytes) -> int:
-    return int(raw.split(b" ", 2)[1])
-
-
-def header(raw: bytes, name: str) -> str | None:
-    for line in raw.partition(b"\r\n\r\n")[0].decode().split("\r\n")[1:]:
-        key, _, value = line.partition(": ")
-        if key.lower() == name.lower():
-            return value
-    return None
 
 
 def body(raw: bytes) -> dict:

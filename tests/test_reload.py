@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from sse_daemon.config import load_yaml, validate
 from sse_daemon.reload import Reloader, keys, plan
 
-from .conftest import RawHttpClient, deadline, raw_request, subscribe, wait_for, write_config
-from .test_twistd import _Output, twistd
+from .conftest import RawHttpClient, TwistdProcess, deadline, raw_request, subscribe, wait_for, write_config
 
 BASE = """\
 streams:
@@ -196,17 +193,11 @@ def change_made(service) -> bool:
 @pytest_twisted.ensureDeferred
 async def test_real_twistd_reloads_on_sighup(tmp_path: Path) -> None:
     config = write_config(tmp_path, BASE)
-    process = _Output()
-    transport = reactor.spawnProcess(process, sys.executable, twistd("-n", "--pidfile=", "sse-daemon", "--config", str(config)),
-                                     env=os.environ.copy(), path=str(tmp_path))
+    process, port = await TwistdProcess.start(config, tmp_path)
     try:
-        line = await wait_for(lambda: re.search(rb"listening on 127\.0\.0\.1:(\d+) for", process.output) or process.ended,
-                              what="twistd to listen")
-        assert not process.ended, process.output
-        port = int(line.group(1))
         keep = await subscribe(port, "/keep")
         write_config(tmp_path, BASE + "  Added: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: added}\n")
-        transport.signalProcess("HUP")
+        process.signal("HUP")
         await wait_for(lambda: b"configuration reloaded: kept In, Keep; added Added" in process.output or process.ended,
                        what="the reload")
         added = await subscribe(port, "/added")
@@ -214,18 +205,15 @@ async def test_real_twistd_reloads_on_sighup(tmp_path: Path) -> None:
         await keep.wait_for(b'"n":9')
         await added.wait_for(b'"n":9')
         write_config(tmp_path, "sinks: [oops")
-        transport.signalProcess("HUP")
+        process.signal("HUP")
         await wait_for(lambda: b"the running configuration is unchanged" in process.output or process.ended, what="the rejection")
         assert not process.ended and not keep.is_closed
         assert b"reload rejected: " in process.output and b"YAML syntax error" in process.output
         await keep.close()
         await added.close()
-        transport.signalProcess("TERM")
-        await wait_for(lambda: process.ended, what="twistd to stop")
+        await process.stop("TERM")
     finally:
-        if not process.ended:
-            transport.signalProcess("KILL")
-            await wait_for(lambda: process.ended, what="twistd to die")
+        await process.kill()
 
 
 @pytest_twisted.ensureDeferred

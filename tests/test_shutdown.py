@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +14,7 @@ from twisted.internet.task import Clock
 from sse_daemon.schema import Event
 from sse_daemon.storms import drain_schedule, retry_frame, retry_hint
 
-from .conftest import RawHttpClient, deadline, subscribe, wait_for, write_config
-from .test_twistd import _Output, twistd
+from .conftest import RawHttpClient, TwistdProcess, deadline, subscribe, wait_for, write_config
 
 SINK = """\
 sinks:
@@ -138,20 +135,14 @@ async def test_stop_stops_accepting_then_closes_in_stages_on_the_clock(daemon) -
 @pytest_twisted.ensureDeferred
 async def test_real_twistd_drains_in_stages_on_sigterm(tmp_path: Path) -> None:
     config_path = write_config(tmp_path, config(**{"drain.window": 1.0, "drain.batch.min": 2}))
-    process = _Output()
-    transport = reactor.spawnProcess(process, sys.executable, twistd("-n", "--pidfile=", "sse-daemon", "--config", str(config_path)),
-                                     env=os.environ.copy(), path=str(tmp_path))
+    process, port = await TwistdProcess.start(config_path, tmp_path)
     try:
-        line = await wait_for(lambda: re.search(rb"listening on 127\.0\.0\.1:(\d+) for", process.output) or process.ended,
-                              what="twistd to listen")
-        assert not process.ended, process.output
-        port = int(line.group(1))
         clients = [await subscribe(port) for _ in range(6)]
         closed_at: dict[int, float] = {}
         for i, client in enumerate(clients):
             client.closed.addCallback(lambda _, i=i: closed_at.setdefault(i, reactor.seconds()))
         signalled = reactor.seconds()
-        transport.signalProcess("TERM")
+        process.signal("TERM")
         await wait_for(lambda: len(closed_at) == 6, timeout=15, what="every stream to be closed")
         await wait_for(lambda: process.ended, timeout=15, what="twistd to exit")
         times = sorted(closed_at.values())
@@ -163,6 +154,4 @@ async def test_real_twistd_drains_in_stages_on_sigterm(tmp_path: Path) -> None:
         for client in clients:
             assert b"server shutting down" in client.received and client.received.endswith(b"0\r\n\r\n"), (process.output.decode()[-3000:], [b"shutting" in c.received for c in clients])
     finally:
-        if not process.ended:
-            transport.signalProcess("KILL")
-            await wait_for(lambda: process.ended, what="twistd to die")
+        await process.kill()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -12,16 +11,15 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import protocol, reactor
+from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
-from .conftest import deadline, subscribe, wait_for, write_config
+from .conftest import TwistdProcess, deadline, subscribe, twistd_command, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def twistd(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()", *args]
+twistd = twistd_command
 
 
 @pytest.mark.reactor_free
@@ -72,21 +70,6 @@ def test_bind_failure_exits_non_zero_naming_connector_and_port(tmp_path: Path) -
     assert "Traceback" not in result.stdout + result.stderr
 
 
-class _Output(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended = False
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: object) -> None:
-        self.ended = True
-        self.reason = reason
-
-
 @pytest_twisted.ensureDeferred
 async def test_real_twistd_serves_an_event(tmp_path: Path) -> None:
     config = write_config(tmp_path, """\
@@ -95,26 +78,17 @@ async def test_real_twistd_serves_an_event(tmp_path: Path) -> None:
         sinks:
           S: {type: sse-server, server.host: 127.0.0.1, server.port: 0, server.path: testsse}
         """)
-    process = _Output()
-    transport = reactor.spawnProcess(process, sys.executable, twistd("-n", "--pidfile=", "sse-daemon", "--config", str(config)),
-                                     env=os.environ.copy(), path=str(tmp_path))
+    process, port = await TwistdProcess.start(config, tmp_path)
     try:
-        line = await wait_for(lambda: re.search(rb"listening on 127\.0\.0\.1:(\d+) for", process.output) or process.ended,
-                              what="twistd to listen")
-        assert not process.ended, process.output
-        port = int(line.group(1))
         client = await subscribe(port, "/testsse")
         pool = HTTPConnectionPool(reactor, persistent=False)
         response = await deadline(treq.post(f"http://127.0.0.1:{port}/publish", data=b'{"param1":"from twistd"}', pool=pool))
         assert response.code == 200
         await deadline(treq.content(response))
         await client.wait_for(b'data: {"event":{"param1":"from twistd"}}\n\n')
-        transport.signalProcess("TERM")
-        await wait_for(lambda: process.ended, what="twistd to stop")
+        await process.stop("TERM")
         await deadline(client.closed)
         assert process.reason.value.exitCode == 0, process.output
         assert b"Server Shut Down." in process.output
     finally:
-        if not process.ended:
-            transport.signalProcess("KILL")
-            await wait_for(lambda: process.ended, what="twistd to die")
+        await process.kill()
