@@ -287,8 +287,9 @@ class SseSink:
     def drop_slow(self, subscriber: Subscriber) -> None:
         self.counters["dropped_slow"] += 1
         self.log.warn(
-            "subscriber {peer} of sink {sink} is too slow ({queued} events, {queued_bytes} bytes queued): disconnected; it may resume with Last-Event-ID",
+            "subscriber {peer} of sink {sink} is too slow ({queued} events, {queued_bytes} bytes queued): disconnected{hint}",
             peer=subscriber.peer, sink=self.name, queued=len(subscriber.queue), queued_bytes=subscriber.queued_bytes,
+            hint="" if self.raw else "; it may resume with Last-Event-ID",
         )
         subscriber.stopProducing()
         self.subscribers.discard(subscriber)
