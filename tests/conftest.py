@@ -195,14 +195,17 @@ class TwistdProcess(protocol.ProcessProtocol):
 
     @classmethod
     async def start(cls, config: Path, cwd: Path) -> tuple["TwistdProcess", int]:
-        """Spawn it and wait for its first listener; returns the process and that port."""
+        """Spawn one and wait for its first listener; returns the process and that port."""
         process = cls()
-        reactor.spawnProcess(process, sys.executable, twistd_command("-n", "--pidfile=", "sse-daemon", "--config", str(config)),
+        return process, await process.launch(config, cwd)
+
+    async def launch(self, config: Path, cwd: Path) -> int:
+        reactor.spawnProcess(self, sys.executable, twistd_command("-n", "--pidfile=", "sse-daemon", "--config", str(config)),
                              env=os.environ.copy(), path=str(cwd))
-        line = await wait_for(lambda: re.search(rb"listening on 127\.0\.0\.1:(\d+) for", process.output) or process.ended,
+        line = await wait_for(lambda: re.search(rb"listening on 127\.0\.0\.1:(\d+) for", self.output) or self.ended,
                               what="twistd to listen")
-        assert not process.ended, process.output
-        return process, int(line.group(1))
+        assert not self.ended, self.output.decode(errors="replace")
+        return int(line.group(1))
 
     def signal(self, name: str) -> None:
         self.transport.signalProcess(name)
