@@ -1,0 +1,771 @@
+"""The fan-out benchmark: sse-daemon against its peers, in one run, on this machine.
+
+    .venv/bin/python bench/run.py            # the full run (about 10 minutes), writes bench/RESULTS.md
+    .venv/bin/python bench/run.py --quick    # tiny versions of every scenario (seconds)
+
+Builds the C load client (bench/sseload.c, ``cc -O2``), then for each scenario and
+each server starts the server fresh (pinned to CPU 0 with taskset when there are two
+cores), connects the subscribers from the client (pinned to CPU 1), publishes, and reads
+the server's CPU and memory from /proc. Servers: the daemon (a real ``twistd -n
+sse-daemon`` on a temporary config: an http ingest and an sse-server sink on one port,
+heartbeat off, history as default), sse-starlette under uvicorn (bench/peer_starlette.py)
+and Nchan (Debian's nginx + libnginx-mod-nchan), when installed. Everything is on
+127.0.0.1, and every client run is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PY = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCHAN_MODULES = [Path("/usr/lib/nginx/modules/ngx_nchan_module.so"), Path("/usr/share/nginx/modules/ngx_nchan_module.so")]
+
+
+# ---------------------------------------------------------------- scenarios
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+    subs: int
+    count: int = 0  # events to publish (0: idle, nothing published)
+    rate: float = 0  # events/s, 0 as fast as possible
+    pad: int = 0  # padding bytes per event
+    slow: int = 0  # subscribers that read nothing
+    pipeline: int = 1
+    max_seconds: float = 60
+    hold: float = 0.5  # idle: seconds to wait before reading memory
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    if quick:
+        return [
+            Scenario("A", "A: 100 subscribers, small events as fast as possible", 20, count=200, pipeline=4, max_seconds=5),
+            Scenario("B200", "B: 1,000 subscribers, 200 events/s offered", 50, count=40, rate=200, max_seconds=5),
+            Scenario("B20", "B: 1,000 subscribers, 20 events/s (latency)", 50, count=10, rate=20, max_seconds=5),
+            Scenario("C1k", "C: 1k idle subscribers", 100),
+            Scenario("Dref", "D (reference): 100 fast subscribers, no slow one", 20, count=100, rate=200, pad=200, max_seconds=5),
+            Scenario("D", "D: 1 subscriber that reads nothing among 100 fast ones", 20, count=100, rate=200, pad=200, slow=1, max_seconds=5),
+            Scenario("E", "E: 2 KiB events at 100/s to 100 subscribers", 20, count=20, rate=100, pad=2048, max_seconds=5),
+        ]
+    return [
+        Scenario("A", "A: 100 subscribers, 20,000 small events as fast as possible (at most 40 s)", 100, count=20000, pipeline=4, max_seconds=40),
+        Scenario("B200", "B: 1,000 subscribers, 200 events/s offered for 20 s", 1000, count=4000, rate=200, max_seconds=25),
+        Scenario("B20", "B: 1,000 subscribers, 20 events/s for 10 s (latency)", 1000, count=200, rate=20, max_seconds=15),
+        Scenario("C1k", "C: 1k idle subscribers", 1000, hold=1),
+        Scenario("C5k", "C: 5k idle subscribers", 5000, hold=1),
+        Scenario("C10k", "C: 10k idle subscribers", 10000, hold=2),
+        Scenario("Dref", "D (reference): 100 fast subscribers at 100 events/s of 8 KB, no slow one, 10 s", 100,
+                 count=1000, rate=100, pad=8000, max_seconds=15),
+        Scenario("D", "D: 1 subscriber that reads nothing among 100 fast ones, 100 events/s of 8 KB, 30 s", 100,
+                 count=3000, rate=100, pad=8000, slow=1, max_seconds=35),
+        Scenario("E", "E: 2 KiB events at 100/s to 100 subscribers, 10 s", 100, count=1000, rate=100, pad=2048, max_seconds=15),
+    ]
+
+
+# ---------------------------------------------------------------- /proc
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (and its reaped children: none here)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A ``kB`` figure of /proc/<pid>/status (VmRSS, VmHWM) in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class Sampler(threading.Thread):
+    """RSS of one process every 100 ms, with the time of each sample."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), proc_status(self.pid, "VmRSS")))
+            except OSError:
+                return
+            self.stop.wait(0.1)
+
+    def peak(self) -> int:
+        return max((rss for _, rss in self.samples), default=0)
+
+    def slope(self, since: float, until: float) -> float:
+        """Least-squares RSS growth in KiB/s over [since, until]."""
+        pts = [(t, r) for t, r in self.samples if since <= t <= until]
+        if len(pts) < 3:
+            return 0.0
+        n = len(pts)
+        mt = sum(t for t, _ in pts) / n
+        mr = sum(r for _, r in pts) / n
+        var = sum((t - mt) ** 2 for t, _ in pts)
+        return sum((t - mt) * (r - mr) for t, r in pts) / var if var else 0.0
+
+
+# ---------------------------------------------------------------- servers
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+class Server:
+    name = "?"
+    sub_path = "/sub"
+    pub_path = "/publish"
+
+    def __init__(self, workdir: Path, pin: list[str]) -> None:
+        self.workdir = workdir
+        self.pin = pin
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int:  # the process that serves (nginx: its one worker)
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+class Daemon(Server):
+    name = "sse-daemon"
+
+    def start(self) -> None:
+        config = self.workdir / "daemon.yaml"
+        config.write_text(
+            "sources:\n"
+            "  In: {type: http, stream: S, schema: 'm string', receiver.url: 'http://127.0.0.1:0/publish'}\n"
+            "sinks:\n"
+            "  S: {type: sse-server, stream: S, schema: 'm string', server.host: 127.0.0.1, server.port: 0,\n"
+            "      server.path: /sub, heartbeat.interval: 0, drain.window: 0}\n"
+        )
+        self.log = self.workdir / "daemon.log"
+        self.log.write_text("")
+        self.proc = subprocess.Popen(
+            [*self.pin, str(Path(PY).parent / "twistd"), "-n", "--pidfile=", "--logfile", str(self.log),
+             "sse-daemon", "--config", str(config), "--stats-interval", "0"],
+            cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+) for", self.log.read_text(errors="replace"))
+            if m:
+                self.port = int(m.group(1))
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"twistd did not listen:\n{self.log.read_text(errors='replace')[-2000:]}")
+
+
+class Starlette(Server):
+    name = "sse-starlette"
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([*self.pin, PY, str(BENCH / "peer_starlette.py"), str(self.port)],
+                                     cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_port(self.port, self.proc)
+
+
+class Nchan(Server):
+    name = "Nchan"
+
+    @staticmethod
+    def available() -> str | None:
+        """None when nginx and the nchan module are here, else why not."""
+        if not Path("/usr/sbin/nginx").exists():
+            return "nginx is not installed"
+        if not any(p.exists() for p in NCHAN_MODULES):
+            return "libnginx-mod-nchan is not installed (as root: apt-get install -y libnginx-mod-nchan)"
+        return None
+
+    @property
+    def pid(self) -> int:
+        return self.worker
+
+    def start(self) -> None:
+        self.port = free_port()
+        prefix = self.workdir / "nginx"
+        prefix.mkdir(exist_ok=True)
+        module = next(p for p in NCHAN_MODULES if p.exists())
+        conf = prefix / "nginx.conf"
+        conf.write_text(f"""\
+load_module {module};
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 30000; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_buffer_size 64k;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fastcgi;
+  uwsgi_temp_path {prefix}/uwsgi;
+  scgi_temp_path {prefix}/scgi;
+  server {{
+    listen 127.0.0.1:{self.port} backlog=4096;
+    location = /sub {{
+      nchan_subscriber eventsource;
+      nchan_channel_id bench;
+      nchan_eventsource_ping_interval 0;
+    }}
+    location = /publish {{
+      nchan_publisher;
+      nchan_channel_id bench;
+      nchan_message_buffer_length 100;
+      nchan_message_timeout 60s;
+    }}
+  }}
+}}
+""")
+        self.proc = subprocess.Popen([*self.pin, "/usr/sbin/nginx", "-p", str(prefix), "-c", str(conf)],
+                                     cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_port(self.port, self.proc)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            if children:
+                self.worker = int(children[0])
+                return
+            time.sleep(0.05)
+        raise RuntimeError("nginx started no worker")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful; SIGTERM is fast shutdown: both fine
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        super().stop()
+
+
+# ---------------------------------------------------------------- one measurement
+
+def run_one(server: Server, sc: Scenario, client: Path, pin_client: list[str], profile: Path | None = None) -> dict[str, Any]:
+    server.start()
+    try:
+        time.sleep(0.3)
+        pid = server.pid
+        rss_base = proc_status(pid, "VmRSS")
+        sampler = Sampler(pid)
+        sampler.start()
+        args = [*pin_client, str(client), "--port", str(server.port), "--sub-path", server.sub_path,
+                "--pub-path", server.pub_path, "--subs", str(sc.subs), "--slow", str(sc.slow),
+                "--count", str(sc.count), "--rate", str(sc.rate), "--pad", str(sc.pad),
+                "--pipeline", str(sc.pipeline), "--max-seconds", str(sc.max_seconds), "--connect-seconds", "90",
+                "--max-pending", "40"]  # under Twisted's default listen backlog of 50
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            ready = json.loads(proc.stdout.readline())
+            time.sleep(sc.hold if sc.count == 0 else 0.3)
+            rss_ready = proc_status(pid, "VmRSS")
+            cpu0 = proc_cpu(pid)
+            t_go = time.monotonic()
+            spies: list[subprocess.Popen] = []
+            if profile is not None and sc.count:
+                spies = start_profile(pid, profile, sc.max_seconds)
+            proc.stdin.write("go\n" if sc.count else "quit\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            t_done = time.monotonic()
+            done = json.loads(line) if line.strip() else {}
+            cpu = proc_cpu(pid) - cpu0
+            rss_end = proc_status(pid, "VmRSS")
+            hwm = proc_status(pid, "VmHWM")
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+            for spy in spies:
+                try:
+                    spy.wait(30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+        finally:
+            proc.stdin.close()
+            proc.wait(30)
+        sampler.stop.set()
+        sampler.join()
+        result: dict[str, Any] = {
+            "server": server.name, "scenario": sc.key, "ready": ready, **done,
+            "server_cpu": round(cpu, 3), "rss_base_kib": rss_base, "rss_ready_kib": rss_ready,
+            "rss_end_kib": rss_end, "rss_peak_kib": max(sampler.peak(), rss_ready, rss_end), "vmhwm_kib": hwm,
+        }
+        connected = ready.get("connected", 0)
+        if sc.count == 0 and connected:
+            result["idle_kib_per_sub"] = round((rss_ready - rss_base) / connected, 2)
+        delivered = done.get("delivered", 0)
+        if delivered:
+            result["cpu_us_per_delivery"] = round(cpu / delivered * 1e6, 2)
+        wall = done.get("wall_seconds") or (t_done - t_go)
+        result["client_cpu_share"] = round(done.get("client_cpu", 0) / wall, 3) if wall else 0
+        if sc.slow:
+            mid = t_go + (t_done - t_go) / 2  # after the slow one has had time to fill its bound
+            result["rss_slope_kib_s"] = round(sampler.slope(mid, t_done), 1)
+            result["rss_slope_all_kib_s"] = round(sampler.slope(t_go, t_done), 1)
+        return result
+    finally:
+        server.stop()
+
+
+def start_profile(pid: int, out: Path, seconds: float) -> list[subprocess.Popen]:
+    spy = str(Path(PY).parent / "py-spy")
+    if not Path(spy).exists():  # a binary wheel from PyPI: the benchmark installs it for itself
+        subprocess.run([PY, "-m", "pip", "install", "--quiet", "py-spy"], check=False)
+    if not Path(spy).exists():
+        spy = shutil.which("py-spy") or spy
+    if not Path(spy).exists():
+        print("py-spy not found and not installable: no profile", file=sys.stderr)
+        return []
+    common = ["--pid", str(pid), "--rate", "250", "--nonblocking", "--function", "--duration", str(int(seconds) + 5)]
+    procs = [subprocess.Popen([spy, "record", "-o", str(out.with_suffix(".svg")), *common],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+             subprocess.Popen([spy, "record", "--format", "raw", "-o", str(out.with_suffix(".txt")), *common],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    time.sleep(1.0)  # let py-spy attach before the load starts
+    return procs
+
+
+# ---------------------------------------------------------------- profile reading
+
+CATEGORIES = [  # (label, regexes over a frame); a sample goes to the first label any of its frames matches
+    ("logging (twisted.logger and its observers)", (r"twisted/logger/", r"sse_daemon/logs\.py")),
+    ("socket send: the reactor's doWrite per subscriber (send() syscall, stopWriting's epoll_ctl)",
+     (r"\.doWrite \(",)),
+    ("per-subscriber Request.write: chunk framing, transport writeSequence, startWriting's epoll_ctl",
+     (r"Request\.write \(twisted/web",)),
+    ("the sink's own fan-out loop (SseSink.publish, Subscriber.send)", (r"sse_daemon/sink\.py",)),
+    ("the POST: Twisted's request parsing (Content-Type through the email package), ingest JSON, mapping, answer",
+     (r"twisted/web/", r"sse_daemon/", r"^email/|\(email/", r"\(json/")),
+    ("reactor dispatch (epoll, callWithLogger/context per fd event, doRead)", (r"twisted/",)),
+]
+COMPILED = [(label, [re.compile(x) for x in keys]) for label, keys in CATEGORIES]
+
+
+def read_profile(raw: Path) -> dict[str, Any] | None:
+    if not raw.exists():
+        return None
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    cats: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        total += count
+        frames = stack.split(";")
+        own[frames[-1]] += count
+        for f in set(frames):
+            inclusive[f] += count
+
+        label = next((lab for lab, keys in COMPILED if any(k.search(f) for k in keys for f in frames)), "other")
+        cats[label] += count
+    if not total:
+        return None
+    inner = [(f, n) for f, n in inclusive.most_common() if n < 0.9 * total][:30]  # not the run loop everyone is under
+    return {"total": total, "own": own.most_common(20), "inclusive": inner, "categories": cats.most_common()}
+
+
+# ---------------------------------------------------------------- the report
+
+def machine() -> dict[str, str]:
+    cpu = "?"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import twisted
+
+    load = open("/proc/loadavg").read().split()[:3]
+    peers = []
+    try:
+        import sse_starlette
+        import uvicorn
+
+        peers.append(f"sse-starlette {sse_starlette.__version__}, uvicorn {uvicorn.__version__}")
+    except ImportError:
+        pass
+    nchan = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}  ", "libnginx-mod-nchan", "nginx"],
+                           capture_output=True, text=True).stdout if shutil.which("dpkg-query") else ""
+    if nchan:
+        peers.append("Debian " + ", ".join(nchan.split("  ")).strip(", "))
+    return {"nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
+            "python": platform.python_version(), "twisted": twisted.__version__, "load": " ".join(load),
+            "peers": "; ".join(peers) or "—"}
+
+
+def fmt(v: Any, nd: int = 1) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def ratio(a: Any, b: Any) -> str:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b:
+        return "—"
+    return f"{a / b:.2f}×"
+
+
+ROWS = [  # (label, key, digits)
+    ("subscribers connected", ("ready", "connected"), 0),
+    ("events published", "published", 0),
+    ("publish rate sustained (events/s)", "publish_rate", 1),
+    ("delivered", "delivered", 0),
+    ("expected", "expected", 0),
+    ("loss: not delivered within 5 s after the last publish", "loss", 0),
+    ("delivered events/s", "deliveries_per_s", 0),
+    ("latency p50 (ms)", "lat_ms_p50", 2),
+    ("latency p99 (ms)", "lat_ms_p99", 2),
+    ("latency max (ms)", "lat_ms_max", 2),
+    ("server CPU (s)", "server_cpu", 2),
+    ("server CPU per delivery (µs)", "cpu_us_per_delivery", 2),
+    ("server RSS before subscribers (KiB)", "rss_base_kib", 0),
+    ("server RSS with subscribers (KiB)", "rss_ready_kib", 0),
+    ("server peak RSS (KiB)", "rss_peak_kib", 0),
+    ("memory per idle subscriber (KiB)", "idle_kib_per_sub", 2),
+    ("connect time of all subscribers (s)", ("ready", "connect_seconds"), 2),
+    ("slow subscribers cut off", "slow_cut", 0),
+    ("RSS growth over the second half (KiB/s)", "rss_slope_kib_s", 1),
+    ("RSS growth over the whole run (KiB/s)", "rss_slope_all_kib_s", 1),
+    ("subscribers closed early", "closed_early", 0),
+    ("client CPU (s)", "client_cpu", 2),
+    ("client CPU share of one core", "client_cpu_share", 2),
+]
+
+
+IDLE_ROWS = {("ready", "connected"), "rss_base_kib", "rss_ready_kib", "rss_peak_kib", "idle_kib_per_sub",
+             ("ready", "connect_seconds")}
+
+
+def get(r: dict[str, Any] | None, key: Any) -> Any:
+    if r is None:
+        return None
+    if isinstance(key, tuple):
+        v: Any = r
+        for k in key:
+            v = v.get(k) if isinstance(v, dict) else None
+        return v
+    if isinstance(key, str) and key.startswith("lat_") and (r.get(key) or 0) < 0:
+        return None
+    if key == "loss":
+        return r["expected"] - r["delivered"] if "expected" in r and "delivered" in r else None
+    return r.get(key)
+
+
+def targets(res: dict[str, dict[str, dict[str, Any]]]) -> list[tuple[str, str, str]]:
+    """(target, figure, verdict) for the issue's targets."""
+    d = res.get("sse-daemon", {})
+    st = res.get("sse-starlette", {})
+    nc = res.get("Nchan", {})
+    out: list[tuple[str, str, str]] = []
+
+    def verdict(ok: bool | None, how: str) -> str:
+        return "—" if ok is None else (("met" if ok else "NOT met") + (f" ({how})" if how else ""))
+
+    a, sa = d.get("A"), st.get("A")
+    if a and sa and sa.get("deliveries_per_s"):
+        x = a["deliveries_per_s"] / sa["deliveries_per_s"]
+        out.append(("A: deliveries/s ≥ 3× the best Python peer (worker.count=1)",
+                    f"{x:.2f}× sse-starlette ({fmt(a['deliveries_per_s'], 0)} vs {fmt(sa['deliveries_per_s'], 0)}/s)",
+                    verdict(x >= 3, f"{x / 3:.0%} of the target")))
+    if a and a.get("cpu_us_per_delivery"):
+        c = a["cpu_us_per_delivery"]
+        out.append(("A: server CPU per delivery ≤ 5 µs", f"{c:.2f} µs", verdict(c <= 5, f"{c / 5:.1f}× the bound")))
+    if a and nc.get("A"):
+        out.append(("A: with worker.count=2, ≥ half of Nchan's deliveries/s",
+                    f"Nchan {fmt(nc['A'].get('deliveries_per_s'), 0)}/s; worker.count=2 is not built yet",
+                    "not measured (worker.count > 1 is refused)"))
+    b, nb = d.get("B200"), nc.get("B200")
+    if b:
+        if nb:
+            x = b["publish_rate"] / nb["publish_rate"] if nb.get("publish_rate") else 0
+            out.append(("B: sustained publish rate at 1,000 subscribers above Nchan's",
+                        f"{b['publish_rate']:.1f}/s vs Nchan {nb['publish_rate']:.1f}/s (of 200 offered)",
+                        verdict(b["publish_rate"] > nb["publish_rate"], f"{x:.2f}× Nchan's")))
+        else:
+            out.append(("B: sustained publish rate at 1,000 subscribers above Nchan's",
+                        f"{b['publish_rate']:.1f}/s of 200 offered; Nchan not measured", "—"))
+    b20 = d.get("B20")
+    if b20:
+        p = b20["lat_ms_p99"]
+        out.append(("B: p99 latency at 20 events/s ≤ 15 ms", f"{p:.2f} ms", verdict(p <= 15, f"{p / 15:.2f}× the bound")))
+    c = d.get("C10k")
+    if c:
+        per = c.get("idle_kib_per_sub")
+        ok = c["ready"]["connected"] >= 10000 and per is not None and per * 1.024 <= 10
+        out.append(("C: 10k idle subscribers in one process, ≤ 10 kB each",
+                    f"{c['ready']['connected']:,} connected, {per} KiB ({per * 1.024 if per else 0:.1f} kB) each",
+                    verdict(ok, f"{per * 1.024 / 10:.2f}× the bound" if per else "")))
+    dd, dref = d.get("D"), d.get("Dref")
+    if dd:
+        slope = dd.get("rss_slope_kib_s", 0)
+        flat = abs(slope) < 50 and dd.get("slow_cut", 0) >= 1
+        out.append(("D: daemon memory flat while the slow subscriber is connected, and it is cut at its bound",
+                    f"cut: {dd.get('slow_cut', 0)}, RSS growth over the second half {slope} KiB/s, "
+                    f"peak {fmt(dd['rss_peak_kib'])} KiB", verdict(flat, "")))
+        if dref:
+            p, q = dd["lat_ms_p99"], dref["lat_ms_p99"]
+            out.append(("D: the fast subscribers' p99 does not rise", f"{p:.2f} ms with the slow one, {q:.2f} ms without",
+                        verdict(p <= q * 1.2 + 1, f"{p / q:.2f}× the reference" if q else "")))
+    e = d.get("E")
+    if e:
+        p = e["lat_ms_p99"]
+        out.append(("2 KiB events at 100/s to 100 subscribers: p99 ≤ 5 ms", f"{p:.2f} ms",
+                    verdict(p <= 5, f"{p / 5:.2f}× the bound")))
+    return out
+
+
+def write_results(path: Path, res: dict[str, dict[str, dict[str, Any]]], scs: list[Scenario], servers: list[str],
+                  info: dict[str, Any], notes: list[str], profile: dict[str, Any] | None) -> None:
+    m = info["machine"]
+    lines = [
+        "# Fan-out benchmark results",
+        "",
+        f"Written by `bench/run.py{' --quick' if info['quick'] else ''}` on {info['date']} "
+        f"(took {info['seconds']:.0f} s). **{'QUICK run: tiny scenarios, figures are not meaningful.' if info['quick'] else 'Full run.'}**",
+        "",
+        f"- Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; Python {m['python']}, Twisted {m['twisted']}",
+        f"- Peers: {m.get('peers', '—')}",
+        f"- Load average before the run: {info['load_before']}; after: {m['load']}",
+        f"- Pinning: {info['pinning']}",
+        "- Load client: `bench/sseload.c` (C, epoll, one process; a publisher thread POSTs over one keep-alive "
+        "connection: 4 requests in flight in A, 1 elsewhere, so a server that answers slowly is offered less than "
+        "the target rate and its sustained rate is reported). Subscriptions are opened 40 at a time, each waiting "
+        "for its response head. Latency is publish-send to subscriber-read, on one clock. Event bodies are "
+        "`{\"m\":\"@<seq>@<µs>@<padding>\"}`, relayed by every server inside its `data:` line.",
+        "- Each server is started fresh for each scenario; CPU is user+system seconds of the serving process "
+        "from `/proc/<pid>/stat` while publishing; RSS from `/proc/<pid>/status` (sampled every 100 ms). Kernel "
+        "socket buffers are not in RSS. Nchan: the one nginx worker (1 worker process).",
+        "- sse-daemon: `twistd -n sse-daemon`, one http ingest and one sse-server sink on one port, heartbeat off, "
+        "history and subscriber bounds at their defaults, log level info (to a file), worker.count 1.",
+        "",
+    ]
+    for name in servers:
+        for sc in scs:
+            r = res.get(name, {}).get(sc.key) or {}
+            if (r.get("client_cpu_share") or 0) > 0.7:
+                notes.append(f"{sc.key} on {name}: the load client used {r['client_cpu_share']:.0%} of its core, so "
+                             f"{name}'s delivered events/s there is a lower bound (the client was near its limit).")
+    for note in notes:
+        lines.append(f"- Note: {note}")
+    if notes:
+        lines.append("")
+    lines += ["## Targets of issue 7", "", "| target | figure | verdict |", "|---|---|---|"]
+    for t, f, v in targets(res):
+        lines.append(f"| {t} | {f} | {v} |")
+    lines.append("")
+    peers = [s for s in servers if s != "sse-daemon"]
+    for sc in scs:
+        lines += [f"## {sc.title}", ""]
+        head = ["figure", *servers] + [f"daemon / {p}" for p in peers]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        rows = [r for r in ROWS if any(get(res.get(s, {}).get(sc.key), r[1]) is not None for s in servers)]
+        if sc.count == 0:
+            rows = [r for r in rows if r[1] in IDLE_ROWS]
+        elif not sc.slow:
+            rows = [r for r in rows if r[1] not in ("slow_cut", "rss_slope_kib_s", "rss_slope_all_kib_s")]
+        for label, key, nd in rows:
+            vals = [get(res.get(s, {}).get(sc.key), key) for s in servers]
+            vals = [round(v, nd) if isinstance(v, float) and nd == 0 else v for v in vals]
+            cells = [fmt(v, nd) if not (isinstance(v, float) and nd == 0) else fmt(int(v)) for v in vals]
+            dv = get(res.get("sse-daemon", {}).get(sc.key), key)
+            ratios = [ratio(dv, get(res.get(p, {}).get(sc.key), key)) for p in peers]
+            lines.append("| " + " | ".join([label, *cells, *ratios]) + " |")
+        for s in servers:
+            err = res.get(s, {}).get(sc.key, {}).get("error") if isinstance(res.get(s, {}).get(sc.key), dict) else None
+            if err:
+                lines.append(f"\n{s}: failed: {err}")
+        lines.append("")
+    lines += ["## Profile of the daemon under scenario A", ""]
+    if profile:
+        lines += [f"py-spy, {profile['total']:,} samples at 250 Hz over the whole run (`bench/profile.svg` is the "
+                  "flame graph, `bench/profile.txt` the raw stacks). Where the time goes (each sample counted once, "
+                  "under the first label that any of its frames matches, in this order). The µs column spreads the "
+                  "CPU per delivery of the unprofiled run of A over these shares:", "",
+                  "| where | share | µs per delivery |", "|---|---|---|"]
+        per = get(res.get("sse-daemon", {}).get("A"), "cpu_us_per_delivery")
+        for label, n in profile["categories"]:
+            us = f"{per * n / profile['total']:.2f}" if isinstance(per, (int, float)) else "—"
+            lines.append(f"| {label} | {n / profile['total']:.1%} | {us} |")
+        lines += ["", "Functions by own time:", "", "| function | own |", "|---|---|"]
+        for f, n in profile["own"]:
+            lines.append(f"| `{f}` | {n / profile['total']:.1%} |")
+        lines += ["", "Functions by inclusive time (below the reactor's run loop):", "", "| function | inclusive |", "|---|---|"]
+        for f, n in profile["inclusive"]:
+            lines.append(f"| `{f}` | {n / profile['total']:.1%} |")
+        reading = BENCH / "PROFILE-READING.md"
+        if reading.exists():
+            lines += ["", reading.read_text().strip()]
+    else:
+        lines.append("No profile in this run (py-spy missing, `--no-profile`, or `--quick`).")
+    lines.append("")
+    path.write_text("\n".join(lines))
+
+
+# ---------------------------------------------------------------- main
+
+def build_client(outdir: Path) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("bench: no C compiler (cc) found; install gcc")
+    out = outdir / "sseload"
+    subprocess.run([cc, "-O2", "-Wall", "-pthread", "-o", str(out), str(BENCH / "sseload.c")], check=True)
+    return out
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny versions of every scenario (seconds)")
+    ap.add_argument("--servers", default="sse-daemon,sse-starlette,Nchan", help="comma-separated; default all")
+    ap.add_argument("--only", default="", help="comma-separated scenario keys (A,B200,B20,C1k,C5k,C10k,Dref,D,E)")
+    ap.add_argument("--out", type=Path, default=None, help="results file (default bench/RESULTS.md; --quick: a temp file)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy run of scenario A")
+    args = ap.parse_args(argv)
+
+    started = time.monotonic()
+    load_before = " ".join(open("/proc/loadavg").read().split()[:3])
+    nofile = raise_nofile()
+    work = Path(tempfile.mkdtemp(prefix="sse-bench-"))
+    notes: list[str] = []
+    try:
+        client = build_client(work)
+        two = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+        pin_server = ["taskset", "-c", "0"] if two else []
+        pin_client = ["taskset", "-c", "1"] if two else []
+        pinning = "server on CPU 0, client on CPU 1 (taskset)" if two else "none (needs taskset and 2 CPUs)"
+        wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
+        classes = {"sse-daemon": Daemon, "sse-starlette": Starlette, "Nchan": Nchan}
+        servers: list[str] = []
+        for name in wanted:
+            if name not in classes:
+                raise SystemExit(f"bench: unknown server {name!r}; one of {', '.join(classes)}")
+            if name == "Nchan" and (why := Nchan.available()):
+                notes.append(f"Nchan skipped: {why}.")
+                continue
+            servers.append(name)
+        scs = scenarios(args.quick)
+        if args.only:
+            keys = set(args.only.split(","))
+            scs = [s for s in scs if s.key in keys]
+        if nofile < max(s.subs + s.slow for s in scs) + 200:
+            notes.append(f"RLIMIT_NOFILE is {nofile}: the largest idle scenarios cannot all connect.")
+        res: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in servers}
+        for sc in scs:
+            for name in servers:
+                print(f"bench: {sc.key} on {name} ...", file=sys.stderr, flush=True)
+                try:
+                    r = run_one(classes[name](work, pin_server), sc, client, pin_client)
+                except Exception as e:  # one failed run is reported, the others go on
+                    r = {"error": f"{type(e).__name__}: {e}"}
+                res[name][sc.key] = r
+                print("bench:   " + json.dumps({k: r.get(k) for k in (
+                    "deliveries_per_s", "publish_rate", "lat_ms_p99", "server_cpu", "idle_kib_per_sub", "error")}),
+                    file=sys.stderr, flush=True)
+        profile = None
+        if not args.quick and not args.no_profile and "sse-daemon" in servers and any(s.key == "A" for s in scs):
+            sc = next(s for s in scs if s.key == "A")
+            print("bench: profiling the daemon under A ...", file=sys.stderr, flush=True)
+            for stale in (BENCH / "profile.svg", BENCH / "profile.txt"):
+                stale.unlink(missing_ok=True)
+            try:
+                run_one(Daemon(work, pin_server), sc, client, pin_client, profile=BENCH / "profile")
+                profile = read_profile(BENCH / "profile.txt")
+            except Exception as e:
+                notes.append(f"the profile run failed: {type(e).__name__}: {e}")
+        out = args.out or (work / "RESULTS.md" if args.quick else BENCH / "RESULTS.md")
+        info = {"machine": machine(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "quick": args.quick, "seconds": time.monotonic() - started, "load_before": load_before, "pinning": pinning}
+        write_results(out, res, scs, servers, info, notes, profile)
+        out.with_suffix(".json").write_text(json.dumps({"info": info, "results": res}, indent=1))
+        print(f"bench: wrote {out}", file=sys.stderr)
+        if args.quick and args.out is None:
+            sys.stdout.write(out.read_text())
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+/* sseload: an SSE load client that is not the bottleneck.
+ *
+ * One process, one epoll loop for N subscriber connections (HTTP/1.1, chunked or
+ * not, LF or CRLF lines), plus one publisher thread that POSTs events over a
+ * keep-alive connection. Every published body is the same JSON for every server:
+ *     {"m":"@<seq>@<t_us>@<padding>"}
+ * and each server relays it inside its `data:` line, so a subscriber finds
+ * "@seq@t_us@" in the line and computes the end-to-end latency from the
+ * publisher's send (CLOCK_MONOTONIC, same process) to its own read.
+ *
+ * Protocol with the driver (bench/run.py):
+ *   1. connect the subscribers; print one JSON line {"phase":"ready",...}
+ *   2. wait for a line on stdin: "go" publishes, anything else (or EOF) quits
+ *   3. publish, wait for the deliveries to drain, print {"phase":"done",...}
+ *
+ * Build: cc -O2 -pthread -o sseload sseload.c
+ * 127.0.0.1 only: the host is fixed, not an option.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LINE_MAX_BYTES 65536
+
+static int port = 0;
+static const char *sub_path = "/sub";
+static const char *pub_path = "/publish";
+static int nsubs = 100;
+static int nslow = 0;
+static long count = 1000;      /* events to publish */
+static double rate = 0;        /* events/s; 0 = as fast as possible */
+static double max_seconds = 60; /* publisher stops after this */
+static int pad = 0;            /* padding bytes in each event */
+static int pipeline = 1;       /* requests in flight on the publisher connection */
+static double drain_seconds = 5; /* after the last publish, wait this long at most */
+static double connect_seconds = 120;
+static int max_pending = 200;  /* subscriptions in flight at once: connect to response head */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+static int64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* ---- latency samples (µs) ---- */
+static uint32_t *lat = NULL;
+static size_t lat_n = 0, lat_cap = 0;
+static const size_t LAT_LIMIT = 50u * 1000 * 1000;
+static void lat_add(int64_t us) {
+    if (us < 0) us = 0;
+    if (lat_n == lat_cap) {
+        if (lat_cap >= LAT_LIMIT) return;
+        lat_cap = lat_cap ? lat_cap * 2 : 1 << 20;
+        lat = realloc(lat, lat_cap * sizeof *lat);
+        if (!lat) { perror("realloc"); exit(2); }
+    }
+    lat[lat_n++] = us > 0xffffffffLL ? 0xffffffffu : (uint32_t)us;
+}
+static int cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ---- subscribers ---- */
+enum { S_CONNECTING, S_HEAD, S_BODY, S_DEAD };
+enum { C_SIZE, C_DATA, C_CRLF };
+typedef struct {
+    int fd, state, slow, chunked, cstate;
+    long cleft;
+    long events;
+    int64_t last_seq;
+    long gaps, dups;
+    size_t hlen, llen;
+    char *head;   /* response head being read */
+    char *line;   /* SSE line being assembled */
+    char csz[24]; int cszlen;
+} sub_t;
+
+static sub_t *subs;
+static long total_events = 0, connected = 0, failed = 0, closed_early = 0, slow_cut = 0, bad_status = 0;
+static int epfd;
+static int pending = 0; /* subscriptions between connect() and their response head */
+
+static volatile long published = 0, pub_errors = 0;
+static volatile int pub_done = 0;
+static volatile double pub_started = 0, pub_ended = 0;
+static int64_t last_event_us = 0;
+
+static void on_line(sub_t *s, char *p, size_t n) {
+    if (n && p[n - 1] == '\r') n--;
+    if (n < 5 || memcmp(p, "data:", 5) != 0) return;
+    char *at = memchr(p, '@', n);
+    if (!at) return;
+    char *end = p + n;
+    char *q = at + 1;
+    int64_t seq = 0, ts = 0;
+    while (q < end && *q >= '0' && *q <= '9') seq = seq * 10 + (*q++ - '0');
+    if (q >= end || *q != '@') return;
+    q++;
+    while (q < end && *q >= '0' && *q <= '9') ts = ts * 10 + (*q++ - '0');
+    int64_t t = now_us();
+    lat_add(t - ts);
+    last_event_us = t;
+    s->events++;
+    total_events++;
+    if (seq <= s->last_seq) s->dups++;
+    else if (seq != s->last_seq + 1 && s->last_seq >= 0) s->gaps += seq - s->last_seq - 1;
+    s->last_seq = seq;
+}
+
+static void feed_sse(sub_t *s, const char *p, size_t n) {
+    while (n) {
+        const char *nl = memchr(p, '\n', n);
+        size_t take = nl ? (size_t)(nl - p) : n;
+        if (s->llen + take < LINE_MAX_BYTES) {
+            memcpy(s->line + s->llen, p, take);
+            s->llen += take;
+        } else s->llen = LINE_MAX_BYTES; /* overlong: dropped */
+        if (!nl) return;
+        if (s->llen < LINE_MAX_BYTES) on_line(s, s->line, s->llen);
+        s->llen = 0;
+        p += take + 1;
+        n -= take + 1;
+    }
+}
+
+static void feed_body(sub_t *s, const char *p, size_t n) {
+    if (!s->chunked) { feed_sse(s, p, n); return; }
+    while (n) {
+        if (s->cstate == C_SIZE) {
+            char c = *p++; n--;
+            if (c == '\n') {
+                s->csz[s->cszlen] = 0;
+                s->cleft = strtol(s->csz, NULL, 16);
+                s->cszlen = 0;
+                s->cstate = s->cleft ? C_DATA : C_CRLF;
+            } else if (c != '\r' && s->cszlen < 20) s->csz[s->cszlen++] = c;
+        } else if (s->cstate == C_DATA) {
+            size_t take = n < (size_t)s->cleft ? n : (size_t)s->cleft;
+            feed_sse(s, p, take);
+            p += take; n -= take; s->cleft -= take;
+            if (!s->cleft) s->cstate = C_CRLF;
+        } else { /* CRLF after a chunk */
+            char c = *p++; n--;
+            if (c == '\n') s->cstate = C_SIZE;
+        }
+    }
+}
+
+static void sub_close(sub_t *s, int early) {
+    if (s->state == S_DEAD) return;
+    if (s->state == S_CONNECTING || s->state == S_HEAD) pending--; /* in flight until the head is in */
+    if (s->state == S_CONNECTING) failed++;
+    else if (early) closed_early++;
+    if (s->state == S_BODY || s->state == S_HEAD) connected -= (s->state == S_BODY);
+    epoll_ctl(epfd, EPOLL_CTL_DEL, s->fd, NULL);
+    close(s->fd);
+    s->state = S_DEAD;
+    free(s->head); s->head = NULL;
+    free(s->line); s->line = NULL;
+}
+
+static void on_head(sub_t *s) {
+    /* s->head holds the whole head plus maybe some body after \r\n\r\n */
+    char *end = memmem(s->head, s->hlen, "\r\n\r\n", 4);
+    if (!end) return;
+    size_t headlen = end - s->head + 4;
+    if (s->hlen < 12 || memcmp(s->head + 9, "200", 3) != 0) { bad_status++; sub_close(s, 1); return; }
+    s->head[headlen - 1] = 0;
+    for (char *c = s->head; c < s->head + headlen; c++) *c = (*c >= 'A' && *c <= 'Z') ? *c + 32 : *c;
+    s->chunked = strstr(s->head, "transfer-encoding: chunked") != NULL;
+    s->state = S_BODY;
+    pending--;
+    connected++;
+    s->line = malloc(LINE_MAX_BYTES);
+    if (s->slow) {
+        /* read nothing more: only a hang-up or reset is reported */
+        struct epoll_event ev = {.events = EPOLLRDHUP, .data.ptr = s};
+        epoll_ctl(epfd, EPOLL_CTL_MOD, s->fd, &ev);
+        return;
+    }
+    if (s->hlen > headlen) feed_body(s, s->head + headlen, s->hlen - headlen);
+    free(s->head); s->head = NULL;
+}
+
+static char request[1024];
+static size_t request_len;
+static int started_connects = 0;
+
+static void start_connect(int i) {
+    sub_t *s = &subs[i];
+    memset(s, 0, sizeof *s);
+    s->last_seq = -1;
+    s->slow = i < nslow;
+    s->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (s->fd < 0) { perror("socket"); s->state = S_DEAD; failed++; return; }
+    if (s->slow) { int small = 4096; setsockopt(s->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small); }
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int r = connect(s->fd, (struct sockaddr *)&a, sizeof a);
+    if (r < 0 && errno != EINPROGRESS) { close(s->fd); s->state = S_DEAD; failed++; return; }
+    s->state = S_CONNECTING;
+    struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN | EPOLLRDHUP, .data.ptr = s};
+    epoll_ctl(epfd, EPOLL_CTL_ADD, s->fd, &ev);
+    pending++;
+}
+
+static char rbuf[1 << 18];
+
+static void on_event(sub_t *s, uint32_t evs) {
+    if (s->state == S_DEAD) return;
+    if (s->slow && s->state == S_BODY) {
+        if (evs & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) { slow_cut++; sub_close(s, 0); }
+        return;
+    }
+    if (s->state == S_CONNECTING) {
+        int err = 0; socklen_t l = sizeof err;
+        getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+        if (err) { sub_close(s, 1); return; }
+        if (write(s->fd, request, request_len) != (ssize_t)request_len) { sub_close(s, 1); return; }
+        s->state = S_HEAD;
+        s->head = malloc(8192);
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = s};
+        epoll_ctl(epfd, EPOLL_CTL_MOD, s->fd, &ev);
+        return;
+    }
+    for (;;) {
+        ssize_t n = read(s->fd, rbuf, sizeof rbuf);
+        if (n > 0) {
+            if (s->state == S_HEAD) {
+                size_t take = (size_t)n < 8191 - s->hlen ? (size_t)n : 8191 - s->hlen;
+                memcpy(s->head + s->hlen, rbuf, take);
+                s->hlen += take;
+                on_head(s);
+                if (s->state == S_BODY && take < (size_t)n && !s->slow) feed_body(s, rbuf + take, n - take);
+                if (s->state != S_BODY && s->hlen >= 8191) { sub_close(s, 1); return; }
+                if (s->slow && s->state == S_BODY) return;
+            } else feed_body(s, rbuf, n);
+            if ((size_t)n < sizeof rbuf) return;
+        } else if (n == 0) { sub_close(s, 1); return; }
+        else { if (errno != EAGAIN && errno != EINTR) sub_close(s, 1); return; }
+    }
+}
+
+static int epoll_round(int timeout_ms) {
+    struct epoll_event evs[512];
+    int n = epoll_wait(epfd, evs, 512, timeout_ms);
+    for (int i = 0; i < n; i++) on_event(evs[i].data.ptr, evs[i].events);
+    return n;
+}
+
+/* ---- publisher ---- */
+static int http_read_response(int fd, char *buf, size_t cap, size_t *have) {
+    /* reads one response from a keep-alive connection; leaves what follows in buf */
+    for (;;) {
+        char *end = *have >= 4 ? memmem(buf, *have, "\r\n\r\n", 4) : NULL;
+        if (end) {
+            size_t headlen = end - buf + 4;
+            int status = (*have >= 12) ? atoi(buf + 9) : 0;
+            long clen = 0;
+            int chunked = 0;
+            for (char *p = buf; p < end; p++) {
+                if ((p == buf || p[-1] == '\n') && strncasecmp(p, "content-length:", 15) == 0) clen = atol(p + 15);
+                if ((p == buf || p[-1] == '\n') && strncasecmp(p, "transfer-encoding:", 18) == 0 &&
+                    strcasestr(p, "chunked") && strcasestr(p, "chunked") < end) chunked = 1;
+            }
+            size_t total;
+            if (chunked) {
+                char *z = memmem(buf + headlen, *have - headlen, "0\r\n\r\n", 5);
+                if (!z) goto more;
+                total = z - buf + 5;
+            } else {
+                total = headlen + clen;
+                if (*have < total) goto more;
+            }
+            memmove(buf, buf + total, *have - total);
+            *have -= total;
+            return status;
+        }
+    more:;
+        if (*have >= cap) return -1;
+        ssize_t n = read(fd, buf + *have, cap - *have);
+        if (n <= 0) { if (n < 0 && errno == EINTR) continue; return -1; }
+        *have += n;
+    }
+}
+
+static void *publisher(void *arg) {
+    (void)arg;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { perror("publisher connect"); pub_done = 1; return NULL; }
+    char *padding = malloc(pad + 1);
+    memset(padding, 'x', pad); padding[pad] = 0;
+    size_t cap = 1 << 16;
+    char *resp = malloc(cap), *req = malloc(pad + 1024);
+    size_t have = 0;
+    double t0 = now_s();
+    pub_started = t0;
+    long sent = 0, done = 0;
+    while (done < count) {
+        while (sent < count && sent - done < pipeline) {
+            if (rate > 0) {
+                double due = t0 + sent / rate, t = now_s();
+                if (due > t) {
+                    if (sent > done) break; /* read what is in flight first */
+                    struct timespec d = {(time_t)(due - t), (long)((due - t - (time_t)(due - t)) * 1e9)};
+                    nanosleep(&d, NULL);
+                }
+            }
+            if (now_s() - t0 > max_seconds) break;
+            char body[128];
+            int blen = snprintf(body, sizeof body, "{\"m\":\"@%ld@%lld@", sent, (long long)now_us());
+            int len = snprintf(req, pad + 1024,
+                               "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                               "Content-Length: %d\r\n\r\n%s%s\"}", pub_path, blen + pad + 2, body, padding);
+            if (write(fd, req, len) != len) { pub_errors++; goto out; }
+            sent++;
+        }
+        if (sent == done) break; /* out of time */
+        int status = http_read_response(fd, resp, cap, &have);
+        if (status < 0) { pub_errors++; goto out; }
+        if (status < 200 || status >= 300) pub_errors++;
+        done++;
+        published = done;
+    }
+out:
+    pub_ended = now_s();
+    pub_done = 1;
+    close(fd);
+    return NULL;
+}
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
+#define OPT(name) (strcmp(k, name) == 0 && ++i)
+        if (OPT("--port")) port = atoi(v);
+        else if (OPT("--sub-path")) sub_path = v;
+        else if (OPT("--pub-path")) pub_path = v;
+        else if (OPT("--subs")) nsubs = atoi(v);
+        else if (OPT("--slow")) nslow = atoi(v);
+        else if (OPT("--count")) count = atol(v);
+        else if (OPT("--rate")) rate = atof(v);
+        else if (OPT("--max-seconds")) max_seconds = atof(v);
+        else if (OPT("--pad")) pad = atoi(v);
+        else if (OPT("--pipeline")) pipeline = atoi(v) > 0 ? atoi(v) : 1;
+        else if (OPT("--drain-seconds")) drain_seconds = atof(v);
+        else if (OPT("--connect-seconds")) connect_seconds = atof(v);
+        else if (OPT("--max-pending")) max_pending = atoi(v);
+        else { fprintf(stderr, "sseload: unknown option %s\n", k); return 2; }
+    }
+    if (!port) { fprintf(stderr, "sseload: --port is required\n"); return 2; }
+    int total = nsubs + nslow;
+    request_len = snprintf(request, sizeof request,
+                           "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n", sub_path);
+    epfd = epoll_create1(0);
+    subs = calloc(total ? total : 1, sizeof *subs);
+    double t0 = now_s();
+    /* connect, a bounded number at a time, until every one has its response head */
+    while (now_s() - t0 < connect_seconds) {
+        while (started_connects < total && pending < max_pending) start_connect(started_connects++);
+        if (started_connects == total && connected + failed + closed_early + bad_status >= total) break;
+        epoll_round(20);
+    }
+    double connect_time = now_s() - t0;
+    printf("{\"phase\":\"ready\",\"connected\":%ld,\"failed\":%ld,\"bad_status\":%ld,\"connect_seconds\":%.3f,\"client_cpu\":%.3f}\n",
+           connected, failed + closed_early, bad_status, connect_time, cpu_seconds());
+    fflush(stdout);
+    /* wait for "go" on stdin, serving the subscribers meanwhile */
+    struct epoll_event sev = {.events = EPOLLIN, .data.ptr = NULL};
+    epoll_ctl(epfd, EPOLL_CTL_ADD, 0, &sev);
+    char cmd[64] = {0};
+    for (;;) {
+        struct epoll_event evs[512];
+        int n = epoll_wait(epfd, evs, 512, 100);
+        int got = 0;
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == NULL) got = 1;
+            else on_event(evs[i].data.ptr, evs[i].events);
+        }
+        if (got) {
+            ssize_t r = read(0, cmd, sizeof cmd - 1);
+            if (r <= 0) cmd[0] = 0; else cmd[r] = 0;
+            break;
+        }
+    }
+    epoll_ctl(epfd, EPOLL_CTL_DEL, 0, NULL);
+    long events_before = total_events;
+    lat_n = 0;
+    double cpu0 = cpu_seconds();
+    if (strncmp(cmd, "go", 2) == 0) {
+        pthread_t th;
+        pthread_create(&th, NULL, publisher, NULL);
+        double last_progress = 0;
+        long last_total = -1;
+        for (;;) {
+            epoll_round(10);
+            if (!pub_done) continue;
+            double t = now_s();
+            if (total_events != last_total) { last_total = total_events; last_progress = t; }
+            long fast_alive = 0;
+            for (int i = nslow; i < total; i++) fast_alive += subs[i].state == S_BODY;
+            if (total_events - events_before >= published * fast_alive) break;
+            if (t - last_progress > 1.0 || t - pub_ended > drain_seconds) break;
+        }
+        pthread_join(th, NULL);
+    }
+    double end = now_s();
+    double cpu = cpu_seconds() - cpu0;
+    long delivered = total_events - events_before;
+    long fast_connected = 0, gaps = 0, dups = 0;
+    for (int i = nslow; i < total; i++) {
+        fast_connected += subs[i].state == S_BODY;
+        gaps += subs[i].gaps;
+        dups += subs[i].dups;
+    }
+    qsort(lat, lat_n, sizeof *lat, cmp_u32);
+#define PCT(p) (lat_n ? lat[(size_t)((p) * (lat_n - 1))] / 1000.0 : -1.0)
+    double pub_secs = pub_ended > pub_started ? pub_ended - pub_started : 0;
+    double wall = pub_started > 0 && last_event_us ? last_event_us / 1e6 - pub_started : 0;
+    (void)end;
+    printf("{\"phase\":\"done\",\"published\":%ld,\"publish_errors\":%ld,\"publish_seconds\":%.3f,"
+           "\"publish_rate\":%.1f,\"delivered\":%ld,\"expected\":%ld,\"fast_connected\":%ld,"
+           "\"gaps\":%ld,\"dups\":%ld,\"closed_early\":%ld,\"slow_cut\":%ld,\"wall_seconds\":%.3f,"
+           "\"deliveries_per_s\":%.1f,\"lat_ms_p50\":%.3f,\"lat_ms_p99\":%.3f,\"lat_ms_max\":%.3f,"
+           "\"samples\":%zu,\"client_cpu\":%.3f}\n",
+           (long)published, (long)pub_errors, pub_secs, pub_secs > 0 ? published / pub_secs : 0.0,
+           delivered, (long)published * (long)(nsubs), fast_connected, gaps, dups, closed_early, slow_cut,
+           wall, wall > 0 ? delivered / wall : 0.0, PCT(0.5), PCT(0.99), lat_n ? lat[lat_n - 1] / 1000.0 : -1.0,
+           lat_n, cpu);
+    fflush(stdout);
+    return 0;
+}

@@ -1,0 +1,35 @@
+"""The benchmark itself runs: `bench/run.py --quick` against a real twistd, no timing asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.reactor_free
+@pytest.mark.timeout(120)
+def test_quick_benchmark_writes_a_table_with_deliveries(tmp_path: Path) -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no C compiler (cc) to build bench/sseload.c; CI must have one")
+        pytest.skip("no C compiler (cc) to build bench/sseload.c")
+    out = tmp_path / "RESULTS.md"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--servers", "sse-daemon",
+                             "--out", str(out)], capture_output=True, text=True, timeout=100, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = out.read_text()
+    assert "## Targets of issue 7" in table
+    assert "| delivered events/s |" in table
+    runs = json.loads(out.with_suffix(".json").read_text())["results"]["sse-daemon"]
+    for key in ("A", "B200", "B20", "Dref", "D", "E"):
+        assert "error" not in runs[key], runs[key]
+        assert runs[key]["delivered"] > 0, (key, runs[key])
+    assert runs["C1k"]["ready"]["connected"] > 0
