@@ -31,15 +31,22 @@ def _quote(value: str) -> str:
     return quoteStringArgument(value)
 
 
+#: pending connections the kernel keeps for a listener (capped by net.core.somaxconn)
+LISTEN_BACKLOG = 1024
+
+
 def listen_description(host: str, port: int, options: Mapping[str, Any]) -> str:
     """The endpoint string a connector's port is bound with."""
     if options.get("server.endpoint"):
         return options["server.endpoint"]
     interface = _quote(host)
+    # Twisted's default listen backlog (50) drops connections when many subscribers
+    # reconnect at once (a deploy); they then retry only after 1 s, 3 s, ... (bench/).
+    backlog = f"backlog={LISTEN_BACKLOG}"
     if options.get("server.tls.cert"):
-        return (f"ssl:{port}:interface={interface}:certKey={_quote(options['server.tls.cert'])}"
+        return (f"ssl:{port}:interface={interface}:{backlog}:certKey={_quote(options['server.tls.cert'])}"
                 f":privateKey={_quote(options['server.tls.key'])}")
-    return f"tcp:{port}:interface={interface}"
+    return f"tcp:{port}:interface={interface}:{backlog}"
 
 
 def is_tls(options: Mapping[str, Any]) -> bool:

@@ -254,3 +254,13 @@ async def test_a_third_party_client_reads_events(daemon) -> None:
     assert [data for _, data in got] == [f'{{"event":{{"n":{n},"text":"hi"}}}}' for n in (1, 2, 3)]
     assert [int(i) for i, _ in got] == sorted(int(i) for i, _ in got)
     await wait_for(lambda: not sink.subscribers, what="httpx-sse to leave")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_listen_backlog_holds_a_reconnect_burst(daemon) -> None:
+    """Twisted's default backlog of 50 drops connections when a deploy sends subscribers back at once."""
+    from sse_daemon.tls import LISTEN_BACKLOG
+
+    service = await daemon(config())
+    listener = next(iter(service.listeners.values()))
+    assert listener.listening.backlog == LISTEN_BACKLOG == 1024
