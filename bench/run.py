@@ -193,6 +193,7 @@ class Daemon(Server):
     def start(self) -> None:
         config = self.workdir / "daemon.yaml"
         config.write_text(
+            getattr(self, "extra_config", "") +
             "sources:\n"
             "  In: {type: http, stream: S, schema: 'm string', receiver.url: 'http://127.0.0.1:0/publish'}\n"
             "sinks:\n"
@@ -215,6 +216,29 @@ class Daemon(Server):
                 break
             time.sleep(0.05)
         raise RuntimeError(f"twistd did not listen:\n{self.log.read_text(errors='replace')[-2000:]}")
+
+
+class RedisDaemon(Daemon):
+    """The daemon with ``bus: {type: redis}``: every event goes through a local redis-server
+    (XADD, then XREAD back) before it reaches subscribers. Its CPU is not in the daemon's."""
+
+    name = "sse-daemon (redis bus)"
+
+    def start(self) -> None:
+        self.redis_port = free_port()
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_port(self.redis_port, self.redis)
+        self.extra_config = f"bus: {{type: redis, url: 'redis://127.0.0.1:{self.redis_port}/0'}}\n"
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        if getattr(self, "redis", None) is not None:
+            self.redis.terminate()
+            self.redis.wait(10)
+            self.redis = None
 
 
 class Starlette(Server):
@@ -716,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         pin_client = ["taskset", "-c", "1"] if two else []
         pinning = "server on CPU 0, client on CPU 1 (taskset)" if two else "none (needs taskset and 2 CPUs)"
         wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
-        classes = {"sse-daemon": Daemon, "sse-starlette": Starlette, "Nchan": Nchan}
+        classes = {"sse-daemon": Daemon, "sse-starlette": Starlette, "Nchan": Nchan, "sse-daemon (redis bus)": RedisDaemon}
         servers: list[str] = []
         for name in wanted:
             if name not in classes:
