@@ -18,6 +18,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.logger import globalLogPublisher
 
 from sse_daemon.config import load_files
 from sse_daemon.service import DaemonService, build_service
@@ -70,6 +71,15 @@ def no_leftover_delayed_calls(request: pytest.FixtureRequest):
     for call, _, _ in left:
         call.cancel()
     assert not left, f"test left delayed calls behind: {left}"
+
+
+@pytest.fixture
+def log_events():
+    """Every log event emitted during the test, as dicts (assert on keys, not text)."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
 
 
 def write_config(tmp_path: Path, text: str, name: str = "sse.yaml") -> Path:

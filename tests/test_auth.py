@@ -14,7 +14,7 @@ from argon2 import PasswordHasher
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 
 from sse_daemon.auth import (
     AuthConfigError, BasicAuth, BearerAuth, Credentials, Denied, JwtVerifier, build_authenticator, load_users,
@@ -178,14 +178,6 @@ async def post(port: int, headers: str = "", data: bytes = b'{"n": 1}') -> bytes
     client = await raw_request(port, f"POST /in HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(data)}\r\n{headers}\r\n".encode() + data)
     await deadline(client.closed)
     return bytes(client.received)
-
-
-@pytest.fixture
-def log_events():
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def assert_no_secret_logged(events: list[dict], *secrets: str) -> None:

@@ -9,7 +9,6 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 
 from sse_daemon.limits import Admission, KeyedBuckets, RequestRate, TokenBucket, should_log
 
@@ -69,14 +68,6 @@ async def post(port: int, data: bytes = b'{"n": 1}') -> bytes:
                                b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
     await deadline(client.closed)
     return bytes(client.received)
-
-
-@pytest.fixture
-def log_events():
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 # --------------------------------------------------------------------------- pure
