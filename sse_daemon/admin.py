@@ -182,7 +182,7 @@ class AdminService(MultiService):
         self.live: dict[str, SseSink] = {}
         for name, stream in daemon.config.streams.items():
             connector = _live_connector(name, definition["live.history"])
-            sink = SseSink(connector, make_mapper(connector.options, stream.schema), self.clock)
+            sink = SseSink(connector, make_mapper(connector.options, stream.schema), self.clock, turns=daemon.reactor)
             self.live[name] = sink
             self.listener.add(live_path(name), SseSinkResource(sink), f"admin live view of {name}")
             SseSinkService(sink, daemon.bus, name, self.clock).setServiceParent(self)

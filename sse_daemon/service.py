@@ -41,7 +41,7 @@ def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: I
     if connector.type == "log":
         return BuiltConnector(service=LogSinkService(connector, mapper, bus))
     if connector.type == "sse-server":
-        sink = SseSink(connector, mapper, clock)
+        sink = SseSink(connector, mapper, clock, turns=reactor)
         return BuiltConnector(
             service=SseSinkService(sink, bus, connector.stream, clock),
             resource=sink_guard(connector, SseSinkResource(sink), sink, clock),

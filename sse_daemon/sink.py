@@ -30,6 +30,7 @@ from .drain import drain_sink  # staged close on shutdown
 from .history import History, Resume, reset_payload  # bounded history and the honest-resume decision
 from .mappers import IMapper, MappingError
 from .schema import Event
+from .fanout import PUMP_BYTES, chunk, write_now  # one send() per subscriber per turn
 from .sse import encode_comment, encode_event
 from .storms import retry_frame, retry_hint  # jittered retry: against reconnect storms
 
@@ -56,36 +57,74 @@ class EventIds:
 
 @implementer(IPushProducer)
 class Subscriber:
-    """One connected client: writes while the socket keeps up, queues (bounded) while it does not."""
+    """One connected client: written to at once while its socket keeps up, and
+    given a bounded backlog while it does not (``request.write`` alone would
+    buffer without limit)."""
 
     def __init__(self, sink: "SseSink", request: IRequest, peer: str) -> None:
         self.sink = sink
         self.request = request
+        self.transport = request.transport
         self.peer = peer
         self.paused = False
         self.gone = False
-        self.queue: deque[bytes] = deque()
+        #: the response uses chunked transfer encoding (known once its head is written)
+        self.chunked = False
+        #: bytes not yet handed to the transport: (data, events, live); replayed history is
+        #: not live and does not count against the bound (history bounds it already)
+        self.backlog: deque[tuple[bytes, int, bool]] = deque()
+        self.queued_events = 0
         self.queued_bytes = 0
         self.events_sent = 0
         self.connected_at = sink.clock.seconds()
 
-    def send(self, frame: bytes) -> None:
+    def deliver(self, frames: list[bytes], data: bytes, chunked: bytes) -> bool:
+        """The live events of one reactor turn: ``data`` is their frames joined, ``chunked``
+        the same as HTTP chunks, both shared by every subscriber. False when held instead."""
         if self.gone:
-            return
-        if self.paused or self.queue:
-            self.queue.append(frame)
-            self.queued_bytes += len(frame)
-            if len(self.queue) > self.sink.queue_size or self.queued_bytes > self.sink.queue_bytes:
+            return False
+        if self.paused or self.backlog:
+            if self.sink.raw:  # each raw event keeps its own chunk: nothing else separates them
+                for frame in frames:
+                    self.hold(frame, 1, live=True)
+            else:
+                self.hold(data, len(frames), live=True)
+            return False
+        write_now(self.transport, chunked if self.chunked else data)
+        self.events_sent += len(frames)
+        return True
+
+    def hold(self, data: bytes, events: int, live: bool) -> None:
+        self.backlog.append((data, events, live))
+        if live:
+            self.queued_events += events
+            self.queued_bytes += len(data)
+            if self.queued_events > self.sink.queue_size or self.queued_bytes > self.sink.queue_bytes:
                 self.sink.drop_slow(self)
-            return
-        self.request.write(frame)
-        self.events_sent += 1
-        self.sink.counters["events_out"] += 1
-        self.sink.counters["bytes_written"] += len(frame)
+
+    def pump(self) -> None:
+        """Write the backlog, up to ``PUMP_BYTES`` at a time, until the transport pauses us."""
+        while self.backlog and not self.paused and not self.gone:
+            parts: list[bytes] = []
+            size = events = live_events = live_bytes = 0
+            while self.backlog and size < PUMP_BYTES:
+                data, count, live = self.backlog.popleft()
+                parts.append(data)
+                size += len(data)
+                events += count
+                if live:
+                    live_events += count
+                    live_bytes += len(data)
+            self.queued_events -= live_events
+            self.queued_bytes -= live_bytes
+            write_now(self.transport, self.sink.wire(parts) if self.chunked else b"".join(parts))
+            self.events_sent += events
+            self.sink.counters["events_out"] += events
+            self.sink.counters["bytes_written"] += size
 
     def heartbeat(self) -> None:
         # A paused or backlogged subscriber has bytes in flight already.
-        if not self.gone and not self.paused and not self.queue:
+        if not self.gone and not self.paused and not self.backlog:
             self.request.write(HEARTBEAT)
 
     # IPushProducer: the transport tells us when its buffers are full or drained.
@@ -94,18 +133,12 @@ class Subscriber:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        while self.queue and not self.paused and not self.gone:
-            frame = self.queue.popleft()
-            self.queued_bytes -= len(frame)
-            self.request.write(frame)
-            self.events_sent += 1
-            self.sink.counters["events_out"] += 1
-            self.sink.counters["bytes_written"] += len(frame)
+        self.pump()
 
     def stopProducing(self) -> None:
         self.gone = True
-        self.queue.clear()
-        self.queued_bytes = 0
+        self.backlog.clear()
+        self.queued_events = self.queued_bytes = 0
 
 
 class SseSink:
@@ -115,7 +148,7 @@ class SseSink:
 
     def __init__(
         self, connector: ConnectorDef, mapper: IMapper, clock: IReactorTime,
-        jitter: Callable[[], float] = random.random,
+        jitter: Callable[[], float] = random.random, turns: IReactorTime | None = None,
     ) -> None:
         self.connector = connector
         self.name = connector.name
@@ -154,6 +187,12 @@ class SseSink:
         self.bus_replay: Callable[[str | None, int], Deferred] | None = None
         #: subscribers waiting for a bus replay, with the live frames that arrived meanwhile
         self._replaying: dict[Subscriber, list[tuple[Any, bytes]]] = {}
+        #: what schedules the end-of-turn write: the real reactor even when ``clock`` is a test's Clock
+        self.turns = turns if turns is not None else clock
+        #: this turn's frames (and ingress times), written by ``flush``
+        self._turn: list[bytes] = []
+        self._turn_ingress: list[float] = []
+        self._flush_call: Any = None
 
     def use_bus_ids(self, replay: Callable[[str | None, int], Deferred], key: Callable[[str], Any],
                     show: Callable[[Any], str], below: Callable[[Any], Any]) -> None:
@@ -174,22 +213,57 @@ class SseSink:
             self.log.warn("sink {sink} dropped an event: {reason}", sink=self.name, reason=str(e))
             return
         if self.raw:
-            frame = payload.encode("utf-8")
+            self.deliver(None, payload.encode("utf-8"), event.ingress)
+            return
+        if self.bus_replay is not None and event.bus_id is not None:
+            event_id, id_text = self.history.key(event.bus_id), event.bus_id
         else:
-            if self.bus_replay is not None and event.bus_id is not None:
-                event_id, id_text = self.history.key(event.bus_id), event.bus_id
-            else:
-                event_id = self.ids.next()
-                id_text = str(event_id)
-            frame = encode_event(payload, id=id_text)
+            event_id = self.ids.next()
+            id_text = str(event_id)
+        self.deliver(event_id, encode_event(payload, id=id_text), event.ingress)
+
+    def deliver(self, event_id: Any, frame: bytes, ingress: float | None = None) -> None:
+        """Keep an encoded event in history and send it to every subscriber at the end of
+        this reactor turn, together with the others of the turn (one write per subscriber)."""
+        if event_id is not None:
             self.history.append(event_id, frame)
             for live in self._replaying.values():
                 live.append((event_id, frame))
         self.counters["events_in"] += 1
+        self._turn.append(frame)
+        if ingress:
+            self._turn_ingress.append(ingress)
+        if self._flush_call is None:
+            self._flush_call = self.turns.callLater(0, self.flush)
+
+    def wire(self, frames: list[bytes]) -> bytes:
+        """Frames as HTTP chunks: one chunk for all, or one per event on a raw sink
+        (a client of bare payloads may tell them apart by the chunks alone)."""
+        if self.raw:
+            return b"".join(map(chunk, frames))
+        return chunk(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def flush(self) -> None:
+        """Write this turn's events: encoded and chunk-framed once, the same bytes to everyone."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        frames, self._turn = self._turn, []
+        if not frames:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        chunked = self.wire(frames)
+        written = 0
         for subscriber in tuple(self.subscribers):
-            subscriber.send(frame)
-        if self.lag_observer is not None and event.ingress:
-            self.lag_observer(self.clock.seconds() - event.ingress)
+            written += subscriber.deliver(frames, data, chunked)
+        self.counters["events_out"] += written * len(frames)
+        self.counters["bytes_written"] += written * len(data)
+        ingress, self._turn_ingress = self._turn_ingress, []
+        if self.lag_observer is not None:
+            now = self.clock.seconds()
+            for at in ingress:
+                self.lag_observer(now - at)
 
     def heartbeat(self) -> None:
         for subscriber in tuple(self.subscribers):
@@ -219,18 +293,23 @@ class SseSink:
         show = self.history.show
         if resume is not None and resume.after is not None:  # honest resume: say where replay continues (README, "Resume")
             request.setHeader(b"SSE-Replay-From", show(resume.after).encode())
+        self.flush()  # this turn's events went to the others; this one gets them from history
         # the head at once (proxies flush on the comment), then this subscriber's own retry: hint
         request.write(b"" if self.raw else OPENING + retry_frame(retry_hint(self.retry_min, self.retry_max, self.jitter)))
+        subscriber.chunked = bool(getattr(request, "chunked", False))
+        if hasattr(subscriber.transport, "setTcpNoDelay"):
+            subscriber.transport.setTcpNoDelay(True)  # writes are whole turns already: no Nagle delay
         if resume is not None:
             if resume.reset is not None:
                 self.counters["resume_reset_" + resume.reset.replace("-", "_")] += 1
-                subscriber.send(encode_event(reset_payload(resume, show), event=self.reset_event,
-                                             id=None if resume.after is None else show(resume.after)))
+                subscriber.hold(encode_event(reset_payload(resume, show), event=self.reset_event,
+                                             id=None if resume.after is None else show(resume.after)), 1, live=False)
             else:
                 self.counters["resume_exact"] += 1
             for frame in resume.frames:
-                subscriber.send(frame)
+                subscriber.hold(frame, 1, live=False)
             self.counters["events_replayed"] += len(resume.frames)
+            subscriber.pump()
         self.subscribers.add(subscriber)
         self.counters["connections_opened"] += 1
         self.log.info(
@@ -288,7 +367,7 @@ class SseSink:
         self.counters["dropped_slow"] += 1
         self.log.warn(
             "subscriber {peer} of sink {sink} is too slow ({queued} events, {queued_bytes} bytes queued): disconnected{hint}",
-            peer=subscriber.peer, sink=self.name, queued=len(subscriber.queue), queued_bytes=subscriber.queued_bytes,
+            peer=subscriber.peer, sink=self.name, queued=subscriber.queued_events, queued_bytes=subscriber.queued_bytes,
             hint="" if self.raw else "; it may resume with Last-Event-ID",
         )
         subscriber.stopProducing()
@@ -308,16 +387,18 @@ class SseSink:
 
     def close_all(self) -> None:
         """End every stream cleanly (used on stop; ``stopListening`` alone would leave them open)."""
+        self.flush()
         for subscriber in (*self.subscribers, *self._replaying):  # and those waiting for a bus replay
             self.close(subscriber)
 
     def close(self, subscriber: Subscriber, final: bytes = b"") -> None:
         """End one stream cleanly, after ``final`` (a last comment or ``retry:``; not in raw format)."""
+        self.flush()  # what was published before the close reaches it
         self.subscribers.discard(subscriber)
         self._replaying.pop(subscriber, None)
         if not subscriber.gone:
             subscriber.gone = True
-            if final and not self.raw and not subscriber.paused:
+            if final and not self.raw and not subscriber.paused and not subscriber.backlog:
                 subscriber.request.write(final)
             subscriber.request.unregisterProducer()
             subscriber.request.finish()

@@ -126,3 +126,31 @@ async def test_get_on_ingest_is_405(daemon) -> None:
     client = await raw_request(service.port_of("In"), b"GET /publish HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     await deadline(client.closed)
     assert client.received.startswith(b"HTTP/1.1 405 ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_form_bodies_are_not_parsed_by_twisted() -> None:
+    """A listener's requests skip Twisted's form parse (costly, and nothing here reads forms)."""
+    from twisted.web.resource import Resource
+
+    from sse_daemon.listener import ListenerService
+
+    seen: list[dict] = []
+
+    class Recorder(Resource):
+        isLeaf = True
+
+        def render_POST(self, request):
+            seen.append(dict(request.args))
+            return b"ok"
+
+    listener = ListenerService(reactor, "127.0.0.1", 0)
+    listener.add("/form", Recorder(), "a recorder", max_body_size=100)
+    listener.startService()
+    try:
+        client = await raw_request(listener.bound_port, b"POST /form HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                   b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\na=1")
+        answer = await client.wait_for(b"\r\n\r\nok")
+    finally:
+        await listener.stopService()
+    assert answer.startswith(b"HTTP/1.1 200") and seen == [{}]

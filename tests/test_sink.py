@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import pytest_twisted
 from twisted.internet import threads
 from twisted.internet.task import Clock
@@ -264,3 +265,70 @@ async def test_the_listen_backlog_holds_a_reconnect_burst(daemon) -> None:
     service = await daemon(config())
     listener = next(iter(service.listeners.values()))
     assert listener.listening.backlog == LISTEN_BACKLOG == 1024
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_turns_events_reach_a_subscriber_as_one_chunk_sent_at_once(daemon) -> None:
+    """The fast path: events published in one reactor turn are joined into one chunk and
+    sent straight to the socket at the end of the turn (nothing left in Twisted's buffer)."""
+    service = await daemon(config())
+    client = await subscribe(service.port_of("Events"))
+    sink = service.sinks["Events"].sink
+    (subscriber,) = sink.subscribers
+    before = len(client.received)
+    publish(service, 1, 2, 3)
+    assert sink._flush_call is not None and sink._flush_call.active(), "written at the end of the turn, not per event"
+    sink.flush()
+    transport = subscriber.transport
+    assert transport._tempDataLen == 0 and transport.dataBuffer == b"", "sent by send() at once, not buffered"
+    assert sink.counters["events_out"] == 3
+    await wait_for(lambda: len(messages(bytes(client.received))) == 3, what="the three events")
+    body = bytes(client.received[before:])
+    size, _, rest = body.partition(b"\r\n")
+    assert int(size, 16) == len(rest) - 2 and rest.endswith(b"\r\n"), "one chunk holds all three events"
+    assert [m.data.count('"n":') for m in messages(bytes(client.received))] == [1, 1, 1]
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscriber_sockets_have_nagle_off(daemon) -> None:
+    import socket
+
+    service = await daemon(config())
+    client = await subscribe(service.port_of("Events"))
+    (subscriber,) = service.sinks["Events"].sink.subscribers
+    assert subscriber.transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    await client.close()
+
+
+@pytest.mark.reactor_free
+def test_a_subscriber_that_joins_mid_turn_gets_each_event_once() -> None:
+    """An event already published in the turn a subscriber arrives in reaches it once:
+    from history (it resumes from before it), not again with the turn's batch."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from sse_daemon.config import load_yaml, validate
+    from sse_daemon.mappers import make_mapper
+    from sse_daemon.sink import SseSink
+
+    loaded = validate(load_yaml(config(**{"history.size": 10}), "sink.yaml"))
+    (connector,) = loaded.sinks
+    clock = Clock()
+    sink = SseSink(connector, make_mapper(connector.options, loaded.streams["Events"].schema), clock)
+    sink.publish(Event({"n": 1, "text": "hi"}))
+    clock.advance(0)
+    (first,) = messages(b"\r\n\r\n" + b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in sink.history.resume("0").frames))
+    sink.publish(Event({"n": 2, "text": "hi"}))  # pending: this turn has not ended
+    request = DummyRequest([b"events"])
+    request.requestHeaders.setRawHeaders(b"last-event-id", [first.id.encode()])
+    request.transport = StringTransport()  # the sink writes events to the transport itself
+    request.write = request.transport.write
+    request.registerProducer = lambda producer, streaming: None  # DummyRequest pulls in a loop
+    sink.subscribe(request)
+    sink.publish(Event({"n": 3, "text": "hi"}))
+    clock.advance(0)  # the end of the turn
+    body = request.transport.value()
+    assert [n for n in (1, 2, 3) if b'"n":%d,' % n in body] == [2, 3]
+    assert body.count(b'"n":2,') == 1
+    sink.close_all()
