@@ -262,13 +262,11 @@ class Option:
 
 
 def _worker_count(value: Any) -> int:
-    count = parse_int(value, minimum=1)
-    if count > 1:
-        raise OptionError(
-            f"expected 1, found {count}: worker.count above 1 is not supported yet; one reactor thread "
-            "serves every subscriber of a sink (see the README, 'worker.count')"
-        )
-    return count
+    return parse_int(value, 1, MAX_SINK_WORKERS)
+
+
+#: the most processes one sink may be served by
+MAX_SINK_WORKERS = 64
 
 
 def _port(value: Any) -> int:
@@ -412,7 +410,7 @@ SSE_SERVER_OPTIONS = (
     Option("server.port", "INT", "Port that subscribers connect to. Sinks and ingest sources on one port share it; 0 picks a free port.", _port, required=True),
     Option("server.path", "STRING", "Path that subscribers connect to; the leading slash is optional.", parse_path, default_doc="`/<sink name>`"),
     Option("server.host", "STRING", "Address to listen on (`0.0.0.0` all IPv4, `::` all IPv6, `127.0.0.1` local only).", parse_string, "0.0.0.0"),
-    Option("worker.count", "INT", "Accepted for compatibility with the spec; must be 1 (see 'worker.count').", _worker_count, 1),
+    Option("worker.count", "INT", "Processes that serve this sink's port (1 to 64). Above 1 the daemon starts that many worker processes that accept on the port and gets every event to each, so a subscriber resumes on any of them; the port is then the sink's alone, plain TCP (see the README, 'worker.count').", _worker_count, 1),
     HEADERS,
     MAP_TYPE,
     *SINK_MAPPING_OPTIONS,
@@ -944,6 +942,7 @@ def validate(raw: RawConfig) -> Config:
 
     routes = _routes(raw.routes, streams, issues)
     _check_listeners(connectors, issues)
+    _check_worker_sinks(connectors, first_raw, issues)
     _check_access(connectors, first_raw, issues)
     _check_tls(connectors, first_raw, issues)
     admin = _admin(raw.admin, connectors, issues)
@@ -1244,6 +1243,11 @@ def _bus(sections: list[RawSection], connectors: list[ConnectorDef], routes: lis
     return BusDef(values, first.location)
 
 
+def served_by_workers(connector: ConnectorDef) -> bool:
+    """A sink whose port worker processes serve (workers.py), not one of the daemon's listeners."""
+    return connector.type == "sse-server" and connector["worker.count"] > 1
+
+
 def listen_address(connector: ConnectorDef) -> tuple[str, int, str] | None:
     """(host, port, path) that a sink or ingest source serves, or None."""
     if connector.type == "sse-server":
@@ -1309,14 +1313,32 @@ def _check_access(connectors: list[ConnectorDef], raws: Mapping[str, RawConnecto
             issues.append(ConfigIssue(where, str(e), connector.label, e.option))
 
 
+def _check_worker_sinks(connectors: list[ConnectorDef], raws: Mapping[str, RawConnector], issues: list[ConfigIssue]) -> None:
+    """A sink served by worker processes binds its port alone, over plain TCP (workers.py)."""
+    for connector in connectors:
+        if not served_by_workers(connector):
+            continue
+        raw = raws[connector.name].options.get("worker.count")
+        where = raw.location if raw is not None else connector.location
+        if connector.options.get("server.endpoint") or connector.options.get("server.tls.cert"):
+            issues.append(ConfigIssue(where, "worker.count above 1 serves plain TCP on server.host and server.port; "
+                                      "terminate TLS in a proxy in front, or use worker.count 1", connector.label, "worker.count"))
+        port = connector["server.port"]
+        sharing = [other for other in connectors if other is not connector and port
+                   and (address := listen_address(other)) is not None and address[1] == port]
+        if sharing:
+            issues.append(ConfigIssue(where, f"worker.count above 1 needs port {port} to itself, and {sharing[0].label} "
+                                      f"(at {sharing[0].location}) uses it too: give one of them another port", connector.label, "worker.count"))
+
+
 def _check_listeners(connectors: list[ConnectorDef], issues: list[ConfigIssue]) -> None:
     """One port is one listener: its paths must differ and its host must agree."""
     by_port: dict[int, tuple[str, ConnectorDef]] = {}
     by_path: dict[tuple[int, str], ConnectorDef] = {}
     for connector in connectors:
         address = listen_address(connector)
-        if address is None:
-            continue
+        if address is None or served_by_workers(connector):
+            continue  # a port of its own (_check_worker_sinks)
         host, port, path = address
         option = "server.port" if connector.type == "sse-server" else "receiver.url"
         first = by_port.get(port)

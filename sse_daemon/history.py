@@ -93,18 +93,24 @@ class History:
         self._expire()
         return len(self._entries)
 
-    def append(self, event_id: Any, frame: bytes) -> None:
+    def append(self, event_id: Any, frame: bytes, at: float | None = None) -> None:
+        """Keep an event; ``at`` is when it arrived (now by default; a worker copying the daemon's history gives it)."""
         if self.floor is None:
             self.floor = self.newest = self._below(event_id)
         self.newest = max(self.newest, event_id)
         self._entries.append((event_id, frame))
-        self._times.append(self._now())
+        self._times.append(self._now() if at is None else at)
         self.bytes += len(frame)
         while self._entries and (
             len(self._entries) > self.size or (self.max_bytes and self.bytes > self.max_bytes)
         ):
             self._evict()
         self._expire()
+
+    def entries(self) -> list[tuple[Any, bytes, float]]:
+        """What is held, oldest first, with arrival times (a sink's workers get a copy)."""
+        self._expire()
+        return [(event_id, frame, at) for (event_id, frame), at in zip(self._entries, self._times)]
 
     def after(self, last_event_id: str) -> Iterator[bytes]:
         """Frames newer than ``last_event_id``; all of them for an id we cannot read."""

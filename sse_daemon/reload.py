@@ -33,7 +33,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
-from .config import Config, ConfigError, ConnectorDef, RouteDef, listen_address, load_files
+from .config import Config, ConfigError, ConnectorDef, RouteDef, listen_address, load_files, served_by_workers
 from .listener import SINK_ONLY_BODY_LIMIT, BindError, ListenerService
 
 __all__ = ["Plan", "plan", "keys", "connector_key", "Reloader", "ReloadOnSighup"]
@@ -196,6 +196,14 @@ class Reloader:
             daemon.config = _with_admin(new, daemon.config)
             log.info("configuration reloaded: nothing changed")
             return True
+        pooled = sorted(name for name in {*changes.restart, *changes.add, *changes.remove}
+                        if any(c.name == name and served_by_workers(c) for c in (*daemon.config.connectors, *new.connectors)))
+        if pooled:
+            self.counters["rejected"] += 1
+            log.error("reload rejected: {names} would change, and a sink served by worker processes (worker.count above 1) "
+                      "is changed, added or removed only by a restart; the running configuration is unchanged",
+                      names=", ".join(pooled))
+            return False
         staged = self._build(new, changes)
         released = self._bind(staged)
         if released or self._bind_error is not None:
@@ -230,7 +238,7 @@ class Reloader:
                     pieces[connector.name] = piece
         for connector in new.connectors:
             address = listen_address(connector)
-            if address is None:
+            if address is None or served_by_workers(connector):
                 continue
             host, port, path = address
             staged.layout.setdefault((host, port), []).append((path, connector))

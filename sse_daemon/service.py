@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from .bus import IBus, ISubscription, MemoryBus
 from .admin import AdminService
-from .config import Config, ConnectorDef, RouteDef, listen_address
+from .config import Config, ConnectorDef, RouteDef, listen_address, served_by_workers
 from .figures import ConnectorBus, StatsLogService
 from .drain import shutdown  # SIGTERM: stop accepting, drain sinks in stages, then the rest
 from .guard import ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
@@ -42,6 +42,10 @@ def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: I
         return BuiltConnector(service=LogSinkService(connector, mapper, bus))
     if connector.type == "sse-server":
         sink = SseSink(connector, mapper, clock, turns=reactor)
+        if served_by_workers(connector):
+            from .workers import SinkWorkers
+
+            return BuiltConnector(service=SinkWorkers(sink, schema, bus, reactor))
         return BuiltConnector(
             service=SseSinkService(sink, bus, connector.stream, clock),
             resource=sink_guard(connector, SseSinkResource(sink), sink, clock),
@@ -157,7 +161,7 @@ class DaemonService(MultiService):
 
     def stopService(self) -> Deferred:
         """Stop accepting, close subscribers in stages, then stop the rest (drain.py)."""
-        sinks = [service for service in self.sinks.values() if isinstance(service, SseSinkService)]
+        sinks = [service for service in self.sinks.values() if hasattr(service, "drain")]  # SSE sinks, and their workers
         return shutdown(self.listeners.values(), sinks, super().stopService, self.reactor)
 
     def _listener(self, connector: ConnectorDef) -> tuple[ListenerService, str]:
@@ -196,6 +200,9 @@ class DaemonService(MultiService):
     def port_of(self, connector_name: str) -> int:
         """The port a sink or ingest source is reachable on (useful with port 0)."""
         connector = next(c for c in self.config.connectors if c.name == connector_name)
+        pool = self.sinks.get(connector_name)
+        if hasattr(pool, "bound_port"):  # a sink with worker processes binds its own port
+            return pool.bound_port
         host, port, _ = listen_address(connector)
         return self.listeners[(host, port)].bound_port
 

@@ -193,6 +193,8 @@ class SseSink:
         self._turn: list[bytes] = []
         self._turn_ingress: list[float] = []
         self._flush_call: Any = None
+        #: set when worker processes serve this sink (workers.py): gets every encoded event and its id
+        self.forward: Callable[[str | None, bytes], None] | None = None
 
     def use_bus_ids(self, replay: Callable[[str | None, int], Deferred], key: Callable[[str], Any],
                     show: Callable[[Any], str], below: Callable[[Any], Any]) -> None:
@@ -229,6 +231,8 @@ class SseSink:
             self.history.append(event_id, frame)
             for live in self._replaying.values():
                 live.append((event_id, frame))
+        if self.forward is not None:
+            self.forward(None if event_id is None else self.history.show(event_id), frame)
         self.counters["events_in"] += 1
         self._turn.append(frame)
         if ingress:
@@ -442,6 +446,15 @@ class SseSinkResource(Resource):
         return b""
 
 
+def adopt_bus_ids(sink: SseSink, bus: IBus, stream: str) -> None:
+    """On a shared bus, let ``sink`` send the bus's ids and resume from the bus (see use_bus_ids)."""
+    replay = getattr(bus, "replay", None)
+    if getattr(bus, "provides_ids", False) and replay is not None and not sink.raw:
+        from .redisbus import entry_key, key_below, show_key  # a shared bus's ids (no Redis client needed)
+
+        sink.use_bus_ids(lambda after, limit: replay(stream, after, limit), entry_key, show_key, key_below)
+
+
 class SseSinkService(Service):
     """Connects a sink to the bus and drives its heartbeat; on stop, ends every stream."""
 
@@ -456,11 +469,7 @@ class SseSinkService(Service):
 
     def startService(self) -> None:
         super().startService()
-        replay = getattr(self.bus, "replay", None)
-        if getattr(self.bus, "provides_ids", False) and replay is not None and not self.sink.raw:
-            from .redisbus import entry_key, key_below, show_key  # a shared bus's ids (no Redis client needed)
-
-            self.sink.use_bus_ids(lambda after, limit: replay(self.stream, after, limit), entry_key, show_key, key_below)
+        adopt_bus_ids(self.sink, self.bus, self.stream)
         self._subscription = self.bus.subscribe(self.stream, self.sink.publish)
         interval = self.sink.connector["heartbeat.interval"]
         if interval > 0 and not self.sink.raw:

@@ -98,7 +98,7 @@ def test_all_errors_reported_together_with_file_line_connector_option() -> None:
             type: sse-server
             schema: "a string"
             server.port: abc
-            worker.count: 2
+            worker.count: 0
           T:
             type: sse-servr
         """)
@@ -106,8 +106,7 @@ def test_all_errors_reported_together_with_file_line_connector_option() -> None:
         "conf.yaml:5: source 'In': option 'receiver.url': expected an http:// or https:// URL, found 'ftp://nowhere'",
         "conf.yaml:6: source 'In': option 'max.body.sise': unknown option 'max.body.sise'; did you mean 'max.body.size'?",
         "conf.yaml:11: sink 'S': option 'server.port': expected an integer, found 'abc'",
-        "conf.yaml:12: sink 'S': option 'worker.count': expected 1, found 2: worker.count above 1 is not supported yet; "
-        "one reactor thread serves every subscriber of a sink (see the README, 'worker.count')",
+        "conf.yaml:12: sink 'S': option 'worker.count': expected an integer from 1 to 64, found 0",
         "conf.yaml:14: sink 'T': option 'type': unknown sink type 'sse-servr'; did you mean 'sse-server'?",
     ]
 

@@ -261,3 +261,19 @@ async def test_admin_measures_what_a_reload_adds(daemon, tmp_path: Path) -> None
     write_config(tmp_path, admin + v1())
     assert await deadline(reloader.reload()) is True
     assert "Up" not in service.admin.watches
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_that_touches_a_sink_with_workers_is_rejected(daemon, tmp_path: Path, log_text) -> None:
+    """Worker processes hold the sink's port: changing it waits for a restart; other sinks keep serving."""
+    pooled = "  Pooled: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: p, worker.count: 2}\n"
+    service = await daemon(BASE + pooled)
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    pool = service.sinks["Pooled"]
+    write_config(tmp_path, BASE + pooled.replace("worker.count: 2", "worker.count: 3"))
+    assert await deadline(reloader.reload()) is False
+    assert "reload rejected: Pooled would change" in log_text() and "only by a restart" in log_text()
+    assert service.sinks["Pooled"] is pool and reloader.counters == {"reloads": 0, "rejected": 1}
+    write_config(tmp_path, BASE + pooled + "  Other: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: o}\n")
+    assert await deadline(reloader.reload()) is True, "a change elsewhere is applied, the pool is kept"
+    assert service.sinks["Pooled"] is pool and "Other" in service.sinks

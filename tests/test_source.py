@@ -201,8 +201,8 @@ def test_source_options_defaults_and_checks() -> None:
         source_def("http://a/", **{"worker.count": 0})
     with pytest.raises(ConfigError, match=r"'reconnect.initial.delay': expected a number of at least 0.01"):
         source_def("http://a/", **{"reconnect.initial.delay": 0})
-    with pytest.raises(ConfigError, match=r"sink 'S': option 'worker.count': expected 1, found 2"):
-        validate(load_yaml("sinks:\n  S: {type: sse-server, schema: 'a string', server.port: 1, worker.count: 2}\n", "t.yaml"))
+    with pytest.raises(ConfigError, match=r"sink 'S': option 'worker.count': expected an integer from 1 to 64, found 65"):
+        validate(load_yaml("sinks:\n  S: {type: sse-server, schema: 'a string', server.port: 1, worker.count: 65}\n", "t.yaml"))
 
 
 class _FakeTransport:

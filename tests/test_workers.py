@@ -1,0 +1,151 @@
+"""worker.count on a sink: real worker processes accepting on one socket (127.0.0.1, port 0)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import pytest_twisted
+
+from sse_daemon.config import ConfigError, load_yaml, validate
+from sse_daemon.figures import sink_figures
+from sse_daemon.schema import Event
+
+from .conftest import RawHttpClient, subscribe, wait_for
+from .test_sink import messages
+
+CONFIG = """\
+sources:
+  In: {type: http, stream: S, schema: "n int", receiver.url: "http://127.0.0.1:0/publish"}
+sinks:
+  S: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: /events,
+      worker.count: 2, history.size: 100, drain.window: 0.2}
+"""
+
+#: connections tried before giving up on landing on a given worker (each lands on either with
+#: about even odds, so 40 misses in a row would take ~1e-12 luck)
+ATTEMPTS = 40
+
+
+def publish(service, *numbers: int) -> None:
+    service.bus.publish("S", [Event({"n": n}) for n in numbers])
+
+
+def numbers(client: RawHttpClient) -> list[int]:
+    return [int(m.data.split('"n":')[1].rstrip("}")) for m in messages(bytes(client.received)) if '"n":' in m.data]
+
+
+async def worker_of(client: RawHttpClient, log_events: list[dict]) -> int:
+    """Which worker accepted this connection: the one that logged its peer address."""
+    peer = f"127.0.0.1:{client.transport.getHost().port}"
+    event = await wait_for(lambda: next((e for e in log_events if e.get("peer") == peer and "worker" in e
+                                         and "connected" in e.get("log_format", "")), None),
+                           what=f"a worker to log subscriber {peer}")
+    return event["worker"]
+
+
+async def subscriber_on(worker: int, port: int, log_events: list[dict], headers: str = "") -> RawHttpClient:
+    """Subscribe until a connection lands on ``worker``; the others are closed."""
+    for _ in range(ATTEMPTS):
+        client = await subscribe(port, headers=headers)
+        if await worker_of(client, log_events) == worker:
+            return client
+        await client.close()
+    raise AssertionError(f"no connection out of {ATTEMPTS} landed on worker {worker}")
+
+
+async def started(service) -> list[int]:
+    pool = service.sinks["S"]
+    await wait_for(lambda: all(w is not None and w.figures for w in pool.workers), what="both workers to report")
+    return pool.pids()
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_reach_subscribers_on_every_worker(daemon, log_events) -> None:
+    service = await daemon(CONFIG)
+    pids = await started(service)
+    assert len(set(pids)) == 2 and os.getpid() not in pids, "two processes of their own"
+    port = service.port_of("S")
+    first, second = await subscriber_on(0, port, log_events), await subscriber_on(1, port, log_events)
+    publish(service, 1, 2, 3)
+    for client in (first, second):
+        await wait_for(lambda client=client: len(numbers(client)) == 3, what="three events on each worker")
+    assert numbers(first) == numbers(second) == [1, 2, 3]
+    assert [m.id for m in messages(bytes(first.received))] == [m.id for m in messages(bytes(second.received))], \
+        "the same ids from every worker"
+    figures = await wait_for(lambda: (f := sink_figures(service.sinks["S"]))["events_out"] == 6 and f,
+                             what="the workers' figures in the daemon's")
+    assert figures["subscribers"] == 2 and figures["events_in"] == 3 and figures["history"] == 3
+    for client in (first, second):
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_resumes_on_another_worker(daemon, log_events) -> None:
+    service = await daemon(CONFIG)
+    await started(service)
+    port = service.port_of("S")
+    client = await subscriber_on(0, port, log_events)
+    publish(service, 1, 2)
+    await wait_for(lambda: numbers(client) == [1, 2], what="events 1 and 2")
+    last_id = messages(bytes(client.received))[-1].id
+    await client.close()
+    publish(service, 3, 4)  # while it is away
+    again = await subscriber_on(1, port, log_events, headers=f"Last-Event-ID: {last_id}\r\n")
+    await wait_for(lambda: numbers(again) == [3, 4], what="the replay from the other worker's history")
+    assert all(m.event == "message" for m in messages(bytes(again.received))), "an exact resume: no reset event"
+    publish(service, 5)
+    await wait_for(lambda: numbers(again) == [3, 4, 5], what="live events after the replay")
+    await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_worker_is_replaced_and_its_subscribers_resume(daemon, log_events) -> None:
+    service = await daemon(CONFIG)
+    pool = service.sinks["S"]
+    old_pid = (await started(service))[0]
+    port = service.port_of("S")
+    client = await subscriber_on(0, port, log_events)
+    publish(service, 1, 2)
+    await wait_for(lambda: numbers(client) == [1, 2], what="events 1 and 2")
+    last_id = messages(bytes(client.received))[-1].id
+    os.kill(old_pid, signal.SIGKILL)
+    await wait_for(lambda: client.is_closed, what="the killed worker's subscriber to be cut")
+    publish(service, 3)  # the daemon keeps it for the worker that is not there yet
+    await wait_for(lambda: pool.workers[0] is not None and pool.workers[0].pid != old_pid and pool.workers[0].figures,
+                   what="a new worker 0")
+    assert pool.sink.counters["worker_restarts"] == 1
+    assert any(e.get("log_level") is not None and e["log_level"].name == "warn" and e.get("pid") == old_pid
+               for e in log_events), "the end of the worker is logged as a warning"
+    again = await subscriber_on(0, port, log_events, headers=f"Last-Event-ID: {last_id}\r\n")
+    await wait_for(lambda: numbers(again) == [3], what="the event published while worker 0 was down")
+    await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_the_daemon_drains_and_ends_every_worker(daemon, log_events) -> None:
+    service = await daemon(CONFIG)
+    pool = service.sinks["S"]
+    await started(service)
+    client = await subscribe(service.port_of("S"))
+    workers = list(pool.workers)
+    await service.stopService()
+    assert all(w.ended.called for w in workers) and pool.socket is None
+    await wait_for(lambda: client.is_closed, what="the subscriber to be closed")
+    assert b"retry:" in client.received.rpartition(b"stream open")[2], "closed by the drain, with a retry hint"
+    assert pool.sink.counters["worker_restarts"] == 0, "a stop is not a crash"
+
+
+@pytest.mark.reactor_free
+@pytest.mark.parametrize(("extra", "ingest_port", "message"), [
+    ("worker.count: 65", 9999, "expected an integer from 1 to 64"),
+    ("worker.count: 2", 8000, "worker.count above 1 needs port 8000 to itself, and source 'In'"),
+    ("worker.count: 2, server.endpoint: 'tcp:9998'", 9999, "serves plain TCP on server.host and server.port"),
+])
+def test_worker_count_config_errors(extra: str, ingest_port: int, message: str) -> None:
+    text = (f"sources:\n  In: {{type: http, stream: S, schema: 'n int', receiver.url: 'http://127.0.0.1:{ingest_port}/publish'}}\n"
+            f"sinks:\n  S: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 8000, {extra}}}\n")
+    with pytest.raises(ConfigError) as raised:
+        validate(load_yaml(text, "w.yaml"))
+    assert message in str(raised.value)
