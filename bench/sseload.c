@@ -13,6 +13,9 @@
  *   2. wait for a line on stdin: "go" publishes, anything else (or EOF) quits
  *   3. publish, wait for the deliveries to drain, print {"phase":"done",...}
  *
+ * --port is where the subscribers connect, and the publisher too unless
+ * --pub-port gives it another one (a server whose ingest has its own port).
+ *
  * Build: cc -O2 -pthread -o sseload sseload.c
  * 127.0.0.1 only: the host is fixed, not an option.
  */
@@ -37,6 +40,7 @@
 #define LINE_MAX_BYTES 65536
 
 static int port = 0;
+static int pub_port = 0;        /* the publisher's port; 0: the same as port */
 static const char *sub_path = "/sub";
 static const char *pub_path = "/publish";
 static int nsubs = 100;
@@ -309,7 +313,7 @@ static void *publisher(void *arg) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(pub_port ? pub_port : port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { perror("publisher connect"); pub_done = 1; return NULL; }
     char *padding = malloc(pad + 1);
@@ -364,6 +368,7 @@ int main(int argc, char **argv) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
 #define OPT(name) (strcmp(k, name) == 0 && ++i)
         if (OPT("--port")) port = atoi(v);
+        else if (OPT("--pub-port")) pub_port = atoi(v);
         else if (OPT("--sub-path")) sub_path = v;
         else if (OPT("--pub-path")) pub_path = v;
         else if (OPT("--subs")) nsubs = atoi(v);

@@ -5,12 +5,14 @@ socket writable, sends on a later reactor turn and then unregisters, so every
 write costs two ``epoll_ctl`` calls and one reactor dispatch besides the
 ``send()`` (bench/RESULTS.md, "Profile"). A subscriber's socket is nearly
 always drained, so ``write_now`` sends at once when the transport holds
-nothing and leaves everything else (a partial send, TLS, a busy buffer, a
-closing connection) to Twisted, which keeps ordering and flow control intact.
+nothing and leaves everything else (a partial send, a busy buffer, a closing
+connection) to Twisted, which keeps byte order and flow control intact. TLS
+connections never take the shortcut: their transport is not a plain socket.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.tcp import Connection
@@ -24,26 +26,26 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def can_send_now(transport: Any) -> bool:
-    """A plain TCP transport with nothing buffered: a direct ``send()`` keeps byte order."""
-    return (
-        isinstance(transport, Connection)
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport._tempDataLen
-        and transport.offset == len(transport.dataBuffer)
-    )
+def direct_socket(transport: Any) -> socket.socket | None:
+    """The socket under a plain TCP transport (None for TLS, or anything else): what ``write_now`` may send on."""
+    if isinstance(transport, Connection) and not transport.TLS:
+        return transport.socket
+    return None
 
 
-def write_now(transport: Any, data: bytes) -> None:
-    """Send ``data`` at once if the socket takes it; whatever it does not take, Twisted sends later."""
-    if can_send_now(transport):
-        sent = transport.writeSomeData(data)  # the bytes sent, or the error that lost the connection
-        if isinstance(sent, int):
-            if sent == len(data):
-                return
-            data = data[sent:]
-        # an error: transport.write buffers it and Twisted's next doWrite finds the loss
+def write_now(transport: Any, sock: socket.socket | None, data: bytes) -> None:
+    """Send ``data`` at once if the socket takes it; whatever it does not take, Twisted sends later.
+
+    The shortcut is taken only while Twisted holds nothing for this transport
+    (so bytes stay in order) and the connection is open and not closing.
+    """
+    if (sock is not None and not transport._tempDataLen and not transport.dataBuffer
+            and transport.connected and not transport.disconnecting):
+        try:
+            sent = sock.send(data)
+        except OSError:  # EAGAIN: nothing taken; anything else: Twisted's next write finds the loss
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
     transport.write(data)

@@ -30,7 +30,7 @@ from .drain import drain_sink  # staged close on shutdown
 from .history import History, Resume, reset_payload  # bounded history and the honest-resume decision
 from .mappers import IMapper, MappingError
 from .schema import Event
-from .fanout import PUMP_BYTES, chunk, write_now  # one send() per subscriber per turn
+from .fanout import PUMP_BYTES, chunk, direct_socket, write_now  # one send() per subscriber per turn
 from .sse import encode_comment, encode_event
 from .storms import retry_frame, retry_hint  # jittered retry: against reconnect storms
 
@@ -65,6 +65,7 @@ class Subscriber:
         self.sink = sink
         self.request = request
         self.transport = request.transport
+        self.socket = direct_socket(self.transport)  # None: every write goes through Twisted (TLS)
         self.peer = peer
         self.paused = False
         self.gone = False
@@ -90,7 +91,7 @@ class Subscriber:
             else:
                 self.hold(data, len(frames), live=True)
             return False
-        write_now(self.transport, chunked if self.chunked else data)
+        write_now(self.transport, self.socket, chunked if self.chunked else data)
         self.events_sent += len(frames)
         return True
 
@@ -117,7 +118,7 @@ class Subscriber:
                     live_bytes += len(data)
             self.queued_events -= live_events
             self.queued_bytes -= live_bytes
-            write_now(self.transport, self.sink.wire(parts) if self.chunked else b"".join(parts))
+            write_now(self.transport, self.socket, self.sink.wire(parts) if self.chunked else b"".join(parts))
             self.events_sent += events
             self.sink.counters["events_out"] += events
             self.sink.counters["bytes_written"] += size

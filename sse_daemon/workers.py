@@ -2,9 +2,9 @@
 
 One process writes each event to every subscriber with one core; a sink with
 ``worker.count: N`` is served by N worker processes (worker.py) instead. The
-daemon binds the port itself (so a bind error stops it, as for any listener)
-and hands the listening socket to every worker; the kernel gives each new
-connection to one of them. The daemon still maps, numbers and keeps the
+daemon binds the port itself (so a bind error stops it, as for any listener):
+one listening socket per worker with SO_REUSEPORT, so the kernel spreads new
+connections evenly, and keeps them open while workers come and go. The daemon still maps, numbers and keeps the
 history of every event (the same SseSink, with no subscribers of its own) and
 sends each encoded event, in order, to every worker over a pipe, so every
 worker holds the same history and ids and a subscriber resumes correctly on
@@ -46,6 +46,38 @@ RESTART_DELAY_MAX = 10.0
 STEADY_SECONDS = 30.0
 #: a worker still running this long after drain.window is killed
 STOP_GRACE = 10.0
+
+
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` sockets listening on one port with SO_REUSEPORT, so the kernel spreads new
+    connections evenly over the workers (one shared socket goes mostly to whichever worker wakes
+    first: 80/20 in bench/). Without SO_REUSEPORT, one socket that every worker shares.
+
+    A port another process listens on is refused first: SO_REUSEPORT alone would quietly share it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    reuseport = hasattr(socket, "SO_REUSEPORT")
+    if reuseport and port:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))  # raises EADDRINUSE when anyone listens there
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count if reuseport else 1):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # port 0: the others join the port the first one got
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _log_level() -> str:
@@ -161,7 +193,8 @@ class SinkWorkers(Service):
         #: figures of workers that have exited, so totals never go down
         self.retired: Counter[str] = Counter()
         self.retired_rejected: Counter[str] = Counter()
-        self.socket: socket.socket | None = None
+        #: the listening sockets, one per worker (or one shared by all without SO_REUSEPORT); kept across restarts
+        self.sockets: list[socket.socket] = []
         self._failures = [0] * self.count
         self._restarts: dict[int, Any] = {}
         self._subscription: ISubscription | None = None
@@ -174,29 +207,22 @@ class SinkWorkers(Service):
     # -- the port
     @property
     def bound_port(self) -> int:
-        assert self.socket is not None, "not listening"
-        return self.socket.getsockname()[1]
+        assert self.sockets, "not listening"
+        return self.sockets[0].getsockname()[1]
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         host, port = self.connector["server.host"], self.connector["server.port"]
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(LISTEN_BACKLOG)
+            self.sockets = listening_sockets(host, port, self.count)
         except OSError as e:
-            sock.close()
             raise BindError(f"cannot listen on {host}:{port} for {self.connector.label}: {e.strerror or e}") from None
-        sock.setblocking(False)
-        self.socket = sock
         self.log.info("listening on {host}:{port} for {connector} with {count} worker processes",
                       host=host, port=self.bound_port, connector=self.connector.label, count=self.count)
 
     # -- start and stop
     def startService(self) -> None:
-        if self.socket is None:
+        if not self.sockets:
             self.privilegedStartService()
         super().startService()
         adopt_bus_ids(self.feed, self.bus, self.connector.stream)  # on Redis: the bus's ids, as on every instance
@@ -206,20 +232,21 @@ class SinkWorkers(Service):
 
     def _spawn(self, index: int) -> None:
         self._restarts.pop(index, None)
-        if self._stopping or self.socket is None:
+        if self._stopping or not self.sockets:
             return
+        listening = self.sockets[index % len(self.sockets)]
         worker = WorkerProcess(self, index)
         self.workers[index] = worker
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the daemon's own imports, also from a checkout
         self.reactor.spawnProcess(
             worker, sys.executable, [sys.executable, "-m", "sse_daemon.worker", self.log_level], env=env,
-            childFDs={0: "w", 1: "r", 2: "r", 3: self.socket.fileno()},
+            childFDs={0: "w", 1: "r", 2: "r", 3: listening.fileno()},
         )
         history = self.feed.history
         show = history.show
         worker.send(channel.setup({
-            "connector": self.connector, "schema": self.schema, "index": index, "family": self.socket.family,
+            "connector": self.connector, "schema": self.schema, "index": index, "family": listening.family,
             "bus_ids": self.feed.bus_replay is not None,
             "floor": None if history.floor is None else show(history.floor),
             "newest": None if history.newest is None else show(history.newest),
@@ -276,9 +303,9 @@ class SinkWorkers(Service):
         done = self.drain() if any(w is not None for w in self.workers) else succeed(None)
 
         def close(_: object) -> None:
-            if self.socket is not None:
-                self.socket.close()
-                self.socket = None
+            for sock in self.sockets:
+                sock.close()
+            self.sockets = []
         return done.addBoth(close)
 
     # -- events

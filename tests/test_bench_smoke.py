@@ -22,14 +22,23 @@ def test_quick_benchmark_writes_a_table_with_deliveries(tmp_path: Path) -> None:
             pytest.fail("no C compiler (cc) to build bench/sseload.c; CI must have one")
         pytest.skip("no C compiler (cc) to build bench/sseload.c")
     out = tmp_path / "RESULTS.md"
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--servers", "sse-daemon",
-                             "--out", str(out)], capture_output=True, text=True, timeout=100, cwd=ROOT)
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick",
+                             "--servers", "sse-daemon,sse-daemon (2 workers)", "--out", str(out)],
+                            capture_output=True, text=True, timeout=100, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     table = out.read_text()
     assert "## Targets of issue 7" in table
     assert "| delivered events/s |" in table
-    runs = json.loads(out.with_suffix(".json").read_text())["results"]["sse-daemon"]
-    for key in ("A", "B200", "B20", "Dref", "D", "E"):
-        assert "error" not in runs[key], runs[key]
-        assert runs[key]["delivered"] > 0, (key, runs[key])
-    assert runs["C1k"]["ready"]["connected"] > 0
+    assert "daemon (2 workers) / sse-daemon" in table
+    assert "| A: with worker.count=2, ≥ half of Nchan's deliveries/s |" in table
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    for name in ("sse-daemon", "sse-daemon (2 workers)"):
+        runs = results[name]
+        for key in ("A", "B200", "B20", "Dref", "D", "E"):
+            assert "error" not in runs[key], (name, runs[key])
+            assert runs[key]["delivered"] > 0, (name, key, runs[key])
+        assert runs["C1k"]["ready"]["connected"] > 0, (name, runs["C1k"])
+    # the 2-worker daemon is measured as twistd plus its two worker processes
+    workers = results["sse-daemon (2 workers)"]
+    assert workers["A"]["processes"] == 3, workers["A"]
+    assert len(workers["A"]["cpu_by_process"]) == 3, workers["A"]

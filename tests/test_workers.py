@@ -131,7 +131,7 @@ async def test_stopping_the_daemon_drains_and_ends_every_worker(daemon, log_even
     client = await subscribe(service.port_of("S"))
     workers = list(pool.workers)
     await service.stopService()
-    assert all(w.ended.called for w in workers) and pool.socket is None
+    assert all(w.ended.called for w in workers) and not pool.sockets
     await wait_for(lambda: client.is_closed, what="the subscriber to be closed")
     assert b"retry:" in client.received.rpartition(b"stream open")[2], "closed by the drain, with a retry hint"
     assert pool.sink.counters["worker_restarts"] == 0, "a stop is not a crash"
@@ -149,3 +149,35 @@ def test_worker_count_config_errors(extra: str, ingest_port: int, message: str) 
     with pytest.raises(ConfigError) as raised:
         validate(load_yaml(text, "w.yaml"))
     assert message in str(raised.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_port_in_use_is_refused_even_with_so_reuseport(daemon) -> None:
+    """SO_REUSEPORT would let the workers quietly share a port another process serves: refused first."""
+    import socket
+
+    from sse_daemon.listener import BindError
+
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", 0))
+    other.listen(1)
+    try:
+        port = other.getsockname()[1]
+        with pytest.raises(BindError, match=f"cannot listen on 127.0.0.1:{port} for sink 'S': Address already in use"):
+            await daemon(CONFIG.replace("server.port: 0", f"server.port: {port}"))
+    finally:
+        other.close()
+
+
+@pytest.mark.reactor_free
+def test_each_worker_gets_a_socket_of_its_own_on_one_port() -> None:
+    from sse_daemon.workers import listening_sockets
+
+    sockets = listening_sockets("127.0.0.1", 0, 3)
+    try:
+        ports = {s.getsockname()[1] for s in sockets}
+        assert len(sockets) == 3 and len(ports) == 1 and len({s.fileno() for s in sockets}) == 3
+    finally:
+        for s in sockets:
+            s.close()
