@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -546,12 +546,13 @@ def start_profile(pid: int, out: Path, seconds: float) -> list[subprocess.Popen]
 
 CATEGORIES = [  # (label, regexes over a frame); a sample goes to the first label any of its frames matches
     ("logging (twisted.logger and its observers)", (r"twisted/logger/", r"sse_daemon/logs\.py")),
-    ("socket send: the reactor's doWrite per subscriber (send() syscall, stopWriting's epoll_ctl)",
-     (r"\.doWrite \(",)),
-    ("per-subscriber Request.write: chunk framing, transport writeSequence, startWriting's epoll_ctl",
-     (r"Request\.write \(twisted/web",)),
-    ("the sink's own fan-out loop (SseSink.publish, Subscriber.send)", (r"sse_daemon/sink\.py",)),
-    ("the POST: Twisted's request parsing (Content-Type through the email package), ingest JSON, mapping, answer",
+    ("socket send: fanout.write_now, one send() per subscriber per reactor turn (the syscall is most of it)",
+     (r"sse_daemon/fanout\.py",)),
+    ("Twisted's buffered writes (response heads, heartbeats, the rest of a partial send: write, doWrite, epoll_ctl)",
+     (r"\.doWrite \(", r"Request\.write \(twisted/web", r"\.write(Sequence)? \(twisted/internet/abstract")),
+    ("the sink's fan-out loop (SseSink.flush, Subscriber.deliver): per-subscriber Python around the send",
+     (r"sse_daemon/sink\.py",)),
+    ("the POST: Twisted's HTTP parsing, ingest JSON, mapping, encoding, the answer",
      (r"twisted/web/", r"sse_daemon/", r"^email/|\(email/", r"\(json/")),
     ("reactor dispatch (epoll, callWithLogger/context per fd event, doRead)", (r"twisted/",)),
 ]

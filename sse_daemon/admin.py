@@ -55,6 +55,7 @@ _SINK_HELP = {
     "bytes_written": "Bytes of event frames written to subscribers (heartbeats not counted).",
     "dropped_slow": "Subscribers disconnected because their queue passed subscriber.queue.size or .bytes.",
     "events_replayed": "Events sent from history to subscribers that resumed with Last-Event-ID.",
+    "worker_restarts": "Worker processes of a sink (worker.count above 1) started again after they ended or were killed.",
 }
 
 
@@ -244,6 +245,9 @@ class AdminService(MultiService):
             checks[key] = "ok" if listener.listening is not None else "not bound"
         for name, watch in self.watches.items():
             checks[f"source '{name}'"] = watch.verdict(now, self.grace) or "ok"
+        for name, sink in self.daemon.sinks.items():
+            if hasattr(sink, "readiness"):  # served by worker processes (workers.py)
+                checks[f"sink '{name}'"] = sink.readiness()
         bus_readiness = getattr(self.daemon.bus, "readiness", None)
         if bus_readiness is not None:  # a shared bus: ingest answers 503 while it is down
             checks["bus"] = bus_readiness()

@@ -12,8 +12,8 @@ whichever worker its reconnection lands.
 
 A worker that exits is started again (after a short, growing delay) and
 first gets the history; its subscribers were cut and resume from it. A worker
-that stops reading its pipe is killed once ``subscriber.queue.bytes`` is
-waiting for it, rather than holding the daemon's memory. On stop, every
+that stops reading its pipe (full for STALL_SECONDS, with more than
+``subscriber.queue.bytes`` waiting) is killed rather than holding the daemon's memory. On stop, every
 worker drains its subscribers over ``drain.window`` as a single process does.
 """
 
@@ -46,6 +46,8 @@ RESTART_DELAY_MAX = 10.0
 STEADY_SECONDS = 30.0
 #: a worker still running this long after drain.window is killed
 STOP_GRACE = 10.0
+#: a worker whose pipe stayed full this long, with subscriber.queue.bytes waiting for it, is killed
+STALL_SECONDS = 5.0
 
 
 def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -102,18 +104,21 @@ class WorkerProcess(ProcessProtocol):
         self.figures: dict[str, Any] = {}
         self.behind = 0  # bytes written to the pipe while the worker was not reading it
         self.paused = False
+        self.paused_at = 0.0
         self._lines = {1: b"", 2: b""}
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
         self.transport.registerProducer(self, True)  # tells us when the pipe backs up
 
-    def send(self, message: bytes) -> None:
+    def send(self, message: bytes, live: bool = True) -> None:
+        """Write to the worker's pipe; live events count against its bound, its start-up copy of the history does not."""
         if self.transport is None or self.ended.called:
             return
-        if self.paused:
+        if self.paused and live:
             self.behind += len(message)
-            if self.behind > self.pool.feed.queue_bytes:
+            # a burst fills the pipe too, but a reading worker drains it (resumeProducing) within the stall time
+            if self.behind > self.pool.feed.queue_bytes and self.pool.clock.seconds() - self.paused_at > self.pool.stall_seconds:
                 self.pool.counters["worker_kills_behind"] += 1
                 self.log.warn("worker {worker} of sink {sink} (pid {pid}) is {behind} bytes behind: killed, to be restarted",
                               worker=self.index, sink=self.pool.feed.name, pid=self.pid, behind=self.behind)
@@ -130,6 +135,7 @@ class WorkerProcess(ProcessProtocol):
     # IPushProducer, for the pipe to the worker
     def pauseProducing(self) -> None:
         self.paused = True
+        self.paused_at = self.pool.clock.seconds()
 
     def resumeProducing(self) -> None:
         self.paused = False
@@ -188,6 +194,7 @@ class SinkWorkers(Service):
         self.clock = sink.clock
         self.count: int = sink.connector["worker.count"]
         self.log_level = _log_level()
+        self.stall_seconds = STALL_SECONDS
         self.workers: list[WorkerProcess | None] = [None] * self.count
         self.counters: Counter[str] = Counter()
         #: figures of workers that have exited, so totals never go down
@@ -236,13 +243,17 @@ class SinkWorkers(Service):
             return
         listening = self.sockets[index % len(self.sockets)]
         worker = WorkerProcess(self, index)
-        self.workers[index] = worker
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the daemon's own imports, also from a checkout
-        self.reactor.spawnProcess(
-            worker, sys.executable, [sys.executable, "-m", "sse_daemon.worker", self.log_level], env=env,
-            childFDs={0: "w", 1: "r", 2: "r", 3: listening.fileno()},
-        )
+        try:
+            self.reactor.spawnProcess(
+                worker, sys.executable, [sys.executable, "-m", "sse_daemon.worker", self.log_level], env=env,
+                childFDs={0: "w", 1: "r", 2: "r", 3: listening.fileno()},
+            )
+        except OSError as e:  # out of processes or memory: try again later, as for a worker that died
+            self._restart_later(index, 0.0, f"could not start: {e}")
+            return
+        self.workers[index] = worker
         history = self.feed.history
         show = history.show
         worker.send(channel.setup({
@@ -250,10 +261,10 @@ class SinkWorkers(Service):
             "bus_ids": self.feed.bus_replay is not None,
             "floor": None if history.floor is None else show(history.floor),
             "newest": None if history.newest is None else show(history.newest),
-        }))
+        }), live=False)
         for event_id, frame, at in history.entries():
-            worker.send(channel.history(show(event_id), frame, at))
-        worker.send(channel.go())
+            worker.send(channel.history(show(event_id), frame, at), live=False)
+        worker.send(channel.go(), live=False)
         self.log.info("started worker {worker} of sink {sink} (pid {pid})", worker=index, sink=self.feed.name, pid=worker.pid)
 
     def worker_ended(self, worker: WorkerProcess, reason: Any) -> None:
@@ -262,14 +273,16 @@ class SinkWorkers(Service):
             self.workers[worker.index] = None
         if self._stopping:
             return
-        ran = self.clock.seconds() - worker.started_at
-        index = worker.index
+        self._restart_later(worker.index, self.clock.seconds() - worker.started_at, f"pid {worker.pid} ended: {reason}")
+
+    def _restart_later(self, index: int, ran: float, why: str) -> None:
+        """Start worker ``index`` again: at once after a long run, then after growing delays."""
         self._failures[index] = 0 if ran >= STEADY_SECONDS else self._failures[index] + 1
         delay = min(RESTART_DELAY_MAX, RESTART_DELAY * 2 ** max(0, self._failures[index] - 1)) if self._failures[index] else 0.0
         self.counters["worker_restarts"] += 1
-        self.log.warn("worker {worker} of sink {sink} (pid {pid}) ended after {ran:.1f}s ({reason}); "
+        self.log.warn("worker {worker} of sink {sink} stopped after {ran:.1f}s ({why}); "
                       "starting it again in {delay:.1f}s; its subscribers reconnect and resume",
-                      worker=index, sink=self.feed.name, pid=worker.pid, ran=ran, reason=reason, delay=delay)
+                      worker=index, sink=self.feed.name, ran=ran, why=why, delay=delay)
         self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)
 
     def _retire(self, worker: WorkerProcess) -> None:
@@ -314,6 +327,12 @@ class SinkWorkers(Service):
         for worker in self.workers:
             if worker is not None:
                 worker.send(message)
+
+    def readiness(self) -> str:
+        """For /readyz: "ok" when every worker serves (has reported); connections the kernel
+        hands to a missing worker's socket wait until it is back."""
+        serving = sum(1 for w in self.workers if w is not None and w.figures and not w.ended.called)
+        return "ok" if serving == self.count else f"{serving} of {self.count} worker processes serving"
 
     def pids(self) -> list[int | None]:
         return [None if w is None else w.pid for w in self.workers]

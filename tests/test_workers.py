@@ -116,11 +116,42 @@ async def test_a_killed_worker_is_replaced_and_its_subscribers_resume(daemon, lo
     await wait_for(lambda: pool.workers[0] is not None and pool.workers[0].pid != old_pid and pool.workers[0].figures,
                    what="a new worker 0")
     assert pool.sink.counters["worker_restarts"] == 1
-    assert any(e.get("log_level") is not None and e["log_level"].name == "warn" and e.get("pid") == old_pid
+    assert any(e.get("log_level") is not None and e["log_level"].name == "warn" and f"pid {old_pid} ended" in e.get("why", "")
                for e in log_events), "the end of the worker is logged as a warning"
     again = await subscriber_on(0, port, log_events, headers=f"Last-Event-ID: {last_id}\r\n")
     await wait_for(lambda: numbers(again) == [3], what="the event published while worker 0 was down")
     await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_that_stops_reading_is_killed_at_its_bound_and_replaced(daemon) -> None:
+    """The daemon does not hold events without limit for a worker that does not read its pipe,
+    and a burst alone (a full pipe that a reading worker would drain) kills nobody."""
+    service = await daemon(CONFIG.replace('schema: "n int"', 'schema: "n int, pad string"')
+                           .replace("history.size: 100", "history.size: 100, subscriber.queue.bytes: 262144"))
+    pool = service.sinks["S"]
+    stuck_pid = (await started(service))[1]
+    stuck = pool.workers[1]
+    pool.stall_seconds = 0.3
+    os.kill(stuck_pid, signal.SIGSTOP)  # alive, but reads nothing
+    try:
+        pad = "x" * 16384
+        for n in range(100):  # bounded: 1.6 MiB; the pipe buffers pause it after ~64 KiB, the bound is 256 KiB
+            service.bus.publish("S", [Event({"n": n, "pad": pad})])
+            pool.feed.flush()
+            if stuck.behind > 262144:
+                break
+        assert stuck.paused and stuck.behind > 262144 and not stuck.ended.called, "a burst alone kills nobody"
+        await wait_for(lambda: pool.clock.seconds() - stuck.paused_at > 0.3, what="the stall time to pass")
+        service.bus.publish("S", [Event({"n": 100, "pad": pad})])
+        pool.feed.flush()
+        await wait_for(lambda: stuck.ended.called, what="the stuck worker to be killed")
+        assert pool.sink.counters["worker_kills_behind"] == 1
+        await wait_for(lambda: pool.workers[1] is not None and pool.workers[1].figures, what="a new worker 1")
+        assert pool.workers[1].pid != stuck_pid and pool.workers[0] is not None and pool.workers[0].pid != stuck_pid
+    finally:
+        if not stuck.ended.called:
+            os.kill(stuck_pid, signal.SIGCONT)
 
 
 @pytest_twisted.ensureDeferred
@@ -130,8 +161,10 @@ async def test_stopping_the_daemon_drains_and_ends_every_worker(daemon, log_even
     await started(service)
     client = await subscribe(service.port_of("S"))
     workers = list(pool.workers)
+    assert pool.readiness() == "ok"
     await service.stopService()
     assert all(w.ended.called for w in workers) and not pool.sockets
+    assert pool.readiness() == "0 of 2 worker processes serving"
     await wait_for(lambda: client.is_closed, what="the subscriber to be closed")
     assert b"retry:" in client.received.rpartition(b"stream open")[2], "closed by the drain, with a retry hint"
     assert pool.sink.counters["worker_restarts"] == 0, "a stop is not a crash"
