@@ -507,3 +507,28 @@ async def test_a_reload_restarts_a_leased_source_under_its_lease(daemon, redis_s
         await sub.close()
     finally:
         await upstream.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sink_with_workers_sends_the_bus_ids_and_resumes_another_instances_id(daemon, redis_server) -> None:
+    """worker.count on a shared bus: the workers' ids are Redis's, the same as another instance's."""
+    text = shared_config(redis_server)
+    plain = await instance(daemon, text)
+    pooled = await instance(daemon, text.replace("retry.max: 0,", "retry.max: 0, worker.count: 2,"))
+    pool = pooled.sinks["Out"]
+    await wait_for(lambda: all(w is not None and w.figures for w in pool.workers), what="both workers serving")
+    here, there = await subscribe(plain.port_of("Out")), await subscribe(pooled.port_of("Out"))
+    for n in (1, 2):
+        assert (await post(plain.port_of("In"), n))[0] == 200
+    for client in (here, there):
+        await wait_for(lambda client=client: len(parsed(bytes(client.received))) == 2, what="two events")
+    ids = [m.id for m in parsed(bytes(here.received))]
+    assert [m.id for m in parsed(bytes(there.received))] == ids and all(entry_key(i) for i in ids), "Redis entry ids on both"
+    await there.close()
+    assert (await post(plain.port_of("In"), 3))[0] == 200
+    await wait_for(lambda: len(parsed(bytes(here.received))) == 3, what="event 3")
+    again = await subscribe(pooled.port_of("Out"), headers=f"Last-Event-ID: {ids[0]}\r\n")  # an id from the other instance
+    await wait_for(lambda: len(parsed(bytes(again.received))) == 2, what="the replay on a worker")
+    assert [m.id for m in parsed(bytes(again.received))] == [m.id for m in parsed(bytes(here.received))][1:], "events 2 and 3, exactly"
+    for client in (here, again):
+        await client.close()
