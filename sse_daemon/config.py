@@ -708,7 +708,8 @@ class Config:
             lines.append(f"{title} ({len(connectors)}):")
             for c in connectors:
                 lines.append(f"  {c.name}: {c.type} {_endpoint_text(c)} -> stream {c.stream}" if c.role == "source"
-                             else f"  {c.name}: {c.type} {_endpoint_text(c)} <- stream {c.stream}")
+                             else f"  {c.name}: {c.type} {_endpoint_text(c)} <- stream {c.stream}"
+                             + (f" ({c['worker.count']} worker processes)" if served_by_workers(c) else ""))
         lines.append(f"routes ({len(self.routes)}):")
         for route in self.routes:
             lines.append(f"  {route}")

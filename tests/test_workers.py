@@ -184,6 +184,12 @@ def test_worker_count_config_errors(extra: str, ingest_port: int, message: str) 
     assert message in str(raised.value)
 
 
+@pytest.mark.reactor_free
+def test_check_names_the_worker_processes() -> None:
+    text = CONFIG.replace("server.port: 0, server.path", "server.port: 8000, server.path")
+    assert "  S: sse-server on 127.0.0.1:8000/events <- stream S (2 worker processes)" in validate(load_yaml(text, "w.yaml")).summary()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_port_in_use_is_refused_even_with_so_reuseport(daemon) -> None:
     """SO_REUSEPORT would let the workers quietly share a port another process serves: refused first."""
