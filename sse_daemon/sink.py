@@ -255,16 +255,15 @@ class SseSink:
                 self._flush_call.cancel()
             self._flush_call = None
         frames, self._turn = self._turn, []
-        if not frames:
-            return
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        chunked = self.wire(frames)
-        written = 0
-        for subscriber in tuple(self.subscribers):
-            written += subscriber.deliver(frames, data, chunked)
-        self.counters["events_out"] += written * len(frames)
-        self.counters["bytes_written"] += written * len(data)
         ingress, self._turn_ingress = self._turn_ingress, []
+        if frames and self.subscribers:  # no subscribers: a sink whose workers serve it, or an idle one
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            chunked = self.wire(frames)
+            written = 0
+            for subscriber in tuple(self.subscribers):
+                written += subscriber.deliver(frames, data, chunked)
+            self.counters["events_out"] += written * len(frames)
+            self.counters["bytes_written"] += written * len(data)
         if self.lag_observer is not None:
             now = self.clock.seconds()
             for at in ingress:
