@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import random
+from email.utils import parsedate_to_datetime
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import partial
@@ -87,6 +88,26 @@ class ReconnectPolicy:
         ceiling = max(self.maximum, base)
         raw = min(ceiling, base * 2 ** min(failures - 1, 62))
         return raw * (1 - 0.5 * self.jitter())
+
+
+#: the longest Retry-After honoured: a server asking for more gets retried after this
+RETRY_AFTER_MAX = 600.0
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
 
 
 class Verdict(enum.Enum):
@@ -273,6 +294,7 @@ class _Outcome:
     stop: bool = False
     failure: str | None = None  # set when the attempt counts as a failure
     ended: str | None = None  # why a good stream ended
+    retry_after: float | None = None  # seconds a 429 or 503 asked to wait (Retry-After)
 
 
 @dataclass(eq=False, slots=True)
@@ -457,6 +479,8 @@ class SseSourceService(Service):
                 conn.last_error = outcome.failure
                 self.counters["failures"] += 1
             delay = self.policy.delay(conn.failures, conn.parser.retry)
+            if outcome.retry_after is not None:  # the server said when; a little later, so its clients do not return together
+                delay = max(delay, min(outcome.retry_after, RETRY_AFTER_MAX) * (1 + 0.1 * self.policy.jitter()))
             if outcome.failure is not None:
                 self.log.warn(
                     "source {source} ({url}, connection {worker}): {cause}; retrying in {delay:.2f}s (failure {failures} in a row)",
@@ -515,7 +539,13 @@ class SseSourceService(Service):
         if verdict is not Verdict.STREAM:
             response.deliverBody(_Discard())
             self.counters["bad_responses"] += 1
-            return _Outcome(stop=verdict is Verdict.STOP, failure=reason)
+            wait = None
+            if response.code in (429, 503):
+                header = response.headers.getRawHeaders(b"retry-after", [None])[0]
+                wait = retry_after(header.decode("latin-1", "replace") if header else None, self.reactor.seconds())
+                if wait is not None:
+                    reason += f" (Retry-After: {wait:g}s{'' if wait <= RETRY_AFTER_MAX else f', capped at {RETRY_AFTER_MAX:g}s'})"
+            return _Outcome(stop=verdict is Verdict.STOP, failure=reason, retry_after=wait)
 
         receiver = BodyReceiver(partial(self._data, conn))
         receiver.paused = self.paused

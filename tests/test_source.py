@@ -276,6 +276,36 @@ async def test_repeated_failures_back_off_exponentially_then_reset(harness: Harn
 
 
 @pytest_twisted.ensureDeferred
+async def test_retry_after_on_429_and_503_is_honoured(harness: Harness) -> None:
+    """A server that says when to come back (our own sink's limits do) is not asked again before."""
+    server = harness.server()
+    server.script.extend([Canned(503, headers=(("Retry-After", "7"),)), Canned(429, headers=(("Retry-After", "3"),)),
+                          Canned(500, headers=(("Retry-After", "60"),))])
+    clocked = ClockedReactor()
+    with capturedLogs() as logged:
+        source, events = harness.source(server.url(), reactor_=clocked, **{"reconnect.initial.delay": 1, "reconnect.max.delay": 5})
+        delays = []
+        for _ in range(3):
+            delays.append(await next_timer(clocked, source))
+            clocked.clock.advance(delays[-1])
+    assert delays == [7.0, 3.0, 4.0], "503 and 429 wait as asked (above the backoff); a 500's Retry-After is not a promise"
+    assert "the server answered HTTP 503 Service Unavailable (Retry-After: 7s)" in causes(logged)
+    await wait_for(lambda: source.connected, what="the fourth attempt to stream")
+
+
+@pytest.mark.reactor_free
+def test_retry_after_values() -> None:
+    from sse_daemon.source import retry_after
+
+    now = 1445412475.0  # Wed, 21 Oct 2015 07:27:55 GMT
+    assert retry_after("120", now) == 120.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now) == 5.0
+    assert retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now) == 0.0  # already past
+    for bad in (None, "", "soon", "1.5", "-3", "Wed, 21 Oct 2015 07:28:00"):
+        assert retry_after(bad, now) is None, bad
+
+
+@pytest_twisted.ensureDeferred
 async def test_silent_stream_is_dropped_after_read_timeout_and_heartbeats_keep_it(harness: Harness) -> None:
     server = harness.server()
     server.script.append(STALL)  # the head, then nothing at all
