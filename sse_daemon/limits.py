@@ -22,7 +22,8 @@ MAX_TRACKED_ADDRESSES = 10_000
 
 
 def should_log(count: int) -> bool:
-    """Log the first ten refusals of a kind, then every thousandth: a flood must not flood the log."""
+    """Log the first ten of a kind (refusals, bad requests, bad upstream payloads), then every
+    thousandth: a flood must not flood the log."""
     return count <= 10 or count % 1000 == 0
 
 

@@ -47,6 +47,7 @@ from .config import ConnectorDef
 from .mappers import IMapper, MappingError
 from .schema import Event
 from .jsonstream import JsonDocumentSplitter
+from .limits import should_log  # a bad upstream must not flood the log
 from .sse import EventStreamParser, Message, Rejection
 
 #: redirects followed for one request before it counts as a failure
@@ -223,11 +224,6 @@ class RecentIds:
         if len(self._ids) > self.size:
             self._ids.popitem(last=False)
         return True
-
-
-def should_log(count: int) -> bool:
-    """Log the first ten of a kind, then every thousandth, so a bad upstream cannot flood the log."""
-    return count <= 10 or count % 1000 == 0
 
 
 # --------------------------------------------------------------------------- Twisted glue
