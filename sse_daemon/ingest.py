@@ -20,6 +20,7 @@ from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
 
 from .bus import IBus
+from .limits import should_log
 from .config import ConnectorDef
 from .listener import json_error
 from .mappers import IMapper, MappingError
@@ -90,9 +91,11 @@ class IngestResource(Resource):
 
     def _reject(self, request: IRequest, code: int, reason: str, message: str) -> bytes:
         self.rejected[reason] += 1
-        self.log.warn(
-            "ingest {source} rejected a request from {peer}: {message}",
-            source=self.name, peer=getattr(request.getClientAddress(), "host", "?"),
-            message=message, reason=reason,
-        )
+        count = self.rejected[reason]
+        if should_log(count):  # a publisher in a loop must not flood the log; the count is in /metrics
+            self.log.warn(
+                "ingest {source} rejected a request from {peer}: {message} ({reason}, {count} so far)",
+                source=self.name, peer=getattr(request.getClientAddress(), "host", "?"),
+                message=message, reason=reason, count=count,
+            )
         return json_error(request, code, message, reason=reason)

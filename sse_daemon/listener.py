@@ -23,6 +23,7 @@ from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource, Resource
 
 from .config import normalise_path
+from .limits import should_log
 
 #: body limit on a port that only serves sinks (subscribing needs no body)
 SINK_ONLY_BODY_LIMIT = 64 * 1024
@@ -53,11 +54,13 @@ class PathRouter(Resource):
 
     def reject(self, request: IRequest, code: int, reason: str, message: str, **fields: object) -> bytes:
         self.rejected[reason] += 1
-        self.log.info(
-            "refused {method} {path} from {peer}: {message}",
-            method=request.method.decode("latin-1"), path=request.path.decode("latin-1", "replace"),
-            peer=getattr(request.getClientAddress(), "host", "?"), message=message, reason=reason,
-        )
+        count = self.rejected[reason]
+        if should_log(count):  # a scanner must not flood the log; the count is in /metrics
+            self.log.info(
+                "refused {method} {path} from {peer}: {message} ({reason}, {count} so far)",
+                method=request.method.decode("latin-1"), path=request.path.decode("latin-1", "replace"),
+                peer=getattr(request.getClientAddress(), "host", "?"), message=message, reason=reason, count=count,
+            )
         return json_error(request, code, message, **fields)
 
     def add(self, path: str, resource: IResource) -> None:

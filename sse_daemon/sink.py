@@ -27,12 +27,17 @@ from zope.interface import implementer
 from .bus import IBus, ISubscription
 from .config import ConnectorDef
 from .drain import drain_sink  # staged close on shutdown
+from .limits import LogRate  # routine lines, bounded in a reconnect storm
 from .history import History, Resume, reset_payload  # bounded history and the honest-resume decision
 from .mappers import IMapper, MappingError
 from .schema import Event
 from .fanout import PUMP_BYTES, chunk, direct_socket, write_now  # one send() per subscriber per turn
 from .sse import encode_comment, encode_event
 from .storms import retry_frame, retry_hint  # jittered retry: against reconnect storms
+
+#: connect and leave lines logged per sink at most, per window of seconds; the rest are counted
+CONNECT_LOG_BURST = 50
+CONNECT_LOG_WINDOW = 10.0
 
 OPENING = encode_comment("sse-daemon stream open")
 HEARTBEAT = encode_comment("heartbeat")
@@ -194,6 +199,8 @@ class SseSink:
         self._turn: list[bytes] = []
         self._turn_ingress: list[float] = []
         self._flush_call: Any = None
+        #: connect and leave lines: at most CONNECT_LOG_BURST per CONNECT_LOG_WINDOW (a reconnect storm)
+        self.routine_lines = LogRate(clock.seconds, CONNECT_LOG_BURST, CONNECT_LOG_WINDOW)
         #: set when worker processes serve this sink (workers.py): gets every encoded event and its id
         self.forward: Callable[[str | None, bytes], None] | None = None
 
@@ -316,10 +323,13 @@ class SseSink:
             subscriber.pump()
         self.subscribers.add(subscriber)
         self.counters["connections_opened"] += 1
-        self.log.info(
-            "subscriber {peer} connected to sink {sink} (last event id {last_event_id!r}, {count} connected)",
-            peer=subscriber.peer, sink=self.name, last_event_id=last_event_id, count=len(self.subscribers),
-        )
+        log, held = self.routine_lines.allow()
+        if log:
+            self.log.info(
+                "subscriber {peer} connected to sink {sink} (last event id {last_event_id!r}, {count} connected){held_back}",
+                peer=subscriber.peer, sink=self.name, last_event_id=last_event_id, count=len(self.subscribers),
+                held_back=_held_back(held),
+            )
 
     def _resume_from_bus(self, request: IRequest, subscriber: Subscriber, last_event_id: str) -> None:
         """Ask the bus what follows an id this history does not cover; live events wait meanwhile.
@@ -383,11 +393,13 @@ class SseSink:
         subscriber.stopProducing()
         self.subscribers.discard(subscriber)
         self.counters["connections_closed"] += 1
-        self.log.info(
-            "subscriber {peer} left sink {sink} after {seconds:.1f}s and {events} events",
-            peer=subscriber.peer, sink=self.name, events=subscriber.events_sent,
-            seconds=self.clock.seconds() - subscriber.connected_at,
-        )
+        log, held = self.routine_lines.allow()
+        if log:
+            self.log.info(
+                "subscriber {peer} left sink {sink} after {seconds:.1f}s and {events} events{held_back}",
+                peer=subscriber.peer, sink=self.name, events=subscriber.events_sent,
+                seconds=self.clock.seconds() - subscriber.connected_at, held_back=_held_back(held),
+            )
 
     def close_all(self) -> None:
         """End every stream cleanly (used on stop; ``stopListening`` alone would leave them open)."""
@@ -408,6 +420,10 @@ class SseSink:
             subscriber.request.finish()
             # finish() alone would keep the connection alive for another request
             subscriber.request.transport.loseConnection()
+
+
+def _held_back(count: int) -> str:
+    return f" ({count} more connects and leaves before this one were not logged: more than {CONNECT_LOG_BURST} in {CONNECT_LOG_WINDOW:g}s)" if count else ""
 
 
 def _peer(request: IRequest) -> str:

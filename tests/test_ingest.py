@@ -154,3 +154,15 @@ async def test_form_bodies_are_not_parsed_by_twisted() -> None:
     finally:
         await listener.stopService()
     assert answer.startswith(b"HTTP/1.1 200") and seen == [{}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_bad_posts_is_counted_in_full_and_logged_in_part(daemon, log_events) -> None:
+    service = await daemon(CONFIG)
+    port = service.port_of("In")
+    for _ in range(12):  # bounded
+        code, answer = await post(port, b"{not json")
+        assert code == 400 and answer["reason"] == "invalid-json"
+    lines = [e for e in log_events if e.get("log_format", "").startswith("ingest {source} rejected a request")]
+    assert service.sources["In"].rejected["invalid-json"] == 12
+    assert [e["count"] for e in lines] == list(range(1, 11)), "the first ten, then every thousandth"

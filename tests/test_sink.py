@@ -332,3 +332,39 @@ def test_a_subscriber_that_joins_mid_turn_gets_each_event_once() -> None:
     assert [n for n in (1, 2, 3) if b'"n":%d,' % n in body] == [2, 3]
     assert body.count(b'"n":2,') == 1
     sink.close_all()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_and_leave_lines_are_bounded_in_a_storm(daemon, log_events) -> None:
+    from sse_daemon.limits import LogRate
+
+    clock = Clock()
+    service = await daemon(config(), clock=clock)
+    port = service.port_of("Events")
+    sink = service.sinks["Events"].sink
+    sink.routine_lines = LogRate(clock.seconds, burst=2, window=10)
+
+    def connects() -> list[dict]:
+        return [e for e in log_events if "connected to sink" in e.get("log_format", "")]
+
+    clients = [await subscribe(port) for _ in range(5)]  # bounded
+    assert len(connects()) == 2 and sink.counters["connections_opened"] == 5
+    clock.advance(10)
+    clients.append(await subscribe(port))
+    assert len(connects()) == 3 and "3 more connects and leaves before this one were not logged" in connects()[-1]["held_back"]
+    for client in clients:
+        await client.close()
+    await wait_for(lambda: sink.counters["connections_closed"] == 6, what="every leave counted")
+
+
+@pytest.mark.reactor_free
+def test_log_rate_lets_a_burst_through_per_window_and_tells_what_it_held() -> None:
+    from sse_daemon.limits import LogRate
+
+    clock = Clock()
+    rate = LogRate(clock.seconds, burst=3, window=10)
+    assert [rate.allow() for _ in range(5)] == [(True, 0)] * 3 + [(False, 0)] * 2
+    clock.advance(9.9)
+    assert rate.allow() == (False, 0)
+    clock.advance(0.1)
+    assert rate.allow() == (True, 3) and rate.allow() == (True, 0)
