@@ -51,8 +51,10 @@ class EventStreamParser:
     ``max_line`` bounds a single line (without its line end) and ``max_event``
     bounds an event's data as it would be dispatched (the data buffer minus
     its final LF), both in characters. A line or an event over its limit is
-    rejected as a whole: its fields so far (including ``id`` and ``retry``)
-    are undone and every line up to the next blank line is ignored.
+    rejected: its data and event type are dropped up to the next blank line,
+    but its ``id`` and ``retry`` still count, as they would in a browser, so a
+    reconnect does not ask the server for the refused event again (it would
+    be resent and refused on every reconnect).
     """
 
     def __init__(self, max_line: int = 1 << 20, max_event: int = 1 << 20) -> None:
@@ -78,8 +80,7 @@ class EventStreamParser:
         # last event ID keeps the ID the client resent from being blanked by the
         # first dispatch on the new connection.
         self._id_buffer = self.last_event_id
-        self._discarding = False  # the current event was rejected; skip to the blank line
-        self._event_start = (self._id_buffer, self.retry)  # undo point for a rejection
+        self._discarding = False  # the current event was rejected: its data and type are dropped
 
     def feed(self, chunk: bytes) -> list[Message | Rejection]:
         """Take the next bytes of the stream; return what they completed."""
@@ -152,11 +153,13 @@ class EventStreamParser:
         if not line:
             self._dispatch(out)
             return
-        if self._discarding or line[0] == ":":
+        if line[0] == ":":
             return
         field, colon, value = line.partition(":")
         if colon and value[:1] == " ":
             value = value[1:]
+        if self._discarding and field not in ("id", "retry"):
+            return
         if field == "data":
             size = self._data_size + len(value)  # the data length this line would give
             if size > self.max_event:
@@ -187,7 +190,6 @@ class EventStreamParser:
         self._data_size = 0
         self._event_type = ""
         self._discarding = False
-        self._event_start = (self._id_buffer, self.retry)
 
     def _reject_line(self, out: list[Message | Rejection]) -> None:
         self._reject(out, Rejection("line-too-long", self.max_line + 1))
@@ -202,7 +204,6 @@ class EventStreamParser:
         self._data = []
         self._data_size = 0
         self._event_type = ""
-        self._id_buffer, self.retry = self._event_start
 
 
 def _lines(text: str) -> list[str]:

@@ -703,3 +703,21 @@ async def test_two_connections_deliver_each_event_once_and_cover_for_each_other(
     server.publish(payload("no id"), id=None)  # copies cannot be told apart: only one connection delivers
     await wait_for(lambda: source.counters["messages"] == 12, what="the id-less event on both")
     assert values(events) == list("abcde") + ["no id"] and source.reconnects == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_oversized_event_is_not_asked_for_again_on_reconnect(harness: Harness) -> None:
+    """The refused event's id still counts: the reconnect resumes after it, so the server
+    does not resend it to be refused on every reconnect."""
+    server = harness.server()
+    source, events = harness.source(server.url(), **{"max.event.size": 1000, **FAST})
+    await wait_for(lambda: source.connected and server.streams, what="a stream")
+    server.publish(payload("a"))
+    refused = server.publish(payload("x" * 2000))
+    await wait_for(lambda: source.rejected["line-too-long"] == 1, what="the oversized event refused")
+    server.end_streams()
+    await wait_for(lambda: len(server.seen) == 2 and source.connected, what="the reconnect")
+    assert server.seen[1].last_event_id == refused
+    server.publish(payload("b"))
+    await wait_for(lambda: len(events) == 2, what="event b")
+    assert values(events) == ["a", "b"] and source.rejected["line-too-long"] == 1, "refused once, not again"
