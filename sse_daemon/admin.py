@@ -33,7 +33,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from .config import SSE_SERVER_OPTIONS, AdminDef, ConnectorDef, Location
+from .config import SSE_SERVER_OPTIONS, AdminDef, ConnectorDef, Location, normalise_path
 from .figures import SINK_COUNTERS, SourceWatch, snapshot
 from .listener import ListenerService
 from .mappers import make_mapper
@@ -181,15 +181,31 @@ class AdminService(MultiService):
         self.listener.add("/readyz", ReadyResource(self), "admin readiness")
         self.listener.add("/status.json", StatusResource(self), "admin status")
         self.live: dict[str, SseSink] = {}
-        for name, stream in daemon.config.streams.items():
-            connector = _live_connector(name, definition["live.history"])
-            sink = SseSink(connector, make_mapper(connector.options, stream.schema), self.clock, turns=daemon.reactor)
-            self.live[name] = sink
-            self.listener.add(live_path(name), SseSinkResource(sink), f"admin live view of {name}")
-            SseSinkService(sink, daemon.bus, name, self.clock).setServiceParent(self)
+        self._live_services: dict[str, tuple[str, SseSinkService]] = {}  # stream -> (schema it was built for, service)
+        self._live_views()
         # one label for the bind message and error, not one per path
         self.listener.labels[:] = ["the admin listener (status page, /metrics, /healthz, /readyz, /events/<stream>)"]
         self.listener.setServiceParent(self)
+
+    def _live_views(self) -> None:
+        """A live view (/events/<stream>) for every stream of the running configuration: built
+        for a new stream, rebuilt when its schema changed, dropped with its stream."""
+        streams = self.daemon.config.streams
+        for name in list(self.live):
+            if name not in streams or self._live_services[name][0] != str(streams[name].schema):
+                del self.live[name]
+                self.listener.router.routes.pop(normalise_path(live_path(name)), None)
+                self._live_services.pop(name)[1].disownServiceParent()  # its viewers are closed
+        for name, stream in streams.items():
+            if name in self.live:
+                continue
+            connector = _live_connector(name, self.definition["live.history"])
+            sink = SseSink(connector, make_mapper(connector.options, stream.schema), self.clock, turns=self.daemon.reactor)
+            self.live[name] = sink
+            self.listener.add(live_path(name), SseSinkResource(sink), f"admin live view of {name}")
+            service = SseSinkService(sink, self.daemon.bus, name, self.clock)
+            service.setServiceParent(self)  # started at once when the admin service runs (a reload)
+            self._live_services[name] = (str(stream.schema), service)
 
     @property
     def port(self) -> int:
@@ -201,11 +217,13 @@ class AdminService(MultiService):
         self._start_sampler()
 
     def reloaded(self, changed_or_added: list[str], gone: list[str]) -> None:
-        """Called by a reload: measure the connectors it built, forget the removed ones."""
+        """Called by a reload: measure the connectors it built, forget the removed ones,
+        and give the streams it added (or changed) their live views."""
         for name in gone:
             self.watches.pop(name, None)
         self._attach(changed_or_added)
         self._start_sampler()
+        self._live_views()
 
     def _attach(self, names: list[str]) -> None:
         """Watch SSE sources' connectivity and hook sinks' lag into the histogram."""

@@ -14,6 +14,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from sse_daemon.config import load_yaml, validate
 from sse_daemon.reload import Reloader, keys, plan
+from sse_daemon.schema import Event
 
 from .conftest import RawHttpClient, TwistdProcess, deadline, raw_request, subscribe, wait_for, write_config
 
@@ -277,3 +278,23 @@ async def test_a_reload_that_touches_a_sink_with_workers_is_rejected(daemon, tmp
     write_config(tmp_path, BASE + pooled + "  Other: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: o}\n")
     assert await deadline(reloader.reload()) is True, "a change elsewhere is applied, the pool is kept"
     assert service.sinks["Pooled"] is pool and "Other" in service.sinks
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_a_reload_adds_gets_its_admin_live_view(daemon, tmp_path: Path) -> None:
+    admin = "admin: {host: 127.0.0.1, port: 0}\n"
+    service = await daemon(admin + v1())
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    admin_port = service.admin.port
+    with_t = admin + v1().replace('  S: "n int"\n', '  S: "n int"\n  T: "word string"\n') + \
+        "  TOut: {type: sse-server, stream: T, server.host: 127.0.0.1, server.port: 0, server.path: t}\n"
+    write_config(tmp_path, with_t)
+    assert await deadline(reloader.reload()) is True
+    viewer = await subscribe(admin_port, "/events/T")
+    service.bus.publish("T", [Event({"word": "new"})])
+    await viewer.wait_for(b'"word":"new"')
+    write_config(tmp_path, admin + v1())
+    assert await deadline(reloader.reload()) is True
+    await wait_for(lambda: viewer.is_closed, what="the live view of the removed stream to close")
+    assert await get_status(admin_port, "/events/T") == 404 and "T" not in service.admin.live
+    assert await get_status(admin_port, "/events/S") == 200, "the other streams' views stay"
