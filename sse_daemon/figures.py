@@ -16,6 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
+from .config import listen_address
 from .bus import IBus, ISubscription, Subscriber
 from .schema import Event
 
@@ -159,6 +160,14 @@ def snapshot(daemon: "DaemonService", now: float) -> dict[str, Any]:
         source_figures(source, daemon.source_buses.get(name), now, started)
         for name, source in daemon.sources.items()
     ]
+    for figures, source in zip(sources, daemon.sources.values()):
+        url = source.connector["receiver.url"]
+        if source.connector.type == "http" and url.port == 0:  # an ingest on port 0: show the port it got
+            bound_as, _, _ = listen_address(source.connector)  # type: ignore[misc]  # an ingest has one
+            listener = daemon.listeners.get((bound_as, 0))
+            if listener is not None and listener.listening is not None:
+                host = f"[{url.host}]" if ":" in url.host else url.host
+                figures["url"] = f"{url.scheme}://{host}:{listener.bound_port}{url.path}"
     listeners = [
         {
             "host": listener.host,

@@ -264,6 +264,7 @@ async def test_health_status_page_and_live_view(daemon) -> None:
     assert live["events_in"] == 1 and live["path"] == "/live" and live["lag"]["count"] == 1
     source = status["sources"][0]
     assert source["name"] == "In" and source["events_in"] == 1 and source["has_events"]
+    assert source["url"] == f"http://127.0.0.1:{service.port_of('In')}/publish", "port 0 shown as the port it got"
     assert status["admin"]["live"][0] == {"stream": "Readings", "path": "/events/Readings", "subscribers": 1}
     assert all(listener["bound"] for listener in status["listeners"])
     await viewer.close()
