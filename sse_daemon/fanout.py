@@ -26,9 +26,17 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+#: the FileDescriptor internals ``write_now`` reads (Twisted's, not public API)
+_BUFFER_STATE = ("_tempDataLen", "dataBuffer", "connected", "disconnecting")
+
+
 def direct_socket(transport: Any) -> socket.socket | None:
-    """The socket under a plain TCP transport (None for TLS, or anything else): what ``write_now`` may send on."""
-    if isinstance(transport, Connection) and not transport.TLS:
+    """The socket under a plain TCP transport (None for TLS, or anything else): what ``write_now`` may send on.
+
+    None too if this Twisted keeps its write buffer differently: every write then goes
+    through ``transport.write`` (slower, still correct), and tests/test_sink.py fails.
+    """
+    if isinstance(transport, Connection) and not transport.TLS and all(hasattr(transport, a) for a in _BUFFER_STATE):
         return transport.socket
     return None
 
