@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -29,7 +29,7 @@ from .expressions import Condition, ExpressionError, compile_condition
 from .grammar import StatementSyntaxError
 from .jsonpath import JsonPath, JsonPathError, parse_path as parse_json_path
 from .mappers import MapperConfigError, Template, make_mapper, parse_template
-from .redact import redact_url
+from .redact import redact_url, split_userinfo
 from .schema import Schema, SchemaError, did_you_mean, parse_schema
 
 KIB = 1024
@@ -201,18 +201,12 @@ class Url:
     @property
     def request_url(self) -> str:
         """The URL to request: without ``user:password@`` (sent as Basic credentials instead)."""
-        parts = urlsplit(self.text)
-        if "@" not in parts.netloc:
-            return self.text
-        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        return split_userinfo(self.text)[0]
 
     @property
     def credentials(self) -> tuple[str, str] | None:
         """``(user, password)`` from the URL's userinfo (percent-decoded), or None."""
-        parts = urlsplit(self.text)
-        if "@" not in parts.netloc:
-            return None
-        return unquote(parts.username or ""), unquote(parts.password or "")
+        return split_userinfo(self.text)[1]
 
 
 def parse_url(value: Any) -> Url:
@@ -1287,7 +1281,9 @@ def _admin(sections: list[RawSection], connectors: list[ConnectorDef], issues: l
             build_authenticator(options, "admin")
         except AuthConfigError as e:
             raw = first.options.get(e.option)
-            issues.append(ConfigIssue(raw.location if raw is not None else first.location, str(e), "admin", e.option))
+            message = "auth.type bearer needs auth.tokens.file or auth.tokens.env (static tokens; JWTs are for sinks)" \
+                if e.option == "auth.type" and kind == "bearer" else str(e)
+            issues.append(ConfigIssue(raw.location if raw is not None else first.location, message, "admin", e.option))
             ok = False
     for name in ADMIN_AUTH_OPTIONS[1:]:
         if name in first.options and not values["auth.type"]:

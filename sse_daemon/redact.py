@@ -13,9 +13,9 @@ from a path and is not masked.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
-__all__ = ["MASK", "SECRET_PARAM_WORDS", "redact_url", "secret_param"]
+__all__ = ["MASK", "SECRET_PARAM_WORDS", "redact_url", "secret_param", "split_userinfo"]
 
 MASK = "***"
 #: a query parameter whose name (decoded, any case) contains one of these holds a secret
@@ -65,3 +65,14 @@ def redact_url(url: str) -> str:
     if fragment is not None:
         out += "#" + (_params(fragment) if "=" in fragment else fragment)
     return out
+
+
+def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``http://u:p@h/x`` -> (``http://h/x``, (``u``, ``p``)): the URL to request and the
+    credentials to send as ``Authorization: Basic``, as curl does (Twisted would take the
+    userinfo for part of the host name)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    request = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return request, (unquote(parts.username or ""), unquote(parts.password or ""))
