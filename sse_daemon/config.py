@@ -29,7 +29,7 @@ from .expressions import Condition, ExpressionError, compile_condition
 from .grammar import StatementSyntaxError
 from .jsonpath import JsonPath, JsonPathError, parse_path as parse_json_path
 from .mappers import MapperConfigError, Template, make_mapper, parse_template
-from .redact import redact_url, split_userinfo
+from .redact import redact_url, redact_urls, split_userinfo
 from .schema import Schema, SchemaError, did_you_mean, parse_schema
 
 KIB = 1024
@@ -64,7 +64,7 @@ class ConfigIssue:
             where.append(self.connector)
         if self.option:
             where.append(f"option '{self.option}'")
-        return ": ".join(where) + ": " + self.message
+        return ": ".join(where) + ": " + redact_urls(self.message)  # a quoted line may hold a URL with credentials
 
 
 class ConfigError(Exception):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
-__all__ = ["MASK", "SECRET_PARAM_WORDS", "redact_url", "secret_param", "split_userinfo"]
+__all__ = ["MASK", "SECRET_PARAM_WORDS", "redact_url", "redact_urls", "secret_param", "split_userinfo"]
 
 MASK = "***"
 #: a query parameter whose name (decoded, any case) contains one of these holds a secret
@@ -23,6 +23,8 @@ SECRET_PARAM_WORDS = (
     "token", "key", "secret", "pass", "pwd", "sig", "auth", "credential", "session", "cookie", "jwt",
 )
 
+# a URL inside other text (a config error quoting its line): up to a space or a quote
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
 # RFC 3986, appendix B: scheme, authority, path, query, fragment; matches any string
 _PARTS = re.compile(r"^(?:([A-Za-z][A-Za-z0-9+.\-]*):)?(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?(?:#(.*))?$", re.S)
 
@@ -65,6 +67,11 @@ def redact_url(url: str) -> str:
     if fragment is not None:
         out += "#" + (_params(fragment) if "=" in fragment else fragment)
     return out
+
+
+def redact_urls(text: str) -> str:
+    """Every ``scheme://...`` in ``text`` through :func:`redact_url` (config errors quote lines)."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
 
 
 def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:

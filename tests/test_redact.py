@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import assume, given, strategies as st
 
-from sse_daemon.redact import redact_url
+from sse_daemon.redact import redact_url, redact_urls
 
 pytestmark = pytest.mark.reactor_free
 
@@ -62,3 +62,13 @@ def test_no_credential_survives(user: str, secret: str, path: str) -> None:
 @given(st.text())
 def test_never_raises(text: str) -> None:
     assert isinstance(redact_url(text), str)
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("no url here", "no url here"),
+    ("found 'ftp://u:pw@h/x?token=t' in line 3", "found 'ftp://***@h/x?token=***' in line 3"),
+    ('a "https://h/e?api_key=k" and http://u:p@h2/ then', 'a "https://h/e?api_key=***" and http://***@h2/ then'),
+    ("receiver.url='http://u:p@h/e') (a string)", "receiver.url='http://***@h/e') (a string)"),
+])
+def test_urls_inside_text(text: str, shown: str) -> None:
+    assert redact_urls(text) == shown

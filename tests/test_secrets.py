@@ -154,3 +154,13 @@ def test_config_errors_do_not_echo_secrets(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as caught:
             validate(load_yaml(text, "c.yaml"))
         assert_no_secret(str(caught.value), text)
+    # a statement's syntax error quotes its line: the URL in it is masked, the caret stays put
+    from sse_daemon.statements import load_statements
+
+    with pytest.raises(ConfigError) as caught:
+        validate(load_statements("CREATE SOURCE A WITH (type='sse', receiver.url='http://u:hunter2-pw@h/e?token=tok-secret-1') "
+                                 "(a string) oops;", "x.sql"))
+    text = str(caught.value)
+    assert_no_secret(text, "a statement's syntax error")
+    line, caret = text.splitlines()[-2:]
+    assert "receiver.url='http://***@h/e?token=***'" in line and line[caret.index("^"):].startswith("oops")
