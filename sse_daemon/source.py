@@ -49,7 +49,7 @@ from .mappers import IMapper, MappingError
 from .schema import Event
 from .jsonstream import JsonDocumentSplitter
 from .limits import LogRate, should_log  # a bad upstream must not flood the log
-from .redact import redact_url
+from .redact import redact_url, redact_urls
 from .sse import EventStreamParser, Message, Rejection
 
 #: redirects followed for one request before it counts as a failure
@@ -205,7 +205,7 @@ def describe_failure(reason: BaseException | Failure) -> str:
         return "connection closed" if isinstance(reason, net_error.ConnectionDone) else "connection lost"
     if _is_tls_error(reason):
         return f"TLS error: {_tls_text(reason)}"
-    text = str(reason).strip()
+    text = redact_urls(str(reason).strip())  # an exception's text may quote a URL
     return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
 
 

@@ -285,3 +285,26 @@ def test_admin_auth_options_are_checked(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as caught:
             validate(load_yaml(base + f"admin:\n  port: 9100\n  {line}\n", "a.yaml"))
         assert expected in str(caught.value), str(caught.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_that_protects_a_stream_closes_its_live_view(daemon, tmp_path: Path, upstream) -> None:
+    from sse_daemon.reload import Reloader
+
+    open_text = streams_config(tmp_path, upstream.url()).replace(
+        "  Public: {type: sse-server, stream: Open, server.host: 127.0.0.1, server.port: 0}",
+        "  Public: {type: sse-server, stream: Open, server.host: 127.0.0.1, server.port: 0, server.path: pub}")
+    service = await daemon(open_text)
+    port = service.admin.port
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    viewer = await raw_request(port, b"GET /events/Open HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await viewer.wait_for(b"stream open")
+    tokens = tmp_path / "sink-tokens"
+    write_config(tmp_path, open_text.replace("server.path: pub}", f"server.path: pub, auth.type: bearer, auth.tokens.file: {tokens}}}"))
+    assert await deadline(reloader.reload()) is True
+    await wait_for(lambda: viewer.is_closed, what="the now protected stream's viewer to be closed")
+    raw = await get(port, "/events/Open")
+    assert status(raw) == 403 and body(raw)["reason"] == "protected-stream"
+    write_config(tmp_path, open_text)
+    assert await deadline(reloader.reload()) is True
+    await get(port, "/events/Open", until=b"stream open")

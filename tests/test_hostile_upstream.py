@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.logger import capturedLogs, formatEvent
 
-from sse_daemon.source import SERVER_WAIT_MAX, ReconnectPolicy, Verdict, judge_response
+from sse_daemon.source import SERVER_WAIT_MAX, ReconnectPolicy, Verdict, describe_failure, judge_response, retry_after
 
 from .conftest import wait_for
 from .sse_servers import STALL, Canned, ClockedReactor
@@ -91,6 +91,15 @@ def test_client_errors_stop_the_source_only_when_asked(code, content_type, raw, 
     assert verdict is browser_like
     if browser_like is Verdict.STOP and code != 204:
         assert "reconnect.on.client.error is false" in reason
+
+
+@pytest.mark.reactor_free
+def test_odd_retry_after_values_and_failure_texts_raise_nothing() -> None:
+    assert retry_after("\u00b2", 0.0) is None, "a digit to str.isdigit, no number to float(): was a ValueError"
+    assert retry_after("\u0661", 0.0) is None
+    assert retry_after("9" * 400, 0.0) == float("inf")  # capped at 600 s where it is used
+    text = describe_failure(ValueError("cannot reach http://u:hunter2@h/e?token=t"))
+    assert text == "ValueError: cannot reach http://***@h/e?token=***"
 
 
 # --------------------------------------------------------------------------- over sockets
