@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import bcrypt
@@ -26,8 +25,8 @@ from sse_daemon.admin import HostPolicy, host_name, protected_streams
 from sse_daemon.config import ConfigError, load_yaml, validate
 from sse_daemon.schema import Event
 
-from .conftest import TwistdProcess, deadline, header, raw_request, status, twistd_command, wait_for, write_config
-from .sse_servers import Canned, ScriptedServer
+from .conftest import deadline, header, raw_request, status, wait_for, write_config
+from .sse_servers import ScriptedServer
 
 TOKEN = "admin-token-0123456789abcdef"
 SINK_TOKEN = "sink-token-0123456789abcdef"
