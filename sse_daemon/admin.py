@@ -15,13 +15,24 @@ while the sinks stay public. It serves:
 
 Labels are connector names and fixed reason strings only; never a client,
 an id or a payload (per-topic labels are what blew up Mercure's memory).
+
+Access (issue 12): every request's ``Host`` must be a local name, the bound
+address, the address it came in on or one of ``allowed.hosts`` (else 421: a
+DNS-rebinding page cannot read anything); with ``auth.type`` set, every path
+but ``/healthz`` and ``/readyz`` needs credentials, checked by the same
+:class:`~sse_daemon.guard.Guard` and authenticators as sinks. Without admin
+auth, streams that a protected sink serves (:func:`protected_streams`) have no
+live view here and their last event id is left out of ``/status.json``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+from collections import Counter
+from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
@@ -33,8 +44,11 @@ from twisted.logger import Logger, LogLevel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from .config import SSE_SERVER_OPTIONS, AdminDef, ConnectorDef, Location, normalise_path
+from .auth import build_authenticator
+from .config import SSE_SERVER_OPTIONS, AdminDef, Config, ConnectorDef, Location, normalise_path
 from .figures import SINK_COUNTERS, SourceWatch, snapshot
+from .guard import Guard
+from .limits import should_log
 from .listener import ListenerService
 from .mappers import make_mapper
 from .sink import SseSink, SseSinkResource, SseSinkService
@@ -92,6 +106,9 @@ class DaemonCollector:
             "route_events": CounterMetricFamily(p + "route_events", "Events a route forwarded.", labels=["from", "to"]),
             "bus_failures": CounterMetricFamily(p + "stream_subscriber_failures", "Deliveries to a stream's subscribers that raised (logged with a traceback).", labels=["stream"]),
         })
+        families["admin_rejected"] = CounterMetricFamily(
+            p + "admin_requests_rejected", "Admin listener requests refused, by reason (host-not-allowed, protected-stream, missing-credentials, bad-credentials, ...).",
+            labels=["reason"])
         if getattr(self.admin.daemon.bus, "readiness", None) is not None:  # a shared bus (bus: {type: redis})
             families.update({
                 "bus_up": GaugeMetricFamily(p + "bus_up", "1 while the shared bus (Redis) is connected; ingest answers 503 while it is 0."),
@@ -138,6 +155,8 @@ class DaemonCollector:
             families["route_events"].add_metric([route["from"], route["to"]], route["events"])
         for stream in figures["streams"]:
             families["bus_failures"].add_metric([stream["name"]], stream["subscriber_failures"])
+        for reason, count in sorted(admin.rejected.items()):
+            families["admin_rejected"].add_metric([reason], count)
         if "bus_up" in families:
             bus = admin.daemon.bus
             families["bus_up"].add_metric([], 1.0 if bus.state == "up" else 0.0)
@@ -173,39 +192,83 @@ class AdminService(MultiService):
         self.registry.register(DaemonCollector(self))
         ProcessCollector(registry=self.registry)  # open fds against LimitNOFILE, memory, CPU
 
+        #: admin requests refused, by reason (a wrong Host, a protected stream, credentials)
+        self.rejected: Counter[str] = Counter()
+        self.hosts = HostPolicy.for_admin(definition.host, definition["allowed.hosts"])
+        self.authenticated = bool(definition.auth_types)
+        self._authenticators = {kind: build_authenticator(definition.access_options(kind), "admin")
+                                for kind in definition.auth_types}
+        # what a Guard needs to know of its connector: the admin section's access options
+        self._access = ConnectorDef("admin", "listener", "admin", "", definition.access_options("none"), definition.location)
+
         self.listener = ListenerService(daemon.reactor, definition.host, definition.port)
-        self.listener.add("/", PageResource("status.html", b"text/html; charset=utf-8"), "admin status page")
-        self.listener.add("/status.js", PageResource("status.js", b"text/javascript; charset=utf-8"), "admin status script")
-        self.listener.add("/metrics", MetricsResource(self.registry), "admin metrics")
-        self.listener.add("/healthz", HealthResource(self), "admin health")
-        self.listener.add("/readyz", ReadyResource(self), "admin readiness")
-        self.listener.add("/status.json", StatusResource(self), "admin status")
+        self.listener.add("/", self._gate(PageResource("status.html", b"text/html; charset=utf-8")), "admin status page")
+        self.listener.add("/status.js", self._gate(PageResource("status.js", b"text/javascript; charset=utf-8")), "admin status script")
+        self.listener.add("/metrics", self._gate(MetricsResource(self.registry)), "admin metrics")
+        # probes (systemd, a load balancer) need no credentials; the Host check still applies
+        self.listener.add("/healthz", self._gate(HealthResource(self), open_=True), "admin health")
+        self.listener.add("/readyz", self._gate(ReadyResource(self), open_=True), "admin readiness")
+        self.listener.add("/status.json", self._gate(StatusResource(self)), "admin status")
         self.live: dict[str, SseSink] = {}
-        self._live_services: dict[str, tuple[str, SseSinkService]] = {}  # stream -> (schema it was built for, service)
+        # stream -> (schema and protection it was built for, service or None for a refused view)
+        self._live_services: dict[str, tuple[tuple[str, bool], SseSinkService | None]] = {}
         self._live_views()
         # one label for the bind message and error, not one per path
         self.listener.labels[:] = ["the admin listener (status page, /metrics, /healthz, /readyz, /events/<stream>)"]
         self.listener.setServiceParent(self)
 
+    def _gate(self, resource: Resource, open_: bool = False) -> "AdminGate":
+        """``resource`` behind the Host check and (unless ``open_``) the admin's auth: one Guard
+        per accepted scheme, built like a sink's, around this resource."""
+        guards = {} if open_ else {
+            kind: Guard(resource, self._access, self.clock, self.rejected, authenticator=authenticator, methods=("GET", "HEAD"))
+            for kind, authenticator in self._authenticators.items()
+        }
+        return AdminGate(resource, self.hosts, guards, self.refuse)
+
+    def refuse(self, request: IRequest, code: int, reason: str, message: str) -> bytes:
+        """A counted refusal, logged the first ten times of each reason and then every thousandth."""
+        self.rejected[reason] += 1
+        count = self.rejected[reason]
+        if should_log(count):
+            self.log.warn("the admin listener refused {method} {path} from {peer}: {message} ({reason}, {count} so far)",
+                          method=request.method.decode("latin-1"), path=request.path.decode("latin-1")[:200],
+                          peer=getattr(request.getClientAddress(), "host", "?"), message=message, reason=reason, count=count)
+        return _json(request, code, {"error": message, "reason": reason})
+
+    def protected(self) -> frozenset[str]:
+        """Streams whose events the admin listener keeps to itself: none when it has auth."""
+        return frozenset() if self.authenticated else protected_streams(self.daemon.config)
+
     def _live_views(self) -> None:
         """A live view (/events/<stream>) for every stream of the running configuration: built
-        for a new stream, rebuilt when its schema changed, dropped with its stream."""
+        for a new stream, rebuilt when its schema or protection changed, dropped with its stream.
+        A protected stream (without admin auth) gets a 403 instead, and no bus subscription."""
         streams = self.daemon.config.streams
-        for name in list(self.live):
-            if name not in streams or self._live_services[name][0] != str(streams[name].schema):
-                del self.live[name]
+        protected = self.protected()
+        wanted = {name: (str(stream.schema), name in protected) for name, stream in streams.items()}
+        for name in list(self._live_services):
+            if self._live_services[name][0] != wanted.get(name):
+                self.live.pop(name, None)
                 self.listener.router.routes.pop(normalise_path(live_path(name)), None)
-                self._live_services.pop(name)[1].disownServiceParent()  # its viewers are closed
+                service = self._live_services.pop(name)[1]
+                if service is not None:
+                    service.disownServiceParent()  # its viewers are closed
         for name, stream in streams.items():
-            if name in self.live:
+            if name in self._live_services:
+                continue
+            if wanted[name][1]:
+                refusal = ProtectedStream(self, name)
+                self.listener.add(live_path(name), self._gate(refusal), f"admin live view of {name} (protected)")
+                self._live_services[name] = (wanted[name], None)
                 continue
             connector = _live_connector(name, self.definition["live.history"])
             sink = SseSink(connector, make_mapper(connector.options, stream.schema), self.clock, turns=self.daemon.reactor)
             self.live[name] = sink
-            self.listener.add(live_path(name), SseSinkResource(sink), f"admin live view of {name}")
+            self.listener.add(live_path(name), self._gate(SseSinkResource(sink)), f"admin live view of {name}")
             service = SseSinkService(sink, self.daemon.bus, name, self.clock)
             service.setServiceParent(self)  # started at once when the admin service runs (a reload)
-            self._live_services[name] = (str(stream.schema), service)
+            self._live_services[name] = (wanted[name], service)
 
     @property
     def port(self) -> int:
@@ -215,6 +278,9 @@ class AdminService(MultiService):
         self._attach(list(self.daemon.sources) + list(self.daemon.sinks))
         super().startService()
         self._start_sampler()
+        if not self.authenticated and not _is_loopback(self.definition.host):
+            self.log.warn("the admin listener on {host} has no auth.type: anyone who reaches it reads /status.json, "
+                          "/metrics and the live views of unprotected streams", host=self.definition.host)
 
     def reloaded(self, changed_or_added: list[str], gone: list[str]) -> None:
         """Called by a reload: measure the connectors it built, forget the removed ones,
@@ -275,8 +341,17 @@ class AdminService(MultiService):
         return {"ready": not not_ready, "not_ready": not_ready, "checks": checks}
 
     def status(self) -> dict[str, Any]:
+        """What /status.json serves. URLs are always masked (config.Url). Without admin auth,
+        a protected stream's sources show no last event id (it is the stream's data) and the
+        stream has no live view; names, schemas, paths and counters are shown, as in /metrics."""
         now = self.clock.seconds()
         figures = snapshot(self.daemon, now)
+        protected = self.protected()
+        for source in figures["sources"]:
+            if source["stream"] in protected:
+                source["last_event_id"] = None
+        for stream in figures["streams"]:
+            stream["protected"] = stream["name"] in protected
         lag = _lag_summaries(self.lag)
         for sink in figures["sinks"]:
             if sink["type"] == "sse-server":
@@ -288,12 +363,96 @@ class AdminService(MultiService):
         figures["ready"] = self.readiness(now)
         figures["admin"] = {
             "ready.grace": self.grace,
+            "auth": list(self.definition.auth_types) or "none",
             "live": [
                 {"stream": name, "path": live_path(name), "subscribers": len(sink.subscribers)}
                 for name, sink in self.live.items()
             ],
+            "protected": sorted(protected),  # no live view here without admin auth
         }
         return figures
+
+
+# --------------------------------------------------------------------------- access (pure)
+
+
+#: names that always mean this machine (RFC 6761: *.localhost too)
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def host_name(header: bytes) -> str | None:
+    """The name in a ``Host`` header, lower case, without port, brackets or a trailing dot;
+    None when it is no host name (non-ASCII bytes, an unclosed bracket, a bad port)."""
+    try:
+        text = header.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("["):
+        name, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not (rest[:1] == ":" and rest[1:].isdigit())):
+            return None
+        return name
+    name, colon, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if colon and not port.isdigit():
+        return None
+    if not name or any(c in name for c in "/@?# \t"):
+        return None
+    return name.rstrip(".")
+
+
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """Which ``Host`` headers the admin listener answers (a DNS-rebinding page sends its own name)."""
+
+    names: frozenset[str]
+    any_host: bool = False
+
+    @classmethod
+    def for_admin(cls, bound: str, extra: Iterable[str] = ()) -> "HostPolicy":
+        names = set(LOCAL_NAMES) | {n for n in extra if n != "*"}
+        bound = bound.strip("[]").lower()
+        if bound not in _WILDCARDS:
+            names.add(bound)
+        return cls(frozenset(names), "*" in extra)
+
+    def allows(self, headers: list[bytes] | None, local_address: str | None) -> bool:
+        """Every Host header given must name this listener; none at all (HTTP/1.0, not a
+        browser) is let through. ``local_address`` is where the connection came in."""
+        if self.any_host or not headers:
+            return True
+        local = (local_address or "").split("%", 1)[0].lower()
+        if local.startswith("::ffff:"):  # an IPv4 client on a dual-stack socket
+            local = local[7:]
+        for header in headers:
+            name = host_name(header)
+            if name is None:
+                return False
+            if not (name in self.names or name.endswith(".localhost") or (local and name == local)):
+                return False
+        return True
+
+
+def protected_streams(config: Config) -> frozenset[str]:
+    """Streams served by a sink with ``auth.type`` other than none, and every stream that feeds
+    one through routes (a route's source carries what its target holds)."""
+    protected = {c.stream for c in config.sinks if c.options.get("auth.type", "none") != "none"}
+    grown = True
+    while grown:
+        feeding = {route.source for route in config.routes if route.target in protected} - protected
+        protected |= feeding
+        grown = bool(feeding)
+    return frozenset(protected)
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def live_path(stream: str) -> str:
@@ -419,6 +578,45 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+class AdminGate(Resource):
+    """The Host check, then the Guard for the scheme the request uses (the one a browser is
+    challenged with when it sent none: basic, if accepted), then the resource."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource, hosts: HostPolicy, guards: dict[str, Guard], refuse: Any) -> None:
+        super().__init__()
+        self.inner = inner
+        self.hosts = hosts
+        self.guards = guards
+        self.refuse = refuse
+
+    def render(self, request: IRequest) -> Any:
+        local = getattr(request.getHost(), "host", None)
+        if not self.hosts.allows(request.requestHeaders.getRawHeaders(b"host"), local):
+            return self.refuse(request, 421, "host-not-allowed",
+                               "this Host is not the admin listener's (see admin allowed.hosts)")
+        if not self.guards:
+            return self.inner.render(request)
+        authorization = (request.requestHeaders.getRawHeaders(b"authorization") or [b""])[0]
+        scheme = "bearer" if authorization[:7].lower() == b"bearer " else "basic"
+        guard = self.guards.get(scheme) or next(iter(self.guards.values()))
+        return guard.render(request)
+
+
+class ProtectedStream(_Leaf):
+    """The live view of a stream a protected sink serves, while the admin listener has no auth."""
+
+    def __init__(self, admin: AdminService, stream: str) -> None:
+        super().__init__()
+        self.admin = admin
+        self.stream = stream
+
+    def render_GET(self, request: IRequest) -> bytes:
+        return self.admin.refuse(request, 403, "protected-stream",
+                                 f"stream {self.stream} is served by a sink with auth; its live view needs admin auth.type")
 
 
 class PageResource(_Leaf):

@@ -18,11 +18,13 @@ from typing import Any, Sequence
 
 from twisted.internet.defer import Deferred
 
+from .redact import redact_url
+
 
 def _header(text: str) -> tuple[str, str]:
     name, colon, value = text.partition(":")
     if not colon or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected 'Name: value', found {text!r}")
+        raise argparse.ArgumentTypeError("expected 'Name: value' (not echoed: it may hold a secret)")
     return name.strip(), value.strip()
 
 
@@ -85,7 +87,7 @@ def wait_ready(url: str, timeout: float, interval: float) -> int:
         try:
             with urllib.request.urlopen(url, timeout=max(1.0, interval * 4)) as response:
                 if response.status == 200:
-                    sys.stdout.write(f"ready: {url}\n")
+                    sys.stdout.write(f"ready: {redact_url(url)}\n")
                     return 0
                 last = f"status {response.status}"
         except urllib.error.HTTPError as e:
@@ -93,6 +95,6 @@ def wait_ready(url: str, timeout: float, interval: float) -> int:
         except (OSError, ValueError) as e:
             last = str(getattr(e, "reason", e))
         if time.monotonic() >= end:
-            sys.stderr.write(f"not ready after {timeout:g}s: {url}: {last}\n")
+            sys.stderr.write(f"not ready after {timeout:g}s: {redact_url(url)}: {last}\n")
             return 1
         time.sleep(interval)

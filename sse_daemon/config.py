@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -29,6 +29,7 @@ from .expressions import Condition, ExpressionError, compile_condition
 from .grammar import StatementSyntaxError
 from .jsonpath import JsonPath, JsonPathError, parse_path as parse_json_path
 from .mappers import MapperConfigError, Template, make_mapper, parse_template
+from .redact import redact_url, redact_urls, split_userinfo
 from .schema import Schema, SchemaError, did_you_mean, parse_schema
 
 KIB = 1024
@@ -63,7 +64,7 @@ class ConfigIssue:
             where.append(self.connector)
         if self.option:
             where.append(f"option '{self.option}'")
-        return ": ".join(where) + ": " + self.message
+        return ": ".join(where) + ": " + redact_urls(self.message)  # a quoted line may hold a URL with credentials
 
 
 class ConfigError(Exception):
@@ -157,18 +158,19 @@ def parse_headers(value: Any) -> tuple[tuple[str, str], ...]:
         items = []
         for piece in pieces:
             name, colon, header_value = piece.partition(":")
-            if not colon:
+            if not colon:  # not echoed: it may be a header value (a token) missing its name
                 raise OptionError(
-                    f"expected 'Name:value','Name2:value2', found an item without a colon: {_found(piece)}"
+                    f"expected 'Name:value','Name2:value2', found an item without a colon (item {len(items) + 1})"
                 )
             items.append((name, header_value))
     else:
-        raise OptionError(f"expected 'Name:value','Name2:value2', found {_found(value)}")
+        raise OptionError(f"expected 'Name:value','Name2:value2', found {type(value).__name__}")
     headers = []
     for name, header_value in items:
         name, header_value = name.strip(), header_value.strip()
-        if not _TOKEN.match(name):
-            raise OptionError(f"{_found(name)} is not a valid HTTP header name")
+        if not _TOKEN.match(name):  # echoed only when it cannot be a value run into its name
+            shown = _found(name) if len(name) <= 40 and not any(c.isspace() for c in name) else "a header name"
+            raise OptionError(f"{shown} is not a valid HTTP header name")
         if any(c in header_value for c in "\r\n\0"):
             raise OptionError(f"the value of header {name!r} contains a line break or NUL")
         headers.append((name, header_value))
@@ -177,31 +179,52 @@ def parse_headers(value: Any) -> tuple[tuple[str, str], ...]:
 
 @dataclass(frozen=True, slots=True)
 class Url:
-    """A parsed ``receiver.url``: where a source listens (http) or connects (sse)."""
+    """A parsed ``receiver.url``: where a source listens (http) or connects (sse).
 
-    text: str
+    ``str()`` and ``repr()`` show it with credentials masked (:func:`redact_url`),
+    so no log line, ``--check`` or status page can show them by accident;
+    ``text`` is the URL as written, for the request alone.
+    """
+
+    text: str = field(repr=False)
     scheme: str
     host: str
     port: int
     path: str  # with leading slash, without query
 
     def __str__(self) -> str:
-        return self.text
+        return redact_url(self.text)
+
+    def __repr__(self) -> str:
+        return f"Url({redact_url(self.text)!r})"
+
+    @property
+    def request_url(self) -> str:
+        """The URL to request: without ``user:password@`` (sent as Basic credentials instead)."""
+        return split_userinfo(self.text)[0]
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        """``(user, password)`` from the URL's userinfo (percent-decoded), or None."""
+        return split_userinfo(self.text)[1]
 
 
 def parse_url(value: Any) -> Url:
     if not isinstance(value, str) or not value.strip():
         raise OptionError(f"expected a URL such as 'http://localhost:8020/testsse', found {_found(value)}")
     text = value.strip()
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # an unclosed [IPv6 literal
+        raise OptionError(f"expected a URL such as 'http://localhost:8020/testsse', found {_found(redact_url(text))}") from None
     if parts.scheme not in ("http", "https"):
-        raise OptionError(f"expected an http:// or https:// URL, found {_found(text)}")
+        raise OptionError(f"expected an http:// or https:// URL, found {_found(redact_url(text))}")
     if not parts.hostname:
-        raise OptionError(f"expected a URL with a host, found {_found(text)}")
+        raise OptionError(f"expected a URL with a host, found {_found(redact_url(text))}")
     try:
         port = parts.port
     except ValueError:
-        raise OptionError(f"expected a port from 0 to 65535 in the URL, found {_found(text)}") from None
+        raise OptionError(f"expected a port from 0 to 65535 in the URL, found {_found(redact_url(text))}") from None
     if port is None:
         port = 443 if parts.scheme == "https" else 80
     return Url(text, parts.scheme, parts.hostname, port, normalise_path(parts.path or "/"))
@@ -458,6 +481,11 @@ SSE_SOURCE_OPTIONS = (
         lambda v: parse_number(v, 0.01), 30.0,
     ),
     Option(
+        "reconnect.on.client.error", "BOOL", "Retry, with backoff, after a 4xx answer other than 429 or a 200 that is not "
+        "`text/event-stream`; `false` stops the source instead (until a restart, or a reload that changes it), as a "
+        "browser's EventSource does.", parse_bool, True,
+    ),
+    Option(
         "connect.timeout", "FLOAT", "Seconds to wait for the response head (connect, TLS and redirects included); 0 waits forever.",
         lambda v: parse_number(v, 0), 30.0,
     ),
@@ -483,12 +511,36 @@ LOG_SINK_OPTIONS = (
     *SINK_MAPPING_OPTIONS,
 )
 
+def _admin_auth_types(value: Any) -> tuple[str, ...]:
+    """``none``, ``basic``, ``bearer`` or both (``basic, bearer``): the schemes the admin listener accepts."""
+    kinds = tuple(dict.fromkeys(k.lower() for k in parse_list(value)))
+    if not kinds or kinds == ("none",):
+        return ()
+    if any(k not in ("basic", "bearer") for k in kinds):
+        raise OptionError(f"expected none, basic, bearer or 'basic, bearer', found {_found(value)}")
+    return kinds
+
+
+def _host_names(value: Any) -> tuple[str, ...]:
+    names = tuple(n.strip().lower().rstrip(".") for n in parse_list(value))
+    for name in names:
+        if not name or any(c in name for c in "/@?# \t"):
+            raise OptionError(f"expected host names such as 'status.example.com' or '*' (no scheme, path or port), found {_found(name)}")
+    return tuple(n.strip("[]") for n in names)
+
+
 #: the top-level ``admin:`` section: metrics, health, status page (off unless given)
 ADMIN_OPTIONS = (
     Option("port", "INT", "Port of the admin listener (`/metrics`, `/healthz`, `/readyz`, the status page); 0 picks a free port. It may not be a connector's port.", _port, required=True),
-    Option("host", "STRING", "Address the admin listener binds; keep it local or firewalled (it shows every stream's events).", parse_string, "127.0.0.1"),
+    Option("host", "STRING", "Address the admin listener binds; keep it local or firewalled, or set `auth.type` (see 'Admin access').", parse_string, "127.0.0.1"),
     Option("ready.grace", "FLOAT", "Seconds an SSE source may be down (reconnecting, or not yet connected since start) before `/readyz` answers 503.", lambda v: parse_number(v, 0), 10.0),
     Option("live.history", "INT", "Events of each stream the status page's live view keeps, for a browser that reconnects.", lambda v: parse_int(v, 1), 100),
+    Option("allowed.hosts", "LIST", "Names the `Host` header may carry besides `localhost`, `*.localhost`, `127.0.0.1`, `::1`, `host` and the address the request came in on; any other gets 421 (this defeats DNS rebinding). `*` turns the check off (only behind a proxy that checks `Host` itself).", _host_names, ()),
+    Option("auth.type", "STRING", "Who may use the admin listener (all but `/healthz` and `/readyz`): `none`, `basic` (users of `auth.users.file`), `bearer` (static tokens) or `basic, bearer` (either); see 'Admin access'.", _admin_auth_types, (), default_doc="`none`"),
+    Option("auth.realm", "STRING", "The realm named in the admin listener's `WWW-Authenticate` challenge.", _realm, "sse-daemon admin"),
+    Option("auth.users.file", "STRING", "For `basic`: a file of `name:hash` lines (bcrypt or Argon2 hashes), as for sinks.", parse_string),
+    Option("auth.tokens.file", "STRING", "For `bearer`: a file of static tokens, one a line (at least 16 characters each).", parse_string),
+    Option("auth.tokens.env", "STRING", "For `bearer`: the name of an environment variable holding static tokens, comma-separated.", parse_string),
 )
 
 
@@ -508,21 +560,23 @@ class RedisUrl:
 
 
 def parse_redis_url(value: Any) -> RedisUrl:
-    from urllib.parse import unquote, urlsplit
-
     text = parse_string(value).strip()
-    parts = urlsplit(text)
+    shown = redact_url(text)  # errors never echo the password
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise OptionError(f"expected a URL such as redis://127.0.0.1:6379/0, found {_found(shown)}") from None
     if parts.scheme != "redis":
-        raise OptionError(f"expected a URL such as redis://127.0.0.1:6379/0, found {_found(value)}")
+        raise OptionError(f"expected a URL such as redis://127.0.0.1:6379/0, found {_found(shown)}")
     try:
         port = parts.port or 6379
     except ValueError:
-        raise OptionError(f"the port of {text!r} is not a number from 1 to 65535") from None
+        raise OptionError(f"the port of {shown!r} is not a number from 1 to 65535") from None
     db_text = parts.path.strip("/") or "0"
     if not db_text.isdigit():
-        raise OptionError(f"the database of {text!r} must be a number, such as /0")
+        raise OptionError(f"the database of {shown!r} must be a number, such as /0")
     if not parts.hostname:
-        raise OptionError(f"{text!r} names no host")
+        raise OptionError(f"{shown!r} names no host")
     return RedisUrl(parts.hostname, port, int(db_text),
                     unquote(parts.username) if parts.username else None,
                     unquote(parts.password) if parts.password is not None else None)
@@ -663,8 +717,25 @@ class AdminDef:
     def port(self) -> int:
         return self.options["port"]
 
+    @property
+    def auth_types(self) -> tuple[str, ...]:
+        """The schemes the admin listener accepts (``basic``, ``bearer``); empty: no auth."""
+        return self.options["auth.type"]
+
+    def access_options(self, kind: str) -> dict[str, Any]:
+        """A sink's access options (defaults) with this section's auth for one scheme, for
+        ``auth.build_authenticator`` and ``guard.Guard``: the same machinery as sinks."""
+        options = {option.name: option.default for option in ACCESS_OPTIONS}
+        options.update({name: self.options[name] for name in ADMIN_AUTH_OPTIONS if self.options.get(name) is not None})
+        options["auth.type"] = kind
+        return options
+
     def __getitem__(self, option: str) -> Any:
         return self.options[option]
+
+
+#: the admin section's options that ``access_options`` hands to the auth machinery
+ADMIN_AUTH_OPTIONS = ("auth.realm", "auth.users.file", "auth.tokens.file", "auth.tokens.env")
 
 
 @dataclass(frozen=True, slots=True)
@@ -716,7 +787,11 @@ class Config:
         if self.admin is None:
             lines.append("admin: off")
         else:
-            lines.append(f"admin: on {self.admin.host}:{self.admin.port} (ready.grace {self.admin['ready.grace']:g}s)")
+            allowed = self.admin["allowed.hosts"]
+            hosts = "any Host" if "*" in allowed else "Host " + ", ".join(dict.fromkeys(
+                ["localhost", "127.0.0.1", "::1", self.admin.host.strip("[]"), *allowed])) + " or the address a request came in on"
+            lines.append(f"admin: on {self.admin.host}:{self.admin.port} (ready.grace {self.admin['ready.grace']:g}s), "
+                         f"auth {' or '.join(self.admin.auth_types) or 'none'}, {hosts}")
         if self.bus.type == "redis":
             lines.append(f"bus: redis {self.bus['url']} (key.prefix {self.bus['key.prefix']!r})")
         return "\n".join(lines)
@@ -1196,6 +1271,24 @@ def _admin(sections: list[RawSection], connectors: list[ConnectorDef], issues: l
                 ok = False
             else:
                 values[option.name] = option.default
+    if not ok:
+        return None
+    from .auth import AuthConfigError, build_authenticator  # reads files; pulls in bcrypt/PyJWT lazily
+
+    for kind in values["auth.type"]:
+        options = AdminDef(values, first.location).access_options(kind)
+        try:
+            build_authenticator(options, "admin")
+        except AuthConfigError as e:
+            raw = first.options.get(e.option)
+            message = "auth.type bearer needs auth.tokens.file or auth.tokens.env (static tokens; JWTs are for sinks)" \
+                if e.option == "auth.type" and kind == "bearer" else str(e)
+            issues.append(ConfigIssue(raw.location if raw is not None else first.location, message, "admin", e.option))
+            ok = False
+    for name in ADMIN_AUTH_OPTIONS[1:]:
+        if name in first.options and not values["auth.type"]:
+            issues.append(ConfigIssue(first.options[name].location, f"'{name}' has no effect without 'auth.type'", "admin", name))
+            ok = False
     if not ok:
         return None
     port = values["port"]

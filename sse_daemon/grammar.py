@@ -13,6 +13,8 @@ from importlib.resources import files
 
 from lark import Lark, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
+from .redact import redact_urls
+
 START_RULES = ("statements", "condition")
 
 #: how a regexp terminal is described in "expected ..."; string terminals show their text
@@ -38,8 +40,9 @@ class StatementSyntaxError(ValueError):
 
     def snippet(self, indent: str = "    ") -> str:
         """The offending line and a caret under the column."""
-        text = self.source_line.expandtabs(1).rstrip()
-        return f"{indent}{text}\n{indent}{' ' * (self.column - 1)}^"
+        line = self.source_line.expandtabs(1).rstrip()
+        before = redact_urls(line[: self.column - 1])  # URL credentials masked; the caret stays under the column
+        return f"{indent}{redact_urls(line)}\n{indent}{' ' * len(before)}^"
 
 
 @functools.cache

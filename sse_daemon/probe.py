@@ -27,6 +27,7 @@ data too). A stream with nothing after its first burst cannot be judged.
 
 from __future__ import annotations
 
+import base64
 import codecs
 import json
 import statistics
@@ -42,6 +43,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent, Respons
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
+from .redact import redact_url, split_userinfo
 from .sse import EventStreamParser, Message, Rejection
 
 #: reads closer than this belong to one burst (seconds)
@@ -340,8 +342,11 @@ async def probe(
     """Listen to ``url`` for ``duration`` seconds and judge it; never raises for the endpoint's faults."""
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
+    report = Report(url=redact_url(url), duration=duration)  # the report never holds a credential
+    url, userinfo = split_userinfo(url)  # user:password@ goes as Basic credentials, as curl sends it
     extra = list(headers or [])
-    report = Report(url=url, duration=duration)
+    if userinfo is not None and not any(name.lower() == "authorization" for name, _ in extra):
+        extra.insert(0, ("Authorization", "Basic " + base64.b64encode(":".join(userinfo).encode("utf-8")).decode("ascii")))
     pool = HTTPConnectionPool(reactor, persistent=False)
     agent = RedirectAgent(Agent(reactor, connectTimeout=timeout, pool=pool))
     clock = reactor.seconds
@@ -397,7 +402,7 @@ async def probe(
         request = getattr(response, "request", None)
         final = getattr(request, "absoluteURI", None)
         if isinstance(final, bytes) and final.decode("utf-8", "replace") != url:
-            report.final_url = final.decode("utf-8", "replace")
+            report.final_url = redact_url(final.decode("utf-8", "replace"))
         report.content_type = _header(response, "content-type")
         for name, values in response.headers.getAllRawHeaders():
             text = name.decode("latin-1").lower()

@@ -33,7 +33,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
-from .config import Config, ConfigError, ConnectorDef, RouteDef, listen_address, load_files, served_by_workers
+from .config import Config, ConfigError, ConnectorDef, RouteDef, Url, listen_address, load_files, served_by_workers
 from .listener import SINK_ONLY_BODY_LIMIT, BindError, ListenerService
 
 __all__ = ["Plan", "plan", "keys", "connector_key", "Reloader", "ReloadOnSighup"]
@@ -46,6 +46,8 @@ ENV_OPTIONS = ("auth.tokens.env",)
 
 
 def _freeze(value: Any) -> Any:
+    if isinstance(value, Url):  # its repr masks credentials; a changed password is still a change
+        return ("url", value.text)
     if isinstance(value, Mapping):
         return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
     if isinstance(value, (list, tuple)):

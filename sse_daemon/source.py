@@ -11,6 +11,7 @@ connection and backpressure can pause it), timers on the injected reactor.
 
 from __future__ import annotations
 
+import base64
 import enum
 import random
 from email.utils import parsedate_to_datetime
@@ -47,7 +48,8 @@ from .config import ConnectorDef
 from .mappers import IMapper, MappingError
 from .schema import Event
 from .jsonstream import JsonDocumentSplitter
-from .limits import should_log  # a bad upstream must not flood the log
+from .limits import LogRate, should_log  # a bad upstream must not flood the log
+from .redact import redact_url, redact_urls
 from .sse import EventStreamParser, Message, Rejection
 
 #: redirects followed for one request before it counts as a failure
@@ -65,9 +67,16 @@ _DATA_LOSS = getattr(http, "_DataLoss", ())
 # --------------------------------------------------------------------------- pure decisions
 
 
+#: the longest wait a server can ask for, with ``retry:`` or ``Retry-After`` (seconds); asking for
+#: more (a 20-digit ``retry:`` would be 10^16 s) gets this
+SERVER_WAIT_MAX = 600.0
+#: the same bound for ``Retry-After`` (one name per header in the logs and docs)
+RETRY_AFTER_MAX = SERVER_WAIT_MAX
+
+
 @dataclass(frozen=True, slots=True)
 class ReconnectPolicy:
-    """How long to wait before the next connection attempt.
+    """How long to wait before the next connection attempt, and what counts as a failure.
 
     After a stream that worked ends, wait the server's ``retry:`` (or the
     initial delay): that is the WHATWG "reestablish" case and the server set
@@ -75,6 +84,7 @@ class ReconnectPolicy:
     the larger of the two, up to ``maximum`` (or the server's ``retry:`` if
     that is larger: it asked for at least that), and take off a random part
     of up to half ("equal jitter") so many clients do not return in step.
+    A server's ``retry:`` counts for at most :data:`SERVER_WAIT_MAX`.
     """
 
     initial: float = 1.0
@@ -82,7 +92,8 @@ class ReconnectPolicy:
     jitter: Callable[[], float] = random.random  # in [0, 1)
 
     def delay(self, failures: int, retry_ms: int | None) -> float:
-        retry = None if retry_ms is None else retry_ms / 1000
+        # min() on the int first: a huge int from anywhere never meets a float (OverflowError)
+        retry = None if retry_ms is None else min(max(retry_ms, 0), int(SERVER_WAIT_MAX * 1000)) / 1000
         if failures <= 0:
             return self.initial if retry is None else retry
         base = max(self.initial, retry or 0.0, MIN_BACKOFF)
@@ -90,9 +101,20 @@ class ReconnectPolicy:
         raw = min(ceiling, base * 2 ** min(failures - 1, 62))
         return raw * (1 - 0.5 * self.jitter())
 
+    def stream_failed(self, delivered: int, lasted: float) -> bool:
+        """Whether a stream that ended (cleanly or not) was a failure: it delivered no event and
+        was open for less than ``maximum`` seconds. An upstream answering ``retry: 0`` and
+        closing at once (or sending only comments) then backs off like one that refuses;
+        a quiet stream cut after a long while (an idle proxy) does not."""
+        return delivered == 0 and lasted < self.maximum
 
-#: the longest Retry-After honoured: a server asking for more gets retried after this
-RETRY_AFTER_MAX = 600.0
+    @staticmethod
+    def failures_after(failures: int, failed: bool, delivered: int) -> int:
+        """The count of failures in a row after an attempt: a failure adds one, or makes it 1
+        when its stream had delivered events first; anything else starts over."""
+        if not failed:
+            return 0
+        return 1 if delivered else failures + 1
 
 
 def retry_after(value: str | None, now: float) -> float | None:
@@ -100,7 +122,7 @@ def retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²" is a digit to str.isdigit, and no number to float()
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -122,30 +144,37 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def judge_response(code: int, phrase: str, content_type: str | None, raw: bool = False) -> tuple[Verdict, str]:
+def judge_response(code: int, phrase: str, content_type: str | None, raw: bool = False,
+                   reconnect_on_client_error: bool = True) -> tuple[Verdict, str]:
     """What a response head means for the source, and why.
 
     Only 200 with ``text/event-stream`` is a stream (as WHATWG requires);
     204 stops the source as the standard says. Everything else is a failure
     that is retried with backoff, unlike a browser, which gives up: a daemon
     must outlive a server's bad minute, and its error body must never reach
-    the mapper. With ``raw`` (``sse.format: raw``) any 200 is a stream of
+    the mapper. Without ``reconnect_on_client_error`` (the option
+    ``reconnect.on.client.error: false``) a 4xx other than 429, and a 200
+    that is no event stream, stop the source as they stop a browser's
+    EventSource. With ``raw`` (``sse.format: raw``) any 200 is a stream of
     JSON documents, whatever its Content-Type: the original sink sent the
     mapper's type.
     """
     status = f"HTTP {code} {phrase}".rstrip()
+    give_up = Verdict.RETRY if reconnect_on_client_error else Verdict.STOP
+    then = "" if reconnect_on_client_error else " (reconnect.on.client.error is false)"
     if code == 204:
         return Verdict.STOP, f"the server answered {status}: it asks clients to stop"
     if code != 200:
-        return Verdict.RETRY, f"the server answered {status}"
+        client_error = 400 <= code < 500 and code != 429
+        return (give_up if client_error else Verdict.RETRY), f"the server answered {status}" + (then if client_error else "")
     if raw:
         return Verdict.STREAM, status
     found = media_type(content_type)
     if found != "text/event-stream":
-        return Verdict.RETRY, (
+        return give_up, (
             f"the server answered {status} with Content-Type {content_type!r}, not text/event-stream"
             if content_type else f"the server answered {status} without a Content-Type (expected text/event-stream)"
-        )
+        ) + then
     return Verdict.STREAM, status
 
 
@@ -163,11 +192,11 @@ def describe_failure(reason: BaseException | Failure) -> str:
         what = "no response" if isinstance(reason, ResponseNeverReceived) else "the response failed"
         return f"{what}: {'; '.join(inner) or type(reason).__name__}"
     if isinstance(reason, web_error.InfiniteRedirection):
-        return f"more than {MAX_REDIRECTS} redirects (last to {_text(reason.location)})"
+        return f"more than {MAX_REDIRECTS} redirects (last to {redact_url(_text(reason.location))})"
     if isinstance(reason, web_error.RedirectWithNoLocation):
         return f"redirect {_text(reason.status)} without a Location header"
     if isinstance(reason, net_error.DNSLookupError):
-        return _strip_period(reason)  # "DNS lookup failed: <why>"
+        return _strip_period(reason)  # "DNS lookup failed: <why>" (a host name: the URL's credentials are never in it)
     if isinstance(reason, net_error.ConnectionRefusedError):
         return "connection refused"
     if isinstance(reason, net_error.TimeoutError):
@@ -176,7 +205,7 @@ def describe_failure(reason: BaseException | Failure) -> str:
         return "connection closed" if isinstance(reason, net_error.ConnectionDone) else "connection lost"
     if _is_tls_error(reason):
         return f"TLS error: {_tls_text(reason)}"
-    text = str(reason).strip()
+    text = redact_urls(str(reason).strip())  # an exception's text may quote a URL
     return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
 
 
@@ -291,6 +320,7 @@ class _Outcome:
     failure: str | None = None  # set when the attempt counts as a failure
     ended: str | None = None  # why a good stream ended
     retry_after: float | None = None  # seconds a 429 or 503 asked to wait (Retry-After)
+    delivered: int = 0  # events (messages) the stream carried
 
 
 @dataclass(eq=False, slots=True)
@@ -302,7 +332,8 @@ class _Connection:
     splitter: JsonDocumentSplitter | None = None  # sse.format raw: the body is JSON documents
     failures: int = 0  # consecutive failed attempts
     connected: bool = False
-    got_data: bool = False  # this stream has sent bytes: the failure count was reset
+    got_data: bool = False  # this stream has sent bytes (comments and retry: lines included)
+    delivered: int = 0  # messages this stream dispatched: only these make it a stream that worked
     timed_out: str | None = None
     previous_id: str = ""  # id of the last message: a message carrying the same one set none of its own
     loop: Deferred | None = None
@@ -344,7 +375,11 @@ class SseSourceService(Service):
         self.mapper = mapper
         self.bus = bus
         self.reactor = reactor
-        self.url: str = str(connector["receiver.url"])
+        url = connector["receiver.url"]
+        #: what is shown (logs, status): credentials masked; ``_request_url`` is what is requested
+        self.url: str = str(url)
+        self._request_url: str = url.request_url
+        self._url_credentials: tuple[str, str] | None = url.credentials
         self.stream = connector.stream
         self.event_types: frozenset[str] = frozenset(connector["event.types"])
         self.policy = ReconnectPolicy(
@@ -356,6 +391,9 @@ class SseSourceService(Service):
         self.workers: int = connector["worker.count"]
         self.headers: tuple[tuple[str, str], ...] = connector["headers"]
         self.raw: bool = connector["sse.format"] == "raw"
+        self.reconnect_on_client_error: bool = connector["reconnect.on.client.error"]
+        #: connect and stream-ended lines (info): at most 50 per 10 s, however fast an upstream cycles
+        self._routine_log = LogRate(reactor.seconds)
 
         self.reconnects = 0
         self.last_event_id = ""
@@ -470,25 +508,12 @@ class SseSourceService(Service):
             if outcome.stop:
                 self._server_stop(outcome.failure or "stopped by the server")
                 break
-            if outcome.failure is not None:
-                conn.failures += 1
-                conn.last_error = outcome.failure
-                self.counters["failures"] += 1
-            delay = self.policy.delay(conn.failures, conn.parser.retry)
-            if outcome.retry_after is not None:  # the server said when; a little later, so its clients do not return together
-                delay = max(delay, min(outcome.retry_after, RETRY_AFTER_MAX) * (1 + 0.1 * self.policy.jitter()))
-            if outcome.failure is not None:
-                self.log.warn(
-                    "source {source} ({url}, connection {worker}): {cause}; retrying in {delay:.2f}s (failure {failures} in a row)",
-                    source=self.source_name, url=self.url, worker=conn.index, cause=outcome.failure,
-                    delay=delay, failures=conn.failures,
-                )
-            else:
-                self.log.info(
-                    "source {source} ({url}, connection {worker}): stream ended ({cause}); reconnecting in {delay:.2f}s with Last-Event-ID {last_event_id!r}",
-                    source=self.source_name, url=self.url, worker=conn.index, cause=outcome.ended,
-                    delay=delay, last_event_id=conn.parser.last_event_id,
-                )
+            try:
+                delay = self._next_delay(conn, outcome)
+            except Exception:  # nothing an upstream sends may end this loop: wait the longest and go on
+                self.log.failure("source {source} connection {worker}: choosing the reconnect delay failed",
+                                 source=self.source_name, worker=conn.index)
+                delay = self.policy.maximum
             conn.waiting = deferLater(self.reactor, delay, lambda: None)
             try:
                 await conn.waiting
@@ -498,8 +523,35 @@ class SseSourceService(Service):
                 conn.waiting = None
             self.reconnects += 1
 
+    def _next_delay(self, conn: _Connection, outcome: _Outcome) -> float:
+        """Count the attempt (policy.failures_after), pick the wait, say so in the log."""
+        conn.failures = self.policy.failures_after(conn.failures, outcome.failure is not None, outcome.delivered)
+        if outcome.failure is not None:
+            conn.last_error = outcome.failure
+            self.counters["failures"] += 1
+        delay = self.policy.delay(conn.failures, conn.parser.retry)
+        if outcome.retry_after is not None:  # the server said when; a little later, so its clients do not return together
+            delay = max(delay, min(outcome.retry_after, RETRY_AFTER_MAX) * (1 + 0.1 * self.policy.jitter()))
+        if outcome.failure is not None:  # bounded by the backoff itself: a few lines per reconnect.max.delay
+            self.log.warn(
+                "source {source} ({url}, connection {worker}): {cause}; retrying in {delay:.2f}s (failure {failures} in a row)",
+                source=self.source_name, url=self.url, worker=conn.index, cause=outcome.failure,
+                delay=delay, failures=conn.failures,
+            )
+            return delay
+        allowed, held = self._routine_log.allow()
+        if allowed:
+            self.log.info(
+                "source {source} ({url}, connection {worker}): stream ended ({cause}); reconnecting in {delay:.2f}s with Last-Event-ID {last_event_id!r}{held_back}",
+                source=self.source_name, url=self.url, worker=conn.index, cause=outcome.ended,
+                delay=delay, last_event_id=conn.parser.last_event_id,
+                held_back=f" ({held} connect and reconnect lines held back)" if held else "",
+            )
+        return delay
+
     async def _attempt(self, conn: _Connection) -> _Outcome:
         conn.got_data = False
+        conn.delivered = 0
         conn.timed_out = None
         headers = self._request_headers(conn)
         self.counters["attempts"] += 1
@@ -507,7 +559,7 @@ class SseSourceService(Service):
             "source {source} connection {worker} requesting {url} (Last-Event-ID {last_event_id!r})",
             source=self.source_name, worker=conn.index, url=self.url, last_event_id=conn.parser.last_event_id,
         )
-        request = self._http.get(self.url, headers=headers, unbuffered=True, allow_redirects=False)
+        request = self._http.get(self._request_url, headers=headers, unbuffered=True, allow_redirects=False)
         conn.request = request
         if self.connect_timeout > 0:
             conn.timer = self.reactor.callLater(self.connect_timeout, self._connect_timed_out, conn)
@@ -530,7 +582,8 @@ class SseSourceService(Service):
         content_type = response.headers.getRawHeaders(b"content-type", [None])[0]
         phrase = response.phrase.decode("latin-1", "replace") if isinstance(response.phrase, bytes) else str(response.phrase)
         verdict, reason = judge_response(
-            response.code, phrase, content_type.decode("latin-1", "replace") if content_type else None, self.raw
+            response.code, phrase, content_type.decode("latin-1", "replace") if content_type else None, self.raw,
+            self.reconnect_on_client_error,
         )
         if verdict is not Verdict.STREAM:
             response.deliverBody(_Discard())
@@ -548,12 +601,16 @@ class SseSourceService(Service):
         conn.receiver = receiver
         conn.connected = True
         self.counters["streams"] += 1
+        opened = self.reactor.seconds()
         final_url = _final_url(response)
-        self.log.info(
-            "source {source} connected to {url}{via} (connection {worker}, Last-Event-ID {last_event_id!r})",
-            source=self.source_name, url=self.url, worker=conn.index, last_event_id=conn.parser.last_event_id,
-            via="" if final_url in (None, self.url) else f" via {final_url}",
-        )
+        allowed, held = self._routine_log.allow()
+        if allowed:
+            self.log.info(
+                "source {source} connected to {url}{via} (connection {worker}, Last-Event-ID {last_event_id!r}){held_back}",
+                source=self.source_name, url=self.url, worker=conn.index, last_event_id=conn.parser.last_event_id,
+                via="" if final_url in (None, self._request_url) else f" via {redact_url(final_url)}",
+                held_back=f" ({held} connect and reconnect lines held back)" if held else "",
+            )
         response.deliverBody(receiver)
         self._arm_read_timeout(conn)
         try:
@@ -562,22 +619,28 @@ class SseSourceService(Service):
             conn.connected = False
             conn.receiver = None
             conn.cancel_timer()
-        for item in self._items(conn, None):  # drops an unfinished event, resets for the next stream
+        for item in self._delivering(conn, self._items(conn, None)):  # drops an unfinished event, resets for the next stream
             self._handle(conn, item)
+        delivered = conn.delivered
         if self._halted:
             return _Outcome()
         if conn.timed_out:
             self.counters["read_timeouts"] += 1
-            return _Outcome(failure=conn.timed_out)
+            return _Outcome(failure=conn.timed_out, delivered=delivered)
         cause = describe_failure(receiver.reason) if receiver.reason is not None else "closed"
-        if not conn.got_data:
-            return _Outcome(failure=f"the stream ended before sending anything ({cause})")
-        return _Outcome(ended=cause)
+        if self.policy.stream_failed(delivered, self.reactor.seconds() - opened):
+            # whatever its retry: said: a server that only opens and closes must not set the pace
+            what = "any event" if conn.got_data else "anything"
+            return _Outcome(failure=f"the stream ended before sending {what} ({cause})")
+        return _Outcome(ended=cause, delivered=delivered)
 
     def _request_headers(self, conn: _Connection) -> Headers:
         headers = Headers()
         headers.setRawHeaders(b"Accept", [b"text/event-stream"])
         headers.setRawHeaders(b"Cache-Control", [b"no-cache"])
+        if self._url_credentials is not None:  # user:password@ in receiver.url, as curl sends it (headers may override)
+            token = base64.b64encode(":".join(self._url_credentials).encode("utf-8")).decode("ascii")
+            headers.setRawHeaders(b"Authorization", [f"Basic {token}".encode("ascii")])
         for name, value in self.headers:
             headers.setRawHeaders(name.encode("latin-1"), [value.encode("utf-8")])
         if conn.parser.last_event_id:
@@ -618,12 +681,10 @@ class SseSourceService(Service):
             source=self.source_name, url=self.url,
         ) as handled:
             self.counters["bytes_in"] += len(data)
-            if not conn.got_data:
-                conn.got_data = True
-                conn.failures = 0  # the server is alive and speaks SSE
+            conn.got_data = True  # the failure count is reset by events only (ReconnectPolicy.failures_after)
             if conn.timer is not None:
                 conn.timer.reset(self.read_timeout)
-            for item in self._items(conn, data):
+            for item in self._delivering(conn, self._items(conn, data)):
                 self._handle(conn, item)
             if conn is self._leader():
                 self.last_event_id = conn.parser.last_event_id
@@ -636,6 +697,12 @@ class SseSourceService(Service):
             return conn.parser.feed(data) if data is not None else conn.parser.close()
         found = conn.splitter.feed(data) if data is not None else conn.splitter.close()
         return [Message(item) if isinstance(item, str) else item for item in found]
+
+    @staticmethod
+    def _delivering(conn: _Connection, items: list[Message | Rejection]) -> list[Message | Rejection]:
+        """Count the messages among ``items``: a stream that carried one has worked."""
+        conn.delivered += sum(isinstance(item, Message) for item in items)
+        return items
 
     def _leader(self) -> _Connection | None:
         """The lowest-numbered connection that is up: the one that delivers messages without ids."""

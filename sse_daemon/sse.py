@@ -19,6 +19,9 @@ from dataclasses import dataclass
 __all__ = ["EventStreamParser", "Message", "Rejection", "encode_comment", "encode_event"]
 
 _BOM = "\ufeff"
+#: the largest ``retry:`` kept, in milliseconds (about 24.8 days, the most a browser's
+#: setTimeout takes); larger values, however many digits, read as this
+MAX_RETRY = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +177,11 @@ class EventStreamParser:
                 self._id_buffer = value
         elif field == "retry":
             if value.isascii() and value.isdigit():
-                # Leading zeros are stripped so int()'s digit limit (a guard
-                # against quadratic conversion) only refuses absurd values.
-                try:
-                    self.retry = int(value.lstrip("0") or "0")
-                except ValueError:
-                    pass
+                # Clamped, not refused: a server asking for "very long" gets the longest wait
+                # there is. Past ten digits int() is not even tried (a 400-digit value would
+                # be a valid int and raise OverflowError wherever it met a float).
+                digits = value.lstrip("0") or "0"
+                self.retry = MAX_RETRY if len(digits) > len(str(MAX_RETRY)) else min(int(digits), MAX_RETRY)
 
     def _dispatch(self, out: list[Message | Rejection]) -> None:
         """A blank line: the standard's "dispatch the event" steps."""

@@ -346,7 +346,7 @@ async def test_redis_restart_loses_nothing_acknowledged(daemon, redis_server) ->
 
 
 async def get_json(port: int, path: str) -> tuple[int, dict]:
-    client = await raw_request(port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    client = await raw_request(port, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
     await deadline(client.closed)
     raw = bytes(client.received)
     body = raw.partition(b"\r\n\r\n")[2]
@@ -370,7 +370,7 @@ async def test_readyz_shows_the_bus_and_ingest_answers_503_while_redis_is_away(d
     code, answer = await post(a.port_of("In"), 1)
     assert code == 503 and json.loads(answer)["reason"] == "bus-unavailable"
     assert a.sources["In"].counters["events_in"] == 0
-    metrics = await raw_request(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    metrics = await raw_request(admin, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     await deadline(metrics.closed)
     assert b"\nsse_daemon_bus_up 0.0\n" in metrics.received and b"\nsse_daemon_bus_events_refused_total 1.0\n" in metrics.received
     redis_server.start()

@@ -57,7 +57,7 @@ async def post(port: int, n: int) -> bytes:
 
 
 async def get_status(port: int, path: str) -> int:
-    client = await raw_request(port, f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    client = await raw_request(port, f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
     await deadline(client.closed)
     return int(bytes(client.received).split(b" ", 2)[1])
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_daemon.sse import EventStreamParser, Message, Rejection, encode_comment, encode_event
+from sse_daemon.sse import MAX_RETRY, EventStreamParser, Message, Rejection, encode_comment, encode_event
 
 M = Message
 KiB = 1 << 10
@@ -88,7 +88,14 @@ VECTORS = [
     Vector("retry non-ascii digits ignored", "retry: \u0661\u0662\nretry: \u00b2\n".encode(), []),
     Vector("retry leading zeros", b"retry: 0007\n", [], retry=7),
     Vector("retry zero", b"retry: 0\n", [], retry=0),
-    Vector("retry huge", b"retry: " + b"9" * 30 + b"\n", [], retry=int("9" * 30)),
+    # issue 12: clamped, never an int that overflows a float (309+ digits did) or parks a source
+    Vector("retry largest kept", b"retry: 2147483647\n", [], retry=2**31 - 1),
+    Vector("retry one past the largest", b"retry: 2147483648\n", [], retry=2**31 - 1),
+    Vector("retry twenty digits", b"retry: " + b"1" * 20 + b"\n", [], retry=2**31 - 1),
+    Vector("retry huge", b"retry: " + b"9" * 30 + b"\n", [], retry=2**31 - 1),
+    Vector("retry 400 digits", b"retry: " + b"9" * 400 + b"\n", [], retry=2**31 - 1),
+    Vector("retry 5000 digits (past int()'s limit)", b"retry: " + b"9" * 5000 + b"\n", [], retry=2**31 - 1),
+    Vector("retry many leading zeros", b"retry: " + b"0" * 400 + b"12\n", [], retry=12),
     # Line ends.
     Vector("lone cr", b"data: a\rdata: b\r\r", [M("a\nb")]),
     Vector("cr cr is a blank line", b"data: x\r\rdata: y\r\r", [M("x"), M("y")]),
@@ -357,7 +364,7 @@ def test_encode_parse_round_trip(data: str, id: str | None, event: str | None, r
     edges = [0, *cuts, len(stream)]
     out, parser = parse([stream[a:b] for a, b in zip(edges, edges[1:])])
     assert out == [M(_normalise(data), event or "message", id or "")]
-    assert parser.retry == retry
+    assert parser.retry == (None if retry is None else min(retry, MAX_RETRY))
 
 
 # A literal, character-at-a-time transcription of the standard, as an oracle.
@@ -408,7 +415,7 @@ def reference_parse(stream: bytes) -> tuple[list[Message], str, int | None]:
                 id_buffer = value
         elif name == "retry":
             if value and all(c in "0123456789" for c in value):
-                retry = int(value)
+                retry = min(int(value), MAX_RETRY)  # this parser's one departure: a bound
     return out, last_id, retry
 
 
