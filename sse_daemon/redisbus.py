@@ -273,11 +273,13 @@ class RedisBus(Service):
             self.counters["publish_refused"] += len(events)
             return fail(BusUnavailable(f"the Redis bus at {self.url} is {self.state}: {self.reason}"))
         key = self.prefix + stream
-        try:  # every byte is ready before MULTI goes out: a payload that cannot be encoded is the publisher's 400
-            args = [entry_args(e) for e in events]
-        except InvalidValue as e:
-            self.counters["publish_invalid"] += len(events)
-            return fail(e)
+        args = []
+        for index, event in enumerate(events):  # every byte ready before MULTI goes out: what cannot be encoded is the publisher's 400
+            try:
+                args.append(entry_args(event))
+            except InvalidValue as e:
+                self.counters["publish_invalid"] += len(events)
+                return fail(InvalidValue(e.reason, f"element {index}: {e}", e.path))
         # One MULTI/EXEC: Redis takes the whole batch or none of it, so a 503 never leaves half a body published.
         calls = [writer.execute_command("MULTI")]
         calls += [writer.execute_command("XADD", key, "MAXLEN", "~", str(self.size), "*", *fields) for fields in args]
@@ -461,6 +463,10 @@ class RedisBus(Service):
         entries_d = writer.execute_command("XREVRANGE", key, "+", start, "COUNT", str(limit + 1)).addTimeout(COMMAND_TIMEOUT, self.reactor)
         try:
             info = await info_d
+        except CancelledError:  # the caller gave up (a deadline): so do we, at once
+            entries_d.addErrback(lambda _: None)
+            entries_d.cancel()
+            raise
         except Exception as e:  # no such key: an empty stream
             if "no such key" not in str(e).lower():
                 await entries_d

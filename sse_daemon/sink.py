@@ -370,8 +370,7 @@ class SseSink:
             after = None
         self._replaying[subscriber] = []
         self.counters["bus_replays"] += 1
-        d = self.bus_replay(after, max(self.history.size, 1))  # type: ignore[misc]  # set: checked by the caller
-        d.addTimeout(BUS_REPLAY_TIMEOUT, self.clock)
+        d = _within(self.bus_replay(after, max(self.history.size, 1)), BUS_REPLAY_TIMEOUT, self.clock)  # type: ignore[misc]
         d.addCallback(self._bus_resume, subscriber, last_event_id)
         d.addErrback(self._bus_replay_failed, subscriber, last_event_id)
         d.addCallback(lambda resume: None if resume is None else self._start(request, subscriber, resume, last_event_id))
@@ -402,7 +401,7 @@ class SseSink:
         if subscriber.gone:
             return None
         self.counters["bus_replays_failed"] += 1
-        reason = f"no answer within {BUS_REPLAY_TIMEOUT:g}s" if failure.check(TimeoutError, defer.TimeoutError) else failure.getErrorMessage()
+        reason = failure.getErrorMessage() or failure.type.__name__
         if should_log(self.counters["bus_replays_failed"]):
             self.log.warn("sink {sink} could not ask the bus what follows {last_event_id!r} ({reason}); resuming from local history",
                           sink=self.name, last_event_id=last_event_id, reason=reason)
@@ -451,6 +450,27 @@ class SseSink:
             subscriber.request.finish()
             # finish() alone would keep the connection alive for another request
             subscriber.request.transport.loseConnection()
+
+
+def _within(answer: Deferred, seconds: float, clock: IReactorTime) -> Deferred:
+    """``answer``'s result, or a TimeoutError after ``seconds``, whichever comes first. Unlike
+    ``addTimeout`` this does not wait for ``answer`` to honour its cancellation: a bus that
+    swallows a cancel cannot hold a client's response head."""
+    out: Deferred = Deferred()
+
+    def settle(result: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if not out.called:
+            out.callback(result)  # a Failure goes down the errbacks
+
+    def expire() -> None:
+        out.errback(defer.TimeoutError(f"no answer within {seconds:g}s"))
+        answer.cancel()
+
+    timer = clock.callLater(seconds, expire)
+    answer.addBoth(settle)
+    return out
 
 
 def _held_back(count: int) -> str:
