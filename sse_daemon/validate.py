@@ -151,16 +151,30 @@ def _digits(text: str) -> str:
     return text if len(text) <= 24 else f"{text[:12]}...({len(text.lstrip('-'))} digits)"
 
 
+def _fine(value: Any) -> bool:
+    """The common cases, cheaply: plain ASCII text, an integer in range, a finite float, true, false, null."""
+    kind = type(value)
+    if kind is str:
+        return value.isascii()
+    if kind is int:
+        return INT_MIN <= value <= INT_MAX
+    if kind is float:
+        return value - value == 0.0  # false for inf and nan
+    return value is None or kind is bool
+
+
 def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
     """Raise :class:`InvalidValue` unless every sink can write ``value`` (a decoded JSON value).
 
     Walks arrays and objects with an explicit stack, so no input can exhaust
     Python's recursion; the first problem found is reported with its path.
     """
-    if type(value) not in (dict, list):
-        problem = _scalar_problem(value)
-        if problem is not None:
-            raise InvalidValue(*problem)
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        if not _fine(value):
+            problem = _scalar_problem(value)
+            if problem is not None:
+                raise InvalidValue(*problem)
         return
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
@@ -168,12 +182,15 @@ def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
         if len(path) >= max_depth:
             raise InvalidValue("too-deep", f"arrays and objects nest deeper than {max_depth} levels", path)
         if type(container) is dict:
+            for key in container:
+                if not key.isascii() and _SURROGATE.search(key):
+                    raise InvalidValue("invalid-unicode", "a key holds a lone surrogate; it has no UTF-8 form", path + (key,))
             items: Any = container.items()
         else:
             items = enumerate(container)
         for key, item in items:
-            if type(key) is str and not key.isascii() and _SURROGATE.search(key):
-                raise InvalidValue("invalid-unicode", "a key holds a lone surrogate; it has no UTF-8 form", path + (key,))
+            if _fine(item):
+                continue
             kind = type(item)
             if kind is dict or kind is list:
                 stack.append((item, path + (key,)))
