@@ -163,6 +163,7 @@ async def test_a_resume_redis_does_not_answer_gets_its_head_in_time_with_a_reset
     reset = next(m for m in parsed(bytes(client.received)) if m.event == "reset")
     assert json.loads(reset.data)["reason"] == "unknown" and json.loads(reset.data)["requested"] == first
     assert b.sinks["Out"].sink.counters["bus_replays_failed"] == 1
-    await wait_for(lambda: b.bus.placed and a.bus.placed, what="both buses back after the pause")
+    assert (await post_body(b.port_of("In"), b'{"n": 3, "s": "x"}'))[0] == 200, "the bus answers again once Redis does"
+    await client.wait_for(b'"n":3', timeout=10)
     await client.close()
     await live.close()
