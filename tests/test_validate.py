@@ -147,6 +147,12 @@ MAPPER_VECTORS = [
      "non-finite-number", "element 2: attribute 'o' at [0]"),
     ('{"param1": "a", "o": NaN, "d": null}', "non-finite-number", "NaN"),
 ]
+INT_VECTORS = [  # the schema's own ranges: refused as number-out-of-range too (wrong-type before)
+    ('{"n": 2147483648, "l": 1, "f": 1}', "number-out-of-range", "attribute 'n': 2147483648 is out of range for int"),
+    ('{"n": 1, "l": 9223372036854775808, "f": 1}', "number-out-of-range", "out of range for long"),
+    ('{"n": 1, "l": 1, "f": 1e39}', "number-out-of-range", "out of range for float"),
+    ('{"n": 1.5, "l": 1, "f": 1}', "wrong-type", "expected an integer"),
+]
 
 
 @pytest.mark.parametrize(("payload", "reason", "message"), MAPPER_VECTORS)
@@ -155,6 +161,13 @@ def test_the_json_mapper_refuses_the_whole_message(payload: str, reason: str, me
         JsonMapper(SCHEMA).decode(payload)
     assert caught.value.reason == reason
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(("payload", "reason", "message"), INT_VECTORS)
+def test_numbers_beyond_their_type_are_out_of_range(payload: str, reason: str, message: str) -> None:
+    with pytest.raises(MappingError) as caught:
+        JsonMapper(parse_schema("n int, l long, f float")).decode(payload)
+    assert caught.value.reason == reason and message in str(caught.value)
 
 
 def test_the_mapper_counts_events_before_mapping_any() -> None:
