@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from .limits import should_log
 from .schema import Event
 
 Subscriber = Callable[[Event], None]
@@ -27,11 +28,29 @@ class ISubscription(Interface):
 
 
 class IBus(Interface):
+    provides_ids = Attribute(
+        "True on a shared bus: events carry the bus's id (``Event.bus_id``) and ``publish`` takes a batch "
+        "in one transaction, so a batch must not be split; False on the in-process bus."
+    )
+
     def publish(stream: str, events: Iterable[Event]) -> None:
         """Hand ``events`` to every subscriber of ``stream``, in order."""
 
     def subscribe(stream: str, subscriber: Subscriber) -> ISubscription:
         """Call ``subscriber(event)`` for every event published on ``stream``."""
+
+
+def subscriber_failed(log: Logger, failures: dict[str, int], stream: str, subscriber: Subscriber) -> None:
+    """Count a subscriber call that raised (a bug: events are checked where they enter) and log it
+    sampled, with its traceback (call from the ``except``): a bug hit by every event must not write
+    one traceback per event per sink."""
+    failures[stream] += 1
+    count = failures[stream]
+    if should_log(count):
+        log.failure(
+            "subscriber {subscriber!r} of stream {stream} failed ({count} so far); the event goes on to the others",
+            subscriber=subscriber, stream=stream, count=count,
+        )
 
 
 @implementer(ISubscription)
@@ -50,6 +69,7 @@ class MemoryBus:
     """The embedded in-process bus (the default)."""
 
     log = Logger()
+    provides_ids = False  # sinks number events themselves; a batch may be published in slices
 
     def __init__(self) -> None:
         self._subscriptions: dict[str, list[_Subscription]] = defaultdict(list)
@@ -69,12 +89,7 @@ class MemoryBus:
                 try:
                     subscription.subscriber(event)
                 except Exception:
-                    self.failures[stream] += 1
-                    self.log.failure(
-                        "subscriber {subscriber!r} of stream {stream} failed; the event goes on to the others",
-                        subscriber=subscription.subscriber,
-                        stream=stream,
-                    )
+                    subscriber_failed(self.log, self.failures, stream, subscription.subscriber)
 
     def subscriber_count(self, stream: str) -> int:
         return len(self._subscriptions.get(stream, ()))

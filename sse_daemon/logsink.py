@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from .bus import IBus, ISubscription
 from .config import ConnectorDef
+from .limits import should_log
 from .mappers import IMapper, MappingError
 from .schema import Event
 
@@ -39,9 +40,15 @@ class LogSinkService(Service):
         self.counters["events_in"] += 1
         try:
             payload = self.mapper.encode(event)
-        except MappingError as e:  # map.validate.json refused the output
+        except Exception as e:  # map.validate.json refused the output; anything else is a bug (events are checked on entry)
             self.counters["events_unmapped"] += 1
-            self.log.warn("sink {sink} dropped an event: {reason}", sink=self.connector.name, reason=str(e))
+            count = self.counters["events_unmapped"]
+            if not should_log(count):  # counted in /metrics; a bug hit by every event must not flood the log
+                return
+            if isinstance(e, MappingError):
+                self.log.warn("sink {sink} dropped an event: {reason} ({count} so far)", sink=self.connector.name, reason=str(e), count=count)
+            else:
+                self.log.failure("sink {sink} could not encode an event ({count} so far); it is dropped", sink=self.connector.name, count=count)
             return
         self.log.info(
             "{prefix}{payload}", prefix=self.prefix, payload=payload,

@@ -23,6 +23,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from .jsonpath import MISSING, JsonPath
 from .schema import AttrType, ConversionError, Event, Schema, convert, did_you_mean
+from .validate import InvalidValue, check_value, load_json
 
 
 class MappingError(ValueError):
@@ -44,8 +45,12 @@ class MapperConfigError(ValueError):
 class IMapper(Interface):
     content_type = Attribute("The media type of encoded payloads, sent by a raw-format sink (sse.format: raw).")
 
-    def decode(payload: str) -> list[dict[str, Any]]:
-        """Map one message to the attribute values of zero or more events, or raise MappingError."""
+    def decode(payload: str, max_events: int | None = None) -> list[dict[str, Any]]:
+        """Map one message to the attribute values of zero or more events, or raise MappingError.
+
+        Every value is checked (validate.py) so that every mapper can encode it; more
+        than ``max_events`` events is refused (``too-many-events``) before any is mapped.
+        """
 
     def encode(event: Event) -> str:
         """Map one event to its wire payload, or raise MappingError (an output map.validate.json refuses)."""
@@ -160,6 +165,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _typed(value: Any, attr_type: AttrType, where: str, name: str, found_at: str) -> Any:
+    """A value found in a payload, checked (every sink must be able to write it) and converted to its type."""
+    try:
+        check_value(value)
+        return convert(value, attr_type)
+    except InvalidValue as e:
+        raise MappingError(e.reason, f"{where}: attribute '{name}'{found_at}{e.at}: {e}") from None
+    except ConversionError as e:
+        raise MappingError(e.reason, f"{where}: attribute '{name}'{found_at}: {e}") from None
+
+
 @implementer(IMapper)
 class JsonMapper:
     """JSON in and out, with the original mapper's options.
@@ -200,9 +216,11 @@ class JsonMapper:
         # The default output is valid JSON by construction; only a template needs the check.
         self._validate = validate_json and payload is not None
 
-    def decode(self, payload: str) -> list[dict[str, Any]]:
+    def decode(self, payload: str, max_events: int | None = None) -> list[dict[str, Any]]:
         try:
-            document = json.loads(payload, parse_constant=_reject_constant)
+            document = load_json(payload)
+        except InvalidValue as e:
+            raise MappingError(e.reason, f"the payload: {e}") from None
         except ValueError as e:
             raise MappingError("invalid-json", f"the payload is not valid JSON: {e}") from None
         if self.enclosing is not None:
@@ -211,6 +229,8 @@ class JsonMapper:
                 raise MappingError("no-enclosing-element", f"the enclosing element {self.enclosing} is not in the payload")
         values = self._values if self._paths is None else self._path_values
         if isinstance(document, list):
+            if max_events is not None and len(document) > max_events:
+                raise MappingError("too-many-events", f"the payload holds {len(document)} events; at most {max_events} are accepted at once")
             return [values(item, f"element {index}") for index, item in enumerate(document)]
         return [values(document, "the payload")]
 
@@ -229,10 +249,7 @@ class JsonMapper:
                     raise MappingError("missing-attribute", f"{where}: attribute '{attribute.name}' is missing")
                 values[attribute.name] = None
                 continue
-            try:
-                values[attribute.name] = convert(document[attribute.name], attribute.type)
-            except ConversionError as e:
-                raise MappingError("wrong-type", f"{where}: attribute '{attribute.name}': {e}") from None
+            values[attribute.name] = _typed(document[attribute.name], attribute.type, where, attribute.name, "")
         return values
 
     def _path_values(self, document: Any, where: str) -> dict[str, Any]:
@@ -243,10 +260,7 @@ class JsonMapper:
                 if self.fail_on_missing:
                     raise MappingError("missing-attribute", f"{where}: attribute '{name}' is missing (nothing at {path})")
                 value = None
-            try:
-                values[name] = convert(value, attr_type)
-            except ConversionError as e:
-                raise MappingError("wrong-type", f"{where}: attribute '{name}' (at {path}): {e}") from None
+            values[name] = _typed(value, attr_type, where, name, f" (at {path})")
         return values
 
     def encode(self, event: Event) -> str:
@@ -272,7 +286,11 @@ class TextMapper:
         self._name = schema.attributes[0].name
         self._validate = validate_json
 
-    def decode(self, payload: str) -> list[dict[str, Any]]:
+    def decode(self, payload: str, max_events: int | None = None) -> list[dict[str, Any]]:
+        try:
+            check_value(payload)
+        except InvalidValue as e:
+            raise MappingError(e.reason, f"the payload: {e}") from None
         return [{self._name: payload}]
 
     def encode(self, event: Event) -> str:

@@ -26,15 +26,18 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, gatherResults, succeed
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, FirstError, TimeoutError, fail, gatherResults, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .bus import IBus, ISubscription, Subscriber
+from .bus import IBus, ISubscription, Subscriber, subscriber_failed
 from .config import BusDef
+from .limits import should_log
 from .schema import Event
+from .validate import InvalidValue, check_values, load_json
 
 MAX_SEQ = 2**64 - 1
 #: how long one XREAD blocks; bounds how late a stream subscribed after start is picked up
@@ -73,8 +76,13 @@ def key_below(key: tuple[int, int]) -> tuple[int, int]:
 
 
 def event_fields(event: Event) -> list[str]:
-    """The entry's fields: values as JSON, plus the inbound id and type and the ingress time."""
-    fields = ["v", json.dumps(dict(event.values), separators=(",", ":"), ensure_ascii=False), "g", repr(event.ingress)]
+    """The entry's fields: values as JSON, plus the inbound id and type and the ingress time.
+
+    Raises InvalidValue (validate.py) for values no reader could decode: checked on entry
+    already, so this is the last line, which keeps such an event out of Redis for good.
+    """
+    check_values(event.values)
+    fields = ["v", json.dumps(dict(event.values), separators=(",", ":"), ensure_ascii=False, allow_nan=False), "g", repr(event.ingress)]
     if event.id is not None:
         fields += ["i", event.id]
     if event.type is not None:
@@ -82,15 +90,63 @@ def event_fields(event: Event) -> list[str]:
     return fields
 
 
+def entry_args(event: Event) -> list[bytes]:
+    """:func:`event_fields` as the bytes sent: encoded here, so the Redis client never meets a
+    string it cannot encode (it would fail the command after MULTI went out)."""
+    fields = event_fields(event)
+    try:
+        return [field.encode("utf-8") for field in fields]
+    except UnicodeEncodeError as e:
+        raise InvalidValue("invalid-unicode", f"the event's id or type holds a lone surrogate ({e.reason})") from None
+
+
 def event_from_entry(entry_id: str, fields: Sequence[Any]) -> Event:
-    """An entry read back (``[id, [k, v, ...]]``) as an Event carrying ``bus_id``; ValueError if foreign."""
+    """An entry read back (``[id, [k, v, ...]]``) as an Event carrying ``bus_id``.
+
+    ValueError (InvalidValue for a value no sink could write, such as ``1e400`` stored by an
+    older version) when it is not an entry sse-daemon can deliver: the caller skips it.
+    """
     pairs = dict(zip(fields[::2], fields[1::2]))
     if "v" not in pairs:
         raise ValueError(f"entry {entry_id} has no 'v' field: not written by sse-daemon")
-    values = json.loads(pairs["v"])
-    if not isinstance(values, dict):
-        raise ValueError(f"entry {entry_id}: 'v' is not a JSON object")
-    return Event(values, pairs.get("i"), pairs.get("t"), float(pairs.get("g", 0.0)), bus_id=entry_id)
+    text = pairs["v"]
+    extras = [pairs.get(name) for name in ("i", "t")]
+    if not isinstance(text, str) or any(extra is not None and not isinstance(extra, str) for extra in extras):
+        raise ValueError(f"entry {entry_id} is not UTF-8 text")
+    try:
+        values = load_json(text)
+        if not isinstance(values, dict):
+            raise ValueError("'v' is not a JSON object")
+        check_values(values)
+    except InvalidValue as e:
+        raise InvalidValue(e.reason, f"entry {entry_id}: {e}", e.path) from None
+    except ValueError as e:
+        raise ValueError(f"entry {entry_id}: {e}") from None
+    return Event(values, extras[0], extras[1], float(pairs.get("g", 0.0)), bus_id=entry_id)
+
+
+def decode_entries(entries: Sequence[Any]) -> tuple[list[Event], list[tuple[str, str]]]:
+    """Entries as Events, and ``(entry id, why)`` for each one skipped because it cannot be delivered."""
+    events: list[Event] = []
+    skipped: list[tuple[str, str]] = []
+    for entry_id, fields in entries:
+        try:
+            events.append(event_from_entry(entry_id, fields))
+        except (ValueError, TypeError) as e:
+            skipped.append((str(entry_id), str(e) or type(e).__name__))
+    return events, skipped
+
+
+def is_connection_failure(error: BaseException) -> bool:
+    """Whether a failed command means the connection is gone or out of step (reconnect), unlike
+    Redis refusing a command or a payload the client cannot encode: dropping the connection for
+    those would fail every other publisher for a problem of one."""
+    import txredisapi  # loaded already: only a running Redis bus fails commands
+
+    return isinstance(error, (
+        txredisapi.ConnectionError, txredisapi.InvalidResponse, TimeoutError, CancelledError,
+        net_error.ConnectionClosed, ConnectionError,
+    ))
 
 
 def exec_ids(replies: Any, count: int) -> list[str]:
@@ -124,6 +180,8 @@ class BusReplay:
     reset: str | None  # None: nothing lost; "too-old": trimmed away; "unknown": an id Redis never gave out
     after: str  # replay continues after this id (the SSE-Replay-From header)
     oldest: str | None  # oldest id Redis still holds
+    #: entries left out because they cannot be delivered (id, why); live readers skip them too
+    skipped: tuple[tuple[str, str], ...] = ()
 
 
 def replay_verdict(after: str | None, entries_newest_first: Sequence[Any], limit: int, info: Sequence[Any] | None) -> BusReplay:
@@ -133,22 +191,24 @@ def replay_verdict(after: str | None, entries_newest_first: Sequence[Any], limit
     """
     entries = list(entries_newest_first)
     truncated = len(entries) > limit
-    entries = entries[:limit]
-    events = tuple(event_from_entry(entry_id, fields) for entry_id, fields in reversed(entries))
+    entries = entries[:limit][::-1]  # oldest first
+    decoded, skipped = decode_entries(entries)
+    events, left_out = tuple(decoded), tuple(skipped)
+    first_id = entries[0][0] if entries else None  # an entry skipped still counts as replayed: nobody can have it
     first = info_field(info, "first-entry")
     oldest = first[0] if first else None
     last_generated = info_field(info, "last-generated-id") or "0-0"
     max_deleted = info_field(info, "max-deleted-entry-id") or "0-0"
     if after is None:
-        return BusReplay(events, "unparseable", show_key(key_below(entry_key(events[0].bus_id))) if events else last_generated, oldest)
+        return BusReplay(events, "unparseable", show_key(key_below(entry_key(first_id))) if first_id else last_generated, oldest, left_out)
     requested = entry_key(after)
     if requested > entry_key(last_generated):
-        return BusReplay(events, "unknown", last_generated, oldest)
+        return BusReplay(events, "unknown", last_generated, oldest, left_out)
     if truncated or requested < entry_key(max_deleted):
         # something after the client's id is gone: replay continues after the newest id lost
-        resumed = key_below(entry_key(events[0].bus_id)) if events else entry_key(last_generated)
-        return BusReplay(events, "too-old", show_key(resumed), oldest)
-    return BusReplay(events, None, after, oldest)
+        resumed = key_below(entry_key(first_id)) if first_id else entry_key(last_generated)
+        return BusReplay(events, "too-old", show_key(resumed), oldest, left_out)
+    return BusReplay(events, None, after, oldest, left_out)
 
 
 # --------------------------------------------------------------------------- Twisted glue
@@ -213,9 +273,16 @@ class RedisBus(Service):
             self.counters["publish_refused"] += len(events)
             return fail(BusUnavailable(f"the Redis bus at {self.url} is {self.state}: {self.reason}"))
         key = self.prefix + stream
+        args = []
+        for index, event in enumerate(events):  # every byte ready before MULTI goes out: what cannot be encoded is the publisher's 400
+            try:
+                args.append(entry_args(event))
+            except InvalidValue as e:
+                self.counters["publish_invalid"] += len(events)
+                return fail(InvalidValue(e.reason, f"element {index}: {e}", e.path))
         # One MULTI/EXEC: Redis takes the whole batch or none of it, so a 503 never leaves half a body published.
         calls = [writer.execute_command("MULTI")]
-        calls += [writer.execute_command("XADD", key, "MAXLEN", "~", str(self.size), "*", *event_fields(e)) for e in events]
+        calls += [writer.execute_command("XADD", key, "MAXLEN", "~", str(self.size), "*", *fields) for fields in args]
         if self.max_age > 0:
             min_id = int((self.reactor.seconds() - self.max_age) * 1000)
             calls.append(writer.execute_command("XTRIM", key, "MINID", "~", str(max(min_id, 0))))
@@ -279,11 +346,14 @@ class RedisBus(Service):
         return ids
 
     def _publish_failed(self, failure: Failure) -> Failure:
-        reason = failure.value.subFailure.getErrorMessage() if hasattr(failure.value, "subFailure") else failure.getErrorMessage()
+        inner = failure.value.subFailure if isinstance(failure.value, FirstError) else failure
+        reason = inner.getErrorMessage()
         self.counters["publish_failed"] += 1
-        self.log.warn("publishing to Redis {url} failed: {reason}", url=str(self.url), reason=reason)
-        inner = failure.value.subFailure if hasattr(failure.value, "subFailure") else failure
-        if self.running and self._reader is not None and not inner.check(ValueError):
+        lost = is_connection_failure(inner.value)
+        if should_log(self.counters["publish_failed"]):
+            self.log.warn("publishing to Redis {url} failed: {reason} ({what})", url=str(self.url), reason=reason,
+                          what="reconnecting" if lost else "the connection is fine, only this publish failed")
+        if lost and self.running and self._reader is not None:
             self._reader.disconnect()  # a connection problem: the reader loop notices and reconnects both
         return Failure(BusUnavailable(f"the Redis bus at {self.url} failed: {reason}"))
 
@@ -362,22 +432,26 @@ class RedisBus(Service):
                 self._deliver(stream, entry_id, fields)
 
     def _deliver(self, stream: str, entry_id: str, fields: Sequence[Any]) -> None:
-        try:
-            event = event_from_entry(entry_id, fields)
-        except (ValueError, TypeError) as e:
-            self.counters["entries_foreign"] += 1
-            self.log.warn("skipped Redis entry {entry_id} of stream {stream}: {reason}", entry_id=entry_id, stream=stream, reason=str(e))
+        events, skipped = decode_entries([(entry_id, fields)])
+        self._skipped(stream, skipped)
+        if not events:
             return
+        event = events[0]
         self.counters["events_delivered"] += 1
         for subscription in tuple(self._subscriptions.get(stream, ())):
             try:
                 subscription.subscriber(event)
             except Exception:
-                self.failures[stream] += 1
-                self.log.failure(
-                    "subscriber {subscriber!r} of stream {stream} failed; the event goes on to the others",
-                    subscriber=subscription.subscriber, stream=stream,
-                )
+                subscriber_failed(self.log, self.failures, stream, subscription.subscriber)
+
+    def _skipped(self, stream: str, skipped: Sequence[tuple[str, str]]) -> None:
+        """Entries no sink could deliver (foreign, or a value refused by validate.py): counted, logged sampled."""
+        for entry_id, reason in skipped:
+            self.counters["entries_skipped"] += 1
+            count = self.counters["entries_skipped"]
+            if should_log(count):
+                self.log.warn("skipped Redis entry {entry_id} of stream {stream}: {reason} ({count} so far)",
+                              entry_id=entry_id, stream=stream, reason=reason, count=count)
 
     async def _replay(self, stream: str, after: str | None, limit: int) -> BusReplay:
         writer = self._writer  # the reader's connection is blocked in XREAD
@@ -389,10 +463,16 @@ class RedisBus(Service):
         entries_d = writer.execute_command("XREVRANGE", key, "+", start, "COUNT", str(limit + 1)).addTimeout(COMMAND_TIMEOUT, self.reactor)
         try:
             info = await info_d
+        except CancelledError:  # the caller gave up (a deadline): so do we, at once
+            entries_d.addErrback(lambda _: None)
+            entries_d.cancel()
+            raise
         except Exception as e:  # no such key: an empty stream
             if "no such key" not in str(e).lower():
                 await entries_d
                 raise
             info = None
         entries = await entries_d
-        return replay_verdict(after, entries, limit, info)
+        replay = replay_verdict(after, entries, limit, info)
+        self._skipped(stream, replay.skipped)
+        return replay

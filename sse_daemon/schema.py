@@ -21,7 +21,11 @@ class SchemaError(ValueError):
 
 
 class ConversionError(ValueError):
-    """A value that does not fit its attribute's type."""
+    """A value that does not fit its attribute's type; ``reason`` labels it for counting."""
+
+    def __init__(self, message: str, reason: str = "wrong-type") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class AttrType(enum.Enum):
@@ -126,14 +130,19 @@ def convert(value: Any, attr_type: AttrType) -> Any:
                 raise ConversionError(f"expected an integer ({attr_type.value}), found {_describe(value)}")
         low, high = _INT_RANGE[attr_type]
         if not low <= value <= high:
-            raise ConversionError(f"{value} is out of range for {attr_type.value} ({low} to {high})")
+            raise ConversionError(f"{value} is out of range for {attr_type.value} ({low} to {high})", "number-out-of-range")
         return value
     if attr_type in (AttrType.FLOAT, AttrType.DOUBLE):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConversionError(f"expected a number ({attr_type.value}), found {_describe(value)}")
-        number = float(value)
-        if not math.isfinite(number) or (attr_type is AttrType.FLOAT and abs(number) > _FLOAT32_MAX):
-            raise ConversionError(f"{value} is out of range for {attr_type.value}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any double (a 400-digit number): was a 500
+            raise ConversionError(f"{_describe(value)} is out of range for {attr_type.value}", "number-out-of-range") from None
+        if not math.isfinite(number):
+            raise ConversionError(f"{value} is not a finite number", "non-finite-number")
+        if attr_type is AttrType.FLOAT and abs(number) > _FLOAT32_MAX:
+            raise ConversionError(f"{value} is out of range for {attr_type.value}", "number-out-of-range")
         return number
     if attr_type is AttrType.BOOL:
         if isinstance(value, bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +17,14 @@ from .config import Config, ConnectorDef, RouteDef, listen_address, served_by_wo
 from .figures import ConnectorBus, StatsLogService
 from .drain import shutdown  # SIGTERM: stop accepting, drain sinks in stages, then the rest
 from .guard import ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
-from .ingest import IngestResource
+from .ingest import PUBLISH_SLICE, IngestResource
 from .tls import client_policy, listen_description
 from .listener import BindError, ListenerService
 from .logsink import LogSinkService
 from .mappers import make_mapper
+from .limits import should_log
 from .schema import Event
+from .validate import InvalidValue, check_values
 from .sink import SseSink, SseSinkResource, SseSinkService
 from .schema import Schema
 
@@ -52,7 +55,8 @@ def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: I
         )
     source_bus = ConnectorBus(bus, clock)
     if connector.type == "http":
-        ingest = IngestResource(connector, mapper, source_bus, clock)
+        # a shared bus takes a body in one transaction (all or nothing); the in-process one in slices between turns
+        ingest = IngestResource(connector, mapper, source_bus, clock, turns=reactor, slice_size=0 if bus.provides_ids else PUBLISH_SLICE)
         return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, clock), source=ingest, bus=source_bus)
     from .source import SseSourceService  # the SSE client pulls in treq
 
@@ -69,12 +73,15 @@ class RouteService(Service):
     """Sends the events of one stream that pass the route's ``where`` into
     another, keeping the target's attributes (the ``select`` ones, checked at load)."""
 
+    log = Logger()
+
     def __init__(self, route: RouteDef, names: tuple[str, ...], bus: IBus) -> None:
         self.route = route
         self.names = names
         self.bus = bus
         self.events = 0  # forwarded
         self.filtered = 0  # held back by the route's where (false or null)
+        self.rejected: Counter[str] = Counter()  # dropped, by reason: values no sink could write (none expected)
         self._subscription: ISubscription | None = None
         self.setName(f"route:{route.source}->{route.target}")
 
@@ -92,8 +99,16 @@ class RouteService(Service):
         if self.route.where is not None and not self.route.where.matches(event.values):
             self.filtered += 1
             return
-        self.events += 1
         values = {name: event.values[name] for name in self.names}
+        try:  # what enters a stream is checked, whoever puts it there (validate.py); a route only narrows events
+            check_values(values)
+        except InvalidValue as e:
+            self.rejected[e.reason] += 1
+            if should_log(sum(self.rejected.values())):
+                self.log.warn("route {route} dropped an event no sink could write: {error} ({reason})",
+                              route=self.name, error=str(e), reason=e.reason)
+            return
+        self.events += 1
         self.bus.publish(self.route.target, [Event(values, event.id, event.type, event.ingress)])
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -27,13 +28,17 @@ from zope.interface import implementer
 from .bus import IBus, ISubscription
 from .config import ConnectorDef
 from .drain import drain_sink  # staged close on shutdown
-from .limits import LogRate  # routine lines, bounded in a reconnect storm
+from .limits import LogRate, should_log  # routine lines, bounded in a reconnect storm; sampled drops
 from .history import History, Resume, reset_payload  # bounded history and the honest-resume decision
 from .mappers import IMapper, MappingError
 from .schema import Event
 from .fanout import PUMP_BYTES, chunk, direct_socket, write_now  # one send() per subscriber per turn
 from .sse import encode_comment, encode_event
 from .storms import retry_frame, retry_hint  # jittered retry: against reconnect storms
+
+#: seconds a shared bus has to say what follows a client's Last-Event-ID; then the client gets its
+#: head from local history (with a reset event): a resuming client never waits longer for its head
+BUS_REPLAY_TIMEOUT = 5.0
 
 #: connect and leave lines logged per sink at most, per window of seconds; the rest are counted
 CONNECT_LOG_BURST = 50
@@ -216,21 +221,41 @@ class SseSink:
 
     # -- from the bus
     def publish(self, event: Event) -> None:
-        try:
-            payload = self.mapper.encode(event)
-        except MappingError as e:  # map.validate.json refused the output
-            self.counters["events_unmapped"] += 1
-            self.log.warn("sink {sink} dropped an event: {reason}", sink=self.name, reason=str(e))
-            return
         if self.raw:
-            self.deliver(None, payload.encode("utf-8"), event.ingress)
+            data = self.encode(event, None)
+            if data is not None:
+                self.deliver(None, data, event.ingress)
             return
         if self.bus_replay is not None and event.bus_id is not None:
             event_id, id_text = self.history.key(event.bus_id), event.bus_id
         else:
-            event_id = self.ids.next()
+            event_id = self.ids.next()  # one spent on an event that is dropped leaves a gap, which ids may have
             id_text = str(event_id)
-        self.deliver(event_id, encode_event(payload, id=id_text), event.ingress)
+        frame = self.encode(event, id_text)
+        if frame is not None:
+            self.deliver(event_id, frame, event.ingress)
+
+    def encode(self, event: Event, id_text: str | None) -> bytes | None:
+        """The event's bytes (an SSE frame with ``id_text``, or the bare payload for None), or None when
+        it cannot be written: counted in ``events_unmapped`` and logged sampled, never raised.
+
+        Events are checked where they enter (validate.py), so only ``map.validate.json`` refusing a
+        template's output should get here; anything else is a bug, logged with its traceback.
+        """
+        try:
+            payload = self.mapper.encode(event)
+            return payload.encode("utf-8") if id_text is None else encode_event(payload, id=id_text)
+        except MappingError as e:  # map.validate.json refused the output
+            self.counters["events_unmapped"] += 1
+            if should_log(self.counters["events_unmapped"]):
+                self.log.warn("sink {sink} dropped an event: {reason} ({count} so far)", sink=self.name, reason=str(e),
+                              count=self.counters["events_unmapped"])
+        except Exception:
+            self.counters["events_unmapped"] += 1
+            if should_log(self.counters["events_unmapped"]):
+                self.log.failure("sink {sink} could not encode an event ({count} so far); it is dropped", sink=self.name,
+                                 count=self.counters["events_unmapped"])
+        return None
 
     def deliver(self, event_id: Any, frame: bytes, ingress: float | None = None) -> None:
         """Keep an encoded event in history and send it to every subscriber at the end of
@@ -334,7 +359,9 @@ class SseSink:
     def _resume_from_bus(self, request: IRequest, subscriber: Subscriber, last_event_id: str) -> None:
         """Ask the bus what follows an id this history does not cover; live events wait meanwhile.
 
-        The head is written once the answer is in, so it can carry SSE-Replay-From.
+        The head is written once the answer is in, so it can carry SSE-Replay-From. The bus has
+        :data:`BUS_REPLAY_TIMEOUT` seconds: after that, or if the replay fails, the client is
+        answered from local history (with a reset event, since that does not cover its id).
         """
         try:
             self.history.key(last_event_id)
@@ -343,39 +370,42 @@ class SseSink:
             after = None
         self._replaying[subscriber] = []
         self.counters["bus_replays"] += 1
-        d = self.bus_replay(after, max(self.history.size, 1))  # type: ignore[misc]  # set: checked by the caller
-        d.addCallbacks(self._bus_replayed, self._bus_replay_failed,
-                       callbackArgs=(request, subscriber, last_event_id), errbackArgs=(request, subscriber, last_event_id))
+        d = _within(self.bus_replay(after, max(self.history.size, 1)), BUS_REPLAY_TIMEOUT, self.clock)  # type: ignore[misc]
+        d.addCallback(self._bus_resume, subscriber, last_event_id)
+        d.addErrback(self._bus_replay_failed, subscriber, last_event_id)
+        d.addCallback(lambda resume: None if resume is None else self._start(request, subscriber, resume, last_event_id))
         d.addErrback(lambda f: self.log.failure("resuming subscriber {peer} of sink {sink} failed", f,
                                                 peer=subscriber.peer, sink=self.name))
 
-    def _bus_replayed(self, replay: Any, request: IRequest, subscriber: Subscriber, last_event_id: str) -> None:
+    def _bus_resume(self, replay: Any, subscriber: Subscriber, last_event_id: str) -> Resume | None:
+        """What to send a subscriber from the bus's answer (None: it left meanwhile)."""
         live = self._replaying.pop(subscriber, [])
         if subscriber.gone:
-            return
+            return None
         key = self.history.key
         frames: list[bytes] = []
         newest = key(replay.after) if replay.after else None
         for event in replay.events:
             newest = key(event.bus_id)
-            try:
-                frames.append(encode_event(self.mapper.encode(event), id=event.bus_id))
-            except MappingError:
-                self.counters["events_unmapped"] += 1
+            frame = self.encode(event, event.bus_id)
+            if frame is not None:
+                frames.append(frame)
         # live events that arrived while the bus answered, minus those the answer had already
         frames += [frame for event_id, frame in live if newest is None or event_id > newest]
         after = key(replay.after) if replay.after else None
         oldest = key(replay.oldest) if replay.oldest else None
-        self._start(request, subscriber, Resume(tuple(frames), after, replay.reset, last_event_id, oldest), last_event_id)
+        return Resume(tuple(frames), after, replay.reset, last_event_id, oldest)
 
-    def _bus_replay_failed(self, failure: Any, request: IRequest, subscriber: Subscriber, last_event_id: str) -> None:
+    def _bus_replay_failed(self, failure: Any, subscriber: Subscriber, last_event_id: str) -> Resume | None:
         self._replaying.pop(subscriber, None)
         if subscriber.gone:
-            return
+            return None
         self.counters["bus_replays_failed"] += 1
-        self.log.warn("sink {sink} could not ask the bus what follows {last_event_id!r} ({reason}); resuming from local history",
-                      sink=self.name, last_event_id=last_event_id, reason=failure.getErrorMessage())
-        self._start(request, subscriber, self.history.resume(last_event_id), last_event_id)
+        reason = failure.getErrorMessage() or failure.type.__name__
+        if should_log(self.counters["bus_replays_failed"]):
+            self.log.warn("sink {sink} could not ask the bus what follows {last_event_id!r} ({reason}); resuming from local history",
+                          sink=self.name, last_event_id=last_event_id, reason=reason)
+        return self.history.resume(last_event_id)
 
     def drop_slow(self, subscriber: Subscriber) -> None:
         self.counters["dropped_slow"] += 1
@@ -420,6 +450,27 @@ class SseSink:
             subscriber.request.finish()
             # finish() alone would keep the connection alive for another request
             subscriber.request.transport.loseConnection()
+
+
+def _within(answer: Deferred, seconds: float, clock: IReactorTime) -> Deferred:
+    """``answer``'s result, or a TimeoutError after ``seconds``, whichever comes first. Unlike
+    ``addTimeout`` this does not wait for ``answer`` to honour its cancellation: a bus that
+    swallows a cancel cannot hold a client's response head."""
+    out: Deferred = Deferred()
+
+    def settle(result: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if not out.called:
+            out.callback(result)  # a Failure goes down the errbacks
+
+    def expire() -> None:
+        out.errback(defer.TimeoutError(f"no answer within {seconds:g}s"))
+        answer.cancel()
+
+    timer = clock.callLater(seconds, expire)
+    answer.addBoth(settle)
+    return out
 
 
 def _held_back(count: int) -> str:

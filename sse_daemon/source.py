@@ -730,13 +730,14 @@ class SseSourceService(Service):
         if not self._first_delivery(conn, item):
             self.counters["duplicates"] += 1
             return
-        try:
+        try:  # every value is checked here (validate.py, through the mapper): what no sink could write is refused
             values = self.mapper.decode(item.data)
         except MappingError as e:
             self._unmapped(item, e.reason, str(e))
             return
-        except Exception as e:  # a mapper bug must not stop the stream
-            self.log.failure("source {source}: the mapper failed", source=self.source_name)
+        except Exception as e:  # a mapper bug must not stop the stream, nor write a traceback per message
+            if should_log(self.mapping_errors["mapper-error"] + 1):
+                self.log.failure("source {source}: the mapper failed", source=self.source_name)
             self._unmapped(item, "mapper-error", f"{type(e).__name__}: {e}")
             return
         now = self.reactor.seconds()

@@ -110,6 +110,10 @@ def body(rng: random.Random) -> bytes:
         b"\xff\xfe\x00", b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000,
         json.dumps({"n": rng.randrange(-(1 << 70), 1 << 70), "text": junk(rng)}).encode(),
         os.urandom(rng.randrange(200)), b"x" * 5000,
+        # values no sink could write (issue 12): a 400 naming them, never a 200 that reaches no one, nor a 500
+        b'{"n": 1, "text": "\\ud800"}', b'[{"n": 1, "text": "a"}, {"n": 2, "text": "\\udfff"}]', b'{"n": 1, "text": 1e400}',
+        b'{"n": -1e400, "text": "a"}', b'{"n": 1, "text": ' + b"9" * 400 + b"}", b'{"n": 1, "text": NaN}',
+        b'{"n": 1, "text": ' + b"[" * 2000 + b"]" * 2000 + b"}", b'{"n": 1, "text": {"\\ud800": 1}}',
     ])
 
 

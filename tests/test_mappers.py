@@ -87,7 +87,7 @@ def test_decode_array_of_either() -> None:
     "payload, reason, message",
     [
         ("{nope", "invalid-json", "not valid JSON"),
-        ('{"symbol":"A","price":NaN,"volume":1}', "invalid-json", "NaN"),
+        ('{"symbol":"A","price":NaN,"volume":1}', "non-finite-number", "NaN"),
         ("12", "not-an-object", "expected a JSON object"),
         ('{"symbol":"A","price":1}', "missing-attribute", "attribute 'volume' is missing"),
         ('{"symbol":"A","price":"x","volume":1}', "wrong-type", "attribute 'price': expected a number"),
