@@ -202,23 +202,29 @@ class VerifiedCache:
 class Padding:
     """How long to hold a password check's answer so that it does not tell which user exists.
 
-    ``costs`` are the seconds one verification of each hash kind took when measured at load.
-    A check whose hash took ``elapsed`` seconds is answered once it has taken what the most
-    expensive kind would have taken under the same load: ``elapsed`` scaled by the ratio of
-    the two costs, and never less than that kind's measured cost. An unknown user is checked
-    against ``decoy``, a hash of the most expensive kind, so it needs no padding at all.
+    ``costs`` are the seconds one verification of each hash kind took when timed at load.
+    Every check is answered no sooner than the most expensive kind takes (``target``) times
+    ``load``: how much slower than at load that kind runs now, a moving average over the
+    checks of that kind (an unknown user is checked against ``decoy``, a hash of that kind,
+    so a stream of guesses keeps it current). A cheap hash under load is then held as long
+    as the expensive one would take under the same load, without scaling its own jitter.
     """
+
+    #: weight of the newest check in ``load``
+    SMOOTHING = 0.2
 
     def __init__(self, costs: Mapping[str, float], examples: Mapping[str, str]) -> None:
         self.costs = {kind: max(cost, 1e-6) for kind, cost in costs.items()}
         self.slowest = max(self.costs, key=self.costs.__getitem__)
         self.target = self.costs[self.slowest]
         self.decoy = examples[self.slowest]
+        self.load = 1.0
 
     def delay(self, kind: str, elapsed: float) -> float:
-        """Seconds to wait after a check of ``kind`` that took ``elapsed`` seconds."""
-        cost = self.costs.get(kind, self.target)
-        return max(0.0, max(self.target, elapsed * self.target / cost) - elapsed)
+        """Seconds to wait after a check of ``kind`` whose hash took ``elapsed`` seconds."""
+        if kind == self.slowest:
+            self.load += self.SMOOTHING * (max(1.0, elapsed / self.target) - self.load)
+        return max(0.0, self.target * self.load - elapsed)
 
 
 class BasicAuth:

@@ -168,9 +168,9 @@ class Guard(Resource):
                 return b""
             for name, value in self.cors.headers(origin):  # on refusals too, so the page can read them
                 request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
-        refusal = self._address_limits(request, host)
-        if refusal is not None:
-            return self.refuse(request, 503, refusal, host)
+        limited = self._address_limits(request, host)
+        if limited is not None:
+            return self.refuse(request, *limited, host)
         presented = credentials(request, self.cookie, self.query_token)
         if presented.bearer_from == "cookie" and method not in SAFE_METHODS and cross_site_risk(request, self.cors):
             return self.refuse(request, 403, Refusal(
@@ -181,13 +181,21 @@ class Guard(Resource):
             return self._check_password(request, host, decision)
         return self._admit(request, host, decision)
 
-    def _address_limits(self, request: IRequest, host: str) -> Refusal | None:
-        """The client address's own budgets: a flood from one address spends only its own."""
+    def _address_limits(self, request: IRequest, host: str) -> tuple[int, Refusal] | None:
+        """The client address's own budgets: a flood from one address spends only its own.
+
+        An address past ``auth.failures.per.minute`` is refused before its credentials are
+        looked at, even ones that would be found in the cache: else it could go on guessing
+        against the cache, at no cost, while refused any hash."""
+        refusal = None
         if self.request_rate is not None and request.method == b"POST":
-            return self.request_rate.check(host)
-        if self.admission is not None and request.method == b"GET":
-            return self.admission.check_address(host)
-        return None
+            refusal = self.request_rate.check(host)
+        elif self.admission is not None and request.method == b"GET":
+            refusal = self.admission.check_address(host)
+        if refusal is not None:
+            return 503, refusal
+        failures = self.passwords.failures.check(host) if self.passwords is not None else None
+        return (429, failures) if failures is not None else None
 
     def _admit(self, request: IRequest, host: str, decision: Allowed | Denied) -> Any:
         """After the credentials: the limits every client shares, then the resource."""

@@ -62,7 +62,7 @@ class PathRouter(Resource):
                 method=request.method.decode("latin-1"), path=request.path.decode("latin-1", "replace"),
                 peer=getattr(request.getClientAddress(), "host", "?"), message=message, reason=reason, count=count,
             )
-        return json_error(request, code, message, **fields)
+        return json_error(request, code, message, reason=reason, **fields)
 
     def add(self, path: str, resource: IResource) -> None:
         self.routes[normalise_path(path)] = resource

@@ -49,6 +49,8 @@ THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
 QUEUE_PER_THREAD = 8
 #: Verifications timed per hash kind at load; the fastest counts (the others met a busy machine).
 CALIBRATION_RUNS = 3
+#: Seconds of padding below which no timer is set (well under the noise of any network)
+MIN_PADDING = 0.001
 #: A password no users file holds: what the timed verifications are run with.
 CALIBRATION_PASSWORD = "\0sse-daemon calibration\0"
 
@@ -180,10 +182,8 @@ class PasswordGate:
     def decide(self, check: PasswordCheck, host: str, gone: Callable[[], bool]) -> Deferred:
         """The answer to ``check`` from ``host``: Allowed, Denied, or None when ``gone()`` (the
         client left) before its turn came and nothing was hashed. Fails with PoolStopped when
-        the daemon stops meanwhile."""
-        refusal = self.failures.check(host)
-        if refusal is not None:  # no hash for an address that failed too often
-            return succeed(Denied(429, refusal.reason, refusal.message, refusal.retry_after))
+        the daemon stops meanwhile. A denial counts against ``host``'s ``failures``, which the
+        guard checks first (it refuses an address past them before anything else is looked at)."""
         sharing = self._inflight.get(check.key)
         if sharing is not None:  # the same credential is being hashed: wait for that answer
             d = Deferred()
@@ -216,7 +216,7 @@ class PasswordGate:
         if isinstance(decision, Denied):
             self.failures.failed(host)
         delay = padding.delay(hash_kind(hashed), elapsed)
-        if delay > 0 and not gone():
+        if delay >= MIN_PADDING and not gone():
             await deferLater(self.clock, delay)
         return decision
 
