@@ -68,6 +68,15 @@ class PathRouter(Resource):
         self.routes[normalise_path(path)] = resource
 
     def render(self, request: IRequest) -> object:
+        body = self._dispatch(request)
+        if request.method == b"HEAD" and isinstance(body, bytes) and body:
+            # a HEAD refusal: the head a GET would get, no body (else twisted.web drops the
+            # body itself and logs a warning for every such request: a log flood)
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            return b""
+        return body
+
+    def _dispatch(self, request: IRequest) -> object:
         path = normalise_path(request.path.decode("utf-8", "replace"))
         bad_header = undecodable_header(request)  # here, once for every resource (safety.py)
         if bad_header is not None:

@@ -436,3 +436,24 @@ async def test_a_bug_is_a_counted_500_and_cannot_flood_the_log(log_events) -> No
         assert failures[-1]["count"] == 10
     finally:
         await deadline(defer.maybeDeferred(listener.stopService))
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_twisted_web_did_quietly_is_counted_and_sampled(daemon, tmp_path: Path, log_events) -> None:
+    """Found by the audit: a header line past 16 KiB was closed without an answer or a count, and
+    every HEAD refusal (404, 405, 401) wrote twisted.web's "I think I'll eat it" warning: one
+    log line per request, unsampled."""
+    service = await daemon(BASIC_SINK.format(users=users_file(tmp_path, bcrypt_rounds=4), failures=10) + "admin:\n  port: 0\n")
+    port = service.port_of("Locked")
+    router = service.listeners[("127.0.0.1", 0)].router
+    for to in (port, service.admin.port):
+        raw, _ = await exchange(to, get("/healthz", "Cookie: x=" + "a" * 20_000 + "\r\n"))
+        assert status(raw) == 400, raw
+    assert router.rejected["malformed-request"] == 1 and service.admin.listener.router.rejected["malformed-request"] == 1
+    for path in ["/nope", "/locked"] * 30:
+        raw, _ = await exchange(port, get(path, method="HEAD"))
+        assert status(raw) in (401, 404) and raw.endswith(b"\r\n\r\n") and int(header(raw, "Content-Length")) > 0
+    raw, _ = await exchange(service.admin.port, get("/nope", method="HEAD"))
+    assert status(raw) == 404
+    assert not [e for e in log_events if "eat it" in (e.get("log_format") or "")], "no line per HEAD"
+    assert len([e for e in log_events if e.get("reason") in ("not-found", "missing-credentials")]) == 21, "sampled: ten of each, then none"
