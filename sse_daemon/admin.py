@@ -91,6 +91,7 @@ class DaemonCollector:
             "source_age": GaugeMetricFamily(p + "source_last_event_age_seconds", "Seconds since the source's last event (since the start if it had none).", labels=["source"]),
             "route_events": CounterMetricFamily(p + "route_events", "Events a route forwarded.", labels=["from", "to"]),
             "bus_failures": CounterMetricFamily(p + "stream_subscriber_failures", "Deliveries to a stream's subscribers that raised (logged with a traceback).", labels=["stream"]),
+            "port_rejected": CounterMetricFamily(p + "port_requests_rejected", "Requests a listening port refused before a sink, an ingest or an admin page saw them (not-found, method-not-allowed, malformed-request, invalid-header), or answered 500 for a bug (internal-error), by reason.", labels=["port", "reason"]),
         })
         if getattr(self.admin.daemon.bus, "readiness", None) is not None:  # a shared bus (bus: {type: redis})
             families.update({
@@ -138,6 +139,10 @@ class DaemonCollector:
             families["route_events"].add_metric([route["from"], route["to"]], route["events"])
         for stream in figures["streams"]:
             families["bus_failures"].add_metric([stream["name"]], stream["subscriber_failures"])
+        ports = [(f"{listener.host}:{listener.port}", listener.router) for listener in admin.daemon.listeners.values()]
+        for port, router in ports + [("admin", admin.listener.router)]:
+            for reason, count in sorted(router.rejected.items()):
+                families["port_rejected"].add_metric([port, reason], count)
         if "bus_up" in families:
             bus = admin.daemon.bus
             families["bus_up"].add_metric([], 1.0 if bus.state == "up" else 0.0)

@@ -15,6 +15,7 @@ from pathlib import Path
 import bcrypt
 import pytest_twisted
 from argon2 import PasswordHasher
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.web.resource import Resource
@@ -357,6 +358,11 @@ async def test_headers_that_are_not_utf8_are_a_400_on_sinks_ingest_and_admin(dae
             assert f"the {name.decode()} header is not utf-8 text".lower().encode() in raw.lower()
     routers = [service.listeners[("127.0.0.1", 0)].router, service.admin.listener.router]
     assert sum(r.rejected["invalid-header"] for r in routers) == len(targets) * len(names) * 3
+    raw, _ = await exchange(admin, get("/metrics"))
+    samples = {(s.name, s.labels.get("port"), s.labels.get("reason")): s.value
+               for family in text_string_to_metric_families(raw.partition(b"\r\n\r\n")[2].decode()) for s in family.samples}
+    for port_label, router in zip(("127.0.0.1:0", "admin"), routers):
+        assert samples[("sse_daemon_port_requests_rejected_total", port_label, "invalid-header")] == router.rejected["invalid-header"]
     assert not [e for e in log_events if e.get("log_failure") is not None or e.get("isError")], "no traceback"
     fine = await subscribe(port, "/open", "Last-Event-ID: café\r\n")  # UTF-8 is fine
     await fine.close()
