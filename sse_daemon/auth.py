@@ -44,6 +44,8 @@ ARGON2_PREFIXES = ("$argon2i$", "$argon2d$", "$argon2id$")
 VERIFIED_CACHE_SIZE = 1024
 #: seconds a verified credential is remembered (``auth.cache.ttl``)
 DEFAULT_CACHE_TTL = 300.0
+#: failed password checks a client address may make a minute (``auth.failures.per.minute``)
+DEFAULT_FAILURES_PER_MINUTE = 10.0
 
 
 class AuthConfigError(ValueError):

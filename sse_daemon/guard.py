@@ -31,7 +31,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 from urllib.parse import parse_qs
 
 from twisted.internet.interfaces import IReactorTime
@@ -42,7 +42,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-from .auth import Allowed, Authenticator, BasicAuth, Credentials, Denied, NoAuth, PasswordCheck, build_authenticator
+from .auth import (
+    DEFAULT_FAILURES_PER_MINUTE, Allowed, Authenticator, BasicAuth, Credentials, Denied, NoAuth, PasswordCheck, build_authenticator,
+)
 from .config import ConnectorDef
 from .cors import CorsPolicy
 from .limits import Admission, Refusal, RequestRate, should_log
@@ -52,7 +54,7 @@ from .sse import encode_comment
 
 EXPIRED = encode_comment("access token expired; reconnect with a new one")
 
-__all__ = ["Guard", "sink_guard", "ingest_guard", "client_host"]
+__all__ = ["Guard", "sink_guard", "ingest_guard", "build_access", "client_host"]
 
 
 def credentials(request: IRequest, cookie: str = "", query_token: bool = False) -> Credentials:
@@ -293,12 +295,13 @@ def finish(request: IRequest, body: bytes) -> None:
     request.finish()
 
 
-def _access(connector: ConnectorDef, pool: PasswordPool, clock: IReactorTime) -> tuple[Authenticator, PasswordGate | None]:
-    """The connector's authenticator, and for passwords the gate that checks them on ``pool``."""
-    authenticator = build_authenticator(connector.options, connector.stream)
+def build_access(options: Mapping[str, Any], stream: str, pool: PasswordPool, clock: IReactorTime) -> tuple[Authenticator, PasswordGate | None]:
+    """The authenticator ``auth.*`` options describe and, for passwords, the gate that checks
+    them on ``pool``: what a Guard takes as ``authenticator`` and ``passwords``."""
+    authenticator = build_authenticator(options, stream)
     if not isinstance(authenticator, BasicAuth):
         return authenticator, None
-    return authenticator, PasswordGate(authenticator, pool, clock, connector.options.get("auth.failures.per.minute", 0.0))
+    return authenticator, PasswordGate(authenticator, pool, clock, options.get("auth.failures.per.minute", DEFAULT_FAILURES_PER_MINUTE))
 
 
 def sink_guard(connector: ConnectorDef, resource: IResource, sink: Any, clock: IReactorTime, pool: PasswordPool) -> Guard:
@@ -318,12 +321,12 @@ def sink_guard(connector: ConnectorDef, resource: IResource, sink: Any, clock: I
                                peer=subscriber.peer, sink=sink.name)
                 sink.close(subscriber, EXPIRED)
 
-    authenticator, passwords = _access(connector, pool, clock)
+    authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
     return Guard(resource, connector, clock, sink.rejected, admission=admission, authenticator=authenticator,
                  passwords=passwords, on_expiry=expired, methods=("GET", "HEAD"))
 
 
 def ingest_guard(connector: ConnectorDef, resource: IResource, rejected: Counter[str], clock: IReactorTime, pool: PasswordPool) -> Guard:
-    authenticator, passwords = _access(connector, pool, clock)
+    authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
     return Guard(resource, connector, clock, rejected, request_rate=RequestRate(connector["max.requests.per.second"], clock.seconds),
                  authenticator=authenticator, passwords=passwords, methods=("POST",))
