@@ -70,11 +70,11 @@ class RawClient(protocol.Protocol):
 
 
 def get(path: str, headers: str = "", method: str = "GET") -> bytes:
-    return f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n".encode()
+    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n".encode()
 
 
 def post(path: str, body: bytes, headers: str = "") -> bytes:
-    return f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n{headers}\r\n".encode() + body
+    return f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n{headers}\r\n".encode() + body
 
 
 def reason(raw: bytes) -> str:
@@ -348,7 +348,7 @@ async def test_headers_that_are_not_utf8_are_a_400_on_sinks_ingest_and_admin(dae
     names = [b"Authorization", b"Origin", b"Last-Event-ID", b"Accept", b"Cookie", b"X-Anything"]
     for (to, method, path), name in [(t, n) for t in targets for n in names]:
         for value in (b"\xff\xfe", b"Bearer \xc3\x28", b"tok=" + b"\xe9t\xe9"):
-            request = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 8\r\n".encode()
+            request = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 8\r\n".encode()
                        + name + b": " + value + b"\r\n\r\n" + b'{"n": 1}')
             raw, _ = await exchange(to, request)
             assert status(raw) == 400, (method, path, name, value, raw[:300])

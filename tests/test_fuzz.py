@@ -116,8 +116,8 @@ def query(rng: random.Random) -> str:
     return ("?" + "&".join(parts)) if parts else ""
 
 
-def headers(rng: random.Random, body: bytes) -> list[str]:
-    chosen: list[str] = ["Host: x"]
+def headers(rng: random.Random, body: bytes, host: str = "x") -> list[str]:
+    chosen: list[str] = [f"Host: {host}"]
     for _ in range(rng.randrange(8)):
         chosen.append(rng.choice([
             f"Last-Event-ID: {last_event_id(rng)}",
@@ -171,7 +171,8 @@ def plausible(rng: random.Random, admin: bool = False) -> bytes:
     params = [f"{rng.choice(['lastEventId', 'last_event_id', 'access_token', 'x', 'name[]'])}={quote(rng.choice([last_event_id(rng), printable(rng), TOKEN]))}"
               for _ in range(rng.randrange(3))]
     payload = body(rng) if method == "POST" else b""
-    lines = [f"{method} {path}{'?' + '&'.join(params) if params else ''} {rng.choice(['HTTP/1.1', 'HTTP/1.0'])}", "Host: x"]
+    lines = [f"{method} {path}{'?' + '&'.join(params) if params else ''} {rng.choice(['HTTP/1.1', 'HTTP/1.0'])}",
+             f"Host: {'127.0.0.1' if admin else 'x'}"]
     for _ in range(rng.randrange(5)):
         lines.append(rng.choice([
             f"Last-Event-ID: {printable(rng) if rng.random() < 0.3 else last_event_id(rng).replace(chr(0), '')[:3000]}",
@@ -194,20 +195,20 @@ def plausible(rng: random.Random, admin: bool = False) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + payload
 
 
-def mutant(rng: random.Random) -> bytes:
+def mutant(rng: random.Random, admin: bool = False) -> bytes:
     """Anything goes: random bytes, odd request lines, broken headers, lengths that lie."""
     if rng.random() < 0.15:
         return os.urandom(rng.randrange(1, 300)) + b"\r\n\r\n"
     payload = body(rng) if rng.random() < 0.6 else b""
     line = f"{rng.choice(METHODS)} {rng.choice(PATHS)}{query(rng)} {rng.choice(VERSIONS)}"
-    head = "\r\n".join([line, *headers(rng, payload), "Connection: close"]) + "\r\n\r\n"
+    head = "\r\n".join([line, *headers(rng, payload, "127.0.0.1" if admin else "x"), "Connection: close"]) + "\r\n\r\n"
     return head.encode("utf-8", "surrogateescape") + payload
 
 
 def request(rng: random.Random) -> tuple[bool, bytes]:
     """Whether it goes to the admin listener, and the request."""
     admin = rng.random() < 0.25
-    return admin, (plausible(rng, admin) if rng.random() < 0.7 else mutant(rng))
+    return admin, (plausible(rng, admin) if rng.random() < 0.7 else mutant(rng, admin))
 
 
 def statuses_of(raw: bytes) -> list[int]:
@@ -320,7 +321,7 @@ async def test_random_requests_get_clear_answers_and_leave_nothing_behind(daemon
     assert post.received.startswith(b"HTTP/1.1 200"), bytes(post.received)
     for client in (watcher, fresh, guarded, password):
         await client.wait_for(b'"n":42')
-    health = await raw_request(admin, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    health = await raw_request(admin, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert (await health.wait_for(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
     for client in slow + [watcher, fresh, guarded, password, health]:
         await client.close()
