@@ -44,10 +44,9 @@ from twisted.logger import Logger, LogLevel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from .auth import build_authenticator
 from .config import SSE_SERVER_OPTIONS, AdminDef, Config, ConnectorDef, Location, normalise_path
 from .figures import SINK_COUNTERS, SourceWatch, snapshot
-from .guard import Guard
+from .guard import Guard, build_access
 from .limits import should_log
 from .listener import ListenerService
 from .mappers import make_mapper
@@ -105,6 +104,7 @@ class DaemonCollector:
             "source_age": GaugeMetricFamily(p + "source_last_event_age_seconds", "Seconds since the source's last event (since the start if it had none).", labels=["source"]),
             "route_events": CounterMetricFamily(p + "route_events", "Events a route forwarded.", labels=["from", "to"]),
             "bus_failures": CounterMetricFamily(p + "stream_subscriber_failures", "Deliveries to a stream's subscribers that raised (logged with a traceback).", labels=["stream"]),
+            "port_rejected": CounterMetricFamily(p + "port_requests_rejected", "Requests a listening port refused before a sink, an ingest or an admin page saw them (not-found, method-not-allowed, malformed-request, invalid-header), or answered 500 for a bug (internal-error), by reason.", labels=["port", "reason"]),
         })
         families["admin_rejected"] = CounterMetricFamily(
             p + "admin_requests_rejected", "Admin listener requests refused, by reason (host-not-allowed, protected-stream, missing-credentials, bad-credentials, ...).",
@@ -157,6 +157,10 @@ class DaemonCollector:
             families["bus_failures"].add_metric([stream["name"]], stream["subscriber_failures"])
         for reason, count in sorted(admin.rejected.items()):
             families["admin_rejected"].add_metric([reason], count)
+        ports = [(f"{listener.host}:{listener.port}", listener.router) for listener in admin.daemon.listeners.values()]
+        for port, router in ports + [("admin", admin.listener.router)]:
+            for reason, count in sorted(router.rejected.items()):
+                families["port_rejected"].add_metric([port, reason], count)
         if "bus_up" in families:
             bus = admin.daemon.bus
             families["bus_up"].add_metric([], 1.0 if bus.state == "up" else 0.0)
@@ -196,7 +200,8 @@ class AdminService(MultiService):
         self.rejected: Counter[str] = Counter()
         self.hosts = HostPolicy.for_admin(definition.host, definition["allowed.hosts"])
         self.authenticated = bool(definition.auth_types)
-        self._authenticators = {kind: build_authenticator(definition.access_options(kind), "admin")
+        # each scheme's authenticator and, for passwords, the gate that checks them off the reactor
+        self._authenticators = {kind: build_access(definition.access_options(kind), "admin", daemon.passwords, self.clock)
                                 for kind in definition.auth_types}
         # what a Guard needs to know of its connector: the admin section's access options
         self._access = ConnectorDef("admin", "listener", "admin", "", definition.access_options("none"), definition.location)
@@ -221,8 +226,9 @@ class AdminService(MultiService):
         """``resource`` behind the Host check and (unless ``open_``) the admin's auth: one Guard
         per accepted scheme, built like a sink's, around this resource."""
         guards = {} if open_ else {
-            kind: Guard(resource, self._access, self.clock, self.rejected, authenticator=authenticator, methods=("GET", "HEAD"))
-            for kind, authenticator in self._authenticators.items()
+            kind: Guard(resource, self._access, self.clock, self.rejected, authenticator=authenticator, passwords=passwords,
+                        methods=("GET", "HEAD"))
+            for kind, (authenticator, passwords) in self._authenticators.items()
         }
         return AdminGate(resource, self.hosts, guards, self.refuse)
 

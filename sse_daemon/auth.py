@@ -13,8 +13,11 @@
   sink) or write (an ingest).
 
 Nothing here logs or keeps a secret: static tokens are held as SHA-256
-digests, verified passwords are cached under an HMAC with a per-process key,
-and every denial carries a fixed ``reason`` and a message without the secret.
+digests, verified passwords are cached under an HMAC with a per-process key
+(for ``auth.cache.ttl`` seconds), and every denial carries a fixed ``reason``
+and a message without the secret. Nothing here hashes a password on the
+caller's thread either: ``BasicAuth.check`` hands out a ``PasswordCheck``
+that passwords.py runs in a thread pool, then gives back to ``settle``.
 Times come from the caller's clock (``now``), so token expiry follows the
 daemon's injected clock rather than PyJWT's wall clock.
 """
@@ -31,13 +34,18 @@ from typing import Any, Iterable, Mapping, Protocol
 
 __all__ = [
     "AuthConfigError", "Credentials", "Allowed", "Denied", "Authenticator",
-    "NoAuth", "BasicAuth", "BearerAuth", "JwtVerifier", "load_users", "build_authenticator",
+    "NoAuth", "BasicAuth", "BearerAuth", "JwtVerifier", "PasswordCheck", "VerifiedCache", "Padding", "hash_kind",
+    "verify_password", "load_users", "build_authenticator",
 ]
 
 BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 ARGON2_PREFIXES = ("$argon2i$", "$argon2d$", "$argon2id$")
-#: verified (user, password) pairs remembered so bcrypt's ~0.1 s is not paid on every reconnect
+#: verified (user, password) pairs remembered so bcrypt's ~0.25 s is not paid on every reconnect
 VERIFIED_CACHE_SIZE = 1024
+#: seconds a verified credential is remembered (``auth.cache.ttl``)
+DEFAULT_CACHE_TTL = 300.0
+#: failed password checks a client address may make a minute (``auth.failures.per.minute``)
+DEFAULT_FAILURES_PER_MINUTE = 10.0
 
 
 class AuthConfigError(ValueError):
@@ -68,16 +76,17 @@ class Allowed:
 
 @dataclass(frozen=True, slots=True)
 class Denied:
-    status: int  # 401: who are you?  403: you may not
+    status: int  # 401: who are you?  403: you may not  429/503: not now
     reason: str  # a fixed set: metric labels
     message: str  # safe to show and log
+    retry_after: int = 0  # seconds, sent as Retry-After when above 0
 
 
 class Authenticator(Protocol):
     #: the WWW-Authenticate challenge sent with a 401 (None: no auth)
     challenge: str | None
 
-    def check(self, credentials: Credentials, now: float) -> Allowed | Denied: ...
+    def check(self, credentials: Credentials, now: float) -> Allowed | Denied | PasswordCheck: ...
 
 
 class NoAuth:
@@ -120,47 +129,140 @@ def load_users(path: str) -> dict[str, str]:
 
 
 def verify_password(hashed: str, password: str) -> bool:
+    """bcrypt or Argon2, by the hash's prefix: CPU-heavy (0.1-0.3 s), so never on the reactor (passwords.py)."""
     if hashed.startswith(BCRYPT_PREFIXES):
         import bcrypt
 
         try:
-            return bcrypt.checkpw(password.encode("utf-8"), hashed.encode("ascii"))
+            return bcrypt.checkpw(password.encode("utf-8", "surrogatepass"), hashed.encode("ascii"))
         except ValueError:
             return False
     from argon2 import PasswordHasher
     from argon2.exceptions import Argon2Error, InvalidHashError
 
     try:
-        return PasswordHasher().verify(hashed, password)
+        return PasswordHasher().verify(hashed, password.encode("utf-8", "surrogatepass"))
     except (Argon2Error, InvalidHashError):
         return False
 
 
+def hash_kind(hashed: str) -> str:
+    """The algorithm and cost parameters of a hash, without its salt and digest: hashes of one
+    kind cost the same to verify (``$2b$12$``, ``$argon2id$v=19$m=65536,t=3,p=4$``)."""
+    if hashed.startswith(BCRYPT_PREFIXES):
+        return hashed[:7]
+    return "$".join(hashed.split("$")[:-2]) + "$"
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordCheck:
+    """A password that must be hashed to be checked (passwords.py runs it off the reactor).
+
+    ``hashed`` is None for an unknown user: it is checked against a decoy of the most
+    expensive kind, so its answer takes as long as anyone's. ``key`` is the credential's
+    HMAC: the cache's key and the key that joins identical checks in flight.
+    """
+
+    user: str
+    password: str
+    hashed: str | None
+    key: bytes
+
+    def __repr__(self) -> str:  # never show the password, even in a traceback
+        return f"PasswordCheck(user=<user>, known={self.hashed is not None})"
+
+
+class VerifiedCache:
+    """Credentials verified in the last ``ttl`` seconds, by HMAC (never the password), at most ``size``."""
+
+    def __init__(self, ttl: float, size: int = VERIFIED_CACHE_SIZE) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._until: OrderedDict[bytes, float] = OrderedDict()  # oldest first: same ttl for all
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def hit(self, key: bytes, now: float) -> bool:
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if now >= until:
+            del self._until[key]
+            return False
+        return True
+
+    def add(self, key: bytes, now: float) -> None:
+        if self.ttl <= 0:
+            return
+        self._until.pop(key, None)
+        self._until[key] = now + self.ttl
+        while self._until and (len(self._until) > self.size or next(iter(self._until.values())) <= now):
+            self._until.popitem(last=False)
+
+
+class Padding:
+    """How long to hold a password check's answer so that it does not tell which user exists.
+
+    ``costs`` are the seconds one verification of each hash kind took when timed at load.
+    Every check is answered no sooner than the most expensive kind takes (``target``) times
+    ``load``: how much slower than at load that kind runs now, a moving average over the
+    checks of that kind (an unknown user is checked against ``decoy``, a hash of that kind,
+    so a stream of guesses keeps it current). A cheap hash under load is then held as long
+    as the expensive one would take under the same load, without scaling its own jitter.
+    """
+
+    #: weight of the newest check in ``load``
+    SMOOTHING = 0.2
+
+    def __init__(self, costs: Mapping[str, float], examples: Mapping[str, str]) -> None:
+        self.costs = {kind: max(cost, 1e-6) for kind, cost in costs.items()}
+        self.slowest = max(self.costs, key=self.costs.__getitem__)
+        self.target = self.costs[self.slowest]
+        self.decoy = examples[self.slowest]
+        self.load = 1.0
+
+    def delay(self, kind: str, elapsed: float) -> float:
+        """Seconds to wait after a check of ``kind`` whose hash took ``elapsed`` seconds."""
+        if kind == self.slowest:
+            self.load += self.SMOOTHING * (max(1.0, elapsed / self.target) - self.load)
+        return max(0.0, self.target * self.load - elapsed)
+
+
 class BasicAuth:
-    def __init__(self, users: Mapping[str, str], realm: str) -> None:
+    """Users of a users file; a password check is handed out (``PasswordCheck``) to be hashed
+    elsewhere and its outcome given back to ``settle``. A verified credential is then
+    remembered for ``cache_ttl`` seconds (``auth.cache.ttl``), so a reconnect is not hashed again."""
+
+    def __init__(self, users: Mapping[str, str], realm: str, cache_ttl: float = DEFAULT_CACHE_TTL) -> None:
         self.users = dict(users)
         self.challenge = f'Basic realm="{realm}", charset="UTF-8"'
         self._key = secrets.token_bytes(32)
-        self._verified: OrderedDict[bytes, None] = OrderedDict()
-        # a real hash to check unknown users against, so they cost as much as known ones
-        self._decoy = next(iter(self.users.values()))
+        self.verified = VerifiedCache(cache_ttl)
 
-    def check(self, credentials: Credentials, now: float) -> Allowed | Denied:
+    def kinds(self) -> dict[str, str]:
+        """One hash of each kind in the file: what passwords.py times to pad every answer alike."""
+        found: dict[str, str] = {}
+        for hashed in self.users.values():
+            found.setdefault(hash_kind(hashed), hashed)
+        return found
+
+    def check(self, credentials: Credentials, now: float) -> Allowed | Denied | PasswordCheck:
         if credentials.basic is None:
             return Denied(401, "missing-credentials", "this stream needs a user name and password")
         user, password = credentials.basic
         hashed = self.users.get(user)
-        mac = hmac.new(self._key, b"\0".join(s.encode("utf-8", "surrogatepass") for s in (user, password, hashed or "")), "sha256").digest()
-        if hashed is not None and mac in self._verified:
-            self._verified.move_to_end(mac)
+        key = hmac.new(self._key, b"\0".join(s.encode("utf-8", "surrogatepass") for s in (user, password, hashed or "")), "sha256").digest()
+        if hashed is not None and self.verified.hit(key, now):
             return Allowed(user)
-        ok = verify_password(hashed or self._decoy, password) and hashed is not None
-        if not ok:
+        return PasswordCheck(user, password, hashed, key)
+
+    def settle(self, check: PasswordCheck, verified: bool, now: float) -> Allowed | Denied:
+        """The answer to a check once hashed: ``verified`` is the hash's verdict."""
+        if not verified or check.hashed is None:
             return Denied(401, "bad-credentials", "wrong user name or password")
-        self._verified[mac] = None
-        while len(self._verified) > VERIFIED_CACHE_SIZE:
-            self._verified.popitem(last=False)
-        return Allowed(user)
+        self.verified.add(check.key, now)
+        return Allowed(check.user)
 
 
 # --------------------------------------------------------------------------- bearer
@@ -291,7 +393,7 @@ def build_authenticator(options: Mapping[str, Any], stream: str, environ: Mappin
     if kind == "basic":
         if not options.get("auth.users.file"):
             raise AuthConfigError("auth.users.file", "auth.type basic needs auth.users.file (name:hash lines)")
-        return BasicAuth(load_users(options["auth.users.file"]), realm)
+        return BasicAuth(load_users(options["auth.users.file"]), realm, options.get("auth.cache.ttl", DEFAULT_CACHE_TTL))
     tokens = load_tokens(options.get("auth.tokens.file"), options.get("auth.tokens.env"), environ)
     key = _read_key(options)
     verifier = None

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from .auth import DEFAULT_CACHE_TTL, DEFAULT_FAILURES_PER_MINUTE  # stdlib only: bcrypt and friends load lazily
 from .expressions import Condition, ExpressionError, compile_condition
 from .grammar import StatementSyntaxError
 from .jsonpath import JsonPath, JsonPathError, parse_path as parse_json_path
@@ -423,6 +424,8 @@ ACCESS_OPTIONS = (
     Option("auth.jwt.leeway", "FLOAT", "Seconds of clock skew allowed around a JWT's `exp` and `nbf`.", lambda v: parse_number(v, 0), 0.0),
     Option("auth.cookie", "STRING", "Name of a cookie that may carry the bearer token (a browser's EventSource cannot set headers); empty reads no cookie.", parse_string, ""),
     Option("auth.query.token", "BOOL", "Also accept the bearer token in an `access_token` query parameter (it may end up in proxy logs; off by default).", parse_bool, False),
+    Option("auth.cache.ttl", "FLOAT", "For `basic`: seconds a verified user name and password are remembered (as an HMAC under a per-process key, never in clear), so a reconnect is not hashed again; 0 hashes every request.", lambda v: parse_number(v, 0), DEFAULT_CACHE_TTL),
+    Option("auth.failures.per.minute", "FLOAT", "For `basic`: failed password checks allowed per client address per minute (a bucket holding a minute's worth); past it that address gets 429 with `Retry-After`, without a check; 0 is no limit.", lambda v: parse_number(v, 0), DEFAULT_FAILURES_PER_MINUTE),
     Option("cors.origins", "LIST", "Origins (`https://app.example.com`) whose pages may subscribe (sink) or post (ingest); a request from another origin gets 403; `*` allows any; empty turns CORS handling off.", _origins, ()),
     Option("cors.credentials", "BOOL", "Let pages send cookies and `Authorization` cross-origin (`Access-Control-Allow-Credentials: true`); not with `cors.origins: '*'`.", parse_bool, False),
     Option("cors.max.age", "INT", "Seconds a browser may cache a preflight (`OPTIONS`) answer.", lambda v: parse_int(v, 0), 600),

@@ -4,14 +4,26 @@ Checks that decide whether a request may reach a sink or an ingest live here,
 in one place, so ``sink.py`` and ``ingest.py`` only deal with streams and
 bodies. The decisions themselves are pure (``limits.py``, ``auth.py``); this
 module is the thin Twisted glue: read the client address and credentials,
-answer refusals (503 with ``Retry-After``, 401 with ``WWW-Authenticate``,
-403), count and log them without secrets, keep the per-address stream counts
-in step with ``notifyFinish``, and end a stream when its token expires.
+answer refusals (503 or 429 with ``Retry-After``, 401 with
+``WWW-Authenticate``, 403), count and log them without secrets, keep the
+per-address stream counts in step with ``notifyFinish``, and end a stream when
+its token expires.
 
-Order: CORS first (a listed origin's preflight is answered without
-credentials, an unlisted origin is refused), then rate and caps (cheap, and
-they keep a flood from costing a bcrypt check each), then credentials, then
-the resource.
+The order of checks (README, "Order of checks"): a refusal that costs the
+daemon nothing must not spend a budget that valid clients need.
+
+1. the port's router: a path served here (404) and headers that are UTF-8 text (400);
+2. the method (405), before anything else is spent on it;
+3. CORS: an unlisted ``Origin`` is refused (403); a preflight is answered without credentials;
+4. the client address's own limits: ``max.subscribers.per.address`` (checked, nothing
+   spent), ``max.requests.per.second`` (the address's own bucket) and, for passwords,
+   ``auth.failures.per.minute``: a flood from one address spends only that address's budget;
+5. credentials: a cookie-authenticated POST must not be a simple cross-site request
+   (403), then the check itself; a password is hashed in passwords.py's pool and the
+   request answered when it is done (503 at once when the pool is full);
+6. the limits every client shares: ``max.subscribers`` and ``max.connections.per.second``
+   (a token is taken only by a request that passed everything above);
+7. the resource.
 """
 
 from __future__ import annotations
@@ -19,24 +31,30 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 from urllib.parse import parse_qs
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.error import UnsupportedMethod
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-from .auth import Allowed, Authenticator, Credentials, Denied, NoAuth, build_authenticator
+from .auth import (
+    DEFAULT_FAILURES_PER_MINUTE, Allowed, Authenticator, BasicAuth, Credentials, Denied, NoAuth, PasswordCheck, build_authenticator,
+)
 from .config import ConnectorDef
 from .cors import CorsPolicy
 from .limits import Admission, Refusal, RequestRate, should_log
+from .passwords import PasswordGate, PasswordPool, PoolStopped
+from .safety import internal_error
 from .sse import encode_comment
 
 EXPIRED = encode_comment("access token expired; reconnect with a new one")
 
-__all__ = ["Guard", "sink_guard", "ingest_guard", "client_host"]
+__all__ = ["Guard", "sink_guard", "ingest_guard", "build_access", "client_host"]
 
 
 def credentials(request: IRequest, cookie: str = "", query_token: bool = False) -> Credentials:
@@ -69,6 +87,27 @@ def client_host(request: IRequest) -> str:
     return str(getattr(address, "host", None) or address)
 
 
+#: media types a page of any origin may POST without a preflight (the Fetch standard's CORS-safelisted ones)
+SIMPLE_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain", "")
+#: methods that change nothing: a cross-site one is harmless (CORS hides its answer)
+SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
+
+
+def cross_site_risk(request: IRequest, cors: CorsPolicy) -> bool:
+    """Whether a request with ambient credentials (a cookie) could have been sent by a page of
+    any origin: a browser sends a "simple" POST (form or text/plain body, no custom header)
+    cross-site with the site's cookies, without asking first. An origin listed by name in
+    ``cors.origins``, a non-simple Content-Type (``application/json``) or ``X-Requested-With``
+    (both need a preflight, which an unlisted origin does not pass) make it safe."""
+    origin = request.getHeader("origin")
+    if origin is not None and origin.rstrip("/") in cors.origins:  # by name: '*' lets any page post
+        return False
+    if request.getHeader("x-requested-with") is not None:
+        return False
+    media_type = (request.getHeader("content-type") or "").partition(";")[0].strip().lower()
+    return media_type in SIMPLE_CONTENT_TYPES
+
+
 class Guard(Resource):
     """Wraps a sink's or an ingest's resource; refuses what its limits do not allow.
 
@@ -89,6 +128,7 @@ class Guard(Resource):
         admission: Admission | None = None,
         request_rate: RequestRate | None = None,
         authenticator: Authenticator | None = None,
+        passwords: PasswordGate | None = None,
         on_expiry: Callable[[IRequest], None] | None = None,
         methods: tuple[str, ...] = ("GET",),
     ) -> None:
@@ -100,7 +140,9 @@ class Guard(Resource):
         self.admission = admission
         self.request_rate = request_rate
         self.authenticator = authenticator or NoAuth()
+        self.passwords = passwords  # runs the authenticator's PasswordChecks (auth.type basic)
         self.on_expiry = on_expiry
+        self.methods = tuple(m.encode("ascii") for m in methods)
         self.cors = CorsPolicy(connector.options.get("cors.origins", ()), connector.options.get("cors.credentials", False),
                                connector.options.get("cors.max.age", 600), methods)
         self.cookie: str = connector.options.get("auth.cookie", "")
@@ -110,11 +152,15 @@ class Guard(Resource):
         host = client_host(request)
         method = request.method
         origin = request.getHeader("origin")
+        preflight = self.cors.enabled and method == b"OPTIONS" and origin is not None \
+            and request.getHeader("access-control-request-method") is not None
+        if method not in self.methods and not preflight:
+            raise UnsupportedMethod(self.methods)  # the router's 405, before anything is spent
         if self.cors.enabled and origin is not None:
             if not self.cors.allows(origin):
                 return self.refuse(request, 403, Refusal("origin-not-allowed", f"origin {origin[:100]} may not use this endpoint", 0), host)
-            wanted = request.getHeader("access-control-request-method")
-            if method == b"OPTIONS" and wanted is not None:  # a preflight: answered here, no credentials needed
+            if preflight:  # answered here, no credentials needed
+                wanted = request.getHeader("access-control-request-method") or ""
                 granted = self.cors.preflight(origin, wanted, request.getHeader("access-control-request-headers") or "")
                 if granted is None:
                     return self.refuse(request, 403, Refusal("preflight-not-allowed", f"{wanted[:20]} or a requested header is not allowed here", 0), host)
@@ -124,28 +170,79 @@ class Guard(Resource):
                 return b""
             for name, value in self.cors.headers(origin):  # on refusals too, so the page can read them
                 request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
-        if self.request_rate is not None and method == b"POST":
+        limited = self._address_limits(request, host)
+        if limited is not None:
+            return self.refuse(request, *limited, host)
+        presented = credentials(request, self.cookie, self.query_token)
+        if presented.bearer_from == "cookie" and method not in SAFE_METHODS and cross_site_risk(request, self.cors):
+            return self.refuse(request, 403, Refusal(
+                "cross-site-request", "a POST authenticated by a cookie must come from an origin listed in cors.origins "
+                "or carry a non-simple Content-Type such as application/json", 0), host)
+        decision = self.authenticator.check(presented, self.clock.seconds())
+        if isinstance(decision, PasswordCheck):
+            return self._check_password(request, host, decision)
+        return self._admit(request, host, decision)
+
+    def _address_limits(self, request: IRequest, host: str) -> tuple[int, Refusal] | None:
+        """The client address's own budgets: a flood from one address spends only its own.
+
+        An address past ``auth.failures.per.minute`` is refused before its credentials are
+        looked at, even ones that would be found in the cache: else it could go on guessing
+        against the cache, at no cost, while refused any hash."""
+        refusal = None
+        if self.request_rate is not None and request.method == b"POST":
             refusal = self.request_rate.check(host)
-            if refusal is not None:
-                return self.refuse(request, 503, refusal, host)
-        stream = self.admission is not None and method == b"GET"
-        if stream:
-            refusal = self.admission.check(host)
-            if refusal is not None:
-                return self.refuse(request, 503, refusal, host)
-        if isinstance(self.authenticator, NoAuth):
-            decision: Allowed | Denied = Allowed("anonymous")
-        else:
-            decision = self.authenticator.check(credentials(request, self.cookie, self.query_token), self.clock.seconds())
+        elif self.admission is not None and request.method == b"GET":
+            refusal = self.admission.check_address(host)
+        if refusal is not None:
+            return 503, refusal
+        failures = self.passwords.failures.check(host) if self.passwords is not None else None
+        return (429, failures) if failures is not None else None
+
+    def _admit(self, request: IRequest, host: str, decision: Allowed | Denied) -> Any:
+        """After the credentials: the limits every client shares, then the resource."""
         if isinstance(decision, Denied):
             return self.deny(request, decision, host)
+        stream = self.admission is not None and request.method == b"GET"
         if stream:
+            # the address's cap again: a password check may have let others from it in meanwhile
+            refusal = self.admission.check_address(host) or self.admission.check_global()
+            if refusal is not None:
+                return self.refuse(request, 503, refusal, host)
             self.admission.opened(host)
             request.notifyFinish().addBoth(self._stream_ended, host)
         result = self.inner.render(request)
         if result is NOT_DONE_YET and decision.expires is not None and self.on_expiry is not None:
             self._close_at_expiry(request, decision)
         return result
+
+    def _check_password(self, request: IRequest, host: str, check: PasswordCheck) -> object:
+        """Hash off the reactor (passwords.py); the request is answered when the check is done."""
+        if self.passwords is None:  # a BasicAuth is always built with its gate (sink_guard, ingest_guard)
+            raise RuntimeError(f"{self.connector.label} has no password pool")
+        left: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: left.append(True))  # before our answer: the client left
+        decided = self.passwords.decide(check, host, lambda: bool(left))
+        decided.addCallback(self._decided, request, host, left)
+        decided.addErrback(self._failed, request, host, left)
+        return NOT_DONE_YET
+
+    def _decided(self, decision: Allowed | Denied | None, request: IRequest, host: str, left: list[bool]) -> None:
+        if decision is None or left:  # the client left: it costs nothing more
+            return
+        body = self._admit(request, host, decision)
+        if body is not NOT_DONE_YET:
+            finish(request, body)
+
+    def _failed(self, failure: Failure, request: IRequest, host: str, left: list[bool]) -> None:
+        if left:
+            return
+        if failure.check(PoolStopped):
+            body = self.refuse(request, 503, Refusal("shutting-down", "the server is shutting down; retry later", 1), host)
+        else:
+            body = internal_error(request, failure, self.rejected, self.log, self.connector.label)
+        if body is not NOT_DONE_YET:
+            finish(request, body)
 
     def _stream_ended(self, result: object, host: str) -> None:
         assert self.admission is not None
@@ -166,7 +263,7 @@ class Guard(Resource):
             headers["WWW-Authenticate"] = challenge
         elif denied.status == 403 and challenge and challenge.startswith("Bearer"):
             headers["WWW-Authenticate"] = challenge + ', error="insufficient_scope"'
-        return self.refuse(request, denied.status, Refusal(denied.reason, denied.message, 0), host, **headers)
+        return self.refuse(request, denied.status, Refusal(denied.reason, denied.message, denied.retry_after), host, **headers)
 
     def refuse(self, request: IRequest, code: int, refusal: Refusal, host: str, **headers: str) -> bytes:
         self.rejected[refusal.reason] += 1
@@ -179,14 +276,35 @@ class Guard(Resource):
             )
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", b"application/json")
-        if code == 503:
+        if refusal.retry_after > 0:
             request.setHeader(b"Retry-After", str(refusal.retry_after).encode())
         for name, value in headers.items():
             request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
         return json.dumps({"error": refusal.message, "reason": refusal.reason}).encode() + b"\n"
 
 
-def sink_guard(connector: ConnectorDef, resource: IResource, sink: Any, clock: IReactorTime) -> Guard:
+def finish(request: IRequest, body: bytes) -> None:
+    """Write what a resource rendered after the fact, as twisted.web's Request.render would have."""
+    if request.method == b"HEAD":
+        if body:
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(b"")
+    else:
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
+    request.finish()
+
+
+def build_access(options: Mapping[str, Any], stream: str, pool: PasswordPool, clock: IReactorTime) -> tuple[Authenticator, PasswordGate | None]:
+    """The authenticator ``auth.*`` options describe and, for passwords, the gate that checks
+    them on ``pool``: what a Guard takes as ``authenticator`` and ``passwords``."""
+    authenticator = build_authenticator(options, stream)
+    if not isinstance(authenticator, BasicAuth):
+        return authenticator, None
+    return authenticator, PasswordGate(authenticator, pool, clock, options.get("auth.failures.per.minute", DEFAULT_FAILURES_PER_MINUTE))
+
+
+def sink_guard(connector: ConnectorDef, resource: IResource, sink: Any, clock: IReactorTime, pool: PasswordPool) -> Guard:
     admission = Admission(
         connector["max.subscribers"],
         connector["max.subscribers.per.address"],
@@ -203,11 +321,12 @@ def sink_guard(connector: ConnectorDef, resource: IResource, sink: Any, clock: I
                                peer=subscriber.peer, sink=sink.name)
                 sink.close(subscriber, EXPIRED)
 
-    return Guard(resource, connector, clock, sink.rejected, admission=admission,
-                 authenticator=build_authenticator(connector.options, connector.stream), on_expiry=expired,
-                 methods=("GET", "HEAD"))
+    authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
+    return Guard(resource, connector, clock, sink.rejected, admission=admission, authenticator=authenticator,
+                 passwords=passwords, on_expiry=expired, methods=("GET", "HEAD"))
 
 
-def ingest_guard(connector: ConnectorDef, resource: IResource, rejected: Counter[str], clock: IReactorTime) -> Guard:
+def ingest_guard(connector: ConnectorDef, resource: IResource, rejected: Counter[str], clock: IReactorTime, pool: PasswordPool) -> Guard:
+    authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
     return Guard(resource, connector, clock, rejected, request_rate=RequestRate(connector["max.requests.per.second"], clock.seconds),
-                 authenticator=build_authenticator(connector.options, connector.stream), methods=("POST",))
+                 authenticator=authenticator, passwords=passwords, methods=("POST",))

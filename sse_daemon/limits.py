@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["TokenBucket", "KeyedBuckets", "Refusal", "Admission", "should_log", "LogRate"]
+__all__ = ["TokenBucket", "KeyedBuckets", "Refusal", "Admission", "RequestRate", "FailureLimit", "should_log", "LogRate"]
 
 #: client addresses whose buckets are remembered; the least recently seen is forgotten first
 MAX_TRACKED_ADDRESSES = 10_000
@@ -74,6 +74,11 @@ class TokenBucket:
             return 0.0
         return (1.0 - self._tokens) / self.rate
 
+    def wait(self) -> float:
+        """0 when a token is there now; otherwise the seconds until one will be. Takes nothing."""
+        tokens = min(self.burst, self._tokens + max(0.0, self._now() - self._stamp) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def full(self) -> bool:
         return self._tokens + max(0.0, self._now() - self._stamp) * self.rate >= self.burst
 
@@ -97,6 +102,11 @@ class KeyedBuckets:
         while len(self._buckets) > self._size:
             self._buckets.popitem(last=False)
         return bucket.take()
+
+    def wait(self, key: str) -> float:
+        """What ``take`` would say, without taking (a key never seen has a full bucket)."""
+        bucket = self._buckets.get(key)
+        return bucket.wait() if bucket is not None else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +140,19 @@ class Admission:
 
     def check(self, address: str) -> Refusal | None:
         """Whether a new stream from ``address`` may open now (it takes a rate token if so)."""
+        return self.check_address(address) or self.check_global()
+
+    def check_address(self, address: str) -> Refusal | None:
+        """The address's own cap: checked before credentials, it spends nothing."""
+        if self.max_per_address and self.by_address.get(address, 0) >= self.max_per_address:
+            return Refusal("too-many-from-address", f"{self.by_address[address]} streams are already open from your address (the most it may have)", self.retry_after)
+        return None
+
+    def check_global(self) -> Refusal | None:
+        """The caps every client shares (takes a rate token if it lets the stream open): checked
+        after credentials, so requests refused for nothing cannot spend them (guard.py)."""
         if self.max_total and self.total >= self.max_total:
             return Refusal("too-many-subscribers", f"this stream already has {self.total} subscribers (the most it takes)", self.retry_after)
-        if self.max_per_address and self.by_address[address] >= self.max_per_address:
-            return Refusal("too-many-from-address", f"{self.by_address[address]} streams are already open from your address (the most it may have)", self.retry_after)
         if self.rate is not None:
             wait = self.rate.take()
             if wait:
@@ -164,3 +183,27 @@ class RequestRate:
         if wait:
             return Refusal("request-rate", f"requests from your address arrive faster than {self.buckets.rate:g} a second", _seconds(wait))
         return None
+
+
+class FailureLimit:
+    """Failed password checks per client address (``auth.failures.per.minute``; 0 turns it off).
+
+    A bucket holds a minute's worth; each failure takes a token. While an
+    address has none left its password checks are refused at once (429 with
+    ``Retry-After``) instead of each costing a bcrypt/Argon2 hash.
+    """
+
+    def __init__(self, per_minute: float, now: Callable[[], float]) -> None:
+        self.buckets = KeyedBuckets(per_minute / 60.0, per_minute, now) if per_minute > 0 else None
+
+    def check(self, address: str) -> Refusal | None:
+        if self.buckets is None:
+            return None
+        wait = self.buckets.wait(address)
+        if wait:
+            return Refusal("auth-failures", f"too many failed password checks from your address (more than {self.buckets.rate * 60:g} a minute)", _seconds(wait))
+        return None
+
+    def failed(self, address: str) -> None:
+        if self.buckets is not None:
+            self.buckets.take(address)

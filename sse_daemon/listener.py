@@ -24,6 +24,7 @@ from twisted.web.resource import IResource, Resource
 
 from .config import normalise_path
 from .limits import should_log
+from .safety import internal_error, undecodable_header
 
 #: body limit on a port that only serves sinks (subscribing needs no body)
 SINK_ONLY_BODY_LIMIT = 64 * 1024
@@ -61,13 +62,25 @@ class PathRouter(Resource):
                 method=request.method.decode("latin-1"), path=request.path.decode("latin-1", "replace"),
                 peer=getattr(request.getClientAddress(), "host", "?"), message=message, reason=reason, count=count,
             )
-        return json_error(request, code, message, **fields)
+        return json_error(request, code, message, reason=reason, **fields)
 
     def add(self, path: str, resource: IResource) -> None:
         self.routes[normalise_path(path)] = resource
 
     def render(self, request: IRequest) -> object:
+        body = self._dispatch(request)
+        if request.method == b"HEAD" and isinstance(body, bytes) and body:
+            # a HEAD refusal: the head a GET would get, no body (else twisted.web drops the
+            # body itself and logs a warning for every such request: a log flood)
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            return b""
+        return body
+
+    def _dispatch(self, request: IRequest) -> object:
         path = normalise_path(request.path.decode("utf-8", "replace"))
+        bad_header = undecodable_header(request)  # here, once for every resource (safety.py)
+        if bad_header is not None:
+            return self.reject(request, 400, "invalid-header", f"the {bad_header} header is not UTF-8 text")
         resource = self.routes.get(path)
         if resource is None:
             return self.reject(request, 404, "not-found", f"nothing is served at {path}", paths=sorted(self.routes))
@@ -78,6 +91,8 @@ class PathRouter(Resource):
             request.setHeader(b"Allow", ", ".join(allowed).encode())
             message = f"{request.method.decode('latin-1')} is not allowed on {path}"
             return self.reject(request, 405, "method-not-allowed", message, allowed=allowed)
+        except Exception:  # a bug: a counted, sampled 500, never a traceback per request
+            return internal_error(request, Failure(), self.rejected, self.log, f"the resource at {path}")
 
 
 class LimitedRequest(server.Request):

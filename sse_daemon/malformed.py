@@ -4,7 +4,9 @@ A request line or headers that cannot be parsed (too long, too many headers,
 a bad ``Content-Length``, a broken chunk size...) get Twisted's bare ``400 Bad
 Request`` and the connection is closed. Nothing of ours runs for them, so
 this hook counts them in the port's router (``rejected["malformed-request"]``)
-and logs them, sampled, like every other refusal.
+and logs them, sampled, like every other refusal. A single line longer than
+Twisted's line limit (16 KiB) was closed without any answer or count; it gets
+the same 400.
 """
 
 from __future__ import annotations
@@ -37,4 +39,5 @@ def watch_bad_requests(protocol: Any, router: Any) -> Any:
         respond()
 
     channel._respondToBadRequestAndDisconnect = counted
+    channel.lineLengthExceeded = lambda line: counted()  # LineReceiver's silent close, otherwise
     return protocol

@@ -23,6 +23,7 @@ from .listener import BindError, ListenerService
 from .logsink import LogSinkService
 from .mappers import make_mapper
 from .limits import should_log
+from .passwords import PasswordPool
 from .schema import Event
 from .validate import InvalidValue, check_values
 from .sink import SseSink, SseSinkResource, SseSinkService
@@ -39,7 +40,8 @@ class BuiltConnector:
     bus: ConnectorBus | None = None  # a source's view of the bus (notes when it last published)
 
 
-def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: IReactorTime, reactor: Any) -> BuiltConnector:
+def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: IReactorTime, reactor: Any,
+                    passwords: PasswordPool) -> BuiltConnector:
     mapper = make_mapper(connector.options, schema)
     if connector.type == "log":
         return BuiltConnector(service=LogSinkService(connector, mapper, bus))
@@ -51,13 +53,13 @@ def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: I
             return BuiltConnector(service=SinkWorkers(sink, schema, bus, reactor))
         return BuiltConnector(
             service=SseSinkService(sink, bus, connector.stream, clock),
-            resource=sink_guard(connector, SseSinkResource(sink), sink, clock),
+            resource=sink_guard(connector, SseSinkResource(sink), sink, clock, passwords),
         )
     source_bus = ConnectorBus(bus, clock)
     if connector.type == "http":
         # a shared bus takes a body in one transaction (all or nothing); the in-process one in slices between turns
         ingest = IngestResource(connector, mapper, source_bus, clock, turns=reactor, slice_size=0 if bus.provides_ids else PUBLISH_SLICE)
-        return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, clock), source=ingest, bus=source_bus)
+        return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, clock, passwords), source=ingest, bus=source_bus)
     from .source import SseSourceService  # the SSE client pulls in treq
 
     service = SseSourceService(connector, mapper, source_bus, reactor, tls_policy=client_policy(connector.options.get("tls.ca.file")))
@@ -137,6 +139,10 @@ class DaemonService(MultiService):
         self.reactor = reactor
         #: timers and timestamps; tests pass a task.Clock while sockets stay real
         self.clock = clock if clock is not None else reactor
+        #: the threads that check passwords (auth.type basic) off the reactor; the first
+        #: child, so it is stopped last, once no request can wait for it any more
+        self.passwords = PasswordPool(reactor)
+        self.passwords.setServiceParent(self)
         self.bus = bus if bus is not None else _make_bus(config, reactor)
         if isinstance(self.bus, Service):  # a shared bus connects on start, before sinks subscribe
             self.bus.setServiceParent(self)
@@ -153,7 +159,7 @@ class DaemonService(MultiService):
             route_service = RouteService(route, schemas[route.target].names, self.bus)
             route_service.setServiceParent(self)
             self.routes.append(route_service)
-        built = {c.name: build_connector(c, schemas[c.stream], self.bus, self.clock, reactor) for c in config.connectors}
+        built = {c.name: build_connector(c, schemas[c.stream], self.bus, self.clock, reactor, self.passwords) for c in config.connectors}
         for connector in config.sinks:
             self._add(connector, built[connector.name])
         for connector in config.sources:

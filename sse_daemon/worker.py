@@ -34,6 +34,7 @@ from .guard import sink_guard
 from .history import History
 from .listener import SINK_ONLY_BODY_LIMIT, PathRouter, QuietSite
 from .mappers import make_mapper
+from .passwords import PasswordPool
 from .sink import SseSink, SseSinkResource, SseSinkService
 
 LISTEN_FD = 3
@@ -49,6 +50,7 @@ class Worker(channel.MessageReceiver):
         self.reactor = reactor
         self.sink: SseSink | None = None
         self.service: SseSinkService | None = None
+        self.passwords: PasswordPool | None = None
         self.port: Any = None
         self.report: LoopingCall | None = None
         self.stopping: Deferred | None = None
@@ -80,8 +82,10 @@ class Worker(channel.MessageReceiver):
         connector = sink.connector
         self.service = SseSinkService(sink, MemoryBus(), connector.stream, self.reactor)  # events come by pipe
         self.service.startService()
+        self.passwords = PasswordPool(self.reactor)  # this process's own threads for auth.type basic
+        self.passwords.startService()
         router = PathRouter()
-        router.add(connector["server.path"], sink_guard(connector, SseSinkResource(sink), sink, self.reactor))
+        router.add(connector["server.path"], sink_guard(connector, SseSinkResource(sink), sink, self.reactor, self.passwords))
         self.port = self.reactor.adoptStreamPort(LISTEN_FD, self.family, QuietSite(router, self.reactor, SINK_ONLY_BODY_LIMIT))
         os.close(LISTEN_FD)  # adoptStreamPort works on its own copy
         self.report = LoopingCall(self._report)
@@ -124,6 +128,9 @@ class Worker(channel.MessageReceiver):
             self.stopping.addBoth(lambda _: self._report(last=True))
         else:
             self.stopping = succeed(None)
+        if self.passwords is not None:
+            passwords = self.passwords
+            self.stopping.addBoth(lambda _: passwords.stopService())
         self.stopping.addBoth(lambda _: self.reactor.stop())
         return self.stopping
 

@@ -17,7 +17,8 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 
 from sse_daemon.auth import (
-    AuthConfigError, BasicAuth, BearerAuth, Credentials, Denied, JwtVerifier, build_authenticator, load_users,
+    Allowed, AuthConfigError, BasicAuth, BearerAuth, Credentials, Denied, JwtVerifier, PasswordCheck, build_authenticator,
+    load_users, verify_password,
 )
 from sse_daemon.config import ConfigError, load_yaml, validate
 
@@ -62,14 +63,24 @@ def basic(user: str, password: str) -> str:
 # --------------------------------------------------------------------------- pure
 
 
+def settled(auth: BasicAuth, credentials: Credentials, now: float) -> Allowed | Denied:
+    """What the guard answers in the end: a PasswordCheck hashed (here, on this thread) and settled."""
+    decision = auth.check(credentials, now)
+    if isinstance(decision, PasswordCheck):
+        decision = auth.settle(decision, verify_password(decision.hashed or next(iter(auth.users.values())), decision.password), now)
+    return decision
+
+
 @pytest.mark.reactor_free
 def test_users_file_takes_bcrypt_and_argon2_only(users_file: Path, tmp_path: Path) -> None:
     auth = BasicAuth(load_users(str(users_file)), "r")
-    assert auth.check(Credentials(basic=("alice", PASSWORD)), 0).identity == "alice"
-    assert auth.check(Credentials(basic=("alice", PASSWORD)), 0).identity == "alice", "cached the second time"
-    assert auth.check(Credentials(basic=("bob", ARGON_PASSWORD)), 0).identity == "bob"
-    assert auth.check(Credentials(basic=("alice", "wrong")), 0) == Denied(401, "bad-credentials", "wrong user name or password")
-    assert auth.check(Credentials(basic=("mallory", PASSWORD)), 0).reason == "bad-credentials"
+    first = auth.check(Credentials(basic=("alice", PASSWORD)), 0)
+    assert isinstance(first, PasswordCheck) and PASSWORD not in repr(first), "a password is hashed elsewhere, never shown"
+    assert settled(auth, Credentials(basic=("alice", PASSWORD)), 0).identity == "alice"
+    assert auth.check(Credentials(basic=("alice", PASSWORD)), 0).identity == "alice", "cached the second time: no hash"
+    assert settled(auth, Credentials(basic=("bob", ARGON_PASSWORD)), 0).identity == "bob"
+    assert settled(auth, Credentials(basic=("alice", "wrong")), 0) == Denied(401, "bad-credentials", "wrong user name or password")
+    assert settled(auth, Credentials(basic=("mallory", PASSWORD)), 0).reason == "bad-credentials", "alice's password is not mallory's"
     assert auth.check(Credentials(), 0).reason == "missing-credentials"
     plain = tmp_path / "plain"
     plain.write_text("alice:$2b$04$abc\n\ncarol:hunter2\n")

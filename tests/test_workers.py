@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 
+import bcrypt
 import pytest
 import pytest_twisted
 
@@ -12,7 +14,7 @@ from sse_daemon.config import ConfigError, load_yaml, validate
 from sse_daemon.figures import sink_figures
 from sse_daemon.schema import Event
 
-from .conftest import RawHttpClient, subscribe, wait_for
+from .conftest import RawHttpClient, deadline, raw_request, subscribe, wait_for
 from .test_sink import messages
 
 CONFIG = """\
@@ -220,3 +222,26 @@ def test_each_worker_gets_a_socket_of_its_own_on_one_port() -> None:
     finally:
         for s in sockets:
             s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_checks_on_worker_processes(daemon, tmp_path) -> None:
+    """Each worker checks passwords on threads of its own (passwords.py), off its reactor."""
+    users = tmp_path / "users"
+    users.write_text(f"alice:{bcrypt.hashpw(b'secret', bcrypt.gensalt(rounds=4)).decode()}\n")
+    service = await daemon(CONFIG.replace("drain.window: 0.2}", f"drain.window: 0.2, auth.type: basic, auth.users.file: {users}}}"))
+    await started(service)
+    port = service.port_of("S")
+    right = "Authorization: Basic " + base64.b64encode(b"alice:secret").decode() + "\r\n"
+    wrong = "Authorization: Basic " + base64.b64encode(b"alice:nope").decode() + "\r\n"
+    for _ in range(4):  # lands on either worker
+        client = await subscribe(port, headers=right)
+        await client.close()
+        refused = await _request(port, wrong)
+        assert refused.startswith(b"HTTP/1.1 401"), refused
+
+
+async def _request(port: int, headers: str) -> bytes:
+    client = await raw_request(port, f"GET /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n".encode())
+    await deadline(client.closed)
+    return bytes(client.received)
