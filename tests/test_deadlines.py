@@ -1,0 +1,402 @@
+"""Deadlines and connection budgets (issue 12, §4) and shutdown edges (§7).
+
+Pure bookkeeping first (connections.py), then the port's mechanism over real
+sockets on the in-process daemon with short deadlines, then real ``twistd``
+children: a low ``ulimit -n``, slow connections from 127.0.0.2, SIGTERM and
+SIGHUP.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import Clock
+
+from sse_daemon.config import ConfigError, load_files
+from sse_daemon.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping, headroom_for
+from sse_daemon.reload import Reloader
+from sse_daemon.schema import Event
+from sse_daemon.service import DaemonService
+
+from .conftest import RawHttpClient, deadline, header, sleep, status, subscribe, wait_for, write_config
+
+# --------------------------------------------------------------------------- pure bookkeeping
+
+
+@pytest.mark.reactor_free
+def test_address_counts_cap_each_address_and_forget_closed_ones() -> None:
+    counts = AddressCounts()
+    assert [counts.admit("10.0.0.2", 2) for _ in range(3)] == [True, True, False]
+    assert counts.admit("10.0.0.1", 2), "another address has its own share"
+    assert counts.total == 3
+    counts.release("10.0.0.2")
+    assert counts.admit("10.0.0.2", 2), "a closed connection frees its slot"
+    for _ in range(2):
+        counts.release("10.0.0.2")
+    counts.release("10.0.0.1")
+    assert counts.by_address == {} and counts.total == 0, "nothing is kept for addresses with no connection"
+    assert all(counts.admit("10.0.0.3", 0) for _ in range(100)), "0 is no cap"
+
+
+@pytest.mark.reactor_free
+@pytest.mark.parametrize(("limit", "headroom"), [(64, 32), (256, 32), (1024, 64), (65536, 1024), (1 << 20, 1024)])
+def test_headroom_is_a_sixteenth_of_the_limit_within_bounds(limit: int, headroom: int) -> None:
+    assert headroom_for(limit) == headroom
+
+
+class FakeProcess:
+    """A process's descriptor table for DescriptorBudget: a limit, a count, a clock, and how often it was listed."""
+
+    def __init__(self, limit: int, others: int) -> None:
+        self.limit = limit
+        self.others = others  # descriptors that are not connections
+        self.connections = 0
+        self.listed = 0
+        self.clock = Clock()
+
+    def count(self) -> int:
+        self.listed += 1
+        return self.others + self.connections + 1  # + the one being admitted
+
+    def budget(self, headroom: int | None = None) -> DescriptorBudget:
+        return DescriptorBudget(lambda: self.limit, self.count, self.clock.seconds, headroom)
+
+    def accept(self, budget: DescriptorBudget) -> bool:
+        if budget.admit():
+            budget.opened()
+            self.connections += 1
+            return True
+        return False
+
+
+@pytest.mark.reactor_free
+def test_descriptor_budget_keeps_the_headroom_free() -> None:
+    process = FakeProcess(limit=256, others=20)
+    budget = process.budget()
+    assert budget.headroom == 32
+    admitted = sum(process.accept(budget) for _ in range(300))
+    assert admitted == 256 - 32 - 20, "connections stop where the headroom begins"
+    assert budget.in_use == 224
+    budget.closed()
+    process.connections -= 1
+    assert process.accept(budget), "a closed connection frees room for one more"
+    assert not process.accept(budget)
+
+
+@pytest.mark.reactor_free
+def test_descriptor_budget_lists_descriptors_rarely_and_sees_its_own_work_grow() -> None:
+    process = FakeProcess(limit=1024, others=10)
+    budget = process.budget()  # headroom 64: 960 usable
+    for _ in range(100):
+        process.accept(budget)
+    assert process.listed == 1, "below half the budget: one listing in 10 s"
+    process.others = 900  # the daemon's own work grew (sources, workers, files)
+    process.clock.advance(9)
+    assert process.accept(budget), "not seen until the next count"
+    process.clock.advance(1)
+    assert not process.accept(budget), "the daemon's own descriptors come first"
+    assert process.listed == 2
+    process.others = 10
+    process.clock.advance(10)
+    for _ in range(400):  # past half the budget: counted every second
+        process.accept(budget)
+    listed = process.listed
+    process.clock.advance(1)
+    process.accept(budget)
+    assert process.listed == listed + 1
+
+
+@pytest.mark.reactor_free
+def test_descriptor_budget_follows_a_changed_limit_and_copes_without_a_count() -> None:
+    process = FakeProcess(limit=1024, others=10)
+    budget = process.budget()
+    assert process.accept(budget)
+    process.limit = 64  # prlimit on the running process
+    process.clock.advance(10)
+    admitted = sum(process.accept(budget) for _ in range(100))
+    assert budget.limit == 64 and budget.headroom == 32 and admitted == 64 - 32 - 10 - 1
+    blind = DescriptorBudget(lambda: 100, lambda: None, process.clock.seconds, headroom=40)
+    opened = 0
+    while blind.admit() and opened < 1000:  # bounded
+        blind.opened()
+        opened += 1
+    assert opened == 60, "without a count (no /proc, no /dev/fd) connections alone are counted"
+
+
+@pytest.mark.reactor_free
+def test_stopping_is_shared_and_set_once() -> None:
+    stopping = Stopping()
+    assert not stopping
+    stopping.begin()
+    assert stopping and stopping.started
+
+
+@pytest.mark.reactor_free
+def test_connectors_sharing_a_port_must_agree_on_its_limits(tmp_path: Path) -> None:
+    path = write_config(tmp_path, """\
+        sources:
+          In: {type: http, stream: S, schema: "n int", receiver.url: "http://127.0.0.1:8123/in", server.head.timeout: 5}
+        sinks:
+          Out: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 8123, server.head.timeout: 5,
+                server.max.connections.per.address: 10}
+          Other: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 8124, server.body.timeout: 1}
+        """)
+    with pytest.raises(ConfigError) as caught:
+        load_files([str(path)])
+    assert [str(issue).split(": ", 1)[1] for issue in caught.value.issues] == [
+        "sink 'Out': option 'server.max.connections.per.address': port 8123 has server.max.connections.per.address 0 "
+        f"from source 'In' (at {path}:2), found 10: connectors sharing a port must give the same",
+    ]
+
+
+# --------------------------------------------------------------------------- over sockets, in process
+
+HEAD, BODY = 0.5, 0.5
+
+
+def config(head: float | None = HEAD, body: float = BODY, per_address: int = 0, **sink: Any) -> str:
+    """An ingest and a sink on one port; ``head=None`` leaves the port's options at their defaults."""
+    port_options = ("" if head is None else
+                    f", server.head.timeout: {head}, server.body.timeout: {body}, server.max.connections.per.address: {per_address}")
+    extra = "".join(f", {k}: {v}" for k, v in sink.items())
+    return f"""\
+sources:
+  In: {{type: http, stream: S, schema: "n int", receiver.url: "http://127.0.0.1:0/in"{port_options}}}
+sinks:
+  Events: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: events{port_options}{extra}}}
+"""
+
+
+async def connect(port: int, source: str = "127.0.0.1") -> RawHttpClient:
+    """A raw connection to ``port`` on 127.0.0.1 from the loopback address ``source``."""
+    client = RawHttpClient()
+    await deadline(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0)), client))
+    return client
+
+
+def post_bytes(n: int, close: bool = False) -> bytes:
+    body = json.dumps({"n": n}).encode()
+    return (b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (b"Connection: close\r\n" if close else b"", len(body), body))
+
+
+async def closed_after(client: RawHttpClient, since: float) -> float:
+    await deadline(client.closed)
+    return reactor.seconds() - since
+
+
+def router_of(service: DaemonService) -> Any:
+    (listener,) = service.listeners.values()
+    return listener.router
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_deadline_is_not_extended_by_trickling(daemon, log_events) -> None:
+    """Seen: a byte every 20 s held a connection for good. Now a byte every fifth of the deadline still ends at the deadline."""
+    service = await daemon(config())
+    port = service.port_of("Events")
+    started = reactor.seconds()
+    client = await connect(port, "127.0.0.2")
+    head = b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    for byte in head:  # bounded: 70 bytes, stops at the close
+        if client.is_closed:
+            break
+        client.transport.write(bytes([byte]))
+        await sleep(HEAD / 5)
+    took = await closed_after(client, started)
+    raw = bytes(client.received)
+    assert status(raw) == 408 and header(raw, "Connection") == "close", raw
+    assert json.loads(raw.partition(b"\r\n\r\n")[2])["reason"] == "head-timeout"
+    assert HEAD * 0.9 <= took < HEAD + 1.5, f"closed {took:.2f}s after the accept"
+    assert router_of(service).rejected["head-timeout"] == 1
+    assert any(e.get("reason") == "head-timeout" and e.get("peer") == "127.0.0.2" for e in log_events)
+    assert not service.sinks["Events"].sink.subscribers
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_connection_gets_408_at_the_head_deadline(daemon) -> None:
+    service = await daemon(config())
+    started = reactor.seconds()
+    client = await connect(service.port_of("Events"))
+    took = await closed_after(client, started)
+    assert status(bytes(client.received)) == 408
+    assert HEAD * 0.9 <= took < HEAD + 1.5
+
+
+@pytest_twisted.ensureDeferred
+async def test_body_deadline_is_not_extended_by_trickling(daemon) -> None:
+    service = await daemon(config(head=5))
+    client = await connect(service.port_of("In"))
+    client.transport.write(b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n")
+    head_sent = reactor.seconds()
+    for byte in b'{"n": 1}' + b" " * 32:  # bounded: 40 bytes, stops at the close
+        if client.is_closed:
+            break
+        client.transport.write(bytes([byte]))
+        await sleep(BODY / 5)
+    took = await closed_after(client, head_sent)
+    raw = bytes(client.received)
+    assert status(raw) == 408 and json.loads(raw.partition(b"\r\n\r\n")[2])["reason"] == "body-timeout", raw
+    assert BODY * 0.9 <= took < BODY + 1.5
+    assert router_of(service).rejected["body-timeout"] == 1
+    assert service.sources["In"].counters["events_in"] == 0, "nothing of a late body is published"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_sse_stream_has_no_deadline_once_its_head_is_in(daemon) -> None:
+    service = await daemon(config(head=0.2, body=0.2, **{"heartbeat.interval": 0.1}))
+    client = await subscribe(service.port_of("Events"))
+    await wait_for(lambda: client.received.count(b": heartbeat") >= 10 or client.is_closed, what="ten heartbeats (5x the deadlines)")
+    assert not client.is_closed and client.received.count(b": heartbeat") >= 10
+    service.bus.publish("S", [Event({"n": 7})])
+    await client.wait_for(b'"n":7')
+    assert not router_of(service).rejected
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_a_kept_alive_connection_the_head_deadline_counts_from_the_last_response(daemon) -> None:
+    service = await daemon(config())
+    port = service.port_of("In")
+    client = await connect(port)
+    for n in range(3):  # each request comes 0.6 deadlines after the last answer: 1.8 deadlines in all
+        client.transport.write(post_bytes(n))
+        await wait_for(lambda: client.received.count(b'{"accepted": 1}') == n + 1 or client.is_closed, what=f"answer {n}")
+        await sleep(HEAD * 0.6)
+    answered = reactor.seconds() - HEAD * 0.6
+    took = await closed_after(client, answered)
+    raw = bytes(client.received)
+    assert raw.count(b"HTTP/1.1 200 OK") == 3 and b"408" not in raw, "an idle kept-alive connection just closes"
+    assert HEAD * 0.9 <= took < HEAD + 1.5
+    assert not router_of(service).rejected, "a normal keep-alive close is no refusal"
+    # a next request begun and not finished is answered 408
+    client = await connect(port)
+    client.transport.write(post_bytes(9))
+    await client.wait_for(b'{"accepted": 1}\n')
+    client.transport.write(b"POST /in HTTP/1.1\r\nHost: x\r\n")
+    await deadline(client.closed)
+    assert bytes(client.received).count(b"HTTP/1.1 408 Request Timeout") == 1
+    assert router_of(service).rejected["head-timeout"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_address_cap_counts_connections_from_accept(daemon) -> None:
+    """Seen: half-open requests never reached max.subscribers.per.address. The port's cap counts them."""
+    service = await daemon(config(head=30, body=30, per_address=3, **{"max.subscribers.per.address": 3}))
+    port = service.port_of("Events")
+    router = router_of(service)
+    held = []
+    for _ in range(3):
+        client = await connect(port, "127.0.0.2")
+        client.transport.write(b"GET /events HTTP/1.1\r\nHo")  # half a head, and then nothing
+        held.append(client)
+    await wait_for(lambda: service.listeners[("127.0.0.1", 0)].site.connections.by_address["127.0.0.2"] == 3,
+                   what="three connections counted")
+    refused = await connect(port, "127.0.0.2")
+    await deadline(refused.closed)
+    raw = bytes(refused.received)
+    assert status(raw) == 503 and header(raw, "Retry-After") == "5" and header(raw, "Connection") == "close", raw
+    assert json.loads(raw.partition(b"\r\n\r\n")[2])["reason"] == "too-many-connections-from-address"
+    assert router.rejected["too-many-connections-from-address"] == 1
+    # another address is not held back
+    subscriber = await subscribe(port)
+    publisher = await connect(port)
+    publisher.transport.write(post_bytes(1, close=True))
+    await publisher.wait_for(b'{"accepted": 1}')
+    await subscriber.wait_for(b'"n":1')
+    # a slot freed is a slot for the same address again
+    await held.pop().close()
+    await wait_for(lambda: service.listeners[("127.0.0.1", 0)].site.connections.by_address["127.0.0.2"] == 2, what="a slot freed")
+    again = await subscribe(port, headers="")
+    assert not again.is_closed
+    for client in (*held, subscriber, again):
+        await client.close()
+    await wait_for(lambda: not service.listeners[("127.0.0.1", 0)].site.connections.by_address, what="every connection released")
+
+
+@pytest_twisted.ensureDeferred
+async def test_near_the_descriptor_limit_connections_are_refused_cleanly_and_counted(tmp_path: Path) -> None:
+    text = config(head=30, body=30) + "admin: {port: 0, host: 127.0.0.1}\n"
+    budget = DescriptorBudget(lambda: 40, lambda: None, reactor.seconds, headroom=32)  # room for 8 connections
+    service = DaemonService(load_files([str(write_config(tmp_path, text))]), reactor, descriptors=budget)
+    service.privilegedStartService()
+    service.startService()
+    try:
+        port = service.port_of("Events")
+        held = [await connect(port, "127.0.0.2") for _ in range(8)]
+        await wait_for(lambda: budget.connections == 8, what="eight connections counted")
+        refused = await connect(port)
+        await deadline(refused.closed)
+        raw = bytes(refused.received)
+        assert status(raw) == 503 and header(raw, "Retry-After") == "5", raw
+        assert json.loads(raw.partition(b"\r\n\r\n")[2])["reason"] == "descriptors-low"
+        for client in held[:2]:
+            await client.close()
+        await wait_for(lambda: budget.connections == 6, what="two released")
+        subscriber = await subscribe(port)  # the headroom is back: served again
+        metrics = await connect(service.admin.port)
+        metrics.transport.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        await deadline(metrics.closed)
+        text = bytes(metrics.received).decode()
+        assert f'sse_daemon_listener_requests_rejected_total{{listener="127.0.0.1:{port}",reason="descriptors-low"}} 1.0' in text
+        assert f'sse_daemon_listener_connections{{listener="127.0.0.1:{port}"}} 7.0' in text
+        for client in (*held[2:], subscriber):
+            await client.close()
+    finally:
+        await deadline(service.stopService())
+
+
+@pytest_twisted.ensureDeferred
+async def test_once_shutdown_begins_kept_alive_clients_get_503_and_nothing_accepted_is_lost(daemon) -> None:
+    """Seen: during the drain keep-alive publishers got 200s for events that reached nobody."""
+    service = await daemon(config(head=None, **{"drain.window": 1.0, "drain.batch.min": 1}))
+    port = service.port_of("In")
+    subscribers = [await subscribe(port) for _ in range(2)]
+    publisher = await connect(port)
+    publisher.transport.write(post_bytes(1))
+    await publisher.wait_for(b'{"accepted": 1}\n')
+    reader = await connect(port)  # a kept-alive client that will ask for a stream during the drain
+    reader.transport.write(post_bytes(2))
+    await reader.wait_for(b'{"accepted": 1}\n')
+    stopping = service.stopService()
+    assert service.stopping
+    publisher.transport.write(post_bytes(3))
+    await deadline(publisher.closed)
+    answer = bytes(publisher.received).split(b"HTTP/1.1 ")[-1]
+    assert answer.startswith(b"503 "), publisher.received
+    head = b"HTTP/1.1 " + answer
+    assert header(head, "Retry-After") == "5" and header(head, "Connection") == "close"
+    assert json.loads(head.partition(b"\r\n\r\n")[2])["reason"] == "shutting-down"
+    reader.transport.write(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await deadline(reader.closed)
+    assert bytes(reader.received).count(b"HTTP/1.1 503 Service Unavailable") == 1
+    await deadline(stopping)
+    for subscriber in subscribers:
+        await deadline(subscriber.closed)
+        assert b'"n":1' in subscriber.received and b'"n":2' in subscriber.received, "every event answered 200 was delivered"
+        assert b'"n":3' not in subscriber.received
+    assert service.sources["In"].counters["events_in"] == 2
+    assert router_of(service).rejected["shutting-down"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_during_shutdown_is_ignored_and_logged(daemon, tmp_path: Path, log_events) -> None:
+    service = await daemon(config(head=None, **{"drain.window": 1.0, "drain.batch.min": 1}))
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    clients = [await subscribe(service.port_of("Events")) for _ in range(2)]
+    write_config(tmp_path, config(head=None) + "  Added: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: added}\n")
+    stopping = service.stopService()
+    assert await deadline(reloader.reload()) is False
+    assert reloader.ignored == 1 and reloader.counters == {"reloads": 0, "rejected": 0}
+    assert "Added" not in service.sinks and len(service.listeners) == 1
+    assert any(e.get("log_format", "").startswith("reload ignored: the daemon is shutting down") for e in log_events)
+    await deadline(stopping)
+    for client in clients:
+        await deadline(client.closed)
