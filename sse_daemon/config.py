@@ -412,7 +412,7 @@ TLS_SERVER_OPTIONS = (
 PORT_LIMIT_OPTIONS = (
     Option("server.head.timeout", "FLOAT", "Seconds a client has to send a whole request head, counted from the accept (or from the end of the previous response on a kept-alive connection); sending slowly does not extend it. Past it: 408 and close (a kept-alive connection that sent nothing more just closes). 0 turns it off. Connectors sharing a port must give the same.", lambda v: parse_number(v, 0), 10.0),
     Option("server.body.timeout", "FLOAT", "Seconds a client has to send a whole request body, counted from the end of its head; sending slowly does not extend it. Past it: 408 and close. 0 turns it off. Connectors sharing a port must give the same.", lambda v: parse_number(v, 0), 30.0),
-    Option("server.max.connections.per.address", "INT", "Open connections one client address may hold on this port, counted from the accept (a request still arriving counts); more are answered 503 and closed at once. 0 is no limit (behind a reverse proxy every client has the proxy's address). Connectors sharing a port must give the same.", lambda v: parse_int(v, 0), 0),
+    Option("server.max.connections.per.address", "INT", "Open connections one client address may hold on this port, counted from the accept (a request still arriving counts); more are closed at accept, unanswered. 0 is no limit (behind a reverse proxy every client has the proxy's address). Connectors sharing a port must give the same.", lambda v: parse_int(v, 0), 0),
 )
 
 #: access control of a sink or an ingest (issue 5); checked as a whole by _check_access

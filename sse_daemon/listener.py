@@ -5,11 +5,12 @@ A port is bound once, so connectors are grouped by (host, port): one
 ``privilegedStartService`` and a failure is raised there, so the daemon exits
 instead of running without its port (a plain endpoint service would only log).
 
-Every connection goes through :class:`PortChannel`, the port's one mechanism
-for what a client may cost before any resource sees it (connections.py holds
-the bookkeeping): at accept, the descriptor headroom and the per-address cap;
-then a deadline for each request head and one for its body, which trickling
-bytes do not extend; once shutdown has begun, every new request gets 503.
+Every connection goes through :class:`QuietSite` and :class:`PortChannel`,
+the port's one mechanism for what a client may cost before any resource sees
+it (connections.py holds the bookkeeping): at accept, the descriptor headroom
+and the per-address cap (a refused connection is closed at once); then a
+deadline for each request head and one for its body, which trickling bytes do
+not extend (408); once shutdown has begun, every new request gets 503.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -41,8 +43,9 @@ SINK_ONLY_BODY_LIMIT = 64 * 1024
 #: a connection answered and closed (refused, timed out, too large) is cut if it is still open this much later
 CLOSE_GRACE = 2.0
 
-#: ``Retry-After`` of a connection refused at accept (address cap, descriptor headroom)
-REFUSED_RETRY_AFTER = 5
+#: endpoint types whose port hands connections to the Site itself (nothing wraps it, as TLS does),
+#: so that a connection refused at accept can be closed inside the accept loop
+DIRECT_ENDPOINTS = ("tcp", "tcp6", "unix", "systemd")
 
 #: ``Retry-After`` of a request answered 503 because the daemon is shutting down
 SHUTDOWN_RETRY_AFTER = 5
@@ -116,12 +119,18 @@ def _raw_response(code: int, phrase: bytes, body: dict[str, Any], headers: dict[
             % (code, phrase, extra, len(data), data))
 
 
-class PortChannel(http.HTTPChannel):
-    """HTTP/1.1 under the port's budgets (the site's ``policy``, ``admit`` and ``release``).
+class AbortAtOnce(Protocol):
+    """A connection refused at accept on a port whose Site is wrapped (TLS): the wrapper
+    needs a protocol, and this one cuts the connection as soon as it has it."""
 
-    At accept the connection is admitted (descriptor headroom, per-address cap)
-    or answered 503 and closed. A request head must then arrive within
-    ``head_timeout`` of the accept (or of the end of the previous response on
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
+
+
+class PortChannel(http.HTTPChannel):
+    """HTTP/1.1 under the port's deadlines (the site's ``policy``), once the site admitted it.
+
+    A request head must arrive within ``head_timeout`` of the accept (or of the end of the previous response on
     a kept-alive connection) and its body within ``body_timeout`` of the end
     of the head; a byte now and then does not extend either (Twisted's own
     idle timeout restarts with every byte). Past a deadline: 408 and close,
@@ -131,8 +140,8 @@ class PortChannel(http.HTTPChannel):
     """
 
     site: "QuietSite"
+    #: the client's address, set by the site that admitted the connection (and frees its slot at the end)
     peer_host = "?"
-    _admitted = False
     _closing = False  # answered and closing: nothing more is read or timed
     _phase: str | None = None  # "head" or "body" while a deadline runs
     _timer: IDelayedCall | None = None
@@ -141,15 +150,6 @@ class PortChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.peer_host = str(getattr(self.transport.getPeer(), "host", "?"))
-        refusal = self.site.admit(self.peer_host)
-        if refusal is not None:
-            reason, message = refusal
-            self.site.resource.note(reason, self.peer_host, message)
-            self.answer(503, b"Service Unavailable", {"error": message, "reason": reason},
-                        {"Retry-After": str(REFUSED_RETRY_AFTER)})
-            return
-        self._admitted = True
         self._deadline("head")
 
     def dataReceived(self, data: bytes) -> None:
@@ -176,9 +176,7 @@ class PortChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:
         self._deadline(None)
-        if self._admitted:
-            self._admitted = False
-            self.site.release(self.peer_host)
+        self.site.release(self.peer_host)
         super().connectionLost(reason)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
@@ -303,7 +301,10 @@ class QuietSite(server.Site):
     log what matters themselves.
 
     ``descriptors`` is the process's budget, shared by every port; ``stopping`` the daemon's
-    shutdown state, shared by every port and the reloader.
+    shutdown state, shared by every port and the reloader. ``direct``: the port calls
+    ``buildProtocol`` itself (nothing wraps the site), so a connection refused at the
+    descriptor headroom is closed inside the accept loop, before the next accept, instead of
+    holding its descriptor for a reactor turn (a burst of connects would reach ``EMFILE``).
     """
 
     requestFactory = LimitedRequest
@@ -312,29 +313,44 @@ class QuietSite(server.Site):
 
     def __init__(self, resource: "PathRouter", reactor: IReactorTime, max_body_size: int,
                  policy: PortPolicy = PortPolicy(), descriptors: DescriptorBudget | None = None,
-                 stopping: Stopping | None = None) -> None:
+                 stopping: Stopping | None = None, direct: bool = True) -> None:
         super().__init__(resource, reactor=reactor)
         self.max_body_size = max_body_size
         self.policy = policy
         self.descriptors = descriptors
+        self.direct = direct
         self.stopping = stopping if stopping is not None else Stopping()
         self.connections = AddressCounts()
 
     def log(self, request: IRequest) -> None:
         pass
 
-    def admit(self, host: str) -> tuple[str, str] | None:
-        """None if a new connection from ``host`` may stay, else (reason, message); counted if admitted."""
+    def buildProtocol(self, addr: Any) -> Any:
+        """Admit a new connection (counted from accept to close) or close it at once.
+
+        At once, inside the accept loop and with no answer: a refusal that waited a
+        reactor turn to send one would hold its descriptor meanwhile, and a burst of
+        connects would eat the headroom (an EventSource retries after a network
+        error, while a 503 would stop it for good).
+        """
+        host = str(getattr(addr, "host", addr))
         if self.descriptors is not None and not self.descriptors.admit():
-            return "descriptors-low", "the server is at its connection limit; retry later"
+            return self._refuse(host, "descriptors-low", "the process is at its descriptor headroom")
         if not self.connections.admit(host, self.policy.max_per_address):
-            return ("too-many-connections-from-address",
-                    f"{self.policy.max_per_address} connections are already open from your address (the most it may have)")
+            return self._refuse(host, "too-many-connections-from-address",
+                                f"{self.policy.max_per_address} connections are open from this address already")
         if self.descriptors is not None:
             self.descriptors.opened()
-        return None
+        channel = super().buildProtocol(addr)
+        channel.peer_host = host  # Site.buildProtocol sets the channel's site the same way
+        return channel
+
+    def _refuse(self, host: str, reason: str, message: str) -> Protocol | None:
+        self.resource.note(reason, host, message + ": connection closed at accept")
+        return None if self.direct else AbortAtOnce()
 
     def release(self, host: str) -> None:
+        """A channel is gone: its address's slot and its descriptor."""
         self.connections.release(host)
         if self.descriptors is not None:
             self.descriptors.closed()
@@ -395,8 +411,9 @@ class ListenerService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        direct = self.endpoint is None or self.endpoint.partition(":")[0] in DIRECT_ENDPOINTS
         site = self.site = QuietSite(self.router, self.reactor, self.max_body_size or SINK_ONLY_BODY_LIMIT,
-                                     self.policy, self.descriptors, self.stopping)
+                                     self.policy, self.descriptors, self.stopping, direct)
         interface = self.host.replace(":", "\\:")
         endpoint = endpoints.serverFromString(self.reactor, self.endpoint or f"tcp:{self.port}:interface={interface}")
         outcome: list[object] = []

@@ -9,13 +9,14 @@ SIGHUP.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 
@@ -25,7 +26,7 @@ from sse_daemon.reload import Reloader
 from sse_daemon.schema import Event
 from sse_daemon.service import DaemonService
 
-from .conftest import RawHttpClient, deadline, header, sleep, status, subscribe, wait_for, write_config
+from .conftest import RawHttpClient, TwistdProcess, deadline, header, sleep, status, subscribe, twistd_command, wait_for, write_config
 
 # --------------------------------------------------------------------------- pure bookkeeping
 
@@ -300,10 +301,8 @@ async def test_per_address_cap_counts_connections_from_accept(daemon) -> None:
     await wait_for(lambda: service.listeners[("127.0.0.1", 0)].site.connections.by_address["127.0.0.2"] == 3,
                    what="three connections counted")
     refused = await connect(port, "127.0.0.2")
-    await deadline(refused.closed)
-    raw = bytes(refused.received)
-    assert status(raw) == 503 and header(raw, "Retry-After") == "5" and header(raw, "Connection") == "close", raw
-    assert json.loads(raw.partition(b"\r\n\r\n")[2])["reason"] == "too-many-connections-from-address"
+    await deadline(refused.closed, 5)
+    assert refused.received == b"", "closed at accept, before anything is read"
     assert router.rejected["too-many-connections-from-address"] == 1
     # another address is not held back
     subscriber = await subscribe(port)
@@ -322,7 +321,7 @@ async def test_per_address_cap_counts_connections_from_accept(daemon) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_near_the_descriptor_limit_connections_are_refused_cleanly_and_counted(tmp_path: Path) -> None:
+async def test_near_the_descriptor_limit_connections_are_closed_at_accept_and_counted(tmp_path: Path) -> None:
     text = config(head=30, body=30) + "admin: {port: 0, host: 127.0.0.1}\n"
     budget = DescriptorBudget(lambda: 40, lambda: None, reactor.seconds, headroom=32)  # room for 8 connections
     service = DaemonService(load_files([str(write_config(tmp_path, text))]), reactor, descriptors=budget)
@@ -333,10 +332,9 @@ async def test_near_the_descriptor_limit_connections_are_refused_cleanly_and_cou
         held = [await connect(port, "127.0.0.2") for _ in range(8)]
         await wait_for(lambda: budget.connections == 8, what="eight connections counted")
         refused = await connect(port)
-        await deadline(refused.closed)
-        raw = bytes(refused.received)
-        assert status(raw) == 503 and header(raw, "Retry-After") == "5", raw
-        assert json.loads(raw.partition(b"\r\n\r\n")[2])["reason"] == "descriptors-low"
+        await deadline(refused.closed, 5)
+        assert refused.received == b"", "closed at accept: no answer (an EventSource retries, a 503 would stop it)"
+        assert service.listeners[("127.0.0.1", 0)].router.rejected["descriptors-low"] == 1
         for client in held[:2]:
             await client.close()
         await wait_for(lambda: budget.connections == 6, what="two released")
@@ -411,3 +409,190 @@ async def test_a_reload_during_shutdown_is_ignored_and_logged(daemon, tmp_path: 
     await deadline(stopping)
     for client in clients:
         await deadline(client.closed)
+
+
+# --------------------------------------------------------------------------- real twistd: a low ulimit, slow clients, signals
+
+
+class LimitedTwistd(TwistdProcess):
+    """``twistd -n sse-daemon`` under ``ulimit -n`` (a low descriptor limit, set by the shell that execs it)."""
+
+    def __init__(self, nofile: int) -> None:
+        super().__init__()
+        self.nofile = nofile
+
+    async def launch(self, config: Path, cwd: Path) -> int:
+        args = twistd_command("-n", "--pidfile=", "sse-daemon", "--config", str(config))
+        reactor.spawnProcess(self, "/bin/sh", ["sh", "-c", f'ulimit -n {self.nofile} && exec "$0" "$@"', *args],
+                             env=os.environ.copy(), path=str(cwd))
+        line = await wait_for(lambda: re.search(rb"listening on 127\.0\.0\.1:(\d+) for", self.output) or self.ended,
+                              what="twistd to listen")
+        assert not self.ended, self.output.decode(errors="replace")
+        return int(line.group(1))
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the child so far (it is twistd itself: the shell exec'd it)."""
+        fields = Path(f"/proc/{self.transport.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class SlowClient(RawHttpClient):
+    """An attacker's connection: it sends a request head one byte at a time, never finishing soon."""
+
+    HEAD = b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 400
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+
+    def trickle(self) -> None:
+        if not self.is_closed and self.sent < len(self.HEAD):
+            self.transport.write(self.HEAD[self.sent:self.sent + 1])
+            self.sent += 1
+
+
+class SlowAttack:
+    """``count`` slow connections from 127.0.0.2, each sending a byte every ``every`` seconds; with
+    ``reopen`` every connection the daemon closes is opened again (bounded: ``max_opens``)."""
+
+    def __init__(self, port: int, count: int, every: float, reopen: bool, max_opens: int = 5000) -> None:
+        self.port, self.count, self.every, self.reopen, self.max_opens = port, count, every, reopen, max_opens
+        self.clients: list[SlowClient] = []
+        self.opens = 0
+        self.running = True
+
+    def open_now(self) -> int:
+        return sum(not c.is_closed for c in self.clients)
+
+    def answers(self) -> dict[str, int]:
+        """What the daemon answered the attacker's connections, by status line (or nothing)."""
+        seen: dict[str, int] = {}
+        for client in self.clients:
+            key = bytes(client.received).split(b"\r\n")[0].decode() or "(closed, nothing)" if client.is_closed else "(open)"
+            seen[key] = seen.get(key, 0) + 1
+        return seen
+
+    async def _open_one(self) -> None:
+        client = SlowClient()
+        self.opens += 1
+        try:
+            await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port, timeout=5, bindAddress=("127.0.0.2", 0)), client)
+        except Exception:  # refused or timed out in the backlog: counted as a failed open
+            client.is_closed = True
+        self.clients.append(client)
+
+    async def run(self, seconds: float) -> None:
+        end = reactor.seconds() + seconds
+        await defer.gatherResults([defer.ensureDeferred(self._open_one()) for _ in range(self.count)])
+        while self.running and reactor.seconds() < end:
+            for client in self.clients:
+                client.trickle()
+            if self.reopen:
+                missing = min(self.count - self.open_now(), self.max_opens - self.opens)
+                await defer.gatherResults([defer.ensureDeferred(self._open_one()) for _ in range(max(0, missing))])
+            await sleep(self.every)
+
+    async def stop(self) -> None:
+        self.running = False
+        for client in self.clients:
+            if not client.is_closed:
+                client.transport.abortConnection()
+
+
+async def post_once(port: int, n: int, timeout: float = 3) -> int | None:
+    """One POST from 127.0.0.1 with Connection: close; the status, or None if the connection failed or closed without one."""
+    client = RawHttpClient()
+    try:
+        await deadline(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=timeout), client), timeout)
+    except Exception:
+        return None
+    client.transport.write(post_bytes(n, close=True))
+    try:
+        await deadline(client.closed, timeout)
+    except defer.TimeoutError:
+        client.transport.abortConnection()
+        return None
+    raw = bytes(client.received)
+    return status(raw) if raw.startswith(b"HTTP/1.1 ") else None
+
+
+def twistd_config(tmp_path: Path, port_options: str = "", **sink: Any) -> Path:
+    extra = "".join(f", {k}: {v}" for k, v in sink.items())
+    return write_config(tmp_path, f"""\
+        sources:
+          In: {{type: http, stream: S, schema: "n int", receiver.url: "http://127.0.0.1:0/in"{port_options}}}
+        sinks:
+          Events: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: events{port_options}{extra}}}
+        """)
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_twistd_a_trickling_flood_holds_descriptors_only_until_the_head_deadline(tmp_path: Path) -> None:
+    """Seen: 300 connections sending a byte every 20 s held every descriptor of a daemon under
+    ``ulimit -n 256`` (and legitimate clients got resets) for as long as they trickled. With the
+    defaults (no option set), each is cut at the 10 s head deadline; the daemon keeps its
+    headroom (no EMFILE) and does not spin; a publisher from 127.0.0.1 gets 200 soon after."""
+    process = LimitedTwistd(nofile=256)
+    port = await process.launch(twistd_config(tmp_path, **{"heartbeat.interval": 1}), tmp_path)
+    try:
+        subscriber = await subscribe(port)  # connected before the flood: it keeps its stream
+        attack = SlowAttack(port, count=300, every=1.0, reopen=False)
+        started, cpu = reactor.seconds(), process.cpu_seconds()
+        flood = defer.ensureDeferred(attack.run(seconds=20))
+        accepted_at = None
+        for n in range(60):  # bounded: one POST every 0.25 s for at most ~20 s
+            if await post_once(port, n) == 200:
+                accepted_at = reactor.seconds() - started
+                break
+            await sleep(0.25)
+        assert accepted_at is not None, f"no 200 within the flood; attacker saw {attack.answers()}"
+        assert accepted_at < 10 + 5, f"a publisher waited {accepted_at:.1f}s (head deadline 10 s)"
+        await wait_for(lambda: attack.open_now() == 0, timeout=10, what="every slow connection to be closed")
+        held_for = reactor.seconds() - started
+        await subscriber.wait_for(b'"n":')
+        assert not subscriber.is_closed
+        used = process.cpu_seconds() - cpu
+        assert used < 0.5 * held_for, f"{used:.1f}s of CPU in {held_for:.1f}s: the listener must not spin"
+        answers = attack.answers()
+        assert answers.get("HTTP/1.1 408 Request Timeout", 0) >= 150, answers
+        output = process.output.decode(errors="replace")
+        assert "EMFILE" not in output and "Too many open files" not in output
+        assert "(descriptors-low, 1 so far)" in output and "(head-timeout, 1 so far)" in output
+        await attack.stop()
+        await deadline(flood)
+        await subscriber.close()
+    finally:
+        await process.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_twistd_one_address_cannot_starve_the_others_under_a_low_ulimit(tmp_path: Path) -> None:
+    """The issue's "done when": 127.0.0.2 keeps 300 slow connections coming (more than its cap of
+    64, more than the descriptors of ``ulimit -n 256``); a subscriber and a publisher from
+    127.0.0.1 get 200 all along, and the subscriber gets the events."""
+    options = ", server.head.timeout: 2, server.body.timeout: 2, server.max.connections.per.address: 64"
+    process = LimitedTwistd(nofile=256)
+    port = await process.launch(twistd_config(tmp_path, options, **{"heartbeat.interval": 1}), tmp_path)
+    try:
+        attack = SlowAttack(port, count=300, every=0.5, reopen=True)
+        flood = defer.ensureDeferred(attack.run(seconds=30))
+        await wait_for(lambda: attack.opens >= 300, what="the flood to be under way")
+        subscribers = []
+        for round_ in range(3):  # over ~3 head deadlines: connections are cut and reopened meanwhile
+            subscribers.append(await subscribe(port))
+            assert await post_once(port, round_) == 200
+            for subscriber in subscribers:
+                await subscriber.wait_for(b'"n":%d' % round_)
+            await sleep(2)
+        assert attack.opens > 300, "the attacker's cut connections were reopened"
+        assert all(not s.is_closed for s in subscribers)
+        output = process.output.decode(errors="replace")
+        assert "EMFILE" not in output and "Too many open files" not in output
+        for reason in ("too-many-connections-from-address", "head-timeout"):
+            assert f"({reason}, 1 so far)" in output, reason
+        await attack.stop()
+        await deadline(flood)
+        for subscriber in subscribers:
+            await subscriber.close()
+    finally:
+        await process.kill()
