@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 
@@ -594,5 +597,105 @@ async def test_real_twistd_one_address_cannot_starve_the_others_under_a_low_ulim
         await deadline(flood)
         for subscriber in subscribers:
             await subscriber.close()
+    finally:
+        await process.kill()
+
+
+class KeepAlivePublisher(RawHttpClient):
+    """POSTs one event after another on one kept-alive connection, each when the last is answered;
+    stops at the first answer that is not 200 (or after ``limit`` requests)."""
+
+    def __init__(self, index: int, limit: int) -> None:
+        super().__init__()
+        self.index, self.limit = index, limit
+        self.sent = 0
+        self.pending: int | None = None
+        self.answers: list[tuple[int, int, bytes]] = []  # (n, status, head)
+        self._buffer = b""
+
+    def connectionMade(self) -> None:
+        self._send()
+
+    def _send(self) -> None:
+        self.pending = self.index * 1_000_000 + self.sent
+        self.sent += 1
+        self.transport.write(post_bytes(self.pending))
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self._buffer += data
+        while b"\r\n\r\n" in self._buffer:
+            head, _, rest = self._buffer.partition(b"\r\n\r\n")
+            length = int(header(head + b"\r\n\r\n", "Content-Length") or 0)
+            if len(rest) < length:
+                return
+            self._buffer = rest[length:]
+            assert self.pending is not None
+            self.answers.append((self.pending, status(head), head + b"\r\n\r\n"))
+            if status(head) != 200 or self.sent >= self.limit:
+                self.transport.loseConnection()
+                return
+            self._send()
+
+    def acked(self) -> set[int]:
+        return {n for n, code, _ in self.answers if code == 200}
+
+
+def received_ns(client: RawHttpClient) -> set[int]:
+    return {int(n) for n in re.findall(rb'"n":(\d+)', bytes(client.received))}
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_twistd_sigterm_kept_alive_publishers_get_503_and_every_accepted_event_is_delivered(tmp_path: Path) -> None:
+    """Seen: during the SIGTERM drain keep-alive publishers got 10,296 x 200, and accepted events reached nobody."""
+    config_path = twistd_config(tmp_path, **{"drain.window": 2.0, "drain.batch.min": 1})
+    process, port = await TwistdProcess.start(config_path, tmp_path)
+    try:
+        subscribers = [await subscribe(port) for _ in range(3)]  # closed over the drain window, one by one
+        publishers = [KeepAlivePublisher(i + 1, limit=20_000) for i in range(4)]
+        for publisher in publishers:
+            await deadline(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), publisher))
+        await wait_for(lambda: all(len(p.acked()) >= 20 for p in publishers), what="publishing under way")
+        process.signal("TERM")
+        await wait_for(lambda: all(p.is_closed for p in publishers), timeout=20, what="every publisher to stop")
+        await wait_for(lambda: process.ended, timeout=20, what="twistd to exit")
+        assert process.reason.value.exitCode == 0, process.output
+        for publisher in publishers:
+            n, code, head = publisher.answers[-1]
+            assert code == 503, f"publisher {publisher.index} last got {code} (after {len(publisher.acked())} x 200)"
+            assert header(head, "Retry-After") == "5" and header(head, "Connection") == "close"
+        acked = set().union(*(p.acked() for p in publishers))
+        for subscriber in subscribers:
+            assert subscriber.is_closed and b"server shutting down" in subscriber.received
+            lost = acked - received_ns(subscriber)
+            assert not lost, f"{len(lost)} of {len(acked)} events answered 200 never reached a subscriber still connected"
+    finally:
+        await process.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_twistd_ignores_and_logs_sighup_during_the_drain(tmp_path: Path) -> None:
+    """Seen: a SIGHUP during the drain was applied: a new port was bound and served while shutting down."""
+    config_path = twistd_config(tmp_path, **{"drain.window": 3.0, "drain.batch.min": 1})
+    process, port = await TwistdProcess.start(config_path, tmp_path)
+    try:
+        subscribers = [await subscribe(port) for _ in range(3)]  # the drain takes 3 s
+        with socket.socket() as probe:  # a port nobody listens on, for the reload to add
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]
+        process.signal("TERM")
+        await wait_for(lambda: b"closing 3 subscribers over" in process.output, what="the drain to begin")
+        config_path.write_text(config_path.read_text() + textwrap.indent(
+            f"Added: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: {free}, server.path: added}}\n", "  "))
+        process.signal("HUP")
+        await wait_for(lambda: re.search(rb"reload ignored|configuration reloaded|reload rejected", process.output),
+                       timeout=10, what="the SIGHUP to be handled")
+        assert b"reload ignored: the daemon is shutting down" in process.output
+        with pytest.raises(ConnectionRefusedError):
+            await deadline(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", free), RawHttpClient()))
+        await wait_for(lambda: process.ended, timeout=20, what="twistd to exit")
+        assert process.reason.value.exitCode == 0, process.output
+        assert b"configuration reloaded" not in process.output and b"listening on 127.0.0.1:%d" % free not in process.output
+        assert all(s.is_closed for s in subscribers)
     finally:
         await process.kill()
