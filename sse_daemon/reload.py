@@ -397,7 +397,8 @@ def _adopt(daemon: Any, listener: ListenerService) -> None:
 
 
 class ReloadOnSighup(Service):
-    """Installs a SIGHUP handler that reloads the daemon (restores the previous handler on stop)."""
+    """Installs a SIGHUP handler that reloads the daemon (restores the previous handler on stop,
+    unless the daemon is shutting down)."""
 
     name = "reload-on-sighup"
 
@@ -415,6 +416,8 @@ class ReloadOnSighup(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        if self.reloader.stopping:  # the process is ending: a late SIGHUP is still logged and ignored,
+            return  # not left to the default action (which would end twistd by that signal)
         if self._previous is not None:
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None

@@ -24,11 +24,13 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 
 from sse_daemon.config import ConfigError, load_files
+from sse_daemon.listener import CLOSE_GRACE
 from sse_daemon.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping, headroom_for
 from sse_daemon.reload import Reloader
 from sse_daemon.schema import Event
 from sse_daemon.service import DaemonService
 
+from .test_tls import pki, tls_subscribe  # noqa: F401 (pki is a fixture)
 from .conftest import RawHttpClient, TwistdProcess, deadline, header, sleep, status, subscribe, twistd_command, wait_for, write_config
 
 # --------------------------------------------------------------------------- pure bookkeeping
@@ -699,3 +701,41 @@ async def test_real_twistd_ignores_and_logs_sighup_during_the_drain(tmp_path: Pa
         assert all(s.is_closed for s in subscribers)
     finally:
         await process.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_port_has_the_same_budgets(daemon, pki) -> None:
+    """Behind TLS too: a refused connection is cut at once, and a client that never finishes
+    its handshake is cut at the head deadline (its 408 cannot be sent: after CLOSE_GRACE)."""
+    tls = f"server.tls.cert: {pki['cert']}, server.tls.key: {pki['key']}, server.head.timeout: 0.5, server.max.connections.per.address: 1"
+    service = await daemon(f"""\
+sources:
+  In: {{type: http, stream: S, schema: "n int", receiver.url: "https://127.0.0.1:0/in", {tls}}}
+sinks:
+  Events: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: events, {tls}}}
+""")
+    port = service.port_of("Events")
+    subscriber = await tls_subscribe(port, pki["ca"])
+    second = await connect(port)
+    await deadline(second.closed, 5)
+    assert second.received == b""
+    silent = await connect(port, "127.0.0.2")  # no ClientHello, ever
+    started = reactor.seconds()
+    took = await closed_after(silent, started)
+    assert took < 0.5 + CLOSE_GRACE + 1.5, f"a silent TLS connection held {took:.1f}s"
+    assert router_of(service).rejected == {"too-many-connections-from-address": 1, "head-timeout": 1}
+    assert not subscriber.is_closed, "the stream itself has no deadline"
+    await subscriber.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_applies_new_port_limits_to_a_kept_port(daemon, tmp_path: Path) -> None:
+    service = await daemon(config(head=30))
+    port = service.port_of("Events")
+    write_config(tmp_path, config(head=0.3))
+    assert await deadline(Reloader(service, [str(tmp_path / "sse.yaml")]).reload()) is True
+    assert service.port_of("Events") == port, "the port is kept"
+    started = reactor.seconds()
+    client = await connect(port)
+    assert await closed_after(client, started) < 0.3 + 1.5
+    assert status(bytes(client.received)) == 408
