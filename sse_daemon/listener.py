@@ -130,13 +130,13 @@ class AbortAtOnce(Protocol):
 class PortChannel(http.HTTPChannel):
     """HTTP/1.1 under the port's deadlines (the site's ``policy``), once the site admitted it.
 
-    A request head must arrive within ``head_timeout`` of the accept (or of the end of the previous response on
-    a kept-alive connection) and its body within ``body_timeout`` of the end
-    of the head; a byte now and then does not extend either (Twisted's own
-    idle timeout restarts with every byte). Past a deadline: 408 and close,
-    or just close for a kept-alive connection that has sent nothing of a next
-    request. While a request is handled (an SSE stream above all) there is no
-    deadline: heartbeats find dead peers.
+    A request head must arrive within ``head_timeout`` of the accept (or of
+    the end of the previous response on a kept-alive connection) and its body
+    within ``body_timeout`` of the end of the head; a byte now and then does
+    not extend either (Twisted's own idle timeout restarts with every byte).
+    Past a deadline: 408 and close, or just close for a kept-alive connection
+    that has sent nothing of a next request. While a request is handled (an
+    SSE stream above all) there is no deadline: heartbeats find dead peers.
     """
 
     site: "QuietSite"
