@@ -45,7 +45,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from .config import SSE_SERVER_OPTIONS, AdminDef, Config, ConnectorDef, Location, normalise_path
-from .figures import SINK_COUNTERS, SourceWatch, snapshot
+from .figures import SINK_COUNTERS, SourceWatch, listener_figures, snapshot
 from .guard import Guard, build_access
 from .limits import should_log
 from .listener import ListenerService
@@ -104,7 +104,8 @@ class DaemonCollector:
             "source_age": GaugeMetricFamily(p + "source_last_event_age_seconds", "Seconds since the source's last event (since the start if it had none).", labels=["source"]),
             "route_events": CounterMetricFamily(p + "route_events", "Events a route forwarded.", labels=["from", "to"]),
             "bus_failures": CounterMetricFamily(p + "stream_subscriber_failures", "Deliveries to a stream's subscribers that raised (logged with a traceback).", labels=["stream"]),
-            "port_rejected": CounterMetricFamily(p + "port_requests_rejected", "Requests a listening port refused before a sink, an ingest or an admin page saw them (not-found, method-not-allowed, malformed-request, invalid-header), or answered 500 for a bug (internal-error), by reason.", labels=["port", "reason"]),
+            "listener_connections": GaugeMetricFamily(p + "listener_connections", "Connections open on a port (the admin listener's too), counted from accept.", labels=["listener"]),
+            "listener_rejected": CounterMetricFamily(p + "listener_requests_rejected", "Connections and requests a port refused before any sink or ingest saw them (connection budgets, deadlines, shutdown, malformed requests, unknown paths), by reason.", labels=["listener", "reason"]),
         })
         families["admin_rejected"] = CounterMetricFamily(
             p + "admin_requests_rejected", "Admin listener requests refused, by reason (host-not-allowed, protected-stream, missing-credentials, bad-credentials, ...).",
@@ -157,10 +158,11 @@ class DaemonCollector:
             families["bus_failures"].add_metric([stream["name"]], stream["subscriber_failures"])
         for reason, count in sorted(admin.rejected.items()):
             families["admin_rejected"].add_metric([reason], count)
-        ports = [(f"{listener.host}:{listener.port}", listener.router) for listener in admin.daemon.listeners.values()]
-        for port, router in ports + [("admin", admin.listener.router)]:
-            for reason, count in sorted(router.rejected.items()):
-                families["port_rejected"].add_metric([port, reason], count)
+        for listener in (*figures["listeners"], listener_figures(admin.listener)):
+            label = [f"{listener['host']}:{listener['port']}"]
+            families["listener_connections"].add_metric(label, listener["connections"])
+            for reason, count in sorted(listener["rejected"].items()):
+                families["listener_rejected"].add_metric(label + [reason], count)
         if "bus_up" in families:
             bus = admin.daemon.bus
             families["bus_up"].add_metric([], 1.0 if bus.state == "up" else 0.0)
@@ -206,7 +208,7 @@ class AdminService(MultiService):
         # what a Guard needs to know of its connector: the admin section's access options
         self._access = ConnectorDef("admin", "listener", "admin", "", definition.access_options("none"), definition.location)
 
-        self.listener = ListenerService(daemon.reactor, definition.host, definition.port)
+        self.listener = ListenerService(daemon.reactor, definition.host, definition.port, descriptors=daemon.descriptors)
         self.listener.add("/", self._gate(PageResource("status.html", b"text/html; charset=utf-8")), "admin status page")
         self.listener.add("/status.js", self._gate(PageResource("status.js", b"text/javascript; charset=utf-8")), "admin status script")
         self.listener.add("/metrics", self._gate(MetricsResource(self.registry)), "admin metrics")

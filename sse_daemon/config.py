@@ -408,6 +408,14 @@ TLS_SERVER_OPTIONS = (
     Option("server.endpoint", "STRING", "A Twisted endpoint string that binds this port instead (e.g. `ssl:8443:privateKey=key.pem:certKey=cert.pem:extraCertChain=chain.pem`, `systemd:domain=INET:index=0`); connectors sharing the port must give the same.", parse_string),
 )
 
+#: what one connection may cost a sink's or an ingest's port (issue 12; connections.py); connectors
+#: sharing a port must give the same values (_check_port_limits)
+PORT_LIMIT_OPTIONS = (
+    Option("server.head.timeout", "FLOAT", "Seconds a client has to send a whole request head, counted from the accept (or from the end of the previous response on a kept-alive connection); sending slowly does not extend it. Past it: 408 and close (a kept-alive connection that sent nothing more just closes). 0 turns it off. Connectors sharing a port must give the same.", lambda v: parse_number(v, 0), 10.0),
+    Option("server.body.timeout", "FLOAT", "Seconds a client has to send a whole request body, counted from the end of its head; sending slowly does not extend it. Past it: 408 and close. 0 turns it off. Connectors sharing a port must give the same.", lambda v: parse_number(v, 0), 30.0),
+    Option("server.max.connections.per.address", "INT", "Open connections one client address may hold on this port, counted from the accept (a request still arriving counts); more are closed at accept, unanswered. 0 is no limit (behind a reverse proxy every client has the proxy's address). Connectors sharing a port must give the same.", lambda v: parse_int(v, 0), 0),
+)
+
 #: access control of a sink or an ingest (issue 5); checked as a whole by _check_access
 ACCESS_OPTIONS = (
     Option("auth.type", "STRING", "Who may subscribe (sink) or post (ingest): `none`, `basic` (users of `auth.users.file`) or `bearer` (static tokens and/or JWTs); see 'Access control'.", parse_choice("none", "basic", "bearer"), "none"),
@@ -448,6 +456,7 @@ SSE_SERVER_OPTIONS = (
     *SINK_HARDENING_OPTIONS,
     *ACCESS_OPTIONS,
     *TLS_SERVER_OPTIONS,
+    *PORT_LIMIT_OPTIONS,
 )
 
 HTTP_SOURCE_OPTIONS = (
@@ -460,6 +469,7 @@ HTTP_SOURCE_OPTIONS = (
     *INGEST_HARDENING_OPTIONS,
     *ACCESS_OPTIONS,
     *TLS_SERVER_OPTIONS,
+    *PORT_LIMIT_OPTIONS,
 )
 
 SSE_SOURCE_OPTIONS = (
@@ -1025,6 +1035,7 @@ def validate(raw: RawConfig) -> Config:
     _check_worker_sinks(connectors, first_raw, issues)
     _check_access(connectors, first_raw, issues)
     _check_tls(connectors, first_raw, issues)
+    _check_port_limits(connectors, first_raw, issues)
     admin = _admin(raw.admin, connectors, issues)
     bus = _bus(raw.bus, connectors, raw.routes, issues)
 
@@ -1391,6 +1402,23 @@ def _check_tls(connectors: list[ConnectorDef], raws: Mapping[str, RawConnector],
         if first[0] != description:
             issue(connector, "server.endpoint" if connector.options.get("server.endpoint") else "server.tls.cert",
                   f"port {port} is already bound differently by {first[1].label}: connectors sharing a port must agree on TLS and server.endpoint")
+
+
+def _check_port_limits(connectors: list[ConnectorDef], raws: Mapping[str, RawConnector], issues: list[ConfigIssue]) -> None:
+    """A port has one set of deadlines and one per-address cap: connectors sharing it must agree, as on server.endpoint."""
+    first: dict[tuple[str, int], ConnectorDef] = {}
+    for connector in connectors:
+        address = listen_address(connector)
+        if address is None or served_by_workers(connector):
+            continue  # a worker-served sink has its port to itself
+        other = first.setdefault(address[:2], connector)
+        for option in PORT_LIMIT_OPTIONS:
+            if connector[option.name] != other[option.name]:
+                raw = raws[connector.name].options.get(option.name)
+                issues.append(ConfigIssue(raw.location if raw is not None else connector.location,
+                                          f"port {address[1]} has {option.name} {other[option.name]:g} from {other.label} "
+                                          f"(at {other.location}), found {connector[option.name]:g}: connectors sharing a port must give the same",
+                                          connector.label, option.name))
 
 
 def _check_access(connectors: list[ConnectorDef], raws: Mapping[str, RawConnector], issues: list[ConfigIssue]) -> None:

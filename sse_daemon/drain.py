@@ -4,7 +4,9 @@ On SIGTERM twistd calls the application's ``stopService`` and waits for its
 Deferred. :func:`shutdown` makes that an ordered drain instead of
 ``MultiService``'s "everything at once":
 
-1. every listener stops accepting (established connections stay open);
+1. the shared ``Stopping`` is set, so every port answers any new request 503
+   (``Retry-After``, ``Connection: close``) and the reloader ignores SIGHUP;
+   every listener stops accepting (established connections stay open);
 2. every SSE sink closes its subscribers in batches spread over its
    ``drain.window`` (:func:`storms.drain_schedule`), each with a last comment
    and its own random ``retry:``, so clients do not all come back in the same
@@ -22,6 +24,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from .connections import Stopping
 from .sse import encode_comment
 from .storms import drain_schedule, retry_frame, retry_hint
 
@@ -99,8 +102,16 @@ def flushed(transports: list[Any], io: IReactorTime, timeout: float, poll: float
 
 
 def shutdown(listeners: Iterable[Any], sink_services: Iterable[Any], stop_rest: Callable[[], Any],
-             io: IReactorTime | None = None) -> Deferred:
-    """Stop accepting, drain every SSE sink (in parallel), then ``stop_rest()``; one Deferred for all."""
+             io: IReactorTime | None = None, stopping: Stopping | None = None) -> Deferred:
+    """Stop accepting, drain every SSE sink (in parallel), then ``stop_rest()``; one Deferred for all.
+
+    ``stopping`` (shared with every port and the reloader) is set first: from
+    then on every request on a kept-alive connection gets 503 with
+    ``Retry-After`` and ``Connection: close`` (an ingest accepts nothing the
+    drain would not deliver), and a SIGHUP is ignored.
+    """
+    if stopping is not None:
+        stopping.begin()
     stopped = [maybeDeferred(listener.stopService) for listener in listeners]
     drains = [service.drain(io) for service in sink_services]
 

@@ -152,6 +152,19 @@ def source_figures(source: Any, stamp: ConnectorBus | None, now: float, started_
     return figures
 
 
+def listener_figures(listener: Any) -> dict[str, Any]:
+    """One port: where, what it serves, its open connections and what it refused before any
+    connector saw it (connection budgets, deadlines, malformed requests, unknown paths), by reason."""
+    return {
+        "host": listener.host,
+        "port": listener.bound_port if listener.listening is not None else listener.port,
+        "bound": listener.listening is not None,
+        "serves": list(listener.labels),
+        "connections": listener.site.connections.total if listener.site is not None else 0,
+        "rejected": dict(listener.router.rejected),
+    }
+
+
 def snapshot(daemon: "DaemonService", now: float) -> dict[str, Any]:
     """Every figure of the daemon as plain data (what ``/status.json`` serves)."""
     started = daemon.started_at if daemon.started_at is not None else now
@@ -168,15 +181,7 @@ def snapshot(daemon: "DaemonService", now: float) -> dict[str, Any]:
             if listener is not None and listener.listening is not None:
                 host = f"[{url.host}]" if ":" in url.host else url.host
                 figures["url"] = f"{url.scheme}://{host}:{listener.bound_port}{url.path}"
-    listeners = [
-        {
-            "host": listener.host,
-            "port": listener.bound_port if listener.listening is not None else listener.port,
-            "bound": listener.listening is not None,
-            "serves": list(listener.labels),
-        }
-        for listener in daemon.listeners.values()
-    ]
+    listeners = [listener_figures(listener) for listener in daemon.listeners.values()]
     routes = [
         {"from": route.route.source, "to": route.route.target, "events": route.events}
         for route in daemon.routes

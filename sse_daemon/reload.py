@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from .config import Config, ConfigError, ConnectorDef, RouteDef, Url, listen_address, load_files, served_by_workers
+from .connections import Stopping, port_policy
 from .listener import SINK_ONLY_BODY_LIMIT, BindError, ListenerService
 
 __all__ = ["Plan", "plan", "keys", "connector_key", "Reloader", "ReloadOnSighup"]
@@ -142,26 +143,32 @@ class _Staged:
     layout: dict[tuple[str, int], list[tuple[str, ConnectorDef]]] = field(default_factory=dict)  # port -> (path, connector)
 
 
-def _site(listener: ListenerService) -> Any:
-    factory = getattr(listener.listening, "factory", None)
-    return getattr(factory, "wrappedFactory", factory)  # TLS ports wrap the Site
-
-
 class Reloader:
     """Applies a new configuration to a running DaemonService; one reload at a time."""
 
-    def __init__(self, daemon: Any, paths: Iterable[str], load: Callable[[list[str]], Config] = load_files) -> None:
+    def __init__(self, daemon: Any, paths: Iterable[str], load: Callable[[list[str]], Config] = load_files,
+                 stopping: Stopping | None = None) -> None:
         self.daemon = daemon
         self.paths = list(paths)
         self.load = load
+        #: the daemon's shutdown state (drain.py sets it): once set, a reload is ignored
+        self.stopping = daemon.stopping if stopping is None else stopping
         self.counters = {"reloads": 0, "rejected": 0}
+        self.ignored = 0  # SIGHUPs that came during shutdown
         self.keys = keys(daemon.config)  # what the running connectors were built from
         self._running: Deferred | None = None
         self._again = False
         self._bind_error: BindError | None = None
 
     def reload(self) -> Deferred:
-        """Reload now, or right after the reload in progress; fires with True if applied."""
+        """Reload now, or right after the reload in progress; fires with True if applied.
+
+        Not once shutdown has begun: a port bound now would serve while the
+        daemon drains (and outlive the drain's ``stopListening``).
+        """
+        if self.stopping:
+            self._ignored()
+            return succeed(False)
         if self._running is not None:
             self._again = True
             return self._running
@@ -177,6 +184,10 @@ class Reloader:
         d.addErrback(lambda f: (log.failure("reloading the configuration failed", f), False)[1])
         d.addBoth(done)  # may run at once, when nothing had to wait
         return d
+
+    def _ignored(self) -> None:
+        self.ignored += 1
+        log.warn("reload ignored: the daemon is shutting down ({count} ignored)", count=self.ignored)
 
     async def _reload(self) -> bool:
         daemon = self.daemon
@@ -205,6 +216,9 @@ class Reloader:
             log.error("reload rejected: {names} would change, and a sink served by worker processes (worker.count above 1) "
                       "is changed, added or removed only by a restart; the running configuration is unchanged",
                       names=", ".join(pooled))
+            return False
+        if self.stopping:  # shutdown began while the files were read
+            self._ignored()
             return False
         staged = self._build(new, changes)
         released = self._bind(staged)
@@ -250,7 +264,7 @@ class Reloader:
             current = daemon.listeners.get(key)
             if current is not None and current.endpoint == description:
                 continue
-            listener = ListenerService(daemon.reactor, *key)
+            listener = ListenerService(daemon.reactor, *key, port_policy(entries[0][1].options), daemon.descriptors, self.stopping)
             listener.endpoint = description
             for path, connector in entries:
                 limit = connector["max.body.size"] if connector.type == "http" else None
@@ -298,9 +312,11 @@ class Reloader:
             listener.router.routes = routes
             listener.labels = labels
             listener.max_body_size = max(limits) if limits else None
-            site = _site(listener)
+            listener.policy = port_policy(staged.layout[key][0][1].options)  # deadlines and cap: the same for the whole port
+            site = listener.site
             if site is not None:
                 site.max_body_size = listener.max_body_size or SINK_ONLY_BODY_LIMIT
+                site.policy = listener.policy
         # old services of changed and removed connectors stop; their subscribers are closed
         for name in gone:
             service = daemon.sinks.pop(name, None)
@@ -321,6 +337,8 @@ class Reloader:
         for key, listener in staged.rebind.items():
             old = daemon.listeners.pop(key)
             await DeferredList([maybeDeferred(daemon.removeService, old)])
+            if self.stopping:  # shutdown began meanwhile: bind nothing more
+                continue
             try:
                 listener.privilegedStartService()
             except BindError as e:
@@ -380,7 +398,8 @@ def _adopt(daemon: Any, listener: ListenerService) -> None:
 
 
 class ReloadOnSighup(Service):
-    """Installs a SIGHUP handler that reloads the daemon (restores the previous handler on stop)."""
+    """Installs a SIGHUP handler that reloads the daemon (restores the previous handler on stop,
+    unless the daemon is shutting down)."""
 
     name = "reload-on-sighup"
 
@@ -398,6 +417,8 @@ class ReloadOnSighup(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        if self.reloader.stopping:  # the process is ending: a late SIGHUP is still logged and ignored,
+            return  # not left to the default action (which would end twistd by that signal)
         if self._previous is not None:
             signal.signal(signal.SIGHUP, self._previous)
             self._previous = None

@@ -19,7 +19,8 @@ from .drain import shutdown  # SIGTERM: stop accepting, drain sinks in stages, t
 from .guard import ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
 from .ingest import PUBLISH_SLICE, IngestResource
 from .tls import client_policy, listen_description
-from .listener import BindError, ListenerService
+from .connections import DescriptorBudget, Stopping, port_policy
+from .listener import BindError, ListenerService, descriptor_budget
 from .logsink import LogSinkService
 from .mappers import make_mapper
 from .limits import should_log
@@ -132,7 +133,7 @@ class DaemonService(MultiService):
 
     def __init__(
         self, config: Config, reactor: Any, bus: IBus | None = None, clock: IReactorTime | None = None,
-        stats_interval: float = 60.0,
+        stats_interval: float = 60.0, descriptors: DescriptorBudget | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -144,6 +145,10 @@ class DaemonService(MultiService):
         self.passwords = PasswordPool(reactor)
         self.passwords.setServiceParent(self)
         self.bus = bus if bus is not None else _make_bus(config, reactor)
+        #: set once shutdown begins (drain.py); every port answers 503 from then on and a reload is ignored
+        self.stopping = Stopping()
+        #: the process's file descriptors, shared by every port (connections.py)
+        self.descriptors = descriptors if descriptors is not None else descriptor_budget(reactor)
         if isinstance(self.bus, Service):  # a shared bus connects on start, before sinks subscribe
             self.bus.setServiceParent(self)
         self.listeners: dict[tuple[str, int], ListenerService] = {}
@@ -183,13 +188,14 @@ class DaemonService(MultiService):
     def stopService(self) -> Deferred:
         """Stop accepting, close subscribers in stages, then stop the rest (drain.py)."""
         sinks = [service for service in self.sinks.values() if hasattr(service, "drain")]  # SSE sinks, and their workers
-        return shutdown(self.listeners.values(), sinks, super().stopService, self.reactor)
+        return shutdown(self.listeners.values(), sinks, super().stopService, self.reactor, self.stopping)
 
     def _listener(self, connector: ConnectorDef) -> tuple[ListenerService, str]:
         host, port, path = listen_address(connector)
         key = (host, port)
         if key not in self.listeners:
-            self.listeners[key] = ListenerService(self.reactor, host, port)
+            self.listeners[key] = ListenerService(self.reactor, host, port, port_policy(connector.options),
+                                                  self.descriptors, self.stopping)
             self.listeners[key].endpoint = listen_description(host, port, connector.options)  # TLS, server.endpoint
         return self.listeners[key], path
 

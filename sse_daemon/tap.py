@@ -113,7 +113,7 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
     # SIGHUP re-reads the same files and changes only what changed (reload.py)
     from .reload import ReloadOnSighup, Reloader
 
-    service.reloader = Reloader(service, options["config"])
+    service.reloader = Reloader(service, options["config"], stopping=service.stopping)
     ReloadOnSighup(service.reloader, service.reactor).setServiceParent(service)
     StopOnSigterm(service.reactor).setServiceParent(service)
     return service

@@ -32,7 +32,8 @@ from . import channel
 from .bus import MemoryBus
 from .guard import sink_guard
 from .history import History
-from .listener import SINK_ONLY_BODY_LIMIT, PathRouter, QuietSite
+from .connections import Stopping, port_policy
+from .listener import SINK_ONLY_BODY_LIMIT, PathRouter, QuietSite, descriptor_budget
 from .mappers import make_mapper
 from .passwords import PasswordPool
 from .sink import SseSink, SseSinkResource, SseSinkService
@@ -54,6 +55,8 @@ class Worker(channel.MessageReceiver):
         self.port: Any = None
         self.report: LoopingCall | None = None
         self.stopping: Deferred | None = None
+        #: set when the worker starts to drain: its port answers 503 to any further request
+        self.shutting_down = Stopping()
         self.index = -1
         self.family = 0
 
@@ -86,7 +89,9 @@ class Worker(channel.MessageReceiver):
         self.passwords.startService()
         router = PathRouter()
         router.add(connector["server.path"], sink_guard(connector, SseSinkResource(sink), sink, self.reactor, self.passwords))
-        self.port = self.reactor.adoptStreamPort(LISTEN_FD, self.family, QuietSite(router, self.reactor, SINK_ONLY_BODY_LIMIT))
+        site = QuietSite(router, self.reactor, SINK_ONLY_BODY_LIMIT, port_policy(connector.options),
+                         descriptor_budget(self.reactor), self.shutting_down)  # this process's own descriptors
+        self.port = self.reactor.adoptStreamPort(LISTEN_FD, self.family, site)
         os.close(LISTEN_FD)  # adoptStreamPort works on its own copy
         self.report = LoopingCall(self._report)
         self.report.clock = self.reactor
@@ -117,6 +122,7 @@ class Worker(channel.MessageReceiver):
         """Stop accepting, close subscribers in stages (drain.window), report, exit."""
         if self.stopping is not None:
             return self.stopping
+        self.shutting_down.begin()
         if self.port is not None:
             self.port.stopListening()
         if self.report is not None and self.report.running:

@@ -359,10 +359,11 @@ async def test_headers_that_are_not_utf8_are_a_400_on_sinks_ingest_and_admin(dae
     routers = [service.listeners[("127.0.0.1", 0)].router, service.admin.listener.router]
     assert sum(r.rejected["invalid-header"] for r in routers) == len(targets) * len(names) * 3
     raw, _ = await exchange(admin, get("/metrics"))
-    samples = {(s.name, s.labels.get("port"), s.labels.get("reason")): s.value
+    samples = {(s.name, s.labels.get("listener"), s.labels.get("reason")): s.value
                for family in text_string_to_metric_families(raw.partition(b"\r\n\r\n")[2].decode()) for s in family.samples}
-    for port_label, router in zip(("127.0.0.1:0", "admin"), routers):
-        assert samples[("sse_daemon_port_requests_rejected_total", port_label, "invalid-header")] == router.rejected["invalid-header"]
+    for to, router in zip((port, admin), routers):
+        label = f"127.0.0.1:{to}"
+        assert samples[("sse_daemon_listener_requests_rejected_total", label, "invalid-header")] == router.rejected["invalid-header"]
     assert not [e for e in log_events if e.get("log_failure") is not None or e.get("isError")], "no traceback"
     fine = await subscribe(port, "/open", "Last-Event-ID: café\r\n")  # UTF-8 is fine
     await fine.close()
