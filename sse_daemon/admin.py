@@ -103,6 +103,7 @@ class DaemonCollector:
             "source_reconnects": CounterMetricFamily(p + "source_reconnects", "Times an SSE source connected again after a stream ended or failed.", labels=["source"]),
             "source_age": GaugeMetricFamily(p + "source_last_event_age_seconds", "Seconds since the source's last event (since the start if it had none).", labels=["source"]),
             "route_events": CounterMetricFamily(p + "route_events", "Events a route forwarded.", labels=["from", "to"]),
+            "route_rejected": CounterMetricFamily(p + "route_events_rejected", "Events a route could not forward because a value in them no sink could write (a bug upstream: every entry point checks values), by reason.", labels=["from", "to", "reason"]),
             "bus_failures": CounterMetricFamily(p + "stream_subscriber_failures", "Deliveries to a stream's subscribers that raised (logged with a traceback).", labels=["stream"]),
             "listener_connections": GaugeMetricFamily(p + "listener_connections", "Connections open on a port (the admin listener's too), counted from accept.", labels=["listener"]),
             "listener_rejected": CounterMetricFamily(p + "listener_requests_rejected", "Connections and requests a port refused before any sink or ingest saw them (connection budgets, deadlines, shutdown, malformed requests, unknown paths), by reason.", labels=["listener", "reason"]),
@@ -116,6 +117,8 @@ class DaemonCollector:
                 "bus_published": CounterMetricFamily(p + "bus_events_published", "Events this instance published to the shared bus (acknowledged by Redis)."),
                 "bus_refused": CounterMetricFamily(p + "bus_events_refused", "Events refused because the shared bus was down (their ingest answered 503)."),
                 "bus_reconnects": CounterMetricFamily(p + "bus_reconnects", "Times the shared bus lost Redis and tried again."),
+                "bus_invalid": CounterMetricFamily(p + "bus_events_invalid", "Events the shared bus refused to write because Redis could not take a value in them (their publisher got 400; the connection stayed up)."),
+                "bus_skipped": CounterMetricFamily(p + "bus_entries_skipped", "Redis entries this instance could not decode, skipped on live reads and resume replays (logged, sampled)."),
             })
         return families
 
@@ -154,6 +157,8 @@ class DaemonCollector:
                 families["source_reconnects"].add_metric(name, source["reconnects"])
         for route in figures["routes"]:
             families["route_events"].add_metric([route["from"], route["to"]], route["events"])
+            for reason, count in sorted(route["rejected"].items()):
+                families["route_rejected"].add_metric([route["from"], route["to"], reason], count)
         for stream in figures["streams"]:
             families["bus_failures"].add_metric([stream["name"]], stream["subscriber_failures"])
         for reason, count in sorted(admin.rejected.items()):
@@ -169,6 +174,8 @@ class DaemonCollector:
             families["bus_published"].add_metric([], bus.counters["events_published"])
             families["bus_refused"].add_metric([], bus.counters["publish_refused"])
             families["bus_reconnects"].add_metric([], bus.counters["reconnects"])
+            families["bus_invalid"].add_metric([], bus.counters["publish_invalid"])
+            families["bus_skipped"].add_metric([], bus.counters["entries_skipped"])
         return iter(families.values())
 
 
@@ -208,7 +215,8 @@ class AdminService(MultiService):
         # what a Guard needs to know of its connector: the admin section's access options
         self._access = ConnectorDef("admin", "listener", "admin", "", definition.access_options("none"), definition.location)
 
-        self.listener = ListenerService(daemon.reactor, definition.host, definition.port, descriptors=daemon.descriptors)
+        self.listener = ListenerService(daemon.reactor, definition.host, definition.port, descriptors=daemon.descriptors,
+                                        list_paths=False)
         self.listener.add("/", self._gate(PageResource("status.html", b"text/html; charset=utf-8")), "admin status page")
         self.listener.add("/status.js", self._gate(PageResource("status.js", b"text/javascript; charset=utf-8")), "admin status script")
         self.listener.add("/metrics", self._gate(MetricsResource(self.registry)), "admin metrics")
@@ -344,7 +352,9 @@ class AdminService(MultiService):
         if bus_readiness is not None:  # a shared bus: ingest answers 503 while it is down
             checks["bus"] = bus_readiness()
         not_ready = [f"{key}: {value}" for key, value in checks.items() if value != "ok"]
-        if not self.daemon.running:
+        if self.daemon.stopping:  # draining: a load balancer should send new clients elsewhere
+            not_ready.insert(0, "the daemon is shutting down")
+        elif not self.daemon.running:
             not_ready.insert(0, "the daemon is not running")
         return {"ready": not not_ready, "not_ready": not_ready, "checks": checks}
 

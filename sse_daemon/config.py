@@ -512,6 +512,11 @@ SSE_SOURCE_OPTIONS = (
         lambda v: parse_int(v, 1), 4 * MIB,
     ),
     Option(
+        "max.events.per.message", "INT", "Most events one message may carry (a JSON array); a message with more is skipped "
+        "before any is mapped and counted (`too-many-events`), so one upstream message cannot hold the daemon for long.",
+        lambda v: parse_int(v, 1), 10_000,
+    ),
+    Option(
         "sse.format", "STRING", "`sse`: read `text/event-stream`. `raw`: read a body of back-to-back JSON documents "
         "with any Content-Type, as the original sink writes it (see 'Interop').", parse_choice("sse", "raw"), "sse",
     ),

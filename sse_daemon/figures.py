@@ -183,7 +183,7 @@ def snapshot(daemon: "DaemonService", now: float) -> dict[str, Any]:
                 figures["url"] = f"{url.scheme}://{host}:{listener.bound_port}{url.path}"
     listeners = [listener_figures(listener) for listener in daemon.listeners.values()]
     routes = [
-        {"from": route.route.source, "to": route.route.target, "events": route.events}
+        {"from": route.route.source, "to": route.route.target, "events": route.events, "rejected": dict(route.rejected)}
         for route in daemon.routes
     ]
     streams = []

@@ -69,9 +69,12 @@ class PathRouter(Resource):
 
     log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, list_paths: bool = True) -> None:
         super().__init__()
         self.routes: dict[str, IResource] = {}
+        #: a 404 lists the paths served (helpful on a sink's port; not on the admin listener,
+        #: whose paths name every stream and which answers a wrong Host only after routing)
+        self.list_paths = list_paths
         #: requests refused here, by reason ("not-found", "method-not-allowed", "body-too-large")
         self.rejected: Counter[str] = Counter()
 
@@ -113,7 +116,8 @@ class PathRouter(Resource):
             return self.reject(request, 400, "invalid-header", f"the {bad_header} header is not UTF-8 text")
         resource = self.routes.get(path)
         if resource is None:
-            return self.reject(request, 404, "not-found", f"nothing is served at {path}", paths=sorted(self.routes))
+            listing = {"paths": sorted(self.routes)} if self.list_paths else {}
+            return self.reject(request, 404, "not-found", f"nothing is served at {path}", **listing)
         try:
             return resource.render(request)
         except UnsupportedMethod as e:
@@ -399,7 +403,8 @@ class ListenerService(Service):
     log = Logger()
 
     def __init__(self, reactor: Any, host: str, port: int, policy: PortPolicy = PortPolicy(),
-                 descriptors: DescriptorBudget | None = None, stopping: Stopping | None = None) -> None:
+                 descriptors: DescriptorBudget | None = None, stopping: Stopping | None = None,
+                 list_paths: bool = True) -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
@@ -408,7 +413,7 @@ class ListenerService(Service):
         self.descriptors = descriptors
         self.stopping = stopping
         self.site: QuietSite | None = None
-        self.router = PathRouter()
+        self.router = PathRouter(list_paths)
         self.labels: list[str] = []
         self.max_body_size: int | None = None  # the largest limit of the ingests on this port
         self.listening: IListeningPort | None = None

@@ -388,6 +388,7 @@ class SseSourceService(Service):
         self.connect_timeout: float = connector["connect.timeout"]
         self.read_timeout: float = connector["read.timeout"]
         self.max_event_size: int = connector["max.event.size"]
+        self.max_events: int = connector["max.events.per.message"]
         self.workers: int = connector["worker.count"]
         self.headers: tuple[tuple[str, str], ...] = connector["headers"]
         self.raw: bool = connector["sse.format"] == "raw"
@@ -731,7 +732,7 @@ class SseSourceService(Service):
             self.counters["duplicates"] += 1
             return
         try:  # every value is checked here (validate.py, through the mapper): what no sink could write is refused
-            values = self.mapper.decode(item.data)
+            values = self.mapper.decode(item.data, self.max_events)
         except MappingError as e:
             self._unmapped(item, e.reason, str(e))
             return

@@ -206,12 +206,14 @@ async def test_an_sse_source_counts_a_bad_upstream_event_and_goes_on(harness, lo
     server.publish('{"param1": 1e400}')
     server.publish('{"param1": ' + "[" * 100_000 + "]" * 100_000 + "}")
     server.publish('{"param1": ' + "7" * 400 + "}")
+    server.publish("[" + ",".join([payload("z")] * 10_001) + "]")  # past max.events.per.message: none of it is mapped
     for _ in range(40):  # a bad upstream in a loop: counted in full, logged in part
         server.publish('{"param1": "\\udfff"}')
     server.publish(payload("b"))
     await wait_for(lambda: len(events) == 2, what="the good events")
     assert values(events) == ["a", "b"] and source.connected
-    assert dict(source.mapping_errors) == {"invalid-unicode": 41, "non-finite-number": 1, "too-deep": 1, "number-out-of-range": 1}
+    assert dict(source.mapping_errors) == {"invalid-unicode": 41, "non-finite-number": 1, "too-deep": 1, "number-out-of-range": 1,
+                                    "too-many-events": 1}
     warned = [e for e in log_events if e.get("source") == source.source_name and e.get("reason") in source.mapping_errors]
     assert len(warned) == 10, "the first ten, then every thousandth"
     assert not [e for e in log_events if e.get("log_failure") is not None]

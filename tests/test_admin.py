@@ -247,7 +247,7 @@ async def test_health_status_page_and_live_view(daemon) -> None:
     code, headers, body = await http.request("HEAD", base + "/")
     assert code == 200 and body == b"" and int(headers.getRawHeaders(b"content-length")[0]) > 1000
     code, _, body = await http.get(base + "/nothing-here")
-    assert code == 404 and "/metrics" in json.loads(body)["paths"]
+    assert code == 404 and "paths" not in json.loads(body)  # the admin's paths name every stream: not listed
 
     viewer = await subscribe(service.admin.port, "/events/Readings")
     await http.post(f"http://127.0.0.1:{service.port_of('In')}/publish", b'{"sensor":"s1","value":7}')
@@ -321,3 +321,13 @@ async def test_no_admin_listener_unless_configured(daemon) -> None:
     service = await daemon(TRAFFIC.split("admin:")[0])
     assert service.admin is None
     assert [listener.port for listener in service.listeners.values()] == [0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_readyz_says_not_ready_once_shutdown_begins(daemon) -> None:
+    """A load balancer must stop sending new clients to a daemon that is draining."""
+    service = await daemon(TRAFFIC)
+    assert service.admin.readiness(service.clock.seconds())["ready"]
+    service.stopping.begin()
+    readiness = service.admin.readiness(service.clock.seconds())
+    assert not readiness["ready"] and readiness["not_ready"][0] == "the daemon is shutting down"

@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 import pytest_twisted
+from prometheus_client import generate_latest
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 
@@ -97,6 +98,7 @@ async def add_raw_entry(bus, key: str, value: str) -> str:
 async def test_an_entry_that_cannot_be_decoded_is_skipped_and_a_resuming_client_gets_its_head(daemon, redis_server, log_events) -> None:
     """Seen: ``1e400`` in an object stored in Redis; a client resuming from before it never got a response head."""
     text, prefix = config(redis_server)
+    text += "admin:\n  port: 0\n"
     a = await instance(daemon, text)
     live = await subscribe(a.port_of("Out"), "/events")
     assert (await post_body(a.port_of("In"), b'{"n": 1, "s": "x"}'))[0] == 200
@@ -116,6 +118,8 @@ async def test_an_entry_that_cannot_be_decoded_is_skipped_and_a_resuming_client_
     assert head(bytes(client.received))["sse-replay-from"] == first, "nothing deliverable was lost: an exact resume"
     assert a.bus.counters["entries_skipped"] == 3, "skipped on the live read, counted"
     assert b.bus.counters["entries_skipped"] == 3 and b.sinks["Out"].sink.counters["resume_exact"] == 1
+    metrics = generate_latest(b.admin.registry).decode()
+    assert "sse_daemon_bus_entries_skipped_total 3.0" in metrics and "sse_daemon_bus_events_invalid_total 0.0" in metrics
     assert not [e for e in log_events if e.get("log_failure") is not None]
     await client.close()
     await live.close()
