@@ -12,8 +12,8 @@ Loading has two steps so that every front-end gets the same checks:
 Option names are the spec's own (``server.port``, ``receiver.url``, ...).
 Values may be strings or numbers, as in the spec's ``server.port='8020'``.
 The tables in :data:`CONNECTOR_TYPES` are the single source of truth for which
-options exist, their defaults and their documentation (the README's option
-tables are checked against them by a test).
+options exist, their defaults and their documentation (docs/options.md is
+generated from them: ``python -m sse_daemon.reference``).
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def parse_list(value: Any) -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class Option:
     name: str
-    type_name: str  # as shown in the README table: INT, STRING, BOOL, ...
+    type_name: str  # as shown in docs/options.md: INT, STRING, BOOL, ...
     doc: str
     parse: Callable[[Any], Any]
     default: Any = None
@@ -298,7 +298,7 @@ def _port(value: Any) -> int:
 
 
 COMMON_OPTIONS = (
-    Option("type", "STRING", "Connector type.", parse_string, required=True),
+    Option("type", "STRING", "Connector type: `sse-server` or `log` for a sink, `sse` or `http` for a source.", parse_string, required=True),
     Option(
         "stream", "STRING", "The stream this connector reads from (sink) or writes to (source).",
         parse_string, default_doc="the connector's name",
@@ -310,15 +310,27 @@ COMMON_OPTIONS = (
     ),
 )
 
-MAP_TYPE = Option("map.type", "STRING", "How events are mapped to and from the wire: `json` or `text` (see 'Mapping').", parse_choice("json", "text"), "json")
+def _map_type(doc: str) -> Option:
+    return Option("map.type", "STRING", doc, parse_choice("json", "text"), "json")
+
+
+SINK_MAP_TYPE = _map_type("How events are written: `json` or `text` (see [mapping.md](mapping.md)).")
+SOURCE_MAP_TYPE = _map_type("How message data (SSE source) or request bodies (ingest) become events: `json` or `text` (see [mapping.md](mapping.md)).")
 FAIL_ON_MISSING = Option(
     "map.fail.on.missing.attribute", "BOOL",
     "Reject a message that lacks a schema attribute; `false` makes the attribute null instead.",
     parse_bool, True,
 )
-HEADERS = Option(
+SINK_HEADERS = Option(
     "headers", "STRING",
-    "Extra HTTP headers, `'Name:value','Name2:value2'` (the unquoted form and a YAML mapping work too).",
+    "Extra response headers, `'Name:value','Name2:value2'` (the unquoted form and a YAML mapping work too). "
+    "A `Content-Type` here replaces the default.",
+    parse_headers, (),
+)
+SOURCE_HEADERS = Option(
+    "headers", "STRING",
+    "Extra request headers, `'Name:value','Name2:value2'` (the unquoted form and a YAML mapping work too). "
+    "They may replace `Accept`; their values are never logged or shown.",
     parse_headers, (),
 )
 
@@ -344,19 +356,19 @@ def _template(value: Any) -> Template:
         raise OptionError(str(e)) from None
 
 
-#: the original JSON mapper's options, with the `map.` prefix (issue 4; README, "Mapping")
+#: the original JSON mapper's options, with the `map.` prefix (issue 4; docs/mapping.md)
 SOURCE_MAPPING_OPTIONS = (
     Option("map.enclosing.element", "STRING", "JSONPath of the event, or array of events, inside each message, such as `$.portfolio`; a message without it is rejected (json only).", _source_path, default_doc="`$` (the whole message)"),
-    Option("map.attributes.<attr>", "STRING", "JSONPath of attribute `<attr>` inside each event, such as `$.stock.price` (json only); attributes without one are read from `$.<attr>`.", _source_path, dynamic=True, default_doc="the default mapping"),
+    Option("map.attributes.<attr>", "STRING", "JSONPath of attribute `<attr>` inside each event, such as `$.stock.price`; `<attr>` must be a schema attribute. Attributes without one are read from `$.<attr>` (json only).", _source_path, dynamic=True, default_doc="the default mapping"),
 )
 SINK_MAPPING_OPTIONS = (
     Option("map.enclosing.element", "STRING", "Wraps each output in this path of names: `$.portfolio.company` gives `{\"portfolio\":{\"company\":<payload>}}` (json only).", _sink_path, default_doc="none"),
-    Option("map.payload", "STRING", "A template for each output with `{{attr}}` placeholders, instead of `{\"event\":{...}}` (see 'Payload templates').", _template, default_doc="none"),
-    Option("map.validate.json", "BOOL", "Drop (and count) an output that is not valid JSON instead of sending it.", parse_bool, False),
+    Option("map.payload", "STRING", "A template for each output with `{{attr}}` placeholders, instead of `{\"event\":{...}}` (see [mapping.md](mapping.md#payload-templates)).", _template, default_doc="none"),
+    Option("map.validate.json", "BOOL", "Drop (log and count as `events_unmapped`) an output that is not valid JSON instead of sending it (it matters for `map.payload` templates).", parse_bool, False),
 )
 SSE_FORMAT = Option(
-    "sse.format", "STRING", "`sse`: the SSE wire format. `raw`: each payload as one bare chunk with the mapper's Content-Type, "
-    "no framing, ids, opening comment or heartbeat, as the original sink wrote it (see 'Interop').", parse_choice("sse", "raw"), "sse",
+    "sse.format", "STRING", "`sse`: the SSE wire format. `raw`: each payload as one bare chunk with the mapper's Content-Type and no SSE "
+    "framing, ids, opening comment, resume or heartbeat, as the original sink wrote it (see [mapping.md](mapping.md#interop-with-the-original-sseformat-raw)).", parse_choice("sse", "raw"), "sse",
 )
 
 def _event_name(value: Any) -> str:
@@ -370,13 +382,13 @@ def _event_name(value: Any) -> str:
 SINK_HARDENING_OPTIONS = (
     Option("history.max.age", "FLOAT", "Seconds an event stays in history; older events are dropped (a client resuming from one gets a reset event); 0 keeps them until `history.size` or `history.max.bytes` push them out.", lambda v: parse_number(v, 0), 0.0),
     Option("history.max.bytes", "INT", "Bytes of encoded events kept in history; past this the oldest are dropped; 0 means no byte bound.", lambda v: parse_int(v, 0), 16 * MIB),
-    Option("resume.reset.event", "STRING", "Event type of the event sent before the replay when a client's `Last-Event-ID` is older than history, unknown or unreadable (see 'Resume').", _event_name, "reset"),
+    Option("resume.reset.event", "STRING", "Event type of the event sent before the replay when a client's `Last-Event-ID` is older than history, unknown or unreadable (see [sink.md](sink.md#resume-honestly)).", _event_name, "reset"),
     Option("retry.min", "INT", "Least `retry:` hint in milliseconds sent to a new subscriber; each gets a random value from `retry.min` to `retry.max` so clients do not reconnect in lockstep.", lambda v: parse_int(v, 0), 1000),
     Option("retry.max", "INT", "Largest `retry:` hint in milliseconds; 0 sends no hint (clients use their default, about 3 s in browsers).", lambda v: parse_int(v, 0), 5000),
-    Option("drain.window", "FLOAT", "On shutdown, subscribers are closed in batches spread over this many seconds (each with its own `retry:`), so they do not all reconnect at once; keep it below systemd's `TimeoutStopSec` (30 s in the shipped unit); 0 closes all at once.", lambda v: parse_number(v, 0), 10.0),
+    Option("drain.window", "FLOAT", "On shutdown, subscribers are closed in batches spread over this many seconds (each with its own `retry:`), so they do not all reconnect at once; keep it below systemd's `TimeoutStopSec` (30 s in `etc/sse-daemon.service`; see [sink.md](sink.md#shutdown-drain-without-a-reconnect-storm)); 0 closes all at once.", lambda v: parse_number(v, 0), 10.0),
     Option("drain.batch.min", "INT", "Fewest subscribers closed together while draining: a sink with at most this many closes them at once.", lambda v: parse_int(v, 1), 20),
     Option("max.subscribers", "INT", "Most subscribers the sink serves at once; more get 503 with `Retry-After`; 0 is no limit.", lambda v: parse_int(v, 0), 0),
-    Option("max.subscribers.per.address", "INT", "Most subscribers from one client address at once (behind a proxy every client has its address); 0 is no limit.", lambda v: parse_int(v, 0), 0),
+    Option("max.subscribers.per.address", "INT", "Most subscribers from one client address at once (behind a reverse proxy every client has the proxy's address); 0 is no limit.", lambda v: parse_int(v, 0), 0),
     Option("max.connections.per.second", "FLOAT", "New subscribers accepted per second (a token bucket holding one second's worth); more get 503 with `Retry-After`; 0 is no limit.", lambda v: parse_number(v, 0), 0.0),
     Option("limit.retry.after", "INT", "`Retry-After` seconds sent with a 503 for `max.subscribers` and `max.subscribers.per.address` (a rate limit sends the time until a slot frees).", lambda v: parse_int(v, 1), 5),
 )
@@ -403,8 +415,8 @@ def _origins(value: Any) -> tuple[str, ...]:
 
 #: TLS on a sink's or ingest's port (issue 5); checked as a whole by _check_access (tls.py)
 TLS_SERVER_OPTIONS = (
-    Option("server.tls.cert", "STRING", "A PEM certificate file (with its chain) to serve this port over TLS (https); needs `server.tls.key`.", parse_string),
-    Option("server.tls.key", "STRING", "The PEM private key file of `server.tls.cert` (unencrypted; readable by the daemon only).", parse_string),
+    Option("server.tls.cert", "STRING", "A PEM certificate file (with its chain) to serve this port over TLS (https); needs `server.tls.key`. An ingest on a TLS port writes its `receiver.url` with `https://`.", parse_string),
+    Option("server.tls.key", "STRING", "The PEM private key file of `server.tls.cert` (unencrypted; readable by the daemon's user only).", parse_string),
     Option("server.endpoint", "STRING", "A Twisted endpoint string that binds this port instead (e.g. `ssl:8443:privateKey=key.pem:certKey=cert.pem:extraCertChain=chain.pem`, `systemd:domain=INET:index=0`); connectors sharing the port must give the same.", parse_string),
 )
 
@@ -418,14 +430,14 @@ PORT_LIMIT_OPTIONS = (
 
 #: access control of a sink or an ingest (issue 5); checked as a whole by _check_access
 ACCESS_OPTIONS = (
-    Option("auth.type", "STRING", "Who may subscribe (sink) or post (ingest): `none`, `basic` (users of `auth.users.file`) or `bearer` (static tokens and/or JWTs); see 'Access control'.", parse_choice("none", "basic", "bearer"), "none"),
+    Option("auth.type", "STRING", "Who may subscribe (sink) or post (ingest): `none`, `basic` (users of `auth.users.file`) or `bearer` (static tokens and/or JWTs); see [security.md](security.md).", parse_choice("none", "basic", "bearer"), "none"),
     Option("auth.realm", "STRING", "The realm named in the `WWW-Authenticate` challenge of a 401.", _realm, "sse-daemon"),
     Option("auth.users.file", "STRING", "For `basic`: a file of `name:hash` lines, each hash bcrypt (`$2b$...`) or Argon2 (`$argon2id$...`); plain-text passwords are refused.", parse_string),
     Option("auth.tokens.file", "STRING", "For `bearer`: a file of static tokens, one a line (at least 16 characters each).", parse_string),
     Option("auth.tokens.env", "STRING", "For `bearer`: the name of an environment variable holding static tokens, comma-separated.", parse_string),
     Option("auth.jwt.key", "STRING", "For `bearer`: the key JWTs are verified with (a PEM public key; an HMAC secret belongs in `auth.jwt.key.file`).", parse_string),
-    Option("auth.jwt.key.file", "STRING", "For `bearer`: a file holding the JWT key (PEM public key or HMAC secret).", parse_string),
-    Option("auth.jwt.algorithms", "LIST", "JWT signature algorithms accepted, e.g. `RS256, ES256` or `HS256`; the key must suit each.", parse_list, ("RS256",)),
+    Option("auth.jwt.key.file", "STRING", "For `bearer`: a file holding the JWT key (PEM public key, or an HMAC secret of at least 32 bytes).", parse_string),
+    Option("auth.jwt.algorithms", "LIST", "JWT signature algorithms accepted, e.g. `RS256, ES256` or `HS256`; the key must suit each (`none` is refused).", parse_list, ("RS256",)),
     Option("auth.jwt.audience", "STRING", "The `aud` a JWT must name; required when a JWT key is given.", parse_string),
     Option("auth.jwt.issuer", "STRING", "The `iss` a JWT must name; none checks no issuer.", parse_string),
     Option("auth.jwt.claim", "STRING", "The JWT claim listing the streams the token may read (sink) or write (ingest): a list or a space-separated string; `*` grants every stream.", parse_string, "streams"),
@@ -441,12 +453,12 @@ ACCESS_OPTIONS = (
 
 
 SSE_SERVER_OPTIONS = (
-    Option("server.port", "INT", "Port that subscribers connect to. Sinks and ingest sources on one port share it; 0 picks a free port.", _port, required=True),
-    Option("server.path", "STRING", "Path that subscribers connect to; the leading slash is optional.", parse_path, default_doc="`/<sink name>`"),
-    Option("server.host", "STRING", "Address to listen on (`0.0.0.0` all IPv4, `::` all IPv6, `127.0.0.1` local only).", parse_string, "0.0.0.0"),
-    Option("worker.count", "INT", "Processes that serve this sink's port (1 to 64). Above 1 the daemon starts that many worker processes that accept on the port and gets every event to each, so a subscriber resumes on any of them; the port is then the sink's alone, plain TCP (see the README, 'worker.count').", _worker_count, 1),
-    HEADERS,
-    MAP_TYPE,
+    Option("server.port", "INT", "Port that subscribers connect to. Sinks and ingest sources on one port share it; 0 picks a free port (all connectors given 0 on one host share that one port).", _port, required=True),
+    Option("server.path", "STRING", "Path that subscribers connect to; the leading slash is optional. The same port and path twice is an error.", parse_path, default_doc="`/<sink name>`"),
+    Option("server.host", "STRING", "Address to listen on (`0.0.0.0` all IPv4, `::` all IPv6, `127.0.0.1` local only). Connectors sharing a port must agree.", parse_string, "0.0.0.0"),
+    Option("worker.count", "INT", "Processes that serve this sink's port (1 to 64). Above 1 the daemon starts that many worker processes that accept on the port and gets every event to each, so a subscriber resumes on any of them; the port is then the sink's alone, plain TCP (see [scaling.md](scaling.md#workercount)).", _worker_count, 1),
+    SINK_HEADERS,
+    SINK_MAP_TYPE,
     *SINK_MAPPING_OPTIONS,
     SSE_FORMAT,
     Option("heartbeat.interval", "FLOAT", "Seconds between heartbeat comments that keep proxies and idle connections open; 0 turns them off.", lambda v: parse_number(v, 0), 15.0),
@@ -460,8 +472,8 @@ SSE_SERVER_OPTIONS = (
 )
 
 HTTP_SOURCE_OPTIONS = (
-    Option("receiver.url", "STRING", "Where to listen for POSTed events: its host and port are bound (the port may be shared with sinks), its path is the endpoint.", parse_url, required=True),
-    MAP_TYPE,
+    Option("receiver.url", "STRING", "Where to listen for POSTed events: its host and port are bound (the port may be shared with sinks; `localhost` means 127.0.0.1), its path is the endpoint.", parse_url, required=True),
+    SOURCE_MAP_TYPE,
     FAIL_ON_MISSING,
     *SOURCE_MAPPING_OPTIONS,
     Option("max.body.size", "INT", "Largest request body accepted, in bytes; larger bodies get 413.", lambda v: parse_int(v, 1), MIB),
@@ -473,22 +485,22 @@ HTTP_SOURCE_OPTIONS = (
 )
 
 SSE_SOURCE_OPTIONS = (
-    Option("receiver.url", "STRING", "The SSE endpoint to subscribe to (http or https; redirects are followed).", parse_url, required=True),
+    Option("receiver.url", "STRING", "The SSE endpoint to subscribe to: `http://` or `https://`, with path and query. Redirects (301, 302, 303, 307, 308) are followed, at most 10 per attempt.", parse_url, required=True),
     Option(
         "worker.count", "INT", "Connections kept open at once to `receiver.url` (1 to 16); events arriving on several are "
-        "delivered once, by id (see 'worker.count on a source').", lambda v: parse_int(v, 1, 16), 1,
+        "delivered once, by id (see [source.md](source.md#workercount-on-a-source)).", lambda v: parse_int(v, 1, 16), 1,
     ),
-    HEADERS,
-    MAP_TYPE,
+    SOURCE_HEADERS,
+    SOURCE_MAP_TYPE,
     FAIL_ON_MISSING,
     *SOURCE_MAPPING_OPTIONS,
     Option(
-        "event.types", "LIST", "Only messages of these SSE event types are mapped (`message` is the type of an event "
-        "without an `event:` line); empty keeps every type.", parse_list, (),
+        "event.types", "LIST", "Only messages of these SSE event types are mapped; the others are counted and dropped. A message without "
+        "an `event:` line has type `message`. A YAML list or `a, b`; empty keeps every type.", parse_list, (),
     ),
     Option(
         "reconnect.initial.delay", "FLOAT", "Seconds to wait before reconnecting after a stream ends, unless the server "
-        "sent `retry:`; repeated failures back off from here.", lambda v: parse_number(v, 0.01), 1.0,
+        "sent `retry:`; repeated failures back off from here. At least 0.01.", lambda v: parse_number(v, 0.01), 1.0,
     ),
     Option(
         "reconnect.max.delay", "FLOAT", "Longest wait between attempts while failures repeat (a larger server `retry:` wins).",
@@ -508,7 +520,7 @@ SSE_SOURCE_OPTIONS = (
         "reconnected; 0 turns this off.", lambda v: parse_number(v, 0), 60.0,
     ),
     Option(
-        "max.event.size", "INT", "Largest event data accepted, in characters; a larger event is skipped and counted.",
+        "max.event.size", "INT", "Largest event data accepted, in characters (bytes, for ASCII); a larger event is skipped and counted, and the stream goes on.",
         lambda v: parse_int(v, 1), 4 * MIB,
     ),
     Option(
@@ -518,7 +530,7 @@ SSE_SOURCE_OPTIONS = (
     ),
     Option(
         "sse.format", "STRING", "`sse`: read `text/event-stream`. `raw`: read a body of back-to-back JSON documents "
-        "with any Content-Type, as the original sink writes it (see 'Interop').", parse_choice("sse", "raw"), "sse",
+        "with any Content-Type, as the original sink writes it (see [mapping.md](mapping.md#interop-with-the-original-sseformat-raw)).", parse_choice("sse", "raw"), "sse",
     ),
     # issue 5: certificates of https sources are verified; this replaces the system's trust store
     Option("tls.ca.file", "STRING", "A PEM bundle of CA certificates that an https `receiver.url`'s certificate must chain to, instead of the system's trust store (certificates and host names are always verified).", parse_string),
@@ -526,7 +538,7 @@ SSE_SOURCE_OPTIONS = (
 
 LOG_SINK_OPTIONS = (
     Option("prefix", "STRING", "Text written before each logged event.", parse_string, ""),
-    MAP_TYPE,
+    SINK_MAP_TYPE,
     *SINK_MAPPING_OPTIONS,
 )
 

@@ -9,7 +9,7 @@ answer refusals (503 or 429 with ``Retry-After``, 401 with
 per-address stream counts in step with ``notifyFinish``, and end a stream when
 its token expires.
 
-The order of checks (README, "Order of checks"): a refusal that costs the
+The order of checks (docs/sink.md, "Order of checks"): a refusal that costs the
 daemon nothing must not spend a budget that valid clients need.
 
 1. the port's router: a path served here (404) and headers that are UTF-8 text (400);

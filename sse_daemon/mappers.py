@@ -6,7 +6,7 @@ The JSON mapper reads what the system the spec comes from wrote
 A message is accepted whole or rejected whole: one bad element rejects the
 message, so an HTTP ingest never publishes half a body.
 
-The original mapper's options are supported (README, "Mapping"): on input an
+The original mapper's options are supported (docs/mapping.md): on input an
 enclosing element and per-attribute JSONPaths, on output an enclosing element,
 a ``{{attr}}`` payload template and JSON validation. The text mapper carries
 one string attribute in, and one attribute or a template out.

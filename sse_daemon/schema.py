@@ -2,7 +2,7 @@
 
 A schema is written as in the spec: ``param1 string, n int``. The types are the
 spec's (string, int, long, float, double, bool, object). Values that come from a
-mapper are converted by :func:`convert`, whose rules are documented in the README
+mapper are converted by :func:`convert`, whose rules are documented in docs/mapping.md
 ("Type conversion") and are deliberately the same for every mapper.
 """
 

@@ -327,7 +327,7 @@ class SseSink:
     def _start(self, request: IRequest, subscriber: Subscriber, resume: Resume | None, last_event_id: str | None) -> None:
         """Write the head, replay ``resume``, then deliver live events."""
         show = self.history.show
-        if resume is not None and resume.after is not None:  # honest resume: say where replay continues (README, "Resume")
+        if resume is not None and resume.after is not None:  # honest resume: say where replay continues (docs/sink.md, "Resume, honestly")
             request.setHeader(b"SSE-Replay-From", show(resume.after).encode())
         self.flush()  # this turn's events went to the others; this one gets them from history
         # the head at once (proxies flush on the comment), then this subscriber's own retry: hint

@@ -147,7 +147,7 @@ async def test_status_page_shows_figures_and_live_events_and_resumes_after_a_dro
     assert len(set(ids)) == 4 and [int(i) for i in ids] == sorted(int(i) for i in ids), ids
     assert live.counters["events_replayed"] == 3, "the three missed events came from history, on resume"
 
-    # One more live event after the resume, then the picture for the README.
+    # One more live event after the resume, then the picture for docs/operations.md.
     await order("honey", 1)
     await until(browser, "return document.querySelectorAll('#events li').length === 5", "a live event after the resume")
     await until(browser, """

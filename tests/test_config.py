@@ -175,9 +175,3 @@ def test_bad_headers(text) -> None:
         parse_headers(text)
 
 
-def test_readme_documents_every_option() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    names = {o.name for o in COMMON_OPTIONS} | {o.name for options in CONNECTOR_TYPES.values() for o in options}
-    names |= {o.name for o in BUS_OPTIONS}
-    missing = sorted(name for name in names if f"| `{name}`" not in readme)
-    assert not missing, f"README.md has no table row for: {missing}"

@@ -395,7 +395,7 @@ async def test_a_redis_that_stops_answering_gives_503_then_recovers(daemon, redi
     assert (await post(a.port_of("In"), 3))[0] == 200
     await on_b.wait_for(b'"n":3}')
     seen = [n for _, n in ids_and_numbers(on_b.received)]
-    assert seen in ([1, 3], [1, 2, 3]), seen  # 2 was refused; Redis may still have applied it (see README)
+    assert seen in ([1, 3], [1, 2, 3]), seen  # 2 was refused; Redis may still have applied it (see docs/scaling.md)
     await on_b.close()
 
 
