@@ -1,6 +1,11 @@
 # `make run` and `make test` work on a fresh machine with Python 3.11:
-# they create .venv, install the project (compat editable mode, so twistd
-# finds the plugin in this tree) and its test tools, then run.
+# they create .venv, install the project and its test tools, then run.
+#
+# The install is editable in setuptools' strict mode: a tree of links under
+# build/ goes on sys.path, so twistd finds twisted/plugins/sse_daemon_plugin.py
+# (the default mode's import hook hides it from Twisted's plugin scan) and
+# edits take effect at once. A new or removed file changes its folder, which
+# reinstalls, so the link tree always matches the source tree.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -12,10 +17,12 @@ CONFIG ?= etc/sse-daemon.yaml
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+PACKAGE_DIRS := $(shell find sse_daemon twisted -type d -not -name __pycache__)
+
+$(STAMP): setup.py $(PACKAGE_DIRS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet --config-settings editable_mode=compat -e '.[test]'
+	$(BIN)/python -m pip install --quiet --config-settings editable_mode=strict -e '.[test]'
 	touch $(STAMP)
 
 run: install

@@ -5,26 +5,26 @@ The twistd plugin lives in ``twisted/plugins/`` with no ``__init__.py``;
 file next to Twisted's own (see Twisted's plugin howto).
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="sse-daemon",
     version="0.1.0",
     description="A Twisted daemon that receives and publishes events over Server-Sent Events",
     python_requires=">=3.11",
-    packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
+    packages=find_namespace_packages(include=["sse_daemon", "sse_daemon.*"], exclude=["*.__pycache__"]) + ["twisted.plugins"],
     install_requires=[
         "twisted>=24.7",  # reactor, twisted.web sinks, twistd, twisted.logger
         "treq>=23.11",  # streaming HTTP client for SSE sources
         "pyyaml>=6.0",  # connector definitions
-        "lark>=1.2",  # the statement language (CREATE SOURCE/SINK/STREAM, INSERT INTO, WHERE): sse_daemon/statements.lark
+        "lark>=1.2",  # the statement language (CREATE SOURCE/SINK/STREAM, INSERT INTO, WHERE): sse_daemon/config/statements.lark
         "prometheus-client>=0.20",  # /metrics on the admin listener: the official exposition format and parser
         "pyjwt>=2.8",  # auth.type bearer: JWTs verified against a key (exp, aud, stream claim)
         "bcrypt>=4.0",  # auth.type basic: bcrypt hashes in auth.users.file
         "argon2-cffi>=23.1",  # auth.type basic: Argon2 hashes in auth.users.file
         "pyopenssl>=24.0",  # TLS listeners (server.tls.cert/key) and https sources via Twisted
         "service-identity>=24.1",  # Twisted's hostname verification of https sources' certificates
-        "txredisapi>=1.6",  # bus type redis (sse_daemon/redisbus.py): a Twisted-native Redis client; imported only then
+        "txredisapi>=1.6",  # bus type redis (sse_daemon/bus/redis.py): a Twisted-native Redis client; imported only then
     ],
     extras_require={
         "test": [
@@ -40,9 +40,9 @@ setup(
         ],
     },
     entry_points={"console_scripts": ["sse-daemon=sse_daemon.cli:main"]},  # `sse-daemon probe URL`
-    package_data={"sse_daemon": [
-        "static/*",  # the admin status page (plain HTML and JS, no build step)
-        "statements.lark",  # the grammar of the statement language, read at run time
-    ]},
+    package_data={
+        "sse_daemon.ops.static": ["*"],  # the admin status page (plain HTML and JS, no build step)
+        "sse_daemon.config": ["statements.lark"],  # the grammar of the statement language, read at run time
+    },
     include_package_data=True,
 )

@@ -20,11 +20,11 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 
-from sse_daemon.bus import MemoryBus
-from sse_daemon.config import load_yaml, validate
-from sse_daemon.mappers import make_mapper
-from sse_daemon.schema import parse_schema
-from sse_daemon.source import SseSourceService
+from sse_daemon.bus.memory import MemoryBus
+from sse_daemon.config.model import load_yaml, validate
+from sse_daemon.mapping.mappers import make_mapper
+from sse_daemon.events.schema import parse_schema
+from sse_daemon.connectors.source import SseSourceService
 from tests.sse_servers import Canned, ScriptedServer
 
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from twisted.internet.defer import Deferred
 
-from .redact import redact_url
+from sse_daemon.policy.redact import redact_url
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _run_probe(reactor: Any, args: argparse.Namespace) -> None:
-    from .probe import format_report, probe
+    from sse_daemon.ops.probe import format_report, probe
 
     report = await probe(args.url, args.duration, reactor, timeout=args.timeout, headers=args.header, resume=not args.no_resume)
     sys.stdout.write((report.as_json() if args.json else format_report(report)) + "\n")

@@ -14,9 +14,9 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import logs
-from .config import Config, ConfigError, load_files
-from .service import DaemonService, build_service
+from sse_daemon.ops import logs
+from sse_daemon.config.model import Config, ConfigError, load_files
+from sse_daemon.daemon.service import DaemonService, build_service
 
 
 class Options(usage.Options):
@@ -76,7 +76,7 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         if parent is not None and not parent.get("logger"):
-            parent["logger"] = "sse_daemon.logs.selected_observer"
+            parent["logger"] = "sse_daemon.ops.logs.selected_observer"
 
 
 class StopOnSigterm(Service):
@@ -111,7 +111,7 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
     service = build_service(options.loaded, reactor, stats_interval=options["stats-interval"])
     service.exit_on_bind_error = True
     # SIGHUP re-reads the same files and changes only what changed (reload.py)
-    from .reload import ReloadOnSighup, Reloader
+    from sse_daemon.daemon.reload import ReloadOnSighup, Reloader
 
     service.reloader = Reloader(service, options["config"], stopping=service.stopping)
     ReloadOnSighup(service.reloader, service.reactor).setServiceParent(service)

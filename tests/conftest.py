@@ -20,8 +20,8 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.logger import globalLogPublisher
 
-from sse_daemon.config import load_files
-from sse_daemon.service import DaemonService, build_service
+from sse_daemon.config.model import load_files
+from sse_daemon.daemon.service import DaemonService, build_service
 
 DEADLINE = 30.0
 

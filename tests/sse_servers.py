@@ -37,7 +37,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from sse_daemon.sse import encode_comment, encode_event
+from sse_daemon.wire.eventstream import encode_comment, encode_event
 
 
 # --------------------------------------------------------------------------- scripted Twisted server

@@ -19,11 +19,11 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock, LoopingCall
 from twisted.web.test.requesthelper import DummyRequest
 
-from sse_daemon.bus import MemoryBus
-from sse_daemon.config import load_yaml, validate
-from sse_daemon.ingest import IngestResource
-from sse_daemon.mappers import make_mapper
-from sse_daemon.schema import parse_schema
+from sse_daemon.bus.memory import MemoryBus
+from sse_daemon.config.model import load_yaml, validate
+from sse_daemon.connectors.ingest import IngestResource
+from sse_daemon.mapping.mappers import make_mapper
+from sse_daemon.events.schema import parse_schema
 
 from .conftest import TwistdProcess, deadline, raw_request, subscribe, wait_for, write_config
 from .test_admin import Http, scrape, value

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
-from sse_daemon.config import ConfigError, RawConfig, load_yaml, validate
-from sse_daemon.schema import Event
+from sse_daemon.config.model import ConfigError, RawConfig, load_yaml, validate
+from sse_daemon.events.schema import Event
 
 from .conftest import deadline, sleep, subscribe, wait_for
 from .sse_servers import ScriptedServer

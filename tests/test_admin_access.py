@@ -21,9 +21,9 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import formatEvent
 
-from sse_daemon.admin import HostPolicy, host_name, protected_streams
-from sse_daemon.config import ConfigError, load_yaml, validate
-from sse_daemon.schema import Event
+from sse_daemon.ops.admin import HostPolicy, host_name, protected_streams
+from sse_daemon.config.model import ConfigError, load_yaml, validate
+from sse_daemon.events.schema import Event
 
 from .conftest import deadline, header, raw_request, status, wait_for, write_config
 from .sse_servers import ScriptedServer
@@ -288,7 +288,7 @@ def test_admin_auth_options_are_checked(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_reload_that_protects_a_stream_closes_its_live_view(daemon, tmp_path: Path, upstream) -> None:
-    from sse_daemon.reload import Reloader
+    from sse_daemon.daemon.reload import Reloader
 
     open_text = streams_config(tmp_path, upstream.url()).replace(
         "  Public: {type: sse-server, stream: Open, server.host: 127.0.0.1, server.port: 0}",

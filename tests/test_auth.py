@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 
-from sse_daemon.auth import (
+from sse_daemon.edge.auth import (
     Allowed, AuthConfigError, BasicAuth, BearerAuth, Credentials, Denied, JwtVerifier, PasswordCheck, build_authenticator,
     load_users, verify_password,
 )
-from sse_daemon.config import ConfigError, load_yaml, validate
+from sse_daemon.config.model import ConfigError, load_yaml, validate
 
 from .conftest import deadline, header, raw_request, status, subscribe, wait_for
 

@@ -20,7 +20,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.web.resource import Resource
 
-from sse_daemon.listener import ListenerService
+from sse_daemon.edge.listener import ListenerService
 
 from .conftest import TwistdProcess, deadline, header, raw_request, sleep, status, subscribe, wait_for, write_config
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sse_daemon.config import (
+from sse_daemon.config.model import (
     BUS_OPTIONS,
     CONNECTOR_TYPES,
     COMMON_OPTIONS,
@@ -19,7 +19,7 @@ from sse_daemon.config import (
     OptionError,
     validate,
 )
-from sse_daemon.schema import AttrType
+from sse_daemon.events.schema import AttrType
 
 pytestmark = pytest.mark.reactor_free
 

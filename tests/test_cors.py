@@ -7,8 +7,8 @@ import json
 import pytest
 import pytest_twisted
 
-from sse_daemon.config import ConfigError, load_yaml, validate
-from sse_daemon.cors import CorsPolicy
+from sse_daemon.config.model import ConfigError, load_yaml, validate
+from sse_daemon.edge.cors import CorsPolicy
 
 from .conftest import deadline, raw_request, subscribe
 from .test_auth import header, status

@@ -23,12 +23,12 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 
-from sse_daemon.config import ConfigError, load_files
-from sse_daemon.listener import CLOSE_GRACE
-from sse_daemon.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping, headroom_for
-from sse_daemon.reload import Reloader
-from sse_daemon.schema import Event
-from sse_daemon.service import DaemonService
+from sse_daemon.config.model import ConfigError, load_files
+from sse_daemon.edge.listener import CLOSE_GRACE
+from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping, headroom_for
+from sse_daemon.daemon.reload import Reloader
+from sse_daemon.events.schema import Event
+from sse_daemon.daemon.service import DaemonService
 
 from .test_tls import pki, tls_subscribe  # noqa: F401 (pki is a fixture)
 from .conftest import RawHttpClient, TwistdProcess, deadline, header, sleep, status, subscribe, twistd_command, wait_for, write_config

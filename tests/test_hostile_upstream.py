@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.logger import capturedLogs, formatEvent
 
-from sse_daemon.source import SERVER_WAIT_MAX, ReconnectPolicy, Verdict, describe_failure, judge_response, retry_after
+from sse_daemon.connectors.source import SERVER_WAIT_MAX, ReconnectPolicy, Verdict, describe_failure, judge_response, retry_after
 
 from .conftest import wait_for
 from .sse_servers import STALL, Canned, ClockedReactor

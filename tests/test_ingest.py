@@ -133,7 +133,7 @@ async def test_form_bodies_are_not_parsed_by_twisted() -> None:
     """A listener's requests skip Twisted's form parse (costly, and nothing here reads forms)."""
     from twisted.web.resource import Resource
 
-    from sse_daemon.listener import ListenerService
+    from sse_daemon.edge.listener import ListenerService
 
     seen: list[dict] = []
 

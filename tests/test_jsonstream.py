@@ -6,11 +6,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from sse_daemon.config import load_yaml, validate
-from sse_daemon.jsonstream import JsonDocumentSplitter
-from sse_daemon.schema import Event
-from sse_daemon.service import build_service
-from sse_daemon.sse import Rejection
+from sse_daemon.config.model import load_yaml, validate
+from sse_daemon.wire.jsondocs import JsonDocumentSplitter
+from sse_daemon.events.schema import Event
+from sse_daemon.daemon.service import build_service
+from sse_daemon.wire.eventstream import Rejection
 
 from .conftest import deadline, wait_for
 

@@ -9,9 +9,9 @@ import pytest_twisted
 from twisted.application.service import Service
 from twisted.internet import reactor
 
-from sse_daemon.config import load_yaml, validate
-from sse_daemon.lease import LeasedService, must_stop
-from sse_daemon.redisbus import RedisBus
+from sse_daemon.config.model import load_yaml, validate
+from sse_daemon.bus.lease import LeasedService, must_stop
+from sse_daemon.bus.redis import RedisBus
 
 from .conftest import deadline, wait_for
 from .redis_server import redis_server  # noqa: F401  (the fixture)

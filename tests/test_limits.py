@@ -10,7 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 
-from sse_daemon.limits import Admission, KeyedBuckets, RequestRate, TokenBucket, should_log
+from sse_daemon.policy.limits import Admission, KeyedBuckets, RequestRate, TokenBucket, should_log
 
 from .conftest import RawHttpClient, deadline, header, raw_request, status, subscribe, wait_for
 

@@ -22,17 +22,17 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
-from sse_daemon import logs
-from sse_daemon.config import load_files
-from sse_daemon.figures import StatsLogService
-from sse_daemon.schema import Event
-from sse_daemon.service import build_service
+from sse_daemon.ops import logs
+from sse_daemon.config.model import load_files
+from sse_daemon.ops.figures import StatsLogService
+from sse_daemon.events.schema import Event
+from sse_daemon.daemon.service import build_service
 from sse_daemon.tap import Options
 
 from .conftest import deadline, sleep, wait_for, write_config
 
 
-STATS = "sse_daemon.figures.StatsLogService"
+STATS = "sse_daemon.ops.figures.StatsLogService"
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,7 @@ def emit(observer: Any, level: LogLevel, fmt: str, **fields: Any) -> None:
 @pytest.mark.reactor_free
 def test_a_json_line_has_time_level_namespace_message_and_fields() -> None:
     line = logs.event_as_json({
-        "log_level": LogLevel.warn, "log_format": "ingest {source} rejected a request: {why}", "log_namespace": "sse_daemon.ingest",
+        "log_level": LogLevel.warn, "log_format": "ingest {source} rejected a request: {why}", "log_namespace": "sse_daemon.connectors.ingest",
         "log_time": 1795000000.25, "source": "In", "why": "bad", "reason": "invalid-json", "count": 3,
         "headers": {"Authorization": "Bearer s3cret", "X-Team": "sse"}, "password": "hunter2", "when": object(),
         "log_logger": object(), "log_source": None,
@@ -60,7 +60,7 @@ def test_a_json_line_has_time_level_namespace_message_and_fields() -> None:
     assert record["time"] == datetime.fromtimestamp(1795000000.25, timezone.utc).isoformat(timespec="milliseconds")
     assert record["time"].endswith(".250+00:00")
     assert record["level"] == "warn"
-    assert record["namespace"] == "sse_daemon.ingest"
+    assert record["namespace"] == "sse_daemon.connectors.ingest"
     assert record["message"] == "ingest In rejected a request: bad"
     assert record["source"] == "In" and record["reason"] == "invalid-json" and record["count"] == 3
     assert record["headers"] == {"Authorization": "<redacted>", "X-Team": "sse"}, "never secrets"
@@ -142,7 +142,7 @@ def test_plugin_options_name_the_observer_for_twistd(tmp_path: Path) -> None:
     assert logs._selected == {"format": "json", "level": "warn"}
 
     explicit = ServerOptions()
-    explicit.parseOptions(["--logger", "sse_daemon.logs.text_observer", "sse-daemon", "--config", str(config), "--log-level", "debug"])
+    explicit.parseOptions(["--logger", "sse_daemon.ops.logs.text_observer", "sse-daemon", "--config", str(config), "--log-level", "debug"])
     assert explicit["logger"] is logs.text_observer, "an explicit --logger is kept; the level still applies"
     assert logs._selected["level"] == "debug"
 
@@ -291,8 +291,8 @@ async def test_twistd_with_the_plugin_options_writes_json_at_the_chosen_level(tm
     assert all({"time", "level", "namespace", "message"} <= set(r) for r in records)
     assert {r["level"] for r in records} <= {"info", "warn", "error", "critical"}
     listening = next(r for r in records if r["message"].startswith("listening on"))
-    assert listening["namespace"] == "sse_daemon.listener.ListenerService" and listening["port"] == port
-    logged = next(r for r in records if r["namespace"] == "sse_daemon.logsink.LogSinkService")
+    assert listening["namespace"] == "sse_daemon.edge.listener.ListenerService" and listening["port"] == port
+    logged = next(r for r in records if r["namespace"] == "sse_daemon.connectors.logsink.LogSinkService")
     assert logged["message"] == 'got {"event":{"param1":"hello"}}' and logged["sink"] == "L"
     rejected = next(r for r in records if r["level"] == "warn")
     assert rejected["reason"] == "invalid-json" and rejected["source"] == "In"
@@ -305,7 +305,7 @@ async def test_twistd_with_the_plugin_options_writes_json_at_the_chosen_level(tm
 async def test_twistd_logger_option_with_the_level_from_the_environment(tmp_path: Path) -> None:
     port = free_port()
     process, transport = await run_twistd(
-        tmp_path, ["--logger=sse_daemon.logs.json_observer"], [], {logs.LEVEL_ENV: "warn"}, port)
+        tmp_path, ["--logger=sse_daemon.ops.logs.json_observer"], [], {logs.LEVEL_ENV: "warn"}, port)
     try:
         await wait_listening(port, process)
         assert await post(port, b'{"param1": "quiet"}') == 200  # logged by the log sink at info: filtered

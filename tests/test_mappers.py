@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from zope.interface.verify import verifyObject
 
-from sse_daemon.bus import IBus, MemoryBus
-from sse_daemon.mappers import IMapper, JsonMapper, MappingError
-from sse_daemon.schema import AttrType, ConversionError, Event, SchemaError, convert, parse_schema
+from sse_daemon.bus.memory import IBus, MemoryBus
+from sse_daemon.mapping.mappers import IMapper, JsonMapper, MappingError
+from sse_daemon.events.schema import AttrType, ConversionError, Event, SchemaError, convert, parse_schema
 
 pytestmark = pytest.mark.reactor_free
 

@@ -13,13 +13,13 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from zope.interface.verify import verifyObject
 
-from sse_daemon.config import ConfigError, load_yaml, validate
-from sse_daemon.jsonpath import MISSING, JsonPathError, parse_path
-from sse_daemon.mappers import IMapper, JsonMapper, MapperConfigError, MappingError, TextMapper, make_mapper, parse_template
-from sse_daemon.bus import MemoryBus
-from sse_daemon.schema import Event, parse_schema
-from sse_daemon.sink import SseSink, SseSinkService
-from sse_daemon.statements import load_statements
+from sse_daemon.config.model import ConfigError, load_yaml, validate
+from sse_daemon.mapping.jsonpath import MISSING, JsonPathError, parse_path
+from sse_daemon.mapping.mappers import IMapper, JsonMapper, MapperConfigError, MappingError, TextMapper, make_mapper, parse_template
+from sse_daemon.bus.memory import MemoryBus
+from sse_daemon.events.schema import Event, parse_schema
+from sse_daemon.connectors.sink import SseSink, SseSinkService
+from sse_daemon.config.statements import load_statements
 
 from .conftest import raw_request, sleep, subscribe, wait_for
 

@@ -17,9 +17,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
-from sse_daemon.auth import Allowed, BasicAuth, Credentials, Denied, Padding, PasswordCheck, VerifiedCache, hash_kind
-from sse_daemon.limits import FailureLimit
-from sse_daemon.passwords import PasswordGate, PasswordPool, PoolFull, PoolStopped
+from sse_daemon.edge.auth import Allowed, BasicAuth, Credentials, Denied, Padding, PasswordCheck, VerifiedCache, hash_kind
+from sse_daemon.policy.limits import FailureLimit
+from sse_daemon.edge.passwords import PasswordGate, PasswordPool, PoolFull, PoolStopped
 
 from .conftest import deadline
 

@@ -19,7 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from sse_daemon.probe import (
+from sse_daemon.ops.probe import (
     EXIT_DEGRADED,
     EXIT_NOT_SSE,
     EXIT_OK,
@@ -30,7 +30,7 @@ from sse_daemon.probe import (
     judge_resume,
     probe,
 )
-from sse_daemon.schema import Event
+from sse_daemon.events.schema import Event
 
 from .conftest import deadline, sleep, wait_for
 from .system_tools import require

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import assume, given, strategies as st
 
-from sse_daemon.redact import redact_url, redact_urls
+from sse_daemon.policy.redact import redact_url, redact_urls
 
 pytestmark = pytest.mark.reactor_free
 

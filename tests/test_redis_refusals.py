@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 
-from sse_daemon.schema import Event
+from sse_daemon.events.schema import Event
 
 from .conftest import deadline, raw_request, subscribe, wait_for
 from .redis_server import redis_server  # noqa: F401  (the fixture)
@@ -127,7 +127,7 @@ async def test_an_entry_that_cannot_be_decoded_is_skipped_and_a_resuming_client_
 
 @pytest.mark.reactor_free
 def test_a_replay_skips_each_entry_it_cannot_decode_and_the_verdict_stands() -> None:
-    from sse_daemon.redisbus import event_fields, replay_verdict
+    from sse_daemon.bus.redis import event_fields, replay_verdict
 
     good = lambda n: event_fields(Event({"n": n, "s": "x"}))  # noqa: E731
     junk = [("10-2", ["v", '{"n":2,"s":Infinity}', "g", "0"]), ("10-3", ["v", "[" * 5000 + "]" * 5000]),
@@ -145,7 +145,7 @@ def test_a_replay_skips_each_entry_it_cannot_decode_and_the_verdict_stands() -> 
 async def test_a_resume_redis_does_not_answer_gets_its_head_in_time_with_a_reset(daemon, redis_server, monkeypatch) -> None:
     """Whatever Redis does, a resuming client gets its head within BUS_REPLAY_TIMEOUT: from local
     history, with a reset event (that history does not cover its id)."""
-    import sse_daemon.sink as sink_module
+    import sse_daemon.connectors.sink as sink_module
 
     monkeypatch.setattr(sink_module, "BUS_REPLAY_TIMEOUT", 0.3, raising=False)
     text, _ = config(redis_server)

@@ -14,9 +14,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
-from sse_daemon.bus import IBus, MemoryBus
-from sse_daemon.config import BUS_OPTIONS, ConfigError, load_yaml, validate
-from sse_daemon.redisbus import (
+from sse_daemon.bus.memory import IBus, MemoryBus
+from sse_daemon.config.model import BUS_OPTIONS, ConfigError, load_yaml, validate
+from sse_daemon.bus.redis import (
     BusReplay,
     RedisBus,
     backoff,
@@ -28,7 +28,7 @@ from sse_daemon.redisbus import (
     replay_verdict,
     show_key,
 )
-from sse_daemon.schema import Event
+from sse_daemon.events.schema import Event
 
 from .conftest import deadline, raw_request, subscribe, wait_for
 from .redis_server import redis_server  # noqa: F401  (the fixture)
@@ -157,12 +157,12 @@ def test_without_a_bus_section_nothing_needs_redis(tmp_path) -> None:
     (tmp_path / "c.yaml").write_text(BASE)
     code = textwrap.dedent(f"""
         import sys
-        from sse_daemon.config import load_files
-        from sse_daemon.service import build_service
-        from sse_daemon.bus import MemoryBus
+        from sse_daemon.config.model import load_files
+        from sse_daemon.daemon.service import build_service
+        from sse_daemon.bus.memory import MemoryBus
         service = build_service(load_files([{str(tmp_path / 'c.yaml')!r}]))
         assert type(service.bus) is MemoryBus, service.bus
-        assert "txredisapi" not in sys.modules and "sse_daemon.redisbus" not in sys.modules
+        assert "txredisapi" not in sys.modules and "sse_daemon.bus.redis" not in sys.modules
         print("memory")
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -382,7 +382,7 @@ async def test_readyz_shows_the_bus_and_ingest_answers_503_while_redis_is_away(d
 @pytest_twisted.ensureDeferred
 async def test_a_redis_that_stops_answering_gives_503_then_recovers(daemon, redis_server, monkeypatch) -> None:
     """A hung Redis (socket open, no answers) must not hang ingest: a timeout, 503, reconnect."""
-    import sse_daemon.redisbus as redisbus
+    import sse_daemon.bus.redis as redisbus
 
     monkeypatch.setattr(redisbus, "COMMAND_TIMEOUT", 0.3)
     a, b = await two_daemons(daemon, redis_server)
@@ -479,7 +479,7 @@ async def test_a_leased_source_loses_nothing_while_redis_is_away(daemon, redis_s
 
 @pytest_twisted.ensureDeferred
 async def test_a_reload_restarts_a_leased_source_under_its_lease(daemon, redis_server, tmp_path) -> None:
-    from sse_daemon.reload import Reloader
+    from sse_daemon.daemon.reload import Reloader
 
     from .conftest import write_config
     from .sse_servers import ScriptedServer

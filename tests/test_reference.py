@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from sse_daemon import config, reference
+from sse_daemon.config import model as config
+
+from sse_daemon.config import reference
 
 
 def test_options_reference_is_generated_from_the_code() -> None:
     committed = reference.path().read_text(encoding="utf-8")
-    assert committed == reference.render(), "docs/options.md is stale: run `.venv/bin/python -m sse_daemon.reference`"
+    assert committed == reference.render(), "docs/options.md is stale: run `.venv/bin/python -m sse_daemon.config.reference`"
 
 
 def test_every_option_has_a_row() -> None:

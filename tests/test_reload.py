@@ -12,9 +12,9 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.logger import formatEvent, globalLogPublisher
 
-from sse_daemon.config import load_yaml, validate
-from sse_daemon.reload import Reloader, keys, plan
-from sse_daemon.schema import Event
+from sse_daemon.config.model import load_yaml, validate
+from sse_daemon.daemon.reload import Reloader, keys, plan
+from sse_daemon.events.schema import Event
 
 from .conftest import RawHttpClient, TwistdProcess, deadline, raw_request, subscribe, wait_for, write_config
 

@@ -8,9 +8,9 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from sse_daemon.history import History
-from sse_daemon.schema import Event
-from sse_daemon.sse import EventStreamParser, Message
+from sse_daemon.connectors.history import History
+from sse_daemon.events.schema import Event
+from sse_daemon.wire.eventstream import EventStreamParser, Message
 
 from .conftest import subscribe, wait_for
 from .test_sink import _unchunk

@@ -139,7 +139,7 @@ async def test_probe_masks_credentials_and_sends_them_as_basic() -> None:
 
 @pytest.mark.reactor_free
 def test_config_errors_do_not_echo_secrets(tmp_path: Path) -> None:
-    from sse_daemon.config import ConfigError, load_yaml, validate
+    from sse_daemon.config.model import ConfigError, load_yaml, validate
 
     cases = [
         "sources:\n  A: {type: sse, schema: 'a string', receiver.url: 'ftp://u:hunter2-pw@h/e?access_token=tok-secret-1'}\n",
@@ -155,7 +155,7 @@ def test_config_errors_do_not_echo_secrets(tmp_path: Path) -> None:
             validate(load_yaml(text, "c.yaml"))
         assert_no_secret(str(caught.value), text)
     # a statement's syntax error quotes its line: the URL in it is masked, the caret stays put
-    from sse_daemon.statements import load_statements
+    from sse_daemon.config.statements import load_statements
 
     with pytest.raises(ConfigError) as caught:
         validate(load_statements("CREATE SOURCE A WITH (type='sse', receiver.url='http://u:hunter2-pw@h/e?token=tok-secret-1') "

@@ -11,8 +11,8 @@ from twisted.internet import error, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 
-from sse_daemon.schema import Event
-from sse_daemon.storms import drain_schedule, retry_frame, retry_hint
+from sse_daemon.events.schema import Event
+from sse_daemon.policy.storms import drain_schedule, retry_frame, retry_hint
 
 from .conftest import RawHttpClient, TwistdProcess, deadline, subscribe, wait_for, write_config
 

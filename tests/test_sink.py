@@ -9,8 +9,8 @@ import pytest_twisted
 from twisted.internet import threads
 from twisted.internet.task import Clock
 
-from sse_daemon.schema import Event
-from sse_daemon.sse import EventStreamParser, Message
+from sse_daemon.events.schema import Event
+from sse_daemon.wire.eventstream import EventStreamParser, Message
 
 from .conftest import deadline, raw_request, subscribe, wait_for
 
@@ -260,7 +260,7 @@ async def test_a_third_party_client_reads_events(daemon) -> None:
 @pytest_twisted.ensureDeferred
 async def test_the_listen_backlog_holds_a_reconnect_burst(daemon) -> None:
     """Twisted's default backlog of 50 drops connections when a deploy sends subscribers back at once."""
-    from sse_daemon.tls import LISTEN_BACKLOG
+    from sse_daemon.edge.tls import LISTEN_BACKLOG
 
     service = await daemon(config())
     listener = next(iter(service.listeners.values()))
@@ -308,9 +308,9 @@ def test_a_subscriber_that_joins_mid_turn_gets_each_event_once() -> None:
     from twisted.internet.testing import StringTransport
     from twisted.web.test.requesthelper import DummyRequest
 
-    from sse_daemon.config import load_yaml, validate
-    from sse_daemon.mappers import make_mapper
-    from sse_daemon.sink import SseSink
+    from sse_daemon.config.model import load_yaml, validate
+    from sse_daemon.mapping.mappers import make_mapper
+    from sse_daemon.connectors.sink import SseSink
 
     loaded = validate(load_yaml(config(**{"history.size": 10}), "sink.yaml"))
     (connector,) = loaded.sinks
@@ -336,7 +336,7 @@ def test_a_subscriber_that_joins_mid_turn_gets_each_event_once() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_connect_and_leave_lines_are_bounded_in_a_storm(daemon, log_events) -> None:
-    from sse_daemon.limits import LogRate
+    from sse_daemon.policy.limits import LogRate
 
     clock = Clock()
     service = await daemon(config(), clock=clock)
@@ -359,7 +359,7 @@ async def test_connect_and_leave_lines_are_bounded_in_a_storm(daemon, log_events
 
 @pytest.mark.reactor_free
 def test_log_rate_lets_a_burst_through_per_window_and_tells_what_it_held() -> None:
-    from sse_daemon.limits import LogRate
+    from sse_daemon.policy.limits import LogRate
 
     clock = Clock()
     rate = LogRate(clock.seconds, burst=3, window=10)

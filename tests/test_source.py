@@ -24,11 +24,11 @@ from twisted.python.failure import Failure
 from twisted.web import error as web_error
 from twisted.web.client import BrowserLikePolicyForHTTPS, ResponseFailed, ResponseNeverReceived
 
-from sse_daemon.bus import MemoryBus
-from sse_daemon.config import ConfigError, ConnectorDef, load_yaml, validate
-from sse_daemon.mappers import make_mapper
-from sse_daemon.schema import Event, parse_schema
-from sse_daemon.source import (
+from sse_daemon.bus.memory import MemoryBus
+from sse_daemon.config.model import ConfigError, ConnectorDef, load_yaml, validate
+from sse_daemon.mapping.mappers import make_mapper
+from sse_daemon.events.schema import Event, parse_schema
+from sse_daemon.connectors.source import (
     BodyReceiver,
     RecentIds,
     ReconnectPolicy,
@@ -37,7 +37,7 @@ from sse_daemon.source import (
     describe_failure,
     judge_response,
 )
-from sse_daemon.sse import encode_comment, encode_event
+from sse_daemon.wire.eventstream import encode_comment, encode_event
 
 from .conftest import deadline, raw_request, wait_for
 from .sse_servers import STALL, Canned, ClockedReactor, FakeResolver, ScriptedServer, ServerTLS, self_signed
@@ -289,7 +289,7 @@ async def test_retry_after_on_429_and_503_is_honoured(harness: Harness) -> None:
 
 @pytest.mark.reactor_free
 def test_retry_after_values() -> None:
-    from sse_daemon.source import retry_after
+    from sse_daemon.connectors.source import retry_after
 
     now = 1445412475.0  # Wed, 21 Oct 2015 07:27:55 GMT
     assert retry_after("120", now) == 120.0

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_daemon.sse import MAX_RETRY, EventStreamParser, Message, Rejection, encode_comment, encode_event
+from sse_daemon.wire.eventstream import MAX_RETRY, EventStreamParser, Message, Rejection, encode_comment, encode_event
 
 M = Message
 KiB = 1 << 10

@@ -14,12 +14,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from sse_daemon.config import ConfigError, load_files, load_yaml, validate
-from sse_daemon.expressions import Binary, Attr, Literal, compile_condition, parse_condition
-from sse_daemon.grammar import StatementSyntaxError
-from sse_daemon.schema import AttrType, Event, parse_schema
-from sse_daemon.service import DaemonService, build_service
-from sse_daemon.statements import load_statements
+from sse_daemon.config.model import ConfigError, load_files, load_yaml, validate
+from sse_daemon.config.expressions import Binary, Attr, Literal, compile_condition, parse_condition
+from sse_daemon.config.grammar import StatementSyntaxError
+from sse_daemon.events.schema import AttrType, Event, parse_schema
+from sse_daemon.daemon.service import DaemonService, build_service
+from sse_daemon.config.statements import load_statements
 
 from .conftest import deadline, raw_request, subscribe, wait_for
 
@@ -479,7 +479,7 @@ def test_conditions(condition: str, values: dict, expected: bool) -> None:
     ],
 )
 def test_condition_type_errors(condition: str, message: str) -> None:
-    from sse_daemon.expressions import ExpressionError
+    from sse_daemon.config.expressions import ExpressionError
 
     with pytest.raises(ExpressionError) as caught:
         compile_condition(condition, SCHEMA, "In")
@@ -521,11 +521,12 @@ def test_a_normal_install_ships_the_grammar(tmp_path: Path) -> None:
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(ROOT)],
         check=True, cwd=tmp_path, capture_output=True,
     )
-    code = ("import sse_daemon.statements as s; print(s.__file__); "
+    code = ("import sse_daemon.config.statements as s; print(s.__file__); "
             "print(s.load_statements('CREATE STREAM S (a int);').streams[0].schema.value)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target)},
                          capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out == [str(target / "sse_daemon" / "statements.py"), "a int"]
+    assert out == [str(target / "sse_daemon" / "config" / "statements.py"), "a int"]
+    assert (target / "sse_daemon" / "ops" / "static" / "status.html").is_file(), "the status page is package data too"
 
 
 # --------------------------------------------------------------------------- over real sockets

@@ -18,8 +18,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrap
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import formatEvent, globalLogPublisher
 
-from sse_daemon.config import ConfigError, load_yaml, validate
-from sse_daemon.schema import Event
+from sse_daemon.config.model import ConfigError, load_yaml, validate
+from sse_daemon.events.schema import Event
 
 from .conftest import RawHttpClient, deadline, subscribe, wait_for
 
@@ -221,7 +221,7 @@ sinks:
 async def test_reload_rebinds_a_port_with_tls(daemon, pki, tmp_path: Path) -> None:
     import socket
 
-    from sse_daemon.reload import Reloader
+    from sse_daemon.daemon.reload import Reloader
 
     from .conftest import write_config
 

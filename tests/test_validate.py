@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from sse_daemon.mappers import JsonMapper, MappingError, TextMapper, parse_template
-from sse_daemon.redisbus import entry_args, event_from_entry
-from sse_daemon.schema import Event, parse_schema
-from sse_daemon.validate import (
+from sse_daemon.mapping.mappers import JsonMapper, MappingError, TextMapper, parse_template
+from sse_daemon.bus.redis import entry_args, event_from_entry
+from sse_daemon.events.schema import Event, parse_schema
+from sse_daemon.events.validate import (
     INT_MAX,
     INT_MIN,
     MAX_DEPTH,

@@ -10,9 +10,9 @@ import bcrypt
 import pytest
 import pytest_twisted
 
-from sse_daemon.config import ConfigError, load_yaml, validate
-from sse_daemon.figures import sink_figures
-from sse_daemon.schema import Event
+from sse_daemon.config.model import ConfigError, load_yaml, validate
+from sse_daemon.ops.figures import sink_figures
+from sse_daemon.events.schema import Event
 
 from .conftest import RawHttpClient, deadline, raw_request, subscribe, wait_for
 from .test_sink import messages
@@ -197,7 +197,7 @@ async def test_a_port_in_use_is_refused_even_with_so_reuseport(daemon) -> None:
     """SO_REUSEPORT would let the workers quietly share a port another process serves: refused first."""
     import socket
 
-    from sse_daemon.listener import BindError
+    from sse_daemon.edge.listener import BindError
 
     other = socket.socket()
     other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -213,7 +213,7 @@ async def test_a_port_in_use_is_refused_even_with_so_reuseport(daemon) -> None:
 
 @pytest.mark.reactor_free
 def test_each_worker_gets_a_socket_of_its_own_on_one_port() -> None:
-    from sse_daemon.workers import listening_sockets
+    from sse_daemon.workers.pool import listening_sockets
 
     sockets = listening_sockets("127.0.0.1", 0, 3)
     try:

@@ -1,0 +1,1 @@
+"""The event bus: embedded in memory, Redis streams, and a Redis lease."""

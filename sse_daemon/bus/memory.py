@@ -1,0 +1,100 @@
+"""The internal event bus that links sources, routes and sinks.
+
+Everything talks to :class:`IBus`, so a broker-backed bus can replace the
+embedded one without touching connectors. The embedded bus is synchronous:
+``publish`` returns after every subscriber has seen the events, in order,
+which keeps delivery order and makes tests deterministic.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Iterable
+
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from sse_daemon.policy.limits import should_log
+from sse_daemon.events.schema import Event
+
+Subscriber = Callable[[Event], None]
+
+
+class ISubscription(Interface):
+    stream = Attribute("The stream name this subscription listens to.")
+
+    def cancel() -> None:
+        """Stop delivering; calling it twice is harmless."""
+
+
+class IBus(Interface):
+    provides_ids = Attribute(
+        "True on a shared bus: events carry the bus's id (``Event.bus_id``) and ``publish`` takes a batch "
+        "in one transaction, so a batch must not be split; False on the in-process bus."
+    )
+
+    def publish(stream: str, events: Iterable[Event]) -> None:
+        """Hand ``events`` to every subscriber of ``stream``, in order."""
+
+    def subscribe(stream: str, subscriber: Subscriber) -> ISubscription:
+        """Call ``subscriber(event)`` for every event published on ``stream``."""
+
+
+def subscriber_failed(log: Logger, failures: dict[str, int], stream: str, subscriber: Subscriber) -> None:
+    """Count a subscriber call that raised (a bug: events are checked where they enter) and log it
+    sampled, with its traceback (call from the ``except``): a bug hit by every event must not write
+    one traceback per event per sink."""
+    failures[stream] += 1
+    count = failures[stream]
+    if should_log(count):
+        log.failure(
+            "subscriber {subscriber!r} of stream {stream} failed ({count} so far); the event goes on to the others",
+            subscriber=subscriber, stream=stream, count=count,
+        )
+
+
+@implementer(ISubscription)
+class _Subscription:
+    def __init__(self, bus: "MemoryBus", stream: str, subscriber: Subscriber) -> None:
+        self.stream = stream
+        self.subscriber = subscriber
+        self._bus = bus
+
+    def cancel(self) -> None:
+        self._bus._remove(self)
+
+
+@implementer(IBus)
+class MemoryBus:
+    """The embedded in-process bus (the default)."""
+
+    log = Logger()
+    provides_ids = False  # sinks number events themselves; a batch may be published in slices
+
+    def __init__(self) -> None:
+        self._subscriptions: dict[str, list[_Subscription]] = defaultdict(list)
+        #: subscriber failures, by stream; a failing subscriber never stops the others
+        self.failures: dict[str, int] = defaultdict(int)
+
+    def subscribe(self, stream: str, subscriber: Subscriber) -> ISubscription:
+        subscription = _Subscription(self, stream, subscriber)
+        self._subscriptions[stream].append(subscription)
+        return subscription
+
+    def publish(self, stream: str, events: Iterable[Event]) -> None:
+        # Copy: a subscriber may cancel (or add) subscriptions while we deliver.
+        subscriptions = tuple(self._subscriptions.get(stream, ()))
+        for event in events:
+            for subscription in subscriptions:
+                try:
+                    subscription.subscriber(event)
+                except Exception:
+                    subscriber_failed(self.log, self.failures, stream, subscription.subscriber)
+
+    def subscriber_count(self, stream: str) -> int:
+        return len(self._subscriptions.get(stream, ()))
+
+    def _remove(self, subscription: _Subscription) -> None:
+        subscriptions = self._subscriptions.get(subscription.stream, [])
+        if subscription in subscriptions:
+            subscriptions.remove(subscription)

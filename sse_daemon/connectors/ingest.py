@@ -1,0 +1,135 @@
+"""HTTP ingest (``type: http`` source): POST JSON to publish into a stream.
+
+A body is accepted whole or rejected whole: 200 with the number of events
+published, 400 with a JSON error naming the problem (and nothing of that body
+published), 413 above ``max.body.size`` or ``max.events.per.request``. Every
+value is checked where it enters (validate.py, through the mapper), so a 200
+means every sink can write every event. A large body is published in slices
+of :data:`PUBLISH_SLICE` events, one per reactor turn, so other streams are
+served between them; the 200 is sent once the last slice is published.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.error import UnsupportedMethod
+from twisted.web.resource import Resource
+
+from sse_daemon.bus.memory import IBus
+from sse_daemon.policy.limits import should_log
+from sse_daemon.config.model import ConnectorDef
+from sse_daemon.edge.listener import json_error
+from sse_daemon.mapping.mappers import IMapper, MappingError
+from sse_daemon.events.schema import Event
+from sse_daemon.events.validate import InvalidValue
+
+#: events published in one reactor turn on the in-process bus: about 4 ms per SSE sink
+#: (bench figures in docs/reliability-validate.md), so a 10,000-event body leaves other
+#: streams waiting for one slice at a time instead of the whole body
+PUBLISH_SLICE = 500
+
+
+class IngestResource(Resource):
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self, connector: ConnectorDef, mapper: IMapper, bus: IBus, clock: IReactorTime,
+        turns: IReactorTime | None = None, slice_size: int = PUBLISH_SLICE,
+    ) -> None:
+        """``turns`` schedules the next slice (the real reactor even when ``clock`` is a test's Clock);
+        ``slice_size`` 0 publishes a body in one call (a shared bus: one transaction, all or nothing)."""
+        super().__init__()
+        self.connector = connector
+        self.name = connector.name
+        self.stream = connector.stream
+        self.mapper = mapper
+        self.bus = bus
+        self.clock = clock
+        self.max_body_size: int = connector["max.body.size"]
+        self.max_events: int = connector["max.events.per.request"]
+        self.turns = turns if turns is not None else clock
+        self.slice_size = slice_size
+        self.counters: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+
+    def render_HEAD(self, request: IRequest) -> bytes:
+        # Resource's default HEAD calls render_GET, which an ingest has not: that was a 500 (found by tests/test_fuzz.py)
+        raise UnsupportedMethod((b"POST",))
+
+    def render_POST(self, request: IRequest) -> bytes:
+        body = request.content.read(self.max_body_size + 1)
+        if len(body) > self.max_body_size:
+            return self._reject(request, 413, "too-large", f"the request body is larger than {self.max_body_size} bytes")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return self._reject(request, 400, "invalid-utf8", f"the body is not UTF-8 text: {e}")
+        try:
+            rows = self.mapper.decode(text, self.max_events)
+        except MappingError as e:
+            return self._reject(request, 413 if e.reason == "too-many-events" else 400, e.reason, str(e))
+        now = self.clock.seconds()
+        if self.slice_size and len(rows) > self.slice_size:
+            published: object = Deferred.fromCoroutine(self._publish_in_slices(rows, now))
+        else:
+            published = self.bus.publish(self.stream, [Event(values, ingress=now) for values in rows])
+        if isinstance(published, Deferred):  # a shared bus, or slices: answer 200 only once the bus has every event
+            published.addCallbacks(self._published, self._unavailable, (request, len(rows)), errbackArgs=(request,))
+            published.addErrback(lambda f: self.log.failure("ingest {source} could not answer", f, source=self.name))
+            return NOT_DONE_YET
+        return self._accepted(request, len(rows))
+
+    async def _publish_in_slices(self, rows: list, now: float) -> None:
+        """Publish ``rows`` ``slice_size`` at a time, one slice per reactor turn, in order."""
+        for start in range(0, len(rows), self.slice_size):
+            if start:
+                await deferLater(self.turns, 0, lambda: None)  # other streams and requests are served here
+            self.bus.publish(self.stream, [Event(values, ingress=now) for values in rows[start:start + self.slice_size]])
+
+    def _accepted(self, request: IRequest, count: int) -> bytes:
+        self.counters["events_in"] += count
+        self.counters["requests_accepted"] += 1
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps({"accepted": count}).encode() + b"\n"
+
+    def _published(self, ids: object, request: IRequest, count: int) -> None:
+        body = self._accepted(request, count)
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.setHeader(b"Content-Length", str(len(body)).encode())  # as a synchronous answer has
+            request.write(body)
+            request.finish()
+
+    def _unavailable(self, failure: Failure, request: IRequest) -> None:
+        """The bus refused or lost the events: 503, so the publisher retries (nothing is silently dropped);
+        a payload the bus cannot encode is the publisher's 400, never the bus's failure."""
+        if failure.check(InvalidValue):
+            body = self._reject(request, 400, failure.value.reason, f"nothing was published: {failure.getErrorMessage()}")
+        else:
+            body = self._reject(request, 503, "bus-unavailable", f"the events were not published: {failure.getErrorMessage()}; retry later")
+        if not request.finished and not getattr(request, "_disconnected", False):
+            if not failure.check(InvalidValue):
+                request.setHeader(b"Retry-After", b"1")
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            request.write(body)
+            request.finish()
+
+    def _reject(self, request: IRequest, code: int, reason: str, message: str) -> bytes:
+        self.rejected[reason] += 1
+        count = self.rejected[reason]
+        if should_log(count):  # a publisher in a loop must not flood the log; the count is in /metrics
+            self.log.warn(
+                "ingest {source} rejected a request from {peer}: {message} ({reason}, {count} so far)",
+                source=self.name, peer=getattr(request.getClientAddress(), "host", "?"),
+                message=message, reason=reason, count=count,
+            )
+        return json_error(request, code, message, reason=reason)

@@ -1,0 +1,1 @@
+"""The daemon service: building it, reloading it, draining it."""

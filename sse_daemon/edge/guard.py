@@ -1,0 +1,332 @@
+"""The guard in front of every sink and ingest resource: limits, access control, then the resource.
+
+Checks that decide whether a request may reach a sink or an ingest live here,
+in one place, so ``sink.py`` and ``ingest.py`` only deal with streams and
+bodies. The decisions themselves are pure (``limits.py``, ``auth.py``); this
+module is the thin Twisted glue: read the client address and credentials,
+answer refusals (503 or 429 with ``Retry-After``, 401 with
+``WWW-Authenticate``, 403), count and log them without secrets, keep the
+per-address stream counts in step with ``notifyFinish``, and end a stream when
+its token expires.
+
+The order of checks (docs/sink.md, "Order of checks"): a refusal that costs the
+daemon nothing must not spend a budget that valid clients need.
+
+1. the port's router: a path served here (404) and headers that are UTF-8 text (400);
+2. the method (405), before anything else is spent on it;
+3. CORS: an unlisted ``Origin`` is refused (403); a preflight is answered without credentials;
+4. the client address's own limits: ``max.subscribers.per.address`` (checked, nothing
+   spent), ``max.requests.per.second`` (the address's own bucket) and, for passwords,
+   ``auth.failures.per.minute``: a flood from one address spends only that address's budget;
+5. credentials: a cookie-authenticated POST must not be a simple cross-site request
+   (403), then the check itself; a password is hashed in passwords.py's pool and the
+   request answered when it is done (503 at once when the pool is full);
+6. the limits every client shares: ``max.subscribers`` and ``max.connections.per.second``
+   (a token is taken only by a request that passed everything above);
+7. the resource.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from typing import Any, Callable, Mapping
+from urllib.parse import parse_qs
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.error import UnsupportedMethod
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+
+from sse_daemon.edge.auth import (
+    DEFAULT_FAILURES_PER_MINUTE, Allowed, Authenticator, BasicAuth, Credentials, Denied, NoAuth, PasswordCheck, build_authenticator,
+)
+from sse_daemon.config.model import ConnectorDef
+from sse_daemon.edge.cors import CorsPolicy
+from sse_daemon.policy.limits import Admission, Refusal, RequestRate, should_log
+from sse_daemon.edge.passwords import PasswordGate, PasswordPool, PoolStopped
+from sse_daemon.edge.safety import internal_error
+from sse_daemon.wire.eventstream import encode_comment
+
+EXPIRED = encode_comment("access token expired; reconnect with a new one")
+
+__all__ = ["Guard", "sink_guard", "ingest_guard", "build_access", "client_host"]
+
+
+def credentials(request: IRequest, cookie: str = "", query_token: bool = False) -> Credentials:
+    """Credentials from the Authorization header, else the named cookie, else (if allowed) ``access_token``."""
+    header = request.getHeader("authorization")
+    if header:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                user, colon, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+            except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 (found by tests/test_fuzz.py)
+                return Credentials(basic=("", ""))  # malformed: refused as wrong credentials
+            return Credentials(basic=(user, password) if colon else ("", ""))
+        if scheme.lower() == "bearer":
+            return Credentials(bearer=value.strip(), bearer_from="header")
+    if cookie:
+        value = request.getCookie(cookie.encode("latin-1"))
+        if value:
+            return Credentials(bearer=value.decode("latin-1").strip(), bearer_from="cookie")
+    if query_token:
+        values = parse_qs(request.uri.partition(b"?")[2].decode("latin-1")).get("access_token")
+        if values and values[-1]:
+            return Credentials(bearer=values[-1], bearer_from="query")
+    return Credentials()
+
+
+def client_host(request: IRequest) -> str:
+    """The peer's address (never a forwarded header: those are the client's to forge)."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", None) or address)
+
+
+#: media types a page of any origin may POST without a preflight (the Fetch standard's CORS-safelisted ones)
+SIMPLE_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain", "")
+#: methods that change nothing: a cross-site one is harmless (CORS hides its answer)
+SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
+
+
+def cross_site_risk(request: IRequest, cors: CorsPolicy) -> bool:
+    """Whether a request with ambient credentials (a cookie) could have been sent by a page of
+    any origin: a browser sends a "simple" POST (form or text/plain body, no custom header)
+    cross-site with the site's cookies, without asking first. An origin listed by name in
+    ``cors.origins``, a non-simple Content-Type (``application/json``) or ``X-Requested-With``
+    (both need a preflight, which an unlisted origin does not pass) make it safe."""
+    origin = request.getHeader("origin")
+    if origin is not None and origin.rstrip("/") in cors.origins:  # by name: '*' lets any page post
+        return False
+    if request.getHeader("x-requested-with") is not None:
+        return False
+    media_type = (request.getHeader("content-type") or "").partition(";")[0].strip().lower()
+    return media_type in SIMPLE_CONTENT_TYPES
+
+
+class Guard(Resource):
+    """Wraps a sink's or an ingest's resource; refuses what its limits do not allow.
+
+    ``rejected`` counts refusals by reason (the wrapped connector's own
+    ``rejected`` counter, so they show up where operators already look).
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self,
+        inner: IResource,
+        connector: ConnectorDef,
+        clock: IReactorTime,
+        rejected: Counter[str],
+        *,
+        admission: Admission | None = None,
+        request_rate: RequestRate | None = None,
+        authenticator: Authenticator | None = None,
+        passwords: PasswordGate | None = None,
+        on_expiry: Callable[[IRequest], None] | None = None,
+        methods: tuple[str, ...] = ("GET",),
+    ) -> None:
+        super().__init__()
+        self.inner = inner
+        self.connector = connector
+        self.clock = clock
+        self.rejected = rejected
+        self.admission = admission
+        self.request_rate = request_rate
+        self.authenticator = authenticator or NoAuth()
+        self.passwords = passwords  # runs the authenticator's PasswordChecks (auth.type basic)
+        self.on_expiry = on_expiry
+        self.methods = tuple(m.encode("ascii") for m in methods)
+        self.cors = CorsPolicy(connector.options.get("cors.origins", ()), connector.options.get("cors.credentials", False),
+                               connector.options.get("cors.max.age", 600), methods)
+        self.cookie: str = connector.options.get("auth.cookie", "")
+        self.query_token: bool = connector.options.get("auth.query.token", False)
+
+    def render(self, request: IRequest) -> Any:
+        host = client_host(request)
+        method = request.method
+        origin = request.getHeader("origin")
+        preflight = self.cors.enabled and method == b"OPTIONS" and origin is not None \
+            and request.getHeader("access-control-request-method") is not None
+        if method not in self.methods and not preflight:
+            raise UnsupportedMethod(self.methods)  # the router's 405, before anything is spent
+        if self.cors.enabled and origin is not None:
+            if not self.cors.allows(origin):
+                return self.refuse(request, 403, Refusal("origin-not-allowed", f"origin {origin[:100]} may not use this endpoint", 0), host)
+            if preflight:  # answered here, no credentials needed
+                wanted = request.getHeader("access-control-request-method") or ""
+                granted = self.cors.preflight(origin, wanted, request.getHeader("access-control-request-headers") or "")
+                if granted is None:
+                    return self.refuse(request, 403, Refusal("preflight-not-allowed", f"{wanted[:20]} or a requested header is not allowed here", 0), host)
+                for name, value in granted:
+                    request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+                request.setResponseCode(204)
+                return b""
+            for name, value in self.cors.headers(origin):  # on refusals too, so the page can read them
+                request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        limited = self._address_limits(request, host)
+        if limited is not None:
+            return self.refuse(request, *limited, host)
+        presented = credentials(request, self.cookie, self.query_token)
+        if presented.bearer_from == "cookie" and method not in SAFE_METHODS and cross_site_risk(request, self.cors):
+            return self.refuse(request, 403, Refusal(
+                "cross-site-request", "a POST authenticated by a cookie must come from an origin listed in cors.origins "
+                "or carry a non-simple Content-Type such as application/json", 0), host)
+        decision = self.authenticator.check(presented, self.clock.seconds())
+        if isinstance(decision, PasswordCheck):
+            return self._check_password(request, host, decision)
+        return self._admit(request, host, decision)
+
+    def _address_limits(self, request: IRequest, host: str) -> tuple[int, Refusal] | None:
+        """The client address's own budgets: a flood from one address spends only its own.
+
+        An address past ``auth.failures.per.minute`` is refused before its credentials are
+        looked at, even ones that would be found in the cache: else it could go on guessing
+        against the cache, at no cost, while refused any hash."""
+        refusal = None
+        if self.request_rate is not None and request.method == b"POST":
+            refusal = self.request_rate.check(host)
+        elif self.admission is not None and request.method == b"GET":
+            refusal = self.admission.check_address(host)
+        if refusal is not None:
+            return 503, refusal
+        failures = self.passwords.failures.check(host) if self.passwords is not None else None
+        return (429, failures) if failures is not None else None
+
+    def _admit(self, request: IRequest, host: str, decision: Allowed | Denied) -> Any:
+        """After the credentials: the limits every client shares, then the resource."""
+        if isinstance(decision, Denied):
+            return self.deny(request, decision, host)
+        stream = self.admission is not None and request.method == b"GET"
+        if stream:
+            # the address's cap again: a password check may have let others from it in meanwhile
+            refusal = self.admission.check_address(host) or self.admission.check_global()
+            if refusal is not None:
+                return self.refuse(request, 503, refusal, host)
+            self.admission.opened(host)
+            request.notifyFinish().addBoth(self._stream_ended, host)
+        result = self.inner.render(request)
+        if result is NOT_DONE_YET and decision.expires is not None and self.on_expiry is not None:
+            self._close_at_expiry(request, decision)
+        return result
+
+    def _check_password(self, request: IRequest, host: str, check: PasswordCheck) -> object:
+        """Hash off the reactor (passwords.py); the request is answered when the check is done."""
+        if self.passwords is None:  # a BasicAuth is always built with its gate (sink_guard, ingest_guard)
+            raise RuntimeError(f"{self.connector.label} has no password pool")
+        left: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: left.append(True))  # before our answer: the client left
+        decided = self.passwords.decide(check, host, lambda: bool(left))
+        decided.addCallback(self._decided, request, host, left)
+        decided.addErrback(self._failed, request, host, left)
+        return NOT_DONE_YET
+
+    def _decided(self, decision: Allowed | Denied | None, request: IRequest, host: str, left: list[bool]) -> None:
+        if decision is None or left:  # the client left: it costs nothing more
+            return
+        body = self._admit(request, host, decision)
+        if body is not NOT_DONE_YET:
+            finish(request, body)
+
+    def _failed(self, failure: Failure, request: IRequest, host: str, left: list[bool]) -> None:
+        if left:
+            return
+        if failure.check(PoolStopped):
+            body = self.refuse(request, 503, Refusal("shutting-down", "the server is shutting down; retry later", 1), host)
+        else:
+            body = internal_error(request, failure, self.rejected, self.log, self.connector.label)
+        if body is not NOT_DONE_YET:
+            finish(request, body)
+
+    def _stream_ended(self, result: object, host: str) -> None:
+        assert self.admission is not None
+        self.admission.closed(host)
+
+    def _close_at_expiry(self, request: IRequest, decision: Allowed) -> None:
+        """A stream may not outlive its token: end it at ``exp`` (on the injected clock)."""
+        assert decision.expires is not None and self.on_expiry is not None
+        timer = self.clock.callLater(max(0.0, decision.expires - self.clock.seconds()), self.on_expiry, request)
+        request.notifyFinish().addBoth(lambda _: timer.cancel() if timer.active() else None)
+
+    def deny(self, request: IRequest, denied: Denied, host: str) -> bytes:
+        headers = {}
+        challenge = self.authenticator.challenge
+        if denied.status == 401 and challenge:
+            if challenge.startswith("Bearer") and denied.reason != "missing-credentials":
+                challenge += ', error="invalid_token"'  # RFC 6750: a token was given and is not good
+            headers["WWW-Authenticate"] = challenge
+        elif denied.status == 403 and challenge and challenge.startswith("Bearer"):
+            headers["WWW-Authenticate"] = challenge + ', error="insufficient_scope"'
+        return self.refuse(request, denied.status, Refusal(denied.reason, denied.message, denied.retry_after), host, **headers)
+
+    def refuse(self, request: IRequest, code: int, refusal: Refusal, host: str, **headers: str) -> bytes:
+        self.rejected[refusal.reason] += 1
+        count = self.rejected[refusal.reason]
+        if should_log(count):
+            self.log.warn(
+                "{connector} refused {method} from {peer}: {message} ({reason}, {count} so far)",
+                connector=self.connector.label, method=request.method.decode("latin-1"), peer=host,
+                message=refusal.message, reason=refusal.reason, count=count,
+            )
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", b"application/json")
+        if refusal.retry_after > 0:
+            request.setHeader(b"Retry-After", str(refusal.retry_after).encode())
+        for name, value in headers.items():
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        return json.dumps({"error": refusal.message, "reason": refusal.reason}).encode() + b"\n"
+
+
+def finish(request: IRequest, body: bytes) -> None:
+    """Write what a resource rendered after the fact, as twisted.web's Request.render would have."""
+    if request.method == b"HEAD":
+        if body:
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(b"")
+    else:
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
+    request.finish()
+
+
+def build_access(options: Mapping[str, Any], stream: str, pool: PasswordPool, clock: IReactorTime) -> tuple[Authenticator, PasswordGate | None]:
+    """The authenticator ``auth.*`` options describe and, for passwords, the gate that checks
+    them on ``pool``: what a Guard takes as ``authenticator`` and ``passwords``."""
+    authenticator = build_authenticator(options, stream)
+    if not isinstance(authenticator, BasicAuth):
+        return authenticator, None
+    return authenticator, PasswordGate(authenticator, pool, clock, options.get("auth.failures.per.minute", DEFAULT_FAILURES_PER_MINUTE))
+
+
+def sink_guard(connector: ConnectorDef, resource: IResource, sink: Any, clock: IReactorTime, pool: PasswordPool) -> Guard:
+    admission = Admission(
+        connector["max.subscribers"],
+        connector["max.subscribers.per.address"],
+        connector["max.connections.per.second"],
+        clock.seconds,
+        connector["limit.retry.after"],
+    )
+
+    def expired(request: IRequest) -> None:
+        for subscriber in tuple(sink.subscribers):
+            if subscriber.request is request:
+                sink.counters["closed_token_expired"] += 1
+                Guard.log.info("closing subscriber {peer} of sink {sink}: its access token expired",
+                               peer=subscriber.peer, sink=sink.name)
+                sink.close(subscriber, EXPIRED)
+
+    authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
+    return Guard(resource, connector, clock, sink.rejected, admission=admission, authenticator=authenticator,
+                 passwords=passwords, on_expiry=expired, methods=("GET", "HEAD"))
+
+
+def ingest_guard(connector: ConnectorDef, resource: IResource, rejected: Counter[str], clock: IReactorTime, pool: PasswordPool) -> Guard:
+    authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
+    return Guard(resource, connector, clock, rejected, request_rate=RequestRate(connector["max.requests.per.second"], clock.seconds),
+                 authenticator=authenticator, passwords=passwords, methods=("POST",))

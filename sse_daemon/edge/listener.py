@@ -1,0 +1,468 @@
+"""One listening port, shared by every sink and ingest source that names it.
+
+A port is bound once, so connectors are grouped by (host, port): one
+``Site`` per port and one resource per path. Binding happens in
+``privilegedStartService`` and a failure is raised there, so the daemon exits
+instead of running without its port (a plain endpoint service would only log).
+
+Every connection goes through :class:`QuietSite` and :class:`PortChannel`,
+the port's one mechanism for what a client may cost before any resource sees
+it (connections.py holds the bookkeeping): at accept, the descriptor headroom
+and the per-address cap (a refused connection is closed at once); then a
+deadline for each request head and one for its body, which trickling bytes do
+not extend (408); once shutdown has begun, every new request gets 503.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.iweb import IRequest
+from twisted.web.error import UnsupportedMethod
+from twisted.web.resource import IResource, Resource
+
+from sse_daemon.config.model import normalise_path
+from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping
+from sse_daemon.policy.limits import should_log
+from sse_daemon.edge.safety import internal_error, undecodable_header
+
+#: body limit on a port that only serves sinks (subscribing needs no body)
+SINK_ONLY_BODY_LIMIT = 64 * 1024
+
+#: a connection answered and closed (refused, timed out, too large) is cut if it is still open this much later
+CLOSE_GRACE = 2.0
+
+#: endpoint types whose port hands connections to the Site itself (nothing wraps it, as TLS does),
+#: so that a connection refused at accept can be closed inside the accept loop
+DIRECT_ENDPOINTS = ("tcp", "tcp6", "unix", "systemd")
+
+#: ``Retry-After`` of a request answered 503 because the daemon is shutting down
+SHUTDOWN_RETRY_AFTER = 5
+
+
+class BindError(Exception):
+    """A listener could not bind; the message names the connectors and the port."""
+
+
+def json_error(request: IRequest, code: int, message: str, **fields: object) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps({"error": message, **fields}).encode() + b"\n"
+
+
+class PathRouter(Resource):
+    """Dispatches on the exact path (query string ignored, trailing slash optional)."""
+
+    isLeaf = True
+
+    log = Logger()
+
+    def __init__(self, list_paths: bool = True) -> None:
+        super().__init__()
+        self.routes: dict[str, IResource] = {}
+        #: a 404 lists the paths served (helpful on a sink's port; not on the admin listener,
+        #: whose paths name every stream and which answers a wrong Host only after routing)
+        self.list_paths = list_paths
+        #: requests refused here, by reason ("not-found", "method-not-allowed", "body-too-large")
+        self.rejected: Counter[str] = Counter()
+
+    def reject(self, request: IRequest, code: int, reason: str, message: str, **fields: object) -> bytes:
+        self.rejected[reason] += 1
+        count = self.rejected[reason]
+        if should_log(count):  # a scanner must not flood the log; the count is in /metrics
+            self.log.info(
+                "refused {method} {path} from {peer}: {message} ({reason}, {count} so far)",
+                method=request.method.decode("latin-1"), path=request.path.decode("latin-1", "replace"),
+                peer=getattr(request.getClientAddress(), "host", "?"), message=message, reason=reason, count=count,
+            )
+        return json_error(request, code, message, reason=reason, **fields)
+
+    def note(self, reason: str, peer: str, message: str) -> None:
+        """Count a refusal made before any resource ran (at accept, a deadline, a body limit); log it sampled."""
+        self.rejected[reason] += 1
+        count = self.rejected[reason]
+        if should_log(count):
+            self.log.info("refused {peer}: {message} ({reason}, {count} so far)",
+                          peer=peer, message=message, reason=reason, count=count)
+
+    def add(self, path: str, resource: IResource) -> None:
+        self.routes[normalise_path(path)] = resource
+
+    def render(self, request: IRequest) -> object:
+        body = self._dispatch(request)
+        if request.method == b"HEAD" and isinstance(body, bytes) and body:
+            # a HEAD refusal: the head a GET would get, no body (else twisted.web drops the
+            # body itself and logs a warning for every such request: a log flood)
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            return b""
+        return body
+
+    def _dispatch(self, request: IRequest) -> object:
+        path = normalise_path(request.path.decode("utf-8", "replace"))
+        bad_header = undecodable_header(request)  # here, once for every resource (safety.py)
+        if bad_header is not None:
+            return self.reject(request, 400, "invalid-header", f"the {bad_header} header is not UTF-8 text")
+        resource = self.routes.get(path)
+        if resource is None:
+            listing = {"paths": sorted(self.routes)} if self.list_paths else {}
+            return self.reject(request, 404, "not-found", f"nothing is served at {path}", **listing)
+        try:
+            return resource.render(request)
+        except UnsupportedMethod as e:
+            allowed = [m.decode() for m in e.allowedMethods]
+            request.setHeader(b"Allow", ", ".join(allowed).encode())
+            message = f"{request.method.decode('latin-1')} is not allowed on {path}"
+            return self.reject(request, 405, "method-not-allowed", message, allowed=allowed)
+        except Exception:  # a bug: a counted, sampled 500, never a traceback per request
+            return internal_error(request, Failure(), self.rejected, self.log, f"the resource at {path}")
+
+
+def _raw_response(code: int, phrase: bytes, body: dict[str, Any], headers: dict[str, str]) -> bytes:
+    """A whole HTTP/1.1 response that closes the connection, for answers written before or
+    instead of a request's own (at accept, at a deadline, at a body limit)."""
+    data = json.dumps(body).encode() + b"\n"
+    extra = b"".join(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items())
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (code, phrase, extra, len(data), data))
+
+
+class AbortAtOnce(Protocol):
+    """A connection refused at accept on a port whose Site is wrapped (TLS): the wrapper
+    needs a protocol, and this one cuts the connection as soon as it has it."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
+
+
+class PortChannel(http.HTTPChannel):
+    """HTTP/1.1 under the port's deadlines (the site's ``policy``), once the site admitted it.
+
+    A request head must arrive within ``head_timeout`` of the accept (or of
+    the end of the previous response on a kept-alive connection) and its body
+    within ``body_timeout`` of the end of the head; a byte now and then does
+    not extend either (Twisted's own idle timeout restarts with every byte).
+    Past a deadline: 408 and close, or just close for a kept-alive connection
+    that has sent nothing of a next request. While a request is handled (an
+    SSE stream above all) there is no deadline: heartbeats find dead peers.
+    """
+
+    site: "QuietSite"
+    #: the client's address, set by the site that admitted the connection (and frees its slot at the end)
+    peer_host = "?"
+    _closing = False  # answered and closing: nothing more is read or timed
+    _phase: str | None = None  # "head" or "body" while a deadline runs
+    _timer: IDelayedCall | None = None
+    _served = 0  # responses finished on this connection
+    _partial = False  # bytes of a request arrived since the head deadline was set
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._deadline("head")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._phase == "head":
+            self._partial = True
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()  # may refuse the body (413): then we are closing
+        if not self._closing and self.length != 0:
+            self._deadline("body")
+
+    def allContentReceived(self) -> None:
+        self._deadline(None)  # handled from here on; the resource decides how long
+        super().allContentReceived()
+
+    def requestDone(self, request: IRequest) -> None:
+        self._served += 1
+        if self.persistent and not self._closing:
+            self._deadline("head")  # set before the next request, which may be buffered whole already
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._deadline(None)
+        self.site.release(self.peer_host)
+        super().connectionLost(reason)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """Twisted's parser refused the request (400): count it like every other refusal."""
+        self.site.resource.note("malformed-request", self.peer_host, "a malformed request: 400")
+        self._closing_now()
+        super()._respondToBadRequestAndDisconnect()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A header line past Twisted's 16 KiB: LineReceiver would close without an answer or a count."""
+        self._respondToBadRequestAndDisconnect()
+
+    def end_after_response(self) -> None:
+        """Close once the response in progress is sent (it says ``Connection: close``)."""
+        self.persistent = False
+
+    def answer(self, code: int, phrase: bytes, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        """Write a whole response of our own (no request's response has started) and close."""
+        self._closing_now()
+        self.transport.write(_raw_response(code, phrase, body, headers or {}))
+        self.transport.loseConnection()
+
+    def _closing_now(self) -> None:
+        self._closing = True
+        self._deadline(None)
+        # a peer that does not read cannot keep a closing connection open for long
+        self._timer = self.callLater(CLOSE_GRACE, self.transport.abortConnection)
+
+    def _deadline(self, phase: str | None) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._phase = phase
+        if phase is None:
+            return
+        policy = self.site.policy
+        seconds = policy.head_timeout if phase == "head" else policy.body_timeout
+        if phase == "head":
+            self._partial = False
+        if seconds > 0:
+            self._timer = self.callLater(seconds, self._expired, phase, seconds)
+
+    def _expired(self, phase: str, seconds: float) -> None:
+        self._timer = None
+        if phase == "head" and self._served and not self._partial:
+            self._closing_now()  # an idle kept-alive connection: no request to answer
+            self.transport.loseConnection()
+            return
+        what = "request head" if phase == "head" else "request body"
+        message = f"the whole {what} did not arrive within {seconds:g} seconds"
+        self.site.resource.note(f"{phase}-timeout", self.peer_host, message)
+        self.answer(408, b"Request Timeout", {"error": message, "reason": f"{phase}-timeout"})
+
+
+class LimitedRequest(server.Request):
+    """A request whose body is refused with 413 as soon as it passes the port's limit.
+
+    Twisted would otherwise read any body, however large, before a resource
+    sees it. The exact per-path limit is checked again by the ingest resource.
+    Once the daemon is shutting down, every request is answered 503 here.
+    """
+
+    channel: PortChannel
+    _refused = False
+    _received = 0
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        # Nothing here reads form fields: skip Twisted's Content-Type parse through the
+        # email package on every POST (7 % of the daemon's CPU under publish load, bench/).
+        self._parsePOSTFormSubmission = False
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if length is not None and length > self.channel.site.max_body_size:
+            self.requestHeaders.removeHeader(b"Expect")  # no "100 Continue" after our 413
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body_size:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        site = self.channel.site
+        if site.stopping:
+            self._shutting_down()
+            return
+        if self.path == b"*" and self.method != b"OPTIONS":  # Twisted answers 405 itself; count it too
+            site.resource.rejected["method-not-allowed"] += 1
+        super().process()
+
+    def _shutting_down(self) -> None:
+        """503 with ``Retry-After`` and ``Connection: close``: nothing is accepted that the drain
+        would not deliver, and a kept-alive client goes elsewhere."""
+        message = "the daemon is shutting down; retry later"
+        self.channel.site.resource.note("shutting-down", self.channel.peer_host, message)
+        body = json.dumps({"error": message, "reason": "shutting-down"}).encode() + b"\n"
+        self.setResponseCode(503)
+        for name, value in ((b"Content-Type", b"application/json"), (b"Retry-After", b"%d" % SHUTDOWN_RETRY_AFTER),
+                            (b"Connection", b"close"), (b"Content-Length", b"%d" % len(body))):
+            self.setHeader(name, value)
+        self.channel.end_after_response()
+        self.write(body)
+        self.finish()
+
+    def _refuse(self) -> None:
+        self._refused = True
+        limit = self.channel.site.max_body_size
+        message = f"the request body is larger than {limit} bytes"
+        self.channel.site.resource.note("body-too-large", self.channel.peer_host, message)
+        self.channel.answer(413, b"Request Entity Too Large", {"error": message})
+
+
+class QuietSite(server.Site):
+    """A Site whose connections are :class:`PortChannel` under ``policy``, and that logs no access
+    lines: an SSE request is only logged when it finishes, which is misleading; sinks and ingest
+    log what matters themselves.
+
+    ``descriptors`` is the process's budget, shared by every port; ``stopping`` the daemon's
+    shutdown state, shared by every port and the reloader. ``direct``: the port calls
+    ``buildProtocol`` itself (nothing wraps the site), so a connection refused at the
+    descriptor headroom is closed inside the accept loop, before the next accept, instead of
+    holding its descriptor for a reactor turn (a burst of connects would reach ``EMFILE``).
+    """
+
+    requestFactory = LimitedRequest
+    protocol = PortChannel
+    noisy = False
+
+    def __init__(self, resource: "PathRouter", reactor: IReactorTime, max_body_size: int,
+                 policy: PortPolicy = PortPolicy(), descriptors: DescriptorBudget | None = None,
+                 stopping: Stopping | None = None, direct: bool = True) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.max_body_size = max_body_size
+        self.policy = policy
+        self.descriptors = descriptors
+        self.direct = direct
+        self.stopping = stopping if stopping is not None else Stopping()
+        self.connections = AddressCounts()
+
+    def log(self, request: IRequest) -> None:
+        pass
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """Admit a new connection (counted from accept to close) or close it at once.
+
+        At once, inside the accept loop and with no answer: a refusal that waited a
+        reactor turn to send one would hold its descriptor meanwhile, and a burst of
+        connects would eat the headroom (an EventSource retries after a network
+        error, while a 503 would stop it for good).
+        """
+        host = str(getattr(addr, "host", addr))
+        if self.descriptors is not None and not self.descriptors.admit():
+            return self._refuse(host, "descriptors-low", "the process is at its descriptor headroom")
+        if not self.connections.admit(host, self.policy.max_per_address):
+            return self._refuse(host, "too-many-connections-from-address",
+                                f"{self.policy.max_per_address} connections are open from this address already")
+        if self.descriptors is not None:
+            self.descriptors.opened()
+        channel = super().buildProtocol(addr)
+        channel.peer_host = host  # Site.buildProtocol sets the channel's site the same way
+        return channel
+
+    def _refuse(self, host: str, reason: str, message: str) -> Protocol | None:
+        self.resource.note(reason, host, message + ": connection closed at accept")
+        return None if self.direct else AbortAtOnce()
+
+    def release(self, host: str) -> None:
+        """A channel is gone: its address's slot and its descriptor."""
+        self.connections.release(host)
+        if self.descriptors is not None:
+            self.descriptors.closed()
+
+
+def descriptor_budget(clock: IReactorTime) -> DescriptorBudget:
+    """The budget of this process's descriptors (RLIMIT_NOFILE's soft limit; /proc/self/fd counts them)."""
+
+    def soft_limit() -> int:
+        soft, _ = getrlimit(RLIMIT_NOFILE)
+        return soft if soft != RLIM_INFINITY and soft > 0 else 1 << 30  # unlimited: no budget to speak of
+
+    def count_open() -> int | None:
+        for directory in ("/proc/self/fd", "/dev/fd"):
+            try:
+                return len(os.listdir(directory)) - 1  # less the listing's own descriptor
+            except OSError:
+                continue
+        return None
+
+    return DescriptorBudget(soft_limit, count_open, clock.seconds)
+
+
+class ListenerService(Service):
+    """Binds one (host, port) for the connectors that share it."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, host: str, port: int, policy: PortPolicy = PortPolicy(),
+                 descriptors: DescriptorBudget | None = None, stopping: Stopping | None = None,
+                 list_paths: bool = True) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        #: deadlines and the per-address cap (connections.py); shared by every connector on the port
+        self.policy = policy
+        self.descriptors = descriptors
+        self.stopping = stopping
+        self.site: QuietSite | None = None
+        self.router = PathRouter(list_paths)
+        self.labels: list[str] = []
+        self.max_body_size: int | None = None  # the largest limit of the ingests on this port
+        self.listening: IListeningPort | None = None
+        #: the endpoint string to bind with (TLS, server.endpoint; see tls.py); None: plain TCP
+        self.endpoint: str | None = None
+        self.setName(f"listener:{host}:{port}")
+
+    def add(self, path: str, resource: IResource, label: str, max_body_size: int | None = None) -> None:
+        self.router.add(path, resource)
+        self.labels.append(f"{label} at {normalise_path(path)}")
+        if max_body_size is not None:
+            self.max_body_size = max(self.max_body_size or 0, max_body_size)
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually bound (differs from ``port`` when that is 0)."""
+        assert self.listening is not None, "not listening"
+        return self.listening.getHost().port
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        direct = self.endpoint is None or self.endpoint.partition(":")[0] in DIRECT_ENDPOINTS
+        site = self.site = QuietSite(self.router, self.reactor, self.max_body_size or SINK_ONLY_BODY_LIMIT,
+                                     self.policy, self.descriptors, self.stopping, direct)
+        interface = self.host.replace(":", "\\:")
+        endpoint = endpoints.serverFromString(self.reactor, self.endpoint or f"tcp:{self.port}:interface={interface}")
+        outcome: list[object] = []
+        endpoint.listen(site).addBoth(outcome.append)
+        result = outcome[0] if outcome else None  # TCP endpoints answer synchronously
+        if isinstance(result, Failure):
+            reason = result.value
+            raise BindError(
+                f"cannot listen on {self.host}:{self.port} for {', '.join(self.labels)}: "
+                f"{getattr(reason, 'socketError', None) or reason}"
+            )
+        self.listening = result
+        self.log.info(
+            "listening on {host}:{port} for {connectors}",
+            host=self.host, port=self.bound_port, connectors=", ".join(self.labels),
+        )
+
+    def startService(self) -> None:
+        if self.listening is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred | None:
+        super().stopService()
+        if self.listening is None:
+            return None
+        listening, self.listening = self.listening, None
+        return listening.stopListening()

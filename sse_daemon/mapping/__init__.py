@@ -1,0 +1,1 @@
+"""Mappers between events and payloads (json, text, passThrough, map.payload templates)."""

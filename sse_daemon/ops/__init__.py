@@ -1,0 +1,1 @@
+"""What operators read and run: the admin listener, figures, log observers, the probe."""

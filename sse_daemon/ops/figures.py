@@ -1,0 +1,262 @@
+"""Figures an operator reads, gathered when they are asked for.
+
+Connectors keep plain counters (``Counter`` objects and attributes); nothing
+here runs on the event path. The functions below read those counters for
+``/metrics``, ``/status.json``, ``/readyz`` and the periodic stats log line,
+so the hot path pays for one dict increment, not for a metrics library.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger, LogLevel
+from zope.interface import implementer
+
+from sse_daemon.config.model import listen_address
+from sse_daemon.bus.memory import IBus, ISubscription, Subscriber
+from sse_daemon.events.schema import Event
+
+if TYPE_CHECKING:
+    from sse_daemon.daemon.service import DaemonService
+
+#: sink counters shown everywhere, in this order (missing ones read 0)
+SINK_COUNTERS = (
+    "connections_opened", "connections_closed", "events_in", "events_out",
+    "bytes_written", "dropped_slow", "events_replayed", "worker_restarts",
+)
+
+
+@implementer(IBus)
+class ConnectorBus:
+    """The bus as one source sees it: notes when that source last published.
+
+    A source only publishes; wrapping its bus gives an exact "last event"
+    time without touching the source or timing anything per subscriber.
+    """
+
+    def __init__(self, bus: IBus, clock: IReactorTime) -> None:
+        self.bus = bus
+        self.clock = clock
+        self.last_publish: float | None = None
+
+    def publish(self, stream: str, events: Iterable[Event]) -> Any:
+        events = list(events)
+        if events:
+            self.last_publish = self.clock.seconds()
+        return self.bus.publish(stream, events)  # a shared bus's Deferred: the caller waits for it
+
+    def subscribe(self, stream: str, subscriber: Subscriber) -> ISubscription:
+        return self.bus.subscribe(stream, subscriber)
+
+
+class SourceWatch:
+    """When an SSE source was last seen connected, for the readiness window.
+
+    The source tells only whether it is connected *now*; sampling that (on a
+    timer and on every admin request) gives "connected within the last N
+    seconds". The last time it was *seen* connected is kept, so a sample
+    interval can only make a down source look down for longer, never shorter.
+    """
+
+    def __init__(self, source: Any, started_at: float) -> None:
+        self.source = source
+        self.started_at = started_at
+        self.last_seen_connected: float | None = None
+
+    def sample(self, now: float) -> bool:
+        connected = bool(self.source.connected)
+        if connected:
+            self.last_seen_connected = now
+        return connected
+
+    def down_for(self, now: float) -> float:
+        """Seconds since it was last seen connected (or since it started, if never)."""
+        if self.sample(now):
+            return 0.0
+        since = self.last_seen_connected if self.last_seen_connected is not None else self.started_at
+        return max(0.0, now - since)
+
+    def verdict(self, now: float, grace: float) -> str | None:
+        """None when ready, else why not."""
+        stopped = getattr(self.source, "stopped_reason", None)
+        if stopped:
+            return f"stopped: {stopped}"
+        if getattr(self.source, "standby", False):
+            return None  # another instance holds its lease and reads the upstream (lease.py)
+        down = self.down_for(now)
+        if down == 0.0:
+            return None
+        if down < grace:
+            return None
+        what = "reconnecting" if self.last_seen_connected is not None else "never connected since start"
+        return f"not connected for {down:.1f}s ({what}; ready.grace is {grace:g}s)"
+
+
+def sink_figures(service: Any) -> dict[str, Any]:
+    """One sink's figures; an SSE sink has subscribers, a log sink only counts events."""
+    connector = service.connector if hasattr(service, "connector") else service.sink.connector
+    figures: dict[str, Any] = {"name": connector.name, "type": connector.type, "stream": connector.stream}
+    sink = getattr(service, "sink", None)
+    if sink is not None:
+        figures["path"] = connector["server.path"]
+        figures["subscribers"] = len(sink.subscribers)
+        figures.update({key: sink.counters.get(key, 0) for key in SINK_COUNTERS})
+        figures["history"] = len(sink.history)
+        # requests refused before they became subscribers (limits, access), by reason
+        figures["rejected"] = dict(getattr(sink, "rejected", {}))
+        figures["resumes"] = {
+            key[len("resume_"):].replace("_", "-"): count
+            for key, count in sink.counters.items() if key.startswith("resume_")
+        }
+    else:
+        events = service.counters.get("events_in", 0)
+        unmapped = service.counters.get("events_unmapped", 0)
+        figures.update(events_in=events, events_out=events - unmapped)
+    figures["events_unmapped"] = (sink or service).counters.get("events_unmapped", 0)
+    return figures
+
+
+def source_figures(source: Any, stamp: ConnectorBus | None, now: float, started_at: float) -> dict[str, Any]:
+    """One source's figures. ``connected`` is None for an ingest (nothing to connect to)."""
+    connector = source.connector
+    rejected: dict[str, int] = dict(getattr(source, "rejected", {}))
+    for reason, count in getattr(source, "mapping_errors", {}).items():
+        rejected[reason] = rejected.get(reason, 0) + count
+    last = stamp.last_publish if stamp is not None else None
+    figures: dict[str, Any] = {
+        "name": connector.name,
+        "type": connector.type,
+        "stream": connector.stream,
+        "url": str(connector["receiver.url"]),
+        "events_in": source.counters.get("events_in", 0),
+        "rejected": rejected,
+        # since the last event, or since the start when there was none: a source
+        # that never delivered still trips a "stale source" alert
+        "last_event_age": max(0.0, now - (last if last is not None else started_at)),
+        "has_events": last is not None,
+        "connected": None,
+        "reconnects": None,
+        "last_event_id": None,
+    }
+    if connector.type == "sse":
+        figures.update(
+            connected=bool(source.connected),
+            reconnects=int(getattr(source, "reconnects", 0)),
+            last_event_id=getattr(source, "last_event_id", "") or None,
+            stopped=getattr(source, "stopped_reason", None),
+        )
+    return figures
+
+
+def listener_figures(listener: Any) -> dict[str, Any]:
+    """One port: where, what it serves, its open connections and what it refused before any
+    connector saw it (connection budgets, deadlines, malformed requests, unknown paths), by reason."""
+    return {
+        "host": listener.host,
+        "port": listener.bound_port if listener.listening is not None else listener.port,
+        "bound": listener.listening is not None,
+        "serves": list(listener.labels),
+        "connections": listener.site.connections.total if listener.site is not None else 0,
+        "rejected": dict(listener.router.rejected),
+    }
+
+
+def snapshot(daemon: "DaemonService", now: float) -> dict[str, Any]:
+    """Every figure of the daemon as plain data (what ``/status.json`` serves)."""
+    started = daemon.started_at if daemon.started_at is not None else now
+    sinks = [sink_figures(service) for service in daemon.sinks.values()]
+    sources = [
+        source_figures(source, daemon.source_buses.get(name), now, started)
+        for name, source in daemon.sources.items()
+    ]
+    for figures, source in zip(sources, daemon.sources.values()):
+        url = source.connector["receiver.url"]
+        if source.connector.type == "http" and url.port == 0:  # an ingest on port 0: show the port it got
+            bound_as, _, _ = listen_address(source.connector)  # type: ignore[misc]  # an ingest has one
+            listener = daemon.listeners.get((bound_as, 0))
+            if listener is not None and listener.listening is not None:
+                host = f"[{url.host}]" if ":" in url.host else url.host
+                figures["url"] = f"{url.scheme}://{host}:{listener.bound_port}{url.path}"
+    listeners = [listener_figures(listener) for listener in daemon.listeners.values()]
+    routes = [
+        {"from": route.route.source, "to": route.route.target, "events": route.events, "rejected": dict(route.rejected)}
+        for route in daemon.routes
+    ]
+    streams = []
+    for name, stream in daemon.config.streams.items():
+        streams.append({
+            "name": name,
+            "schema": str(stream.schema),
+            "sources": [s["name"] for s in sources if s["stream"] == name],
+            "sinks": [s["name"] for s in sinks if s["stream"] == name],
+            "routes_in": [r["from"] for r in routes if r["to"] == name],
+            "routes_out": [r["to"] for r in routes if r["from"] == name],
+            "subscriber_failures": int(getattr(daemon.bus, "failures", {}).get(name, 0)),
+        })
+    return {
+        "time": now,
+        "uptime": max(0.0, now - started),
+        "files": list(daemon.config.files),
+        "streams": streams,
+        "sources": sources,
+        "sinks": sinks,
+        "routes": routes,
+        "listeners": listeners,
+    }
+
+
+class StatsLogService(Service):
+    """Logs every connector's counters at info, every ``interval`` seconds.
+
+    Per-event lines would drown a busy daemon; one line per connector per
+    minute keeps the journal useful and still shows trends. The timer is
+    guarded: a ``LoopingCall`` stops for good on its first exception.
+    """
+
+    log = Logger()
+
+    def __init__(self, daemon: "DaemonService", interval: float, clock: IReactorTime) -> None:
+        self.daemon = daemon
+        self.interval = interval
+        self.clock = clock
+        self._loop: LoopingCall | None = None
+        self.setName("stats")
+
+    def startService(self) -> None:
+        super().startService()
+        if self.interval > 0:
+            self._loop = LoopingCall(self.write)
+            self._loop.clock = self.clock
+            self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def write(self) -> None:
+        with self.log.failuresHandled("writing the periodic stats failed", level=LogLevel.error):
+            figures = snapshot(self.daemon, self.clock.seconds())
+            for sink in figures["sinks"]:
+                fields = {key: sink.get(key, 0) for key in SINK_COUNTERS}
+                self.log.info(
+                    "stats: sink {sink} ({type}): {subscribers} subscribers, {events_in} events in, "
+                    "{events_out} out, {bytes_written} bytes, {dropped_slow} dropped as slow",
+                    sink=sink["name"], type=sink["type"], stream=sink["stream"],
+                    subscribers=sink.get("subscribers", 0), **fields,
+                )
+            for source in figures["sources"]:
+                self.log.info(
+                    "stats: source {source} ({type}): {events_in} events in, {rejected_total} rejected, "
+                    "connected {connected}, {reconnects} reconnects, last event {last_event_age:.1f}s ago",
+                    source=source["name"], type=source["type"], stream=source["stream"],
+                    events_in=source["events_in"], rejected=source["rejected"],
+                    rejected_total=sum(source["rejected"].values()),
+                    connected=source["connected"], reconnects=source["reconnects"] or 0,
+                    last_event_age=source["last_event_age"],
+                )

@@ -1,0 +1,1 @@
+"""Worker processes that share a sink's port, and the pipe that feeds them."""

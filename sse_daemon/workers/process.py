@@ -1,0 +1,161 @@
+"""One worker process of a sink with ``worker.count`` above 1 (``python -m sse_daemon.workers.process``).
+
+The daemon (workers.py) binds the sink's port and starts the workers; each
+worker accepts subscribers on that shared socket and serves them with the
+same SseSink as a single-process daemon. Events arrive already encoded, with
+their ids, over a pipe, in the daemon's order, so every worker holds the same
+history and a subscriber resumes correctly whichever worker it lands on.
+
+File descriptors, set up by the daemon:
+
+- 0: messages from the daemon (channel.py): the sink's definition, the
+  history so far, then live events;
+- 1: reports to the daemon: a JSON line of figures every second;
+- 2: log events, one JSON line each (the daemon logs them as its own);
+- 3: the listening socket, adopted once the history is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.internet import stdio
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import FilteringLogObserver, Logger, LogLevelFilterPredicate, globalLogBeginner, jsonFileLogObserver
+
+from sse_daemon.workers import channel
+from sse_daemon.bus.memory import MemoryBus
+from sse_daemon.edge.guard import sink_guard
+from sse_daemon.connectors.history import History
+from sse_daemon.policy.connections import Stopping, port_policy
+from sse_daemon.edge.listener import SINK_ONLY_BODY_LIMIT, PathRouter, QuietSite, descriptor_budget
+from sse_daemon.mapping.mappers import make_mapper
+from sse_daemon.edge.passwords import PasswordPool
+from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService
+
+LISTEN_FD = 3
+REPORT_INTERVAL = 1.0
+
+log = Logger()
+
+
+class Worker(channel.MessageReceiver):
+    """Builds the sink from the daemon's first message, then feeds it what follows."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.sink: SseSink | None = None
+        self.service: SseSinkService | None = None
+        self.passwords: PasswordPool | None = None
+        self.port: Any = None
+        self.report: LoopingCall | None = None
+        self.stopping: Deferred | None = None
+        #: set when the worker starts to drain: its port answers 503 to any further request
+        self.shutting_down = Stopping()
+        self.index = -1
+        self.family = 0
+
+    # -- messages from the daemon
+    def setup(self, spec: dict[str, Any]) -> None:
+        connector, schema = spec["connector"], spec["schema"]
+        self.index, self.family = spec["index"], spec["family"]
+        sink = SseSink(connector, make_mapper(connector.options, schema), self.reactor)
+        history = sink.history
+        if spec["bus_ids"]:  # a shared bus's ids: keys as that bus reads them (no Redis client here)
+            from sse_daemon.bus.redis import entry_key, key_below, show_key
+
+            sink.history = history = History(history.size, self.reactor.seconds, None, history.max_age,
+                                             history.max_bytes, entry_key, show_key, key_below)
+        history.floor, history.newest = (None if spec[k] is None else history.key(spec[k]) for k in ("floor", "newest"))
+        self.sink = sink
+
+    def history_entry(self, id_text: str, frame: bytes, at: float) -> None:
+        assert self.sink is not None
+        self.sink.history.append(self.sink.history.key(id_text), frame, at)
+
+    def go(self) -> None:
+        """The history is in: serve."""
+        assert self.sink is not None
+        sink = self.sink
+        connector = sink.connector
+        self.service = SseSinkService(sink, MemoryBus(), connector.stream, self.reactor)  # events come by pipe
+        self.service.startService()
+        self.passwords = PasswordPool(self.reactor)  # this process's own threads for auth.type basic
+        self.passwords.startService()
+        router = PathRouter()
+        router.add(connector["server.path"], sink_guard(connector, SseSinkResource(sink), sink, self.reactor, self.passwords))
+        site = QuietSite(router, self.reactor, SINK_ONLY_BODY_LIMIT, port_policy(connector.options),
+                         descriptor_budget(self.reactor), self.shutting_down)  # this process's own descriptors
+        self.port = self.reactor.adoptStreamPort(LISTEN_FD, self.family, site)
+        os.close(LISTEN_FD)  # adoptStreamPort works on its own copy
+        self.report = LoopingCall(self._report)
+        self.report.clock = self.reactor
+        self.report.start(REPORT_INTERVAL, now=True)
+        log.info("worker {worker} of sink {sink} serving (pid {pid}, {history} events of history)",
+                 worker=self.index, sink=sink.name, pid=os.getpid(), history=len(sink.history))
+
+    def event(self, id_text: str | None, frame: bytes) -> None:
+        assert self.sink is not None
+        self.sink.deliver(None if id_text is None else self.sink.history.key(id_text), frame)
+
+    def _report(self, last: bool = False) -> None:
+        assert self.sink is not None
+        figures = {"subscribers": len(self.sink.subscribers), "counters": dict(self.sink.counters),
+                   "rejected": dict(self.sink.rejected)}
+        line = json.dumps(figures).encode() + b"\n"
+        if last:  # the reactor stops next: write it now (a few hundred bytes, under the pipe's atomic size)
+            os.write(1, line)
+        else:
+            self.transport.write(line)
+
+    # -- the end
+    def connectionLost(self, reason: object = None) -> None:
+        """The daemon is gone (or closed our pipe): drain and exit."""
+        self.stop()
+
+    def stop(self) -> Deferred:
+        """Stop accepting, close subscribers in stages (drain.window), report, exit."""
+        if self.stopping is not None:
+            return self.stopping
+        self.shutting_down.begin()
+        if self.port is not None:
+            self.port.stopListening()
+        if self.report is not None and self.report.running:
+            self.report.stop()
+        if self.service is not None:
+            service = self.service
+            self.stopping = service.drain(self.reactor)
+            self.stopping.addBoth(lambda _: service.stopService())
+            self.stopping.addBoth(lambda _: self._report(last=True))
+        else:
+            self.stopping = succeed(None)
+        if self.passwords is not None:
+            passwords = self.passwords
+            self.stopping.addBoth(lambda _: passwords.stopService())
+        self.stopping.addBoth(lambda _: self.reactor.stop())
+        return self.stopping
+
+
+def main() -> None:
+    from twisted.internet import reactor
+
+    from sse_daemon.ops.logs import parse_level
+
+    level = parse_level(sys.argv[1] if len(sys.argv) > 1 else "info")
+    observer = FilteringLogObserver(jsonFileLogObserver(sys.stderr, recordSeparator=""), [LogLevelFilterPredicate(level)])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    worker = Worker(reactor)
+    stdio.StandardIO(worker, stdin=0, stdout=1, reactor=reactor)
+    # SIGINT too: a Ctrl-C in a terminal reaches the whole process group
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: reactor.callFromThread(worker.stop))
+    reactor.run(installSignalHandlers=False)
+
+
+if __name__ == "__main__":
+    main()
