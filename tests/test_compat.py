@@ -13,6 +13,7 @@ import pytest
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -70,7 +71,7 @@ class CountingChannel(BadRequestChannel):
 
 def connect(channel_type: type[http.HTTPChannel], request_type: type[server.Request] = server.Request,
             resource: Resource | None = None) -> tuple[http.HTTPChannel, StringTransport]:
-    site = server.Site(resource or Resource(), requestFactory=request_type)
+    site = server.Site(resource or Resource(), requestFactory=request_type, reactor=Clock())  # its timeouts on a clock of their own
     site.protocol = channel_type
     channel = site.buildProtocol(None)
     assert channel is not None
