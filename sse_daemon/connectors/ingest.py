@@ -23,8 +23,10 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from sse_daemon.bus.interfaces import IBus
+from sse_daemon.connectors.interfaces import ISource
 from sse_daemon.policy.limits import should_log
 from sse_daemon.config.model import ConnectorDef
 from sse_daemon.edge.listener import json_error
@@ -38,6 +40,7 @@ from sse_daemon.events.validate import InvalidValue
 PUBLISH_SLICE = 500
 
 
+@implementer(ISource)
 class IngestResource(Resource):
     isLeaf = True
     log = Logger()

@@ -22,6 +22,7 @@ from sse_daemon.connectors.interfaces import ILogSinkService, ISource, ISseSinkS
 
 if TYPE_CHECKING:
     from sse_daemon.daemon.service import DaemonService
+    from sse_daemon.edge.listener import ListenerService
 
 #: sink counters shown everywhere, in this order (missing ones read 0)
 SINK_COUNTERS = (
@@ -138,7 +139,7 @@ def source_figures(held: ISource | ILeasedService, stamp: ConnectorBus | None, n
     return figures
 
 
-def listener_figures(listener: Any) -> dict[str, Any]:
+def listener_figures(listener: "ListenerService") -> dict[str, Any]:
     """One port: where, what it serves, its open connections and what it refused before any
     connector saw it (connection budgets, deadlines, malformed requests, unknown paths), by reason."""
     return {

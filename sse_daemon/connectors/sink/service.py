@@ -31,12 +31,12 @@ class SseSinkService(Service):
         self.stream = stream
         self.clock = clock
         self.setName(f"sink:{sink.name}")
+        self._subscription: ISubscription | None = None
+        self._heartbeat: LoopingCall | None = None
 
     @property
     def connector(self) -> ConnectorDef:
         return self.sink.connector
-        self._subscription: ISubscription | None = None
-        self._heartbeat: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
