@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 from sse_daemon.bus.connector import ConnectorBus
 from sse_daemon.bus.cursor import CursorBus
 from sse_daemon.bus.interfaces import IBus, IDeliveringBus, IEventIds, ISharedBus
-from sse_daemon.bus.lease import ILeasedService, LeasedService, leased_source
+from sse_daemon.bus.lease import ILeasedService, leased_source
 from sse_daemon.bus.memory import MemoryBus
 from sse_daemon.bus.redis import BusUnavailable, RedisBus
 from sse_daemon.bus.streamids import STREAM_IDS

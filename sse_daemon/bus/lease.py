@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Attribute, implementer
 
 from sse_daemon.bus.cursor import CursorBus
 from sse_daemon.bus.interfaces import IBus, ISharedBus
