@@ -11,10 +11,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sse_daemon.bus.memory import IBus, ISubscription, MemoryBus
+from sse_daemon.bus.interfaces import IBus, ISharedBus, ISubscription
+from sse_daemon.bus.memory import MemoryBus
 from sse_daemon.ops.admin import AdminService
 from sse_daemon.config.model import Config, ConnectorDef, RouteDef, listen_address, served_by_workers
-from sse_daemon.ops.figures import ConnectorBus, StatsLogService
+from sse_daemon.bus.connector import ConnectorBus
+from sse_daemon.ops.figures import StatsLogService
 from sse_daemon.daemon.drain import shutdown  # SIGTERM: stop accepting, drain sinks in stages, then the rest
 from sse_daemon.edge.guard import ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
 from sse_daemon.connectors.ingest import PUBLISH_SLICE, IngestResource
@@ -63,12 +65,15 @@ def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: I
         return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, clock, passwords), source=ingest, bus=source_bus)
     from sse_daemon.connectors.source import SseSourceService  # the SSE client pulls in treq
 
-    service = SseSourceService(connector, mapper, source_bus, reactor, tls_policy=client_policy(connector.options.get("tls.ca.file")))
-    if getattr(bus, "provides_ids", False):  # a shared bus: one instance at a time reads the upstream
+    def make_source(source_bus: IBus) -> SseSourceService:
+        return SseSourceService(connector, mapper, source_bus, reactor, tls_policy=client_policy(connector.options.get("tls.ca.file")))
+
+    if ISharedBus.providedBy(bus):  # a shared bus: one instance at a time reads the upstream
         from sse_daemon.bus.lease import leased_source
 
-        leased = leased_source(service, bus, connector.name, bus.lease_ttl, clock)  # shows the source's figures
+        leased = leased_source(make_source, source_bus, bus, connector.name, bus.lease_ttl, clock)
         return BuiltConnector(service=leased, source=leased, bus=source_bus)
+    service = make_source(source_bus)
     return BuiltConnector(service=service, source=service, bus=source_bus)
 
 
