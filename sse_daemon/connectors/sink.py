@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from sse_daemon.bus.memory import IBus, ISubscription
 from sse_daemon.config.model import ConnectorDef
+from sse_daemon.config.options import SseServerOptions
 from sse_daemon.daemon.drain import drain_sink  # staged close on shutdown
 from sse_daemon.policy.limits import LogRate, should_log  # routine lines, bounded in a reconnect storm; sampled drops
 from sse_daemon.connectors.history import History, Resume, reset_payload  # bounded history and the honest-resume decision
@@ -158,7 +159,7 @@ class SseSink:
     log = Logger()
 
     def __init__(
-        self, connector: ConnectorDef, mapper: IMapper, clock: IReactorTime,
+        self, connector: ConnectorDef[SseServerOptions], mapper: IMapper, clock: IReactorTime,
         jitter: Callable[[], float] = random.random, turns: IReactorTime | None = None,
     ) -> None:
         self.connector = connector
@@ -167,24 +168,24 @@ class SseSink:
         self.clock = clock
         self.ids = EventIds(clock)
         self.history = History(
-            connector["history.size"], clock.seconds, int(clock.seconds() * 1_000_000),
-            connector["history.max.age"], connector["history.max.bytes"],
+            connector.options.history_size, clock.seconds, int(clock.seconds() * 1_000_000),
+            connector.options.history_max_age, connector.options.history_max_bytes,
         )
-        self.reset_event: str = connector["resume.reset.event"]
+        self.reset_event: str = connector.options.resume_reset_event
         #: reconnect-storm control: each subscriber's own retry: hint (ms), drawn with ``jitter``
-        self.retry_min: int = connector["retry.min"]
-        self.retry_max: int = connector["retry.max"]
+        self.retry_min: int = connector.options.retry_min
+        self.retry_max: int = connector.options.retry_max
         self.jitter = jitter
-        self.queue_size: int = connector["subscriber.queue.size"]
-        self.queue_bytes: int = connector["subscriber.queue.bytes"]
+        self.queue_size: int = connector.options.subscriber_queue_size
+        self.queue_bytes: int = connector.options.subscriber_queue_bytes
         #: sse.format raw: bare payloads with the mapper's Content-Type, no framing,
         #: opening comment, ids, resume or heartbeat, as the original sink wrote them
-        self.raw = connector.options.get("sse.format") == "raw"
+        self.raw = connector.options.sse_format == "raw"
         content_type = mapper.content_type.encode() if self.raw else b"text/event-stream; charset=utf-8"
         self.headers = [(b"Content-Type", content_type),
                         (b"Cache-Control", b"no-cache"),
                         (b"X-Accel-Buffering", b"no")]
-        for name, value in connector["headers"]:
+        for name, value in connector.options.headers:
             self.headers = [h for h in self.headers if h[0].lower() != name.lower().encode()]
             self.headers.append((name.encode("latin-1"), value.encode("latin-1", "replace")))
         self.subscribers: set[Subscriber] = set()
@@ -215,8 +216,8 @@ class SseSink:
         and resume from the bus an id this history does not cover (another instance's, or older)."""
         self.bus_replay = replay
         self.history = History(
-            self.connector["history.size"], self.clock.seconds, None,
-            self.connector["history.max.age"], self.connector["history.max.bytes"], key, show, below,
+            self.connector.options.history_size, self.clock.seconds, None,
+            self.connector.options.history_max_age, self.connector.options.history_max_bytes, key, show, below,
         )
 
     # -- from the bus
@@ -538,7 +539,7 @@ class SseSinkService(Service):
         super().startService()
         adopt_bus_ids(self.sink, self.bus, self.stream)
         self._subscription = self.bus.subscribe(self.stream, self.sink.publish)
-        interval = self.sink.connector["heartbeat.interval"]
+        interval = self.sink.connector.options.heartbeat_interval
         if interval > 0 and not self.sink.raw:
             self._heartbeat = LoopingCall(self._beat)
             self._heartbeat.clock = self.clock
@@ -546,7 +547,7 @@ class SseSinkService(Service):
 
     def drain(self, io: IReactorTime | None = None) -> Deferred:
         """Close subscribers in stages over ``drain.window`` (drain.py); the bus keeps feeding the others."""
-        return drain_sink(self.sink, self.sink.connector["drain.window"], self.sink.connector["drain.batch.min"],
+        return drain_sink(self.sink, self.sink.connector.options.drain_window, self.sink.connector.options.drain_batch_min,
                           self.clock, self.sink.jitter, io)
 
     def _beat(self) -> None:
