@@ -10,7 +10,7 @@ was found.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 from sse_daemon.config.credentials import AuthConfigError, load_access
 from sse_daemon.config.endpoints import check_ca_file, check_server_tls, is_tls, listen_description
@@ -249,7 +249,7 @@ def _routes(raw_routes: list[RawRoute], streams: Mapping[str, StreamDef], issues
     return routes
 
 
-def _route_select(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -> tuple[str, ...] | None | bool:
+def _route_select(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -> tuple[str, ...] | None | Literal[False]:
     """The selected attribute names, None for all (no ``select`` or ``*``), False after an issue."""
     field_value = raw.fields.get("select")
     if field_value is None:
@@ -274,7 +274,7 @@ def _route_select(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -
     return names if ok else False
 
 
-def _route_where(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -> Condition | None | bool:
+def _route_where(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -> Condition | None | Literal[False]:
     """The checked, compiled condition; None when there is none, False after an issue."""
     field_value = raw.fields.get("where")
     if field_value is None:

@@ -44,11 +44,11 @@ def load_yaml(text: str, filename: str = "<config>") -> RawConfig:
     if "streams" in top:
         for name, node in reader.named_entries(top["streams"], "streams"):
             if isinstance(node, yaml.MappingNode):
-                fields = reader.mapping(node, f"stream '{name}'", ("schema",)) or {}
-                if "schema" not in fields:
+                stream_fields = reader.mapping(node, f"stream '{name}'", ("schema",)) or {}
+                if "schema" not in stream_fields:
                     raw.issues.append(ConfigIssue(reader.loc(node), "expected a 'schema:' entry", f"stream '{name}'"))
                     continue
-                node = fields["schema"]
+                node = stream_fields["schema"]
             raw.streams.append(RawStream(name, RawValue(reader.value(node), reader.loc(node))))
     for key in top:  # in file order, so "first defined at" means what it says
         role = {"sources": "source", "sinks": "sink"}.get(key)
