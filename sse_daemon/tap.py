@@ -15,7 +15,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from sse_daemon.ops import logs
-from sse_daemon.config.model import Config, ConfigError, load_files
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.load import load_files
+from sse_daemon.config.model import Config
 from sse_daemon.daemon.service import DaemonService, build_service
 
 

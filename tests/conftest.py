@@ -20,7 +20,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.logger import globalLogPublisher
 
-from sse_daemon.config.model import load_files
+from sse_daemon.config.load import load_files
 from sse_daemon.daemon.service import DaemonService, build_service
 
 DEADLINE = 30.0

@@ -20,7 +20,8 @@ from twisted.internet.task import Clock, LoopingCall
 from twisted.web.test.requesthelper import DummyRequest
 
 from sse_daemon.bus.memory import MemoryBus
-from sse_daemon.config.model import load_yaml, validate
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.connectors.ingest import IngestResource
 from sse_daemon.mapping.mappers import make_mapper
 from sse_daemon.events.schema import parse_schema
@@ -182,7 +183,7 @@ def test_a_large_body_is_published_in_slices_one_per_reactor_turn_and_answered_a
     got: list = []
     bus.subscribe("In", lambda event: got.append(event.values["n"]))
     turns = Clock()
-    ingest = IngestResource(connector, make_mapper(connector.options, parse_schema("n int")), bus, turns, turns=turns, slice_size=500)
+    ingest = IngestResource(connector, make_mapper(connector.options.mapping, parse_schema("n int")), bus, turns, turns=turns, slice_size=500)
     request = DummyRequest([b"in"])
     request.method = b"POST"
     request.content = io.BytesIO(json.dumps([{"n": i} for i in range(1234)]).encode())

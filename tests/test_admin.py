@@ -16,7 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.web.client import HTTPConnectionPool
 
-from sse_daemon.config.model import ConfigError, RawConfig, load_yaml, validate
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.model import RawConfig
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.events.schema import Event
 
 from .conftest import deadline, sleep, subscribe, wait_for
@@ -277,7 +280,7 @@ def test_admin_section_is_checked_like_the_rest() -> None:
     base = "sinks:\n  S: {type: sse-server, schema: 'a string', server.port: 8020}\n"
     config = validate(load(base + "admin: {port: 9100}\n"))
     assert config.admin is not None and (config.admin.host, config.admin.port) == ("127.0.0.1", 9100)
-    assert config.admin["ready.grace"] == 10.0
+    assert config.admin.options.ready_grace == 10.0
     assert "admin: on 127.0.0.1:9100 (ready.grace 10s)" in config.summary()
     assert validate(load(base)).admin is None and "admin: off" in validate(load(base)).summary()
 

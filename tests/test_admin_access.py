@@ -22,7 +22,9 @@ from twisted.internet import reactor
 from twisted.logger import formatEvent
 
 from sse_daemon.ops.admin import HostPolicy, host_name, protected_streams
-from sse_daemon.config.model import ConfigError, load_yaml, validate
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.events.schema import Event
 
 from .conftest import deadline, header, raw_request, status, wait_for, write_config

@@ -20,7 +20,10 @@ from sse_daemon.edge.auth import (
     Allowed, AuthConfigError, BasicAuth, BearerAuth, Credentials, Denied, JwtVerifier, PasswordCheck, build_authenticator,
     load_users, verify_password,
 )
-from sse_daemon.config.model import ConfigError, load_yaml, validate
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.options import AccessOptions
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 
 from .conftest import deadline, header, raw_request, status, subscribe, wait_for
 
@@ -111,20 +114,20 @@ def test_jwt_checks(rsa_keys) -> None:
 @pytest.mark.reactor_free
 def test_bearer_static_tokens_from_env_and_config_errors(rsa_keys, tmp_path: Path) -> None:
     _, public = rsa_keys
-    auth = build_authenticator({"auth.type": "bearer", "auth.tokens.env": "TOKENS"}, "S", {"TOKENS": f"{STATIC_TOKEN}, {'y' * 20}"})
+    auth = build_authenticator(access(auth_type="bearer", auth_tokens_env="TOKENS"), "S", {"TOKENS": f"{STATIC_TOKEN}, {'y' * 20}"})
     assert isinstance(auth, BearerAuth)
     assert auth.check(Credentials(bearer=STATIC_TOKEN), 0).identity == "static token"
     assert auth.check(Credentials(bearer="x" * 20), 0).reason == "invalid-token"
     cases = [
-        ({"auth.type": "bearer"}, "auth.type"),
-        ({"auth.type": "bearer", "auth.tokens.env": "NOPE"}, "auth.tokens.env"),
-        ({"auth.type": "bearer", "auth.tokens.env": "SHORT"}, "auth.tokens.env"),
-        ({"auth.type": "bearer", "auth.jwt.key": public}, "auth.jwt.audience"),
-        ({"auth.type": "bearer", "auth.jwt.key": public, "auth.jwt.audience": "a", "auth.jwt.algorithms": ("HS256",)}, "auth.jwt.key"),
-        ({"auth.type": "bearer", "auth.jwt.key": "k", "auth.jwt.audience": "a", "auth.jwt.algorithms": ("none",)}, "auth.jwt.algorithms"),
-        ({"auth.type": "bearer", "auth.jwt.key": "short", "auth.jwt.audience": "a", "auth.jwt.algorithms": ("HS256",)}, "auth.jwt.key"),
-        ({"auth.type": "basic"}, "auth.users.file"),
-        ({"auth.type": "basic", "auth.users.file": str(tmp_path / "missing")}, "auth.users.file"),
+        (access(auth_type="bearer"), "auth.type"),
+        (access(auth_type="bearer", auth_tokens_env="NOPE"), "auth.tokens.env"),
+        (access(auth_type="bearer", auth_tokens_env="SHORT"), "auth.tokens.env"),
+        (access(auth_type="bearer", auth_jwt_key=public), "auth.jwt.audience"),
+        (access(auth_type="bearer", auth_jwt_key=public, auth_jwt_audience="a", auth_jwt_algorithms=("HS256",)), "auth.jwt.key"),
+        (access(auth_type="bearer", auth_jwt_key="k", auth_jwt_audience="a", auth_jwt_algorithms=("none",)), "auth.jwt.algorithms"),
+        (access(auth_type="bearer", auth_jwt_key="short", auth_jwt_audience="a", auth_jwt_algorithms=("HS256",)), "auth.jwt.key"),
+        (access(auth_type="basic"), "auth.users.file"),
+        (access(auth_type="basic", auth_users_file=str(tmp_path / "missing")), "auth.users.file"),
     ]
     for options, option in cases:
         with pytest.raises(AuthConfigError) as e:
@@ -279,3 +282,8 @@ async def test_ingest_with_a_static_token_from_the_environment(daemon, rsa_keys,
     await listener.close()
     assert service.sources["In"].rejected == {"missing-credentials": 1, "invalid-token": 1}
     assert_no_secret_logged(log_events, STATIC_TOKEN, "wrong-token-but-long-enough")
+
+
+def access(**given: object) -> AccessOptions:
+    """A connector's access options: the table's defaults but for ``given``."""
+    return AccessOptions.with_defaults(**given)

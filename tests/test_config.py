@@ -8,14 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from sse_daemon.config.model import (
-    ConfigError,
-    load_files,
-    load_yaml,
-    parse_headers,
-    OptionError,
-    validate,
-)
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.load import load_files
+from sse_daemon.config.validate import validate
+from sse_daemon.config.values import OptionError, parse_headers
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.events.schema import AttrType
 
 pytestmark = pytest.mark.reactor_free
@@ -57,19 +54,19 @@ def errors(text: str) -> list[str]:
 def test_good_config_is_typed_and_defaulted() -> None:
     config = validate(load_yaml(GOOD, "good.yaml"))
     out = next(c for c in config.sinks if c.name == "Out")
-    assert out["server.port"] == 8020  # the spec's quoted number
-    assert out["server.path"] == "/Out"  # default path is the sink's name
-    assert out["heartbeat.interval"] == 15.0
-    assert out["history.size"] == 1000
-    assert out["worker.count"] == 1
+    assert out.options.server_port == 8020  # the spec's quoted number
+    assert out.options.server_path == "/Out"  # default path is the sink's name
+    assert out.options.heartbeat_interval == 15.0
+    assert out.options.history_size == 1000
+    assert out.options.worker_count == 1
     other = next(c for c in config.sinks if c.name == "Other")
-    assert other["server.path"] == "/other"
+    assert other.options.server_path == "/other"
     assert other.stream == "Other"
     assert config.streams["Other"].schema.names == ("sensor",)
     assert config.streams["Readings"].schema.attributes[1].type is AttrType.DOUBLE
     assert [(r.source, r.target) for r in config.routes] == [("Readings", "Other")]
     ingest = config.sources[0]
-    assert (ingest["receiver.url"].host, ingest["receiver.url"].port, ingest["receiver.url"].path) == ("127.0.0.1", 8020, "/publish")
+    assert (ingest.options.receiver_url.host, ingest.options.receiver_url.port, ingest.options.receiver_url.path) == ("127.0.0.1", 8020, "/publish")
     summary = config.summary()
     assert "Out: sse-server on 127.0.0.1:8020/Out <- stream Readings" in summary
     assert "Readings -> Other" in summary
@@ -79,7 +76,7 @@ def test_example_config_is_valid() -> None:
     root = Path(__file__).resolve().parent.parent
     config = load_files([str(root / "etc" / "sse-daemon.yaml")])
     sink = next(c for c in config.sinks if c.name == "PublishStream")
-    assert (sink["server.port"], sink["server.path"]) == (8020, "/testsse")
+    assert (sink.options.server_port, sink.options.server_path) == (8020, "/testsse")
 
 
 def test_all_errors_reported_together_with_file_line_connector_option() -> None:

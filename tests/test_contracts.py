@@ -19,7 +19,8 @@ from sse_daemon.bus.lease import ILeasedService, leased_source
 from sse_daemon.bus.memory import MemoryBus
 from sse_daemon.bus.redis import BusUnavailable, RedisBus
 from sse_daemon.bus.streamids import STREAM_IDS
-from sse_daemon.config.model import load_yaml, validate
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.connectors.history import History
 from sse_daemon.connectors.ingest import IngestResource
 from sse_daemon.connectors.interfaces import ILogSinkService, ISource, ISseSinkService, ISubscriberSink, IUpstreamSource
@@ -52,7 +53,7 @@ def loaded(text: str = YAML):
 
 
 def mapper_for(connector):
-    return make_mapper(connector.options, loaded()[0].streams[connector.stream].schema)
+    return make_mapper(connector.options.mapping, loaded()[0].streams[connector.stream].schema)
 
 
 def test_each_bus_provides_its_interface() -> None:

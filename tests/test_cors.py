@@ -7,7 +7,9 @@ import json
 import pytest
 import pytest_twisted
 
-from sse_daemon.config.model import ConfigError, load_yaml, validate
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.edge.cors import CorsPolicy
 
 from .conftest import deadline, raw_request, subscribe

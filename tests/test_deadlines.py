@@ -23,7 +23,8 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 
-from sse_daemon.config.model import ConfigError, load_files
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.load import load_files
 from sse_daemon.edge.listener import CLOSE_GRACE
 from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, Stopping, headroom_for
 from sse_daemon.daemon.reload import Reloader

@@ -6,7 +6,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from sse_daemon.config.model import load_yaml, validate
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.wire.jsondocs import JsonDocumentSplitter
 from sse_daemon.events.schema import Event
 from sse_daemon.daemon.service import build_service

@@ -9,7 +9,8 @@ import pytest_twisted
 from twisted.application.service import Service
 from twisted.internet import reactor
 
-from sse_daemon.config.model import load_yaml, validate
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.bus.lease import LeasedService, must_stop
 from sse_daemon.bus.redis import RedisBus
 

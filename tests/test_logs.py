@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
 from sse_daemon.ops import logs
-from sse_daemon.config.model import load_files
+from sse_daemon.config.load import load_files
 from sse_daemon.ops.figures import StatsLogService
 from sse_daemon.events.schema import Event
 from sse_daemon.daemon.service import build_service

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -13,9 +14,11 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from zope.interface.verify import verifyObject
 
-from sse_daemon.config.model import ConfigError, load_yaml, validate
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.mapping.jsonpath import MISSING, JsonPathError, parse_path
-from sse_daemon.mapping.mappers import IMapper, JsonMapper, MapperConfigError, MappingError, TextMapper, make_mapper, parse_template
+from sse_daemon.mapping.mappers import IMapper, JsonMapper, MapperConfigError, MappingError, MappingOptions, TextMapper, make_mapper, parse_template
 from sse_daemon.bus.memory import MemoryBus
 from sse_daemon.events.schema import Event, parse_schema
 from sse_daemon.connectors.sink import SseSink, SseSinkService
@@ -234,12 +237,12 @@ def test_template_syntax() -> None:
 
 @pytest.mark.reactor_free
 def test_make_mapper_reports_every_problem_with_its_option() -> None:
-    options = {
-        "map.type": "text",
-        "map.payload": parse_template("{{symbl}} {{x}}"),
-        "map.enclosing.element": parse_path("$.a"),
-        "map.attributes": {"volum": parse_path("$.v")},
-    }
+    options = mapping_options(
+        map_type="text",
+        payload=parse_template("{{symbl}} {{x}}"),
+        enclosing=parse_path("$.a"),
+        attributes={"volum": parse_path("$.v")},
+    )
     with pytest.raises(MapperConfigError) as caught:
         make_mapper(options, STOCK, "sink")
     assert caught.value.problems == [
@@ -249,8 +252,15 @@ def test_make_mapper_reports_every_problem_with_its_option() -> None:
         ("map.enclosing.element", "applies only with map.type json"),
         ("map.attributes.volum", "applies only with map.type json"),
     ]
-    assert isinstance(make_mapper({"map.type": "json"}, STOCK), JsonMapper)
-    assert isinstance(make_mapper({"map.type": "text"}, parse_schema("s string"), "source"), TextMapper)
+    assert isinstance(make_mapper(mapping_options(map_type="json"), STOCK), JsonMapper)
+    assert isinstance(make_mapper(mapping_options(map_type="text"), parse_schema("s string"), "source"), TextMapper)
+
+
+def mapping_options(**given: Any) -> MappingOptions:
+    """What the map.* options give a mapper, with the tables' defaults for the rest."""
+    defaults: dict[str, Any] = {"map_type": "json", "enclosing": None, "attributes": {}, "payload": None,
+                                "validate_json": False, "fail_on_missing": True}
+    return MappingOptions(**{**defaults, **given})
 
 
 # --------------------------------------------------------------------------- configuration
@@ -286,18 +296,18 @@ sinks:
 def test_mapping_options_are_read_and_defaulted() -> None:
     config = validate(load_yaml(MAPPED, "conf.yaml"))
     source = config.sources[0]
-    assert source["map.enclosing.element"] == parse_path("$.portfolio")
-    assert source["map.attributes"] == {"symbol": parse_path("stock.company.symbol"), "price": parse_path("stock.price")}
+    assert source.options.map_enclosing_element == parse_path("$.portfolio")
+    assert source.options.map_attributes == {"symbol": parse_path("stock.company.symbol"), "price": parse_path("stock.price")}
     out, log = config.sinks
-    assert (out["map.payload"].text, out["map.enclosing.element"].steps, out["map.validate.json"], out["sse.format"]) == (
+    assert (out.options.map_payload.text, out.options.map_enclosing_element.steps, out.options.map_validate_json, out.options.sse_format) == (
         '{"s": "{{symbol}}"}', ("wrapped",), True, "raw")
-    assert (log["map.type"], log["map.enclosing.element"], log["map.validate.json"]) == ("text", None, False)
+    assert (log.options.map_type, log.options.map_enclosing_element, log.options.map_validate_json) == ("text", None, False)
     plain = validate(load_yaml("sources:\n  In: {type: http, schema: 'a string', receiver.url: 'http://x:1/'}\n"
                                "sinks:\n  Out: {type: sse-server, stream: In, server.port: 2}\n", "conf.yaml"))
     source, sink = plain.sources[0], plain.sinks[0]
-    assert (source["map.type"], source["map.enclosing.element"], source["map.attributes"], source["map.fail.on.missing.attribute"]) == (
+    assert (source.options.map_type, source.options.map_enclosing_element, source.options.map_attributes, source.options.map_fail_on_missing_attribute) == (
         "json", None, {}, True)
-    assert (sink["map.payload"], sink["map.enclosing.element"], sink["map.validate.json"], sink["sse.format"]) == (None, None, False, "sse")
+    assert (sink.options.map_payload, sink.options.map_enclosing_element, sink.options.map_validate_json, sink.options.sse_format) == (None, None, False, "sse")
 
 
 @pytest.mark.reactor_free
@@ -495,7 +505,7 @@ def test_a_raw_sink_starts_no_heartbeat() -> None:
     config = validate(load_yaml(SOCKETS, "conf.yaml"))
     raw = next(c for c in config.sinks if c.name == "Raw")
     clock = Clock()
-    sink = SseSink(raw, make_mapper(raw.options, config.streams["Quotes"].schema), clock)
+    sink = SseSink(raw, make_mapper(raw.options.mapping, config.streams["Quotes"].schema), clock)
     service = SseSinkService(sink, MemoryBus(), "Quotes", clock)
     service.startService()
     assert sink.raw and not clock.getDelayedCalls()

@@ -15,7 +15,10 @@ from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from sse_daemon.bus.memory import IBus, MemoryBus
-from sse_daemon.config.model import BUS_OPTIONS, ConfigError, load_yaml, validate
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.options import BUS_OPTIONS
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.bus.redis import (
     BusReplay,
     RedisBus,
@@ -114,9 +117,9 @@ def _errors(text: str) -> list[str]:
 def test_bus_section_defaults_and_values() -> None:
     assert validate(load_yaml(BASE)).bus.type == "memory"
     config = validate(load_yaml(BASE + "bus: {type: redis, url: 'redis://:pw@10.0.0.1:7000/3', key.prefix: 'x:', history.size: 50, history.max.age: 60}\n"))
-    url = config.bus["url"]
+    url = config.bus.options.url
     assert (config.bus.type, url.host, url.port, url.db, url.password) == ("redis", "10.0.0.1", 7000, 3, "pw")
-    assert (config.bus["key.prefix"], config.bus["history.size"], config.bus["history.max.age"]) == ("x:", 50, 60.0)
+    assert (config.bus.options.key_prefix, config.bus.options.history_size, config.bus.options.history_max_age) == ("x:", 50, 60.0)
     assert "pw" not in str(url) and "pw" not in repr(url) and "bus: redis redis://10.0.0.1:7000/3" in config.summary()
     assert {o.name for o in BUS_OPTIONS} == {"type", "url", "key.prefix", "history.size", "history.max.age", "reconnect.max.delay", "source.lease.ttl"}
 
@@ -148,7 +151,7 @@ sinks:
   Out: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0}
 bus: {type: redis, source.lease.ttl: 3}
 """))
-    assert leased.bus["source.lease.ttl"] == 3.0  # SSE sources run under a lease (test_lease.py)
+    assert leased.bus.options.source_lease_ttl == 3.0  # SSE sources run under a lease (test_lease.py)
 
 
 @pytest.mark.reactor_free
@@ -157,7 +160,7 @@ def test_without_a_bus_section_nothing_needs_redis(tmp_path) -> None:
     (tmp_path / "c.yaml").write_text(BASE)
     code = textwrap.dedent(f"""
         import sys
-        from sse_daemon.config.model import load_files
+        from sse_daemon.config.load import load_files
         from sse_daemon.daemon.service import build_service
         from sse_daemon.bus.memory import MemoryBus
         service = build_service(load_files([{str(tmp_path / 'c.yaml')!r}]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sse_daemon.config import model as config
+from sse_daemon.config import options as config
 
 from sse_daemon.config import reference
 

@@ -12,7 +12,8 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.logger import formatEvent, globalLogPublisher
 
-from sse_daemon.config.model import load_yaml, validate
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.daemon.reload import Reloader, keys, plan
 from sse_daemon.events.schema import Event
 
@@ -122,7 +123,7 @@ async def test_reload_keeps_unchanged_restarts_changed_removes_and_adds(daemon, 
     added = await subscribe(port, "/added")
     resumed = await subscribe(port, "/change", headers=f"Last-Event-ID: {old_id}\r\n")
     await resumed.wait_for(b"event: reset\n")  # a new sink has a new history: it says so
-    assert service.sinks["Change"].sink.connector["heartbeat.interval"] == 30
+    assert service.sinks["Change"].sink.connector.options.heartbeat_interval == 30
     assert service.port_of("Elsewhere") == far_port, "a new port is bound"
     far = RawHttpClient()
     await deadline(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", far_port), far))

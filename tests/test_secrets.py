@@ -139,7 +139,9 @@ async def test_probe_masks_credentials_and_sends_them_as_basic() -> None:
 
 @pytest.mark.reactor_free
 def test_config_errors_do_not_echo_secrets(tmp_path: Path) -> None:
-    from sse_daemon.config.model import ConfigError, load_yaml, validate
+    from sse_daemon.config.errors import ConfigError
+    from sse_daemon.config.validate import validate
+    from sse_daemon.config.yamlfile import load_yaml
 
     cases = [
         "sources:\n  A: {type: sse, schema: 'a string', receiver.url: 'ftp://u:hunter2-pw@h/e?access_token=tok-secret-1'}\n",

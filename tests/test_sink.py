@@ -308,14 +308,15 @@ def test_a_subscriber_that_joins_mid_turn_gets_each_event_once() -> None:
     from twisted.internet.testing import StringTransport
     from twisted.web.test.requesthelper import DummyRequest
 
-    from sse_daemon.config.model import load_yaml, validate
+    from sse_daemon.config.validate import validate
+    from sse_daemon.config.yamlfile import load_yaml
     from sse_daemon.mapping.mappers import make_mapper
     from sse_daemon.connectors.sink import SseSink
 
     loaded = validate(load_yaml(config(**{"history.size": 10}), "sink.yaml"))
     (connector,) = loaded.sinks
     clock = Clock()
-    sink = SseSink(connector, make_mapper(connector.options, loaded.streams["Events"].schema), clock)
+    sink = SseSink(connector, make_mapper(connector.options.mapping, loaded.streams["Events"].schema), clock)
     sink.publish(Event({"n": 1, "text": "hi"}))
     clock.advance(0)
     (first,) = messages(b"\r\n\r\n" + b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in sink.history.resume("0").frames))

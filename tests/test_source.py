@@ -25,7 +25,10 @@ from twisted.web import error as web_error
 from twisted.web.client import BrowserLikePolicyForHTTPS, ResponseFailed, ResponseNeverReceived
 
 from sse_daemon.bus.memory import MemoryBus
-from sse_daemon.config.model import ConfigError, ConnectorDef, load_yaml, validate
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.model import ConnectorDef
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.mapping.mappers import make_mapper
 from sse_daemon.events.schema import Event, parse_schema
 from sse_daemon.connectors.source import (
@@ -76,7 +79,7 @@ class Harness:
         bus = MemoryBus()
         events: list[Event] = []
         bus.subscribe("Src", events.append)
-        mapper = make_mapper(connector.options, parse_schema("param1 string"))
+        mapper = make_mapper(connector.options.mapping, parse_schema("param1 string"))
         service = SseSourceService(connector, mapper, bus, reactor_, jitter=jitter, tls_policy=tls_policy)
         service.startService()
         self.sources.append(service)
@@ -186,11 +189,11 @@ def test_recent_ids_are_bounded() -> None:
 @pytest.mark.reactor_free
 def test_source_options_defaults_and_checks() -> None:
     src = source_def("https://example.org/sse")
-    assert (src["worker.count"], src["event.types"], src["reconnect.initial.delay"], src["reconnect.max.delay"],
-            src["connect.timeout"], src["read.timeout"], src["max.event.size"]) == (1, (), 1.0, 30.0, 30.0, 60.0, 4 << 20)
-    assert source_def("http://a/", **{"worker.count": "3"})["worker.count"] == 3
-    assert source_def("http://a/", **{"event.types": "a, b"})["event.types"] == ("a", "b")
-    assert source_def("http://a/", **{"event.types": ["a"]})["event.types"] == ("a",)
+    assert (src.options.worker_count, src.options.event_types, src.options.reconnect_initial_delay, src.options.reconnect_max_delay,
+            src.options.connect_timeout, src.options.read_timeout, src.options.max_event_size) == (1, (), 1.0, 30.0, 30.0, 60.0, 4 << 20)
+    assert source_def("http://a/", **{"worker.count": "3"}).options.worker_count == 3
+    assert source_def("http://a/", **{"event.types": "a, b"}).options.event_types == ("a", "b")
+    assert source_def("http://a/", **{"event.types": ["a"]}).options.event_types == ("a",)
     with pytest.raises(ConfigError, match=r"'worker.count': expected an integer from 1 to 16, found 0"):
         source_def("http://a/", **{"worker.count": 0})
     with pytest.raises(ConfigError, match=r"'reconnect.initial.delay': expected a number of at least 0.01"):

@@ -14,7 +14,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from sse_daemon.config.model import ConfigError, load_files, load_yaml, validate
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.load import load_files
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.config.expressions import Binary, Attr, Literal, compile_condition, parse_condition
 from sse_daemon.config.grammar import StatementSyntaxError
 from sse_daemon.events.schema import AttrType, Event, parse_schema
@@ -69,12 +72,12 @@ def test_every_statement_form() -> None:
         "Log": "sensor string",
     }
     ingest, remote = config.sources
-    assert (ingest.name, ingest.type, ingest.stream, ingest["max.body.size"]) == ("In", "http", "Readings", 2000)
-    assert (remote.type, remote["receiver.url"].port, remote["event.types"]) == ("sse", 9000, ("a", "b"))
+    assert (ingest.name, ingest.type, ingest.stream, ingest.options.max_body_size) == ("In", "http", "Readings", 2000)
+    assert (remote.type, remote.options.receiver_url.port, remote.options.event_types) == ("sse", 9000, ("a", "b"))
     out, narrow, log = config.sinks
-    assert (out.stream, out["server.port"], out["server.path"]) == ("Readings", 8020, "/Out")
-    assert (narrow["server.port"], narrow["schema"]) == (8020, "sensor string, value double")
-    assert log["prefix"] == "reading: "
+    assert (out.stream, out.options.server_port, out.options.server_path) == ("Readings", 8020, "/Out")
+    assert (narrow.options.server_port, narrow.schema) == (8020, "sensor string, value double")
+    assert log.options.prefix == "reading: "
     filtered, everything = config.routes
     assert (filtered.source, filtered.target, filtered.select) == ("Readings", "Narrow", ("sensor", "value"))
     assert str(filtered.where) == "(value > 2.5) and ok"
@@ -95,11 +98,11 @@ def test_keywords_are_case_insensitive_and_values_take_three_quotes_numbers_and_
         insert INTO Out select a, n from S where a Like 'x%' AND NOT (n Is Null);
         ''')
     out = config.sinks[0]
-    assert out["map.payload"].text == '{\n  "a": "{{a}}", \'n\': {{n}}\n}'
-    assert out["map.validate.json"] is True
+    assert out.options.map_payload.text == '{\n  "a": "{{a}}", \'n\': {{n}}\n}'
+    assert out.options.map_validate_json is True
     other = config.sinks[1]
-    assert (other["server.port"], other["heartbeat.interval"]) == (0, 0.5)
-    assert other["map.payload"].text == '{"q": "it\'s"}'  # no escape sequences: another kind of quotes
+    assert (other.options.server_port, other.options.heartbeat_interval) == (0, 0.5)
+    assert other.options.map_payload.text == '{"q": "it\'s"}'  # no escape sequences: another kind of quotes
     assert config.streams["S"].schema.attributes[1].type is AttrType.INT
     assert str(config.routes[0].where) == "(a like 'x%') and not (n is null)"
 

@@ -18,7 +18,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrap
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import formatEvent, globalLogPublisher
 
-from sse_daemon.config.model import ConfigError, load_yaml, validate
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.events.schema import Event
 
 from .conftest import RawHttpClient, deadline, subscribe, wait_for

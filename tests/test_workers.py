@@ -10,7 +10,9 @@ import bcrypt
 import pytest
 import pytest_twisted
 
-from sse_daemon.config.model import ConfigError, load_yaml, validate
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.ops.figures import sink_figures
 from sse_daemon.events.schema import Event
 

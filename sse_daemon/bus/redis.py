@@ -217,12 +217,12 @@ class RedisBus(Service):
     ids = STREAM_IDS  # how those ids read and order (a sink's history keys)
 
     def __init__(self, definition: BusDef, reactor: Any) -> None:
-        self.url = definition["url"]
-        self.prefix: str = definition["key.prefix"]
-        self.size: int = definition["history.size"]
-        self.max_age: float = definition["history.max.age"]
-        self.max_delay: float = definition["reconnect.max.delay"]
-        self.lease_ttl: float = definition["source.lease.ttl"]
+        self.url = definition.options.url
+        self.prefix: str = definition.options.key_prefix
+        self.size: int = definition.options.history_size
+        self.max_age: float = definition.options.history_max_age
+        self.max_delay: float = definition.options.reconnect_max_delay
+        self.lease_ttl: float = definition.options.source_lease_ttl
         self.reactor = reactor
         self.setName("bus")
         #: "connecting" (not yet, or again), "up", "down" (waiting to reconnect)

@@ -2,7 +2,7 @@
 
 ``CREATE STREAM``, ``CREATE SOURCE``, ``CREATE SINK`` and ``INSERT INTO``
 define exactly what the YAML form defines, as the same Raw* objects, so
-``config.validate`` checks both alike and reports every problem with file and
+``validate.validate`` checks both alike and reports every problem with file and
 line. The grammar is ``statements.lark``; this module only walks the parse
 tree. A syntax error is one ConfigIssue naming line and column, with the line
 and a caret.
@@ -12,16 +12,8 @@ from __future__ import annotations
 
 from lark import Token, Tree
 
-from sse_daemon.config.model import (
-    ConfigIssue,
-    Location,
-    RawConfig,
-    RawConnector,
-    RawRoute,
-    RawStream,
-    RawValue,
-    unknown_message,
-)
+from sse_daemon.config.errors import ConfigIssue, Location, unknown_message
+from sse_daemon.config.model import RawConfig, RawConnector, RawRoute, RawStream, RawValue
 from sse_daemon.config.expressions import number_value, string_value
 from sse_daemon.config.grammar import StatementSyntaxError, parse
 

@@ -30,6 +30,7 @@ from sse_daemon.bus.interfaces import IBus
 from sse_daemon.connectors.interfaces import ISource
 from sse_daemon.policy.limits import should_log
 from sse_daemon.config.model import ConnectorDef
+from sse_daemon.config.options import HttpSourceOptions
 from sse_daemon.edge.listener import json_error
 from sse_daemon.mapping.mappers import IMapper, MappingError
 from sse_daemon.events.schema import Event
@@ -47,7 +48,7 @@ class IngestResource(Resource):
     log = Logger()
 
     def __init__(
-        self, connector: ConnectorDef, mapper: IMapper, bus: IBus, clock: IReactorTime,
+        self, connector: ConnectorDef[HttpSourceOptions], mapper: IMapper, bus: IBus, clock: IReactorTime,
         turns: IReactorTime | None = None, slice_size: int = PUBLISH_SLICE,
     ) -> None:
         """``turns`` schedules the next slice (the real reactor even when ``clock`` is a test's Clock);
@@ -59,8 +60,8 @@ class IngestResource(Resource):
         self.mapper = mapper
         self.bus = bus
         self.clock = clock
-        self.max_body_size: int = connector["max.body.size"]
-        self.max_events: int = connector["max.events.per.request"]
+        self.max_body_size: int = connector.options.max_body_size
+        self.max_events: int = connector.options.max_events_per_request
         self.turns = turns if turns is not None else clock
         self.slice_size = slice_size
         self.counters: Counter[str] = Counter()

@@ -12,6 +12,7 @@ from zope.interface import implementer
 from sse_daemon.bus.interfaces import IBus, ISubscription
 from sse_daemon.connectors.interfaces import ILogSinkService
 from sse_daemon.config.model import ConnectorDef
+from sse_daemon.config.options import LogSinkOptions
 from sse_daemon.policy.limits import should_log
 from sse_daemon.mapping.mappers import IMapper, MappingError
 from sse_daemon.events.schema import Event
@@ -21,11 +22,11 @@ from sse_daemon.events.schema import Event
 class LogSinkService(Service):
     log = Logger()
 
-    def __init__(self, connector: ConnectorDef, mapper: IMapper, bus: IBus) -> None:
+    def __init__(self, connector: ConnectorDef[LogSinkOptions], mapper: IMapper, bus: IBus) -> None:
         self.connector = connector
         self.mapper = mapper
         self.bus = bus
-        self.prefix: str = connector["prefix"]
+        self.prefix: str = connector.options.prefix
         self.counters: Counter[str] = Counter()
         self._subscription: ISubscription | None = None
         self.setName(f"sink:{connector.name}")

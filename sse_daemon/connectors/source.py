@@ -45,6 +45,7 @@ from twisted.web.iweb import IPolicyForHTTPS, IResponse
 
 from sse_daemon.bus.memory import IBus
 from sse_daemon.config.model import ConnectorDef
+from sse_daemon.config.options import SseSourceOptions
 from sse_daemon.mapping.mappers import IMapper, MappingError
 from sse_daemon.events.schema import Event
 from sse_daemon.wire.jsondocs import JsonDocumentSplitter
@@ -361,7 +362,7 @@ class SseSourceService(Service):
 
     def __init__(
         self,
-        connector: ConnectorDef,
+        connector: ConnectorDef[SseSourceOptions],
         mapper: IMapper,
         bus: IBus,
         reactor: Any,
@@ -375,24 +376,24 @@ class SseSourceService(Service):
         self.mapper = mapper
         self.bus = bus
         self.reactor = reactor
-        url = connector["receiver.url"]
+        url = connector.options.receiver_url
         #: what is shown (logs, status): credentials masked; ``_request_url`` is what is requested
         self.url: str = str(url)
         self._request_url: str = url.request_url
         self._url_credentials: tuple[str, str] | None = url.credentials
         self.stream = connector.stream
-        self.event_types: frozenset[str] = frozenset(connector["event.types"])
+        self.event_types: frozenset[str] = frozenset(connector.options.event_types)
         self.policy = ReconnectPolicy(
-            connector["reconnect.initial.delay"], connector["reconnect.max.delay"], jitter
+            connector.options.reconnect_initial_delay, connector.options.reconnect_max_delay, jitter
         )
-        self.connect_timeout: float = connector["connect.timeout"]
-        self.read_timeout: float = connector["read.timeout"]
-        self.max_event_size: int = connector["max.event.size"]
-        self.max_events: int = connector["max.events.per.message"]
-        self.workers: int = connector["worker.count"]
-        self.headers: tuple[tuple[str, str], ...] = connector["headers"]
-        self.raw: bool = connector["sse.format"] == "raw"
-        self.reconnect_on_client_error: bool = connector["reconnect.on.client.error"]
+        self.connect_timeout: float = connector.options.connect_timeout
+        self.read_timeout: float = connector.options.read_timeout
+        self.max_event_size: int = connector.options.max_event_size
+        self.max_events: int = connector.options.max_events_per_message
+        self.workers: int = connector.options.worker_count
+        self.headers: tuple[tuple[str, str], ...] = connector.options.headers
+        self.raw: bool = connector.options.sse_format == "raw"
+        self.reconnect_on_client_error: bool = connector.options.reconnect_on_client_error
         #: connect and stream-ended lines (info): at most 50 per 10 s, however fast an upstream cycles
         self._routine_log = LogRate(reactor.seconds)
 

@@ -33,18 +33,16 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from sse_daemon.config.model import Config, ConfigError, ConnectorDef, RouteDef, Url, listen_address, load_files, served_by_workers
+from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.load import load_files
+from sse_daemon.config.model import Config, ConnectorDef, RouteDef, listen_address, served_by_workers
+from sse_daemon.config.values import Url
 from sse_daemon.policy.connections import Stopping, port_policy
 from sse_daemon.edge.listener import SINK_ONLY_BODY_LIMIT, BindError, ListenerService
 
 __all__ = ["Plan", "plan", "keys", "connector_key", "Reloader", "ReloadOnSighup"]
 
 log = Logger()
-
-#: options naming files whose content is part of a connector's definition
-FILE_OPTIONS = ("auth.users.file", "auth.tokens.file", "auth.jwt.key.file", "server.tls.cert", "server.tls.key", "tls.ca.file")
-ENV_OPTIONS = ("auth.tokens.env",)
-
 
 def _freeze(value: Any) -> Any:
     if isinstance(value, Url):  # its repr masks credentials; a changed password is still a change
@@ -68,11 +66,10 @@ def connector_key(connector: ConnectorDef, config: Config, environ: Mapping[str,
     """Everything that defines a connector; equal keys mean it may keep running as it is."""
     environ = os.environ if environ is None else environ
     stream = config.streams.get(connector.stream)
-    files = tuple(_file_digest(connector.options[o]) for o in FILE_OPTIONS if connector.options.get(o))
-    env = tuple(hashlib.sha256(environ.get(connector.options[o], "").encode()).hexdigest()
-                for o in ENV_OPTIONS if connector.options.get(o))
+    files = tuple(_file_digest(path) for path in connector.options.files())  # whose content is part of the definition
+    env = tuple(hashlib.sha256(environ.get(name, "").encode()).hexdigest() for name in connector.options.environment())
     return (connector.role, connector.type, connector.stream, str(stream.schema) if stream else None,
-            _freeze(connector.options), files, env)
+            _freeze(connector.options.by_name()), connector.schema, files, env)
 
 
 def _route_key(route: RouteDef, config: Config) -> tuple:
@@ -267,7 +264,7 @@ class Reloader:
             listener = ListenerService(daemon.reactor, *key, port_policy(entries[0][1].options), daemon.descriptors, self.stopping)
             listener.endpoint = description
             for path, connector in entries:
-                limit = connector["max.body.size"] if connector.type == "http" else None
+                limit = connector.options.max_body_size if connector.type == "http" else None
                 listener.add(path, staged.resources[connector.name] if connector.name in staged.resources
                              else daemon.listeners[key].router.routes[path], connector.label, limit)
             (staged.rebind if current is not None else staged.listeners)[key] = listener
@@ -308,7 +305,7 @@ class Reloader:
                 routes[path] = staged.resources.get(connector.name) or listener.router.routes[path]
                 labels.append(f"{connector.label} at {path}")
                 if connector.type == "http":
-                    limits.append(connector["max.body.size"])
+                    limits.append(connector.options.max_body_size)
             listener.router.routes = routes
             listener.labels = labels
             listener.max_body_size = max(limits) if limits else None

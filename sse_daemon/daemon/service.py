@@ -45,7 +45,7 @@ class BuiltConnector:
 
 def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: IReactorTime, reactor: Any,
                     passwords: PasswordPool) -> BuiltConnector:
-    mapper = make_mapper(connector.options, schema)
+    mapper = make_mapper(connector.options.mapping, schema)
     if connector.type == "log":
         return BuiltConnector(service=LogSinkService(connector, mapper, bus))
     if connector.type == "sse-server":
@@ -66,7 +66,7 @@ def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: I
     from sse_daemon.connectors.source import SseSourceService  # the SSE client pulls in treq
 
     def make_source(source_bus: IBus) -> SseSourceService:
-        return SseSourceService(connector, mapper, source_bus, reactor, tls_policy=client_policy(connector.options.get("tls.ca.file")))
+        return SseSourceService(connector, mapper, source_bus, reactor, tls_policy=client_policy(connector.options.tls_ca_file))
 
     if ISharedBus.providedBy(bus):  # a shared bus: one instance at a time reads the upstream
         from sse_daemon.bus.lease import leased_source
@@ -207,7 +207,7 @@ class DaemonService(MultiService):
     def _add(self, connector: ConnectorDef, built: BuiltConnector) -> None:
         if built.resource is not None:
             listener, path = self._listener(connector)
-            limit = connector["max.body.size"] if connector.type == "http" else None
+            limit = connector.options.max_body_size if connector.type == "http" else None
             listener.add(path, built.resource, connector.label, limit)
         if built.service is not None:
             built.service.setServiceParent(self)

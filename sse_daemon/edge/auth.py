@@ -12,6 +12,8 @@
   and a claim (``auth.jwt.claim``) naming the streams the token may read (a
   sink) or write (an ingest).
 
+The files and variables the options name are read by config/credentials.py
+(so that validation reports their problems); this module builds on what it returns.
 Nothing here logs or keeps a secret: static tokens are held as SHA-256
 digests, verified passwords are cached under an HMAC with a per-process key
 (for ``auth.cache.ttl`` seconds), and every denial carries a fixed ``reason``
@@ -24,36 +26,33 @@ daemon's injected clock rather than PyJWT's wall clock.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import os
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Iterable, Mapping, Protocol
+
+from sse_daemon.config.credentials import (
+    ARGON2_PREFIXES,
+    BCRYPT_PREFIXES,
+    AuthConfigError,
+    check_jwt_key,
+    load_access,
+    load_tokens,
+    load_users,
+    token_digest,
+)
+from sse_daemon.config.options import DEFAULT_CACHE_TTL, DEFAULT_FAILURES_PER_MINUTE, AccessOptions
 
 __all__ = [
     "AuthConfigError", "Credentials", "Allowed", "Denied", "Authenticator",
     "NoAuth", "BasicAuth", "BearerAuth", "JwtVerifier", "PasswordCheck", "VerifiedCache", "Padding", "hash_kind",
-    "verify_password", "load_users", "build_authenticator",
+    "verify_password", "load_users", "load_tokens", "build_authenticator",
+    "DEFAULT_CACHE_TTL", "DEFAULT_FAILURES_PER_MINUTE", "BCRYPT_PREFIXES", "ARGON2_PREFIXES",
 ]
 
-BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
-ARGON2_PREFIXES = ("$argon2i$", "$argon2d$", "$argon2id$")
 #: verified (user, password) pairs remembered so bcrypt's ~0.25 s is not paid on every reconnect
 VERIFIED_CACHE_SIZE = 1024
-#: seconds a verified credential is remembered (``auth.cache.ttl``)
-DEFAULT_CACHE_TTL = 300.0
-#: failed password checks a client address may make a minute (``auth.failures.per.minute``)
-DEFAULT_FAILURES_PER_MINUTE = 10.0
-
-
-class AuthConfigError(ValueError):
-    """A problem with an auth option; ``option`` names it for the config error."""
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(message)
-        self.option = option
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,35 +97,6 @@ class NoAuth:
 
 
 # --------------------------------------------------------------------------- basic
-
-
-def load_users(path: str) -> dict[str, str]:
-    """``name:hash`` lines (``#`` comments, blank lines ignored); only bcrypt and Argon2 hashes."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise AuthConfigError("auth.users.file", f"cannot read the users file {path}: {getattr(e, 'strerror', None) or e}") from None
-    users: dict[str, str] = {}
-    for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        name, colon, hashed = text.partition(":")
-        if not colon or not name:
-            raise AuthConfigError("auth.users.file", f"{path}:{number}: expected 'name:hash'")
-        if not hashed.startswith(BCRYPT_PREFIXES + ARGON2_PREFIXES):
-            raise AuthConfigError(
-                "auth.users.file",
-                f"{path}:{number}: the password of '{name}' is not a bcrypt ($2b$...) or Argon2 ($argon2id$...) hash; "
-                "plain-text passwords are refused (make one with: python -c \"import bcrypt; print(bcrypt.hashpw(b'secret', bcrypt.gensalt()).decode())\")",
-            )
-        if name in users:
-            raise AuthConfigError("auth.users.file", f"{path}:{number}: user '{name}' is listed twice")
-        users[name] = hashed
-    if not users:
-        raise AuthConfigError("auth.users.file", f"{path} lists no users")
-    return users
 
 
 def verify_password(hashed: str, password: str) -> bool:
@@ -269,49 +239,15 @@ class BasicAuth:
 # --------------------------------------------------------------------------- bearer
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
-def load_tokens(path: str | None, env_name: str | None, environ: Mapping[str, str]) -> list[bytes]:
-    """Static tokens, as digests: one per line of the file, and/or comma-separated in the variable."""
-    tokens: list[str] = []
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                tokens += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-        except (OSError, UnicodeDecodeError) as e:
-            raise AuthConfigError("auth.tokens.file", f"cannot read the tokens file {path}: {getattr(e, 'strerror', None) or e}") from None
-    if env_name:
-        if env_name not in environ:
-            raise AuthConfigError("auth.tokens.env", f"the environment variable {env_name} is not set")
-        tokens += [t.strip() for t in environ[env_name].split(",") if t.strip()]
-    short = [t for t in tokens if len(t) < 16]
-    if short:
-        option = "auth.tokens.file" if path else "auth.tokens.env"
-        raise AuthConfigError(option, f"{len(short)} token(s) shorter than 16 characters; use long random tokens")
-    return [_digest(t) for t in tokens]
-
-
 class JwtVerifier:
     """Checks a JWT's signature (key, algorithms), ``exp`` (required), ``nbf``, ``aud``, ``iss`` and stream claim."""
 
     def __init__(self, key: str, algorithms: Iterable[str], audience: str, issuer: str | None,
                  claim: str, stream: str, leeway: float = 0.0) -> None:
         import jwt
-        from jwt.algorithms import get_default_algorithms
 
         self.algorithms = list(algorithms)
-        known = get_default_algorithms()
-        for name in self.algorithms:
-            if name not in known or name == "none":
-                raise AuthConfigError("auth.jwt.algorithms", f"unknown or unsafe algorithm {name!r}; expected some of {', '.join(sorted(a for a in known if a != 'none'))}")
-            if name.startswith("HS") and len(key.strip().encode("utf-8")) < 32:
-                raise AuthConfigError("auth.jwt.key", f"an {name} secret must be at least 32 bytes long")
-            try:
-                known[name].prepare_key(key)
-            except Exception as e:  # InvalidKeyError, ValueError from cryptography, ...
-                raise AuthConfigError("auth.jwt.key", f"the key does not suit {name}: {type(e).__name__}") from None
+        check_jwt_key(key, self.algorithms)
         self._jwt = jwt
         self.key = key
         self.audience = audience
@@ -361,7 +297,7 @@ class BearerAuth:
         token = credentials.bearer
         if not token:
             return Denied(401, "missing-credentials", "this stream needs a bearer token")
-        digest = _digest(token)
+        digest = token_digest(token)
         if any(hmac.compare_digest(digest, known) for known in self.tokens):  # compare every one: no early exit
             return Allowed("static token")
         if self.jwt is not None and token.count(".") == 2:
@@ -372,38 +308,13 @@ class BearerAuth:
 # --------------------------------------------------------------------------- from options
 
 
-def _read_key(options: Mapping[str, Any]) -> str | None:
-    key, path = options.get("auth.jwt.key"), options.get("auth.jwt.key.file")
-    if key and path:
-        raise AuthConfigError("auth.jwt.key.file", "give auth.jwt.key or auth.jwt.key.file, not both")
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                return f.read().strip()  # an HMAC secret written with a trailing newline must still match
-        except (OSError, UnicodeDecodeError) as e:
-            raise AuthConfigError("auth.jwt.key.file", f"cannot read the key file {path}: {getattr(e, 'strerror', None) or e}") from None
-    return key or None
-
-
-def build_authenticator(options: Mapping[str, Any], stream: str, environ: Mapping[str, str] | None = None) -> Authenticator:
+def build_authenticator(options: AccessOptions, stream: str, environ: Mapping[str, str] | None = None) -> Authenticator:
     """The authenticator a connector's ``auth.*`` options describe; AuthConfigError names the bad option."""
-    environ = os.environ if environ is None else environ
-    kind, realm = options.get("auth.type", "none"), options.get("auth.realm", "sse-daemon")
-    if kind == "none":
+    access = load_access(options, environ)
+    if access.kind == "none":
         return NoAuth()
-    if kind == "basic":
-        if not options.get("auth.users.file"):
-            raise AuthConfigError("auth.users.file", "auth.type basic needs auth.users.file (name:hash lines)")
-        return BasicAuth(load_users(options["auth.users.file"]), realm, options.get("auth.cache.ttl", DEFAULT_CACHE_TTL))
-    tokens = load_tokens(options.get("auth.tokens.file"), options.get("auth.tokens.env"), environ)
-    key = _read_key(options)
-    verifier = None
-    if key is not None:
-        if not options.get("auth.jwt.audience"):
-            raise AuthConfigError("auth.jwt.audience", "JWTs are accepted only for a named audience: set auth.jwt.audience")
-        verifier = JwtVerifier(key, options.get("auth.jwt.algorithms") or ("RS256",), options["auth.jwt.audience"],
-                               options.get("auth.jwt.issuer") or None, options.get("auth.jwt.claim", "streams"), stream,
-                               options.get("auth.jwt.leeway", 0.0))
-    if not tokens and verifier is None:
-        raise AuthConfigError("auth.type", "auth.type bearer needs auth.tokens.file, auth.tokens.env, auth.jwt.key or auth.jwt.key.file")
-    return BearerAuth(tokens, verifier, realm)
+    if access.kind == "basic":
+        return BasicAuth(access.users, access.realm, access.cache_ttl)
+    jwt = access.jwt
+    verifier = None if jwt is None else JwtVerifier(jwt.key, jwt.algorithms, jwt.audience, jwt.issuer, jwt.claim, stream, jwt.leeway)
+    return BearerAuth(list(access.tokens), verifier, access.realm)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from twisted.internet.interfaces import IReactorTime
@@ -43,9 +43,10 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from sse_daemon.edge.auth import (
-    DEFAULT_FAILURES_PER_MINUTE, Allowed, Authenticator, BasicAuth, Credentials, Denied, NoAuth, PasswordCheck, build_authenticator,
+    Allowed, Authenticator, BasicAuth, Credentials, Denied, NoAuth, PasswordCheck, build_authenticator,
 )
 from sse_daemon.config.model import ConnectorDef
+from sse_daemon.config.options import AccessOptions, HttpSourceOptions, SseServerOptions
 from sse_daemon.edge.cors import CorsPolicy
 from sse_daemon.policy.limits import Admission, Refusal, RequestRate, should_log
 from sse_daemon.edge.passwords import PasswordGate, PasswordPool, PoolStopped
@@ -121,7 +122,7 @@ class Guard(Resource):
     def __init__(
         self,
         inner: IResource,
-        connector: ConnectorDef,
+        connector: ConnectorDef[AccessOptions],
         clock: IReactorTime,
         rejected: Counter[str],
         *,
@@ -143,10 +144,10 @@ class Guard(Resource):
         self.passwords = passwords  # runs the authenticator's PasswordChecks (auth.type basic)
         self.on_expiry = on_expiry
         self.methods = tuple(m.encode("ascii") for m in methods)
-        self.cors = CorsPolicy(connector.options.get("cors.origins", ()), connector.options.get("cors.credentials", False),
-                               connector.options.get("cors.max.age", 600), methods)
-        self.cookie: str = connector.options.get("auth.cookie", "")
-        self.query_token: bool = connector.options.get("auth.query.token", False)
+        access = connector.options
+        self.cors = CorsPolicy(access.cors_origins, access.cors_credentials, access.cors_max_age, methods)
+        self.cookie: str = access.auth_cookie
+        self.query_token: bool = access.auth_query_token
 
     def render(self, request: Request) -> Any:
         host = client_host(request)
@@ -295,22 +296,22 @@ def finish(request: IRequest, body: bytes) -> None:
     request.finish()
 
 
-def build_access(options: Mapping[str, Any], stream: str, pool: PasswordPool, clock: IReactorTime) -> tuple[Authenticator, PasswordGate | None]:
+def build_access(options: AccessOptions, stream: str, pool: PasswordPool, clock: IReactorTime) -> tuple[Authenticator, PasswordGate | None]:
     """The authenticator ``auth.*`` options describe and, for passwords, the gate that checks
     them on ``pool``: what a Guard takes as ``authenticator`` and ``passwords``."""
     authenticator = build_authenticator(options, stream)
     if not isinstance(authenticator, BasicAuth):
         return authenticator, None
-    return authenticator, PasswordGate(authenticator, pool, clock, options.get("auth.failures.per.minute", DEFAULT_FAILURES_PER_MINUTE))
+    return authenticator, PasswordGate(authenticator, pool, clock, options.auth_failures_per_minute)
 
 
-def sink_guard(connector: ConnectorDef, resource: IResource, sink: Any, clock: IReactorTime, pool: PasswordPool) -> Guard:
+def sink_guard(connector: ConnectorDef[SseServerOptions], resource: IResource, sink: Any, clock: IReactorTime, pool: PasswordPool) -> Guard:
     admission = Admission(
-        connector["max.subscribers"],
-        connector["max.subscribers.per.address"],
-        connector["max.connections.per.second"],
+        connector.options.max_subscribers,
+        connector.options.max_subscribers_per_address,
+        connector.options.max_connections_per_second,
         clock.seconds,
-        connector["limit.retry.after"],
+        connector.options.limit_retry_after,
     )
 
     def expired(request: IRequest) -> None:
@@ -326,7 +327,7 @@ def sink_guard(connector: ConnectorDef, resource: IResource, sink: Any, clock: I
                  passwords=passwords, on_expiry=expired, methods=("GET", "HEAD"))
 
 
-def ingest_guard(connector: ConnectorDef, resource: IResource, rejected: Counter[str], clock: IReactorTime, pool: PasswordPool) -> Guard:
+def ingest_guard(connector: ConnectorDef[HttpSourceOptions], resource: IResource, rejected: Counter[str], clock: IReactorTime, pool: PasswordPool) -> Guard:
     authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
-    return Guard(resource, connector, clock, rejected, request_rate=RequestRate(connector["max.requests.per.second"], clock.seconds),
+    return Guard(resource, connector, clock, rejected, request_rate=RequestRate(connector.options.max_requests_per_second, clock.seconds),
                  authenticator=authenticator, passwords=passwords, methods=("POST",))

@@ -34,7 +34,7 @@ from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource, Resource
 
 from sse_daemon.compat import BadRequestChannel, skip_form_parsing
-from sse_daemon.config.model import normalise_path
+from sse_daemon.config.values import normalise_path
 from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping
 from sse_daemon.policy.limits import should_log
 from sse_daemon.edge.safety import internal_error, undecodable_header

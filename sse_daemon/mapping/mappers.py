@@ -301,17 +301,29 @@ class TextMapper:
         return _validated(body) if self._validate else body
 
 
-def make_mapper(options: Mapping[str, Any], schema: Schema, role: str | None = None) -> IMapper:
+@dataclass(frozen=True, kw_only=True)
+class MappingOptions:
+    """What a connector's ``map.*`` options ask of its mapper (the config package builds it)."""
+
+    map_type: str  # json or text
+    enclosing: JsonPath | None  # map.enclosing.element
+    attributes: Mapping[str, JsonPath]  # map.attributes.<attr> (sources)
+    payload: Template | None  # map.payload (sinks)
+    validate_json: bool  # map.validate.json (sinks)
+    fail_on_missing: bool  # map.fail.on.missing.attribute (sources)
+
+
+def make_mapper(options: MappingOptions, schema: Schema, role: str | None = None) -> IMapper:
     """The mapper a connector's options ask for (``map.type`` and the ``map.*`` options).
 
     Options that do not fit the schema raise MapperConfigError listing every
     problem; configuration validation calls this with the connector's
     ``role`` (``source`` or ``sink``) to check the direction-specific rules too.
     """
-    map_type = options["map.type"]
-    payload: Template | None = options.get("map.payload")
-    enclosing: JsonPath | None = options.get("map.enclosing.element")
-    attributes: Mapping[str, JsonPath] = options.get("map.attributes") or {}
+    map_type = options.map_type
+    payload = options.payload
+    enclosing = options.enclosing
+    attributes = options.attributes
     problems: list[tuple[str, str]] = []
     for slot in payload.slots if payload is not None else ():
         if slot.name not in schema.names:
@@ -333,10 +345,10 @@ def make_mapper(options: Mapping[str, Any], schema: Schema, role: str | None = N
         problems.append(("map.type", f"unknown map.type {map_type!r}"))  # the option table prevents this
     if problems:
         raise MapperConfigError(problems)
-    validate_json = options.get("map.validate.json", False)
+    validate_json = options.validate_json
     if map_type == "text":
         return TextMapper(schema, payload=payload, validate_json=validate_json)
     return JsonMapper(
-        schema, fail_on_missing=options.get("map.fail.on.missing.attribute", True),
+        schema, fail_on_missing=options.fail_on_missing,
         enclosing=enclosing, attributes=attributes, payload=payload, validate_json=validate_json,
     )

@@ -46,7 +46,10 @@ from twisted.web.resource import Resource
 
 from sse_daemon.bus.interfaces import ISharedBus
 from sse_daemon.connectors.interfaces import IReadiness, ISseSinkService
-from sse_daemon.config.model import SSE_SERVER_OPTIONS, AdminDef, Config, ConnectorDef, Location, normalise_path
+from sse_daemon.config.errors import Location
+from sse_daemon.config.model import AdminDef, Config, ConnectorDef
+from sse_daemon.config.options import AccessOptions, SseServerOptions
+from sse_daemon.config.values import normalise_path
 from sse_daemon.ops.figures import SINK_COUNTERS, SourceWatch, listener_figures, snapshot, source_of
 from sse_daemon.edge.guard import Guard, build_access
 from sse_daemon.policy.limits import should_log
@@ -192,7 +195,7 @@ class AdminService(MultiService):
         self.daemon = daemon
         self.definition = definition
         self.clock = daemon.clock
-        self.grace: float = definition["ready.grace"]
+        self.grace: float = definition.options.ready_grace
         self.watches: dict[str, SourceWatch] = {}
         self._sampler: LoopingCall | None = None
 
@@ -209,13 +212,13 @@ class AdminService(MultiService):
 
         #: admin requests refused, by reason (a wrong Host, a protected stream, credentials)
         self.rejected: Counter[str] = Counter()
-        self.hosts = HostPolicy.for_admin(definition.host, definition["allowed.hosts"])
+        self.hosts = HostPolicy.for_admin(definition.host, definition.options.allowed_hosts)
         self.authenticated = bool(definition.auth_types)
         # each scheme's authenticator and, for passwords, the gate that checks them off the reactor
-        self._authenticators = {kind: build_access(definition.access_options(kind), "admin", daemon.passwords, self.clock)
+        self._authenticators = {kind: build_access(definition.options.access(kind), "admin", daemon.passwords, self.clock)
                                 for kind in definition.auth_types}
         # what a Guard needs to know of its connector: the admin section's access options
-        self._access = ConnectorDef("admin", "listener", "admin", "", definition.access_options("none"), definition.location)
+        self._access = ConnectorDef("admin", "listener", "admin", "", definition.options.access("none"), definition.location)
 
         self.listener = ListenerService(daemon.reactor, definition.host, definition.port, descriptors=daemon.descriptors,
                                         list_paths=False)
@@ -280,8 +283,8 @@ class AdminService(MultiService):
                 self.listener.add(live_path(name), self._gate(refusal), f"admin live view of {name} (protected)")
                 self._live_services[name] = (wanted[name], None)
                 continue
-            connector = _live_connector(name, self.definition["live.history"])
-            sink = SseSink(connector, make_mapper(connector.options, stream.schema), self.clock, turns=self.daemon.reactor)
+            connector = _live_connector(name, self.definition.options.live_history)
+            sink = SseSink(connector, make_mapper(connector.options.mapping, stream.schema), self.clock, turns=self.daemon.reactor)
             self.live[name] = sink
             self.listener.add(live_path(name), self._gate(SseSinkResource(sink)), f"admin live view of {name}")
             service = SseSinkService(sink, self.daemon.bus, name, self.clock)
@@ -456,7 +459,7 @@ class HostPolicy:
 def protected_streams(config: Config) -> frozenset[str]:
     """Streams served by a sink with ``auth.type`` other than none, and every stream that feeds
     one through routes (a route's source carries what its target holds)."""
-    protected = {c.stream for c in config.sinks if c.options.get("auth.type", "none") != "none"}
+    protected = {c.stream for c in config.sinks if isinstance(c.options, AccessOptions) and c.options.auth_type != "none"}
     grown = True
     while grown:
         feeding = {route.source for route in config.routes if route.target in protected} - protected
@@ -479,14 +482,13 @@ def live_path(stream: str) -> str:
     return "/events/" + quote(stream, safe="")
 
 
-def _live_connector(stream: str, history: int) -> ConnectorDef:
+def _live_connector(stream: str, history: int) -> ConnectorDef[SseServerOptions]:
     """A sink definition for a live view: a real SSE sink's defaults, a short history."""
-    options = {option.name: option.default for option in SSE_SERVER_OPTIONS}
-    options.update({
-        "history.size": history, "server.path": live_path(stream), "map.type": "json",
-        "drain.window": 0.0,  # the admin page's viewers close at once on stop
-        "retry.min": 500, "retry.max": 1500,  # a few viewers: reconnect soon after a drop
-    })
+    options = SseServerOptions.with_defaults(
+        history_size=history, server_path=live_path(stream), map_type="json",
+        drain_window=0.0,  # the admin page's viewers close at once on stop
+        retry_min=500, retry_max=1500,  # a few viewers: reconnect soon after a drop
+    )
     return ConnectorDef("sink", f"admin live view {stream}", "sse-server", stream, options, Location("<admin>"))
 
 

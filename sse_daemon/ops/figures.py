@@ -87,7 +87,7 @@ def sink_figures(service: ISseSinkService | ILogSinkService) -> dict[str, Any]:
     figures: dict[str, Any] = {"name": connector.name, "type": connector.type, "stream": connector.stream}
     if ISseSinkService.providedBy(service):
         sink = service.sink
-        figures["path"] = connector["server.path"]
+        figures["path"] = connector.options.server_path
         figures["subscribers"] = len(sink.subscribers)
         figures.update({key: sink.counters.get(key, 0) for key in SINK_COUNTERS})
         figures["history"] = len(sink.history)
@@ -115,7 +115,7 @@ def source_figures(held: ISource | ILeasedService, stamp: ConnectorBus | None, n
         "name": connector.name,
         "type": connector.type,
         "stream": connector.stream,
-        "url": str(connector["receiver.url"]),
+        "url": str(connector.options.receiver_url),
         "events_in": source.counters.get("events_in", 0),
         "rejected": rejected,
         # since the last event, or since the start when there was none: a source
@@ -162,7 +162,7 @@ def snapshot(daemon: "DaemonService", now: float) -> dict[str, Any]:
     ]
     for figures, held in zip(sources, daemon.sources.values()):
         source = source_of(held)
-        url = source.connector["receiver.url"]
+        url = source.connector.options.receiver_url
         if source.connector.type == "http" and url.port == 0:  # an ingest on port 0: show the port it got
             bound_as, _, _ = listen_address(source.connector)  # type: ignore[misc]  # an ingest has one
             listener = daemon.listeners.get((bound_as, 0))

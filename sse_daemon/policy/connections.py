@@ -22,18 +22,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Callable, Protocol
 
-__all__ = ["PortPolicy", "AddressCounts", "DescriptorBudget", "Stopping", "headroom_for", "port_policy",
-           "PORT_OPTIONS", "LISTEN_BACKLOG"]
+__all__ = ["PortPolicy", "PortLimits", "AddressCounts", "DescriptorBudget", "Stopping", "headroom_for", "port_policy",
+           "LISTEN_BACKLOG"]
 
 #: pending connections the kernel keeps for a listener (capped by net.core.somaxconn). Twisted's
 #: default (50) drops connections when many subscribers reconnect at once (a deploy); they then
 #: retry only after 1 s, 3 s, ... (bench/)
 LISTEN_BACKLOG = 1024
-
-#: the options of a port that every connector on it must give alike (config.py checks it)
-PORT_OPTIONS = ("server.head.timeout", "server.body.timeout", "server.max.connections.per.address")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +42,23 @@ class PortPolicy:
     max_per_address: int = 0  # open connections from one client address
 
 
-def port_policy(options: Mapping[str, Any]) -> PortPolicy:
+class PortLimits(Protocol):
+    """A connector's port options (``config.options.PortLimitOptions``); connectors sharing a port give them alike."""
+
+    @property
+    def server_head_timeout(self) -> float: ...
+
+    @property
+    def server_body_timeout(self) -> float: ...
+
+    @property
+    def server_max_connections_per_address(self) -> int: ...
+
+
+def port_policy(options: PortLimits) -> PortPolicy:
     """The policy a connector's ``server.*`` options give its port."""
-    return PortPolicy(options["server.head.timeout"], options["server.body.timeout"],
-                      options["server.max.connections.per.address"])
+    return PortPolicy(options.server_head_timeout, options.server_body_timeout,
+                      options.server_max_connections_per_address)
 
 
 class AddressCounts:

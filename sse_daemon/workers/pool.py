@@ -194,7 +194,7 @@ class SinkWorkers(Service):
         self.bus = bus
         self.reactor = reactor
         self.clock = sink.clock
-        self.count: int = sink.connector["worker.count"]
+        self.count: int = sink.connector.options.worker_count
         self.log_level = _log_level()
         self.stall_seconds = STALL_SECONDS
         self.workers: list[WorkerProcess | None] = [None] * self.count
@@ -221,7 +221,7 @@ class SinkWorkers(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        host, port = self.connector["server.host"], self.connector["server.port"]
+        host, port = self.connector.options.server_host, self.connector.options.server_port
         try:
             self.sockets = listening_sockets(host, port, self.count)
         except OSError as e:
@@ -302,7 +302,7 @@ class SinkWorkers(Service):
                 call.cancel()
         self._restarts.clear()
         running = [w for w in self.workers if w is not None and not w.ended.called]
-        grace = self.connector["drain.window"] + STOP_GRACE
+        grace = self.connector.options.drain_window + STOP_GRACE
         for worker in running:
             worker.signal("TERM")
             kill = self.reactor.callLater(grace, worker.signal, "KILL")

@@ -64,7 +64,7 @@ class Worker(channel.MessageReceiver):
     def setup(self, spec: dict[str, Any]) -> None:
         connector, schema = spec["connector"], spec["schema"]
         self.index, self.family = spec["index"], spec["family"]
-        sink = SseSink(connector, make_mapper(connector.options, schema), self.reactor)
+        sink = SseSink(connector, make_mapper(connector.options.mapping, schema), self.reactor)
         history = sink.history
         if spec["bus_ids"]:  # a shared bus's ids: keys as that bus reads them (no Redis client here)
             from sse_daemon.bus.redis import entry_key, key_below, show_key
@@ -88,7 +88,7 @@ class Worker(channel.MessageReceiver):
         self.passwords = PasswordPool(self.reactor)  # this process's own threads for auth.type basic
         self.passwords.startService()
         router = PathRouter()
-        router.add(connector["server.path"], sink_guard(connector, SseSinkResource(sink), sink, self.reactor, self.passwords))
+        router.add(connector.options.server_path, sink_guard(connector, SseSinkResource(sink), sink, self.reactor, self.passwords))
         site = QuietSite(router, self.reactor, SINK_ONLY_BODY_LIMIT, port_policy(connector.options),
                          descriptor_budget(self.reactor), self.shutting_down)  # this process's own descriptors
         self.port = self.reactor.adoptStreamPort(LISTEN_FD, self.family, site)

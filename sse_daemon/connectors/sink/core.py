@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from sse_daemon.bus.interfaces import IEventIds
 from sse_daemon.config.model import ConnectorDef
+from sse_daemon.config.options import SseServerOptions
 from sse_daemon.connectors.history import History, Resume, reset_payload  # bounded history and the honest-resume decision
 from sse_daemon.connectors.interfaces import ISubscriberSink
 from sse_daemon.connectors.sink.batching import TurnBatch, wire
@@ -47,10 +48,10 @@ Forward = Callable[[str | None, bytes], None]
 LagObserver = Callable[[float], None]
 
 
-def response_headers(connector: ConnectorDef, content_type: bytes) -> list[tuple[bytes, bytes]]:
+def response_headers(connector: ConnectorDef[SseServerOptions], content_type: bytes) -> list[tuple[bytes, bytes]]:
     """The head of every response: the stream's type, no caching or proxy buffering, then ``headers``."""
     headers = [(b"Content-Type", content_type), (b"Cache-Control", b"no-cache"), (b"X-Accel-Buffering", b"no")]
-    for name, value in connector["headers"]:
+    for name, value in connector.options.headers:
         headers = [h for h in headers if h[0].lower() != name.lower().encode()]
         headers.append((name.encode("latin-1"), value.encode("latin-1", "replace")))
     return headers
@@ -68,7 +69,7 @@ class SseSink:
     log = Logger()
 
     def __init__(
-        self, connector: ConnectorDef, mapper: IMapper, clock: IReactorTime,
+        self, connector: ConnectorDef[SseServerOptions], mapper: IMapper, clock: IReactorTime,
         jitter: Callable[[], float] = random.random, turns: IReactorTime | None = None,
         forward: Forward | None = None, lag_observer: LagObserver | None = None,
     ) -> None:
@@ -78,19 +79,19 @@ class SseSink:
         self.clock = clock
         self.ids = EventIds(clock)
         self.history = History(
-            connector["history.size"], clock.seconds, int(clock.seconds() * 1_000_000),
-            connector["history.max.age"], connector["history.max.bytes"],
+            connector.options.history_size, clock.seconds, int(clock.seconds() * 1_000_000),
+            connector.options.history_max_age, connector.options.history_max_bytes,
         )
-        self.reset_event: str = connector["resume.reset.event"]
+        self.reset_event: str = connector.options.resume_reset_event
         #: reconnect-storm control: each subscriber's own retry: hint (ms), drawn with ``jitter``
-        self.retry_min: int = connector["retry.min"]
-        self.retry_max: int = connector["retry.max"]
+        self.retry_min: int = connector.options.retry_min
+        self.retry_max: int = connector.options.retry_max
         self.jitter = jitter
-        self.queue_size: int = connector["subscriber.queue.size"]
-        self.queue_bytes: int = connector["subscriber.queue.bytes"]
+        self.queue_size: int = connector.options.subscriber_queue_size
+        self.queue_bytes: int = connector.options.subscriber_queue_bytes
         #: sse.format raw: bare payloads with the mapper's Content-Type, no framing,
         #: opening comment, ids, resume or heartbeat, as the original sink wrote them
-        self.raw = connector.options.get("sse.format") == "raw"
+        self.raw = connector.options.sse_format == "raw"
         self.headers = response_headers(connector, mapper.content_type.encode() if self.raw else b"text/event-stream; charset=utf-8")
         self.subscribers: set[Subscriber] = set()
         self.counters: Counter[str] = Counter()
@@ -113,8 +114,8 @@ class SseSink:
         and resume from the bus an id this history does not cover (another instance's, or older)."""
         self.bus_replay = replay
         self.history = History(
-            self.connector["history.size"], self.clock.seconds, None,
-            self.connector["history.max.age"], self.connector["history.max.bytes"], ids.key, ids.show, ids.below,
+            self.connector.options.history_size, self.clock.seconds, None,
+            self.connector.options.history_max_age, self.connector.options.history_max_bytes, ids.key, ids.show, ids.below,
         )
 
     # -- from the bus

@@ -10,6 +10,7 @@ from zope.interface import implementer
 
 from sse_daemon.bus.interfaces import IBus, ISharedBus, ISubscription
 from sse_daemon.config.model import ConnectorDef
+from sse_daemon.config.options import SseServerOptions
 from sse_daemon.connectors.interfaces import ISseSinkService
 from sse_daemon.connectors.sink.core import SseSink
 from sse_daemon.daemon.drain import drain_sink  # staged close on shutdown
@@ -35,14 +36,14 @@ class SseSinkService(Service):
         self._heartbeat: LoopingCall | None = None
 
     @property
-    def connector(self) -> ConnectorDef:
+    def connector(self) -> ConnectorDef[SseServerOptions]:
         return self.sink.connector
 
     def startService(self) -> None:
         super().startService()
         adopt_bus_ids(self.sink, self.bus, self.stream)
         self._subscription = self.bus.subscribe(self.stream, self.sink.publish)
-        interval = self.sink.connector["heartbeat.interval"]
+        interval = self.sink.connector.options.heartbeat_interval
         if interval > 0 and not self.sink.raw:
             self._heartbeat = LoopingCall(self._beat)
             self._heartbeat.clock = self.clock
@@ -50,7 +51,7 @@ class SseSinkService(Service):
 
     def drain(self, io: IReactorTime | None = None) -> Deferred:
         """Close subscribers in stages over ``drain.window`` (drain.py); the bus keeps feeding the others."""
-        return drain_sink(self.sink, self.sink.connector["drain.window"], self.sink.connector["drain.batch.min"],
+        return drain_sink(self.sink, self.sink.connector.options.drain_window, self.sink.connector.options.drain_batch_min,
                           self.clock, self.sink.jitter, io)
 
     def _beat(self) -> None:

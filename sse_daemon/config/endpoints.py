@@ -1,0 +1,107 @@
+"""How a sink's or ingest's port is bound, and the TLS files checked at load. Pure.
+
+A listener binds ``tcp:PORT:interface=HOST`` unless its connectors give
+``server.tls.cert``/``server.tls.key`` (then ``ssl:...`` with those files) or
+``server.endpoint``, a Twisted endpoint string used as written (for operators
+who need more: a chain file, ``systemd:`` socket activation, ...). Connectors
+sharing a port must describe it the same way, which validation checks by
+comparing these descriptions.
+
+The checks run when the configuration is loaded, so ``--check`` reports an
+unreadable file, a key that does not match its certificate, or a CA bundle
+without certificates. edge/tls.py builds the HTTPS client policy from the same files.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sse_daemon.config.options import ServerTlsOptions
+from sse_daemon.policy.connections import LISTEN_BACKLOG  # noqa: F401 (re-exported for the listeners)
+
+__all__ = ["LISTEN_BACKLOG", "quote_argument", "listen_description", "is_tls", "check_server_tls", "check_ca_file", "ca_certificates"]
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+
+def quote_argument(value: str) -> str:
+    """An endpoint string argument with ``\\`` and ``:`` escaped, as Twisted's ``quoteStringArgument`` does."""
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def listen_description(host: str, port: int, options: ServerTlsOptions) -> str:
+    """The endpoint string a connector's port is bound with."""
+    if options.server_endpoint:
+        return options.server_endpoint
+    interface = quote_argument(host)
+    # Twisted's default listen backlog (50) drops connections when many subscribers
+    # reconnect at once (a deploy); they then retry only after 1 s, 3 s, ... (bench/).
+    backlog = f"backlog={LISTEN_BACKLOG}"
+    if options.server_tls_cert:
+        return (f"ssl:{port}:interface={interface}:{backlog}:certKey={quote_argument(options.server_tls_cert)}"
+                f":privateKey={quote_argument(options.server_tls_key or '')}")
+    return f"tcp:{port}:interface={interface}:{backlog}"
+
+
+def is_tls(options: ServerTlsOptions) -> bool:
+    return bool(options.server_tls_cert) or str(options.server_endpoint or "").startswith("ssl:")
+
+
+def check_server_tls(options: ServerTlsOptions) -> list[tuple[str, str]]:
+    """Problems with ``server.tls.*``, as (option, message)."""
+    cert, key = options.server_tls_cert, options.server_tls_key
+    if options.server_endpoint and (cert or key):
+        return [("server.endpoint", "give server.endpoint or server.tls.cert/server.tls.key, not both")]
+    if bool(cert) != bool(key):
+        missing = "server.tls.key" if cert else "server.tls.cert"
+        return [(missing, "server.tls.cert and server.tls.key go together")]
+    if not cert or not key:
+        return []
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    loaded: dict[str, object] = {}
+    for option, path in (("server.tls.cert", cert), ("server.tls.key", key)):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            return [(option, f"cannot read {path}: {e.strerror or e}")]
+        try:
+            loaded[option] = (x509.load_pem_x509_certificates(data)[0] if option == "server.tls.cert"
+                              else serialization.load_pem_private_key(data, password=None))
+        except (ValueError, TypeError, IndexError):
+            what = "a PEM certificate" if option == "server.tls.cert" else "an unencrypted PEM private key"
+            return [(option, f"{path} does not hold {what}")]
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    mine = loaded["server.tls.key"].public_key().public_bytes(serialization.Encoding.PEM, public)  # type: ignore[attr-defined]
+    if mine != loaded["server.tls.cert"].public_key().public_bytes(serialization.Encoding.PEM, public):  # type: ignore[attr-defined]
+        return [("server.tls.key", f"{key} is not the private key of the certificate in {cert}")]
+    return []
+
+
+def ca_certificates(path: str) -> list[bytes]:
+    """The PEM certificates of a CA bundle, each as its own PEM block."""
+    with open(path, "rb") as f:
+        return _PEM_CERT.findall(f.read())
+
+
+def check_ca_file(path: str | None) -> str | None:
+    """A problem with ``tls.ca.file``, or None."""
+    if not path:
+        return None
+    try:
+        pems = ca_certificates(path)
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror or e}"
+    if not pems:
+        return f"{path} holds no PEM certificate"
+    from cryptography import x509
+
+    try:
+        for pem in pems:
+            x509.load_pem_x509_certificate(pem)
+    except Exception:
+        return f"{path} holds a certificate that cannot be read"
+    return None

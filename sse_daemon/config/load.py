@@ -1,0 +1,34 @@
+"""Configuration files in, a validated Config out: the front end is chosen by suffix."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from sse_daemon.config.errors import ConfigIssue, Location
+from sse_daemon.config.model import Config, RawConfig
+from sse_daemon.config.statements import load_statements
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
+
+__all__ = ["load_files"]
+
+
+def load_files(paths: Iterable[str]) -> Config:
+    """Read and validate every file; raise ConfigError with all problems.
+
+    The front-end is chosen by extension: ``.sql`` files hold statements
+    (``sse_daemon.config.statements``), anything else is YAML.
+    """
+    raw = RawConfig()
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raw.issues.append(ConfigIssue(Location(path), f"cannot read the file: {e.strerror or e}"))
+            continue
+        except UnicodeDecodeError as e:
+            raw.issues.append(ConfigIssue(Location(path), f"the file is not UTF-8 text: {e}"))
+            continue
+        raw.extend(load_statements(text, path) if path.lower().endswith(".sql") else load_yaml(text, path))
+    return validate(raw)

@@ -1,0 +1,523 @@
+"""Validation: a RawConfig in, a Config out, or every problem at once.
+
+:func:`validate` parses each option with its table's parser, builds each
+connector type's typed options (``OPTION_CLASSES``), and checks the whole:
+schemas, mappings, routes, listeners sharing ports, access and TLS files, the
+``admin:`` and ``bus:`` sections. It raises :class:`ConfigError` listing every
+issue, each with file, line, connector and option, what was expected and what
+was found.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Literal, Mapping
+
+from sse_daemon.config.credentials import AuthConfigError, load_access
+from sse_daemon.config.endpoints import check_ca_file, check_server_tls, is_tls, listen_description
+from sse_daemon.config.errors import ConfigError, ConfigIssue, Location, unknown_message
+from sse_daemon.config.expressions import Condition, ExpressionError, compile_condition
+from sse_daemon.config.grammar import StatementSyntaxError
+from sse_daemon.config.model import (
+    MEMORY_BUS,
+    AdminDef,
+    BusDef,
+    Config,
+    ConnectorDef,
+    RawConfig,
+    RawConnector,
+    RawRoute,
+    RawSection,
+    RawValue,
+    RouteDef,
+    StreamDef,
+    listen_address,
+    served_by_workers,
+)
+from sse_daemon.config.options import (
+    ADMIN_AUTH_OPTIONS,
+    ADMIN_OPTIONS,
+    BUS_OPTIONS,
+    COMMON_OPTIONS,
+    CONNECTOR_TYPES,
+    OPTION_CLASSES,
+    PORT_LIMIT_OPTIONS,
+    AccessOptions,
+    AdminOptions,
+    BusOptions,
+    HttpSourceOptions,
+    ListenOptions,
+    Option,
+    SseServerOptions,
+    SseSourceOptions,
+)
+from sse_daemon.config.values import OptionError, found, normalise_path, parse_list
+from sse_daemon.events.schema import Schema, SchemaError, did_you_mean, parse_schema
+from sse_daemon.mapping.mappers import MapperConfigError, make_mapper
+
+__all__ = ["validate"]
+
+def validate(raw: RawConfig) -> Config:
+    """Check a RawConfig as a whole; raise ConfigError with every issue found."""
+    issues = list(raw.issues)
+    files = tuple(raw.files)
+
+    # Streams declared on their own.
+    schemas: dict[str, tuple[Schema, Location, str]] = {}  # name -> (schema, where, who declared it)
+    for stream in raw.streams:
+        schema = _schema(stream.schema, f"stream '{stream.name}'", issues)
+        if schema is None:
+            continue
+        if stream.name in schemas:
+            issues.append(ConfigIssue(stream.schema.location, f"stream '{stream.name}' is declared twice (first at {schemas[stream.name][1]})"))
+            continue
+        schemas[stream.name] = (schema, stream.schema.location, "streams:")
+
+    connectors: list[ConnectorDef[Any]] = []
+    seen_names: dict[str, Location] = {}
+    for raw_connector in raw.connectors:
+        if raw_connector.name in seen_names:
+            issues.append(ConfigIssue(raw_connector.location, f"the name '{raw_connector.name}' is already used by a connector at {seen_names[raw_connector.name]}", f"{raw_connector.role} '{raw_connector.name}'"))
+            continue
+        seen_names[raw_connector.name] = raw_connector.location
+        connector = _connector(raw_connector, schemas, issues)
+        if connector is not None:
+            connectors.append(connector)
+
+    streams = {name: StreamDef(name, schema, where) for name, (schema, where, _) in schemas.items()}
+    first_raw: dict[str, RawConnector] = {}
+    for raw_connector in raw.connectors:
+        first_raw.setdefault(raw_connector.name, raw_connector)
+    for connector in connectors:
+        if connector.stream not in streams:
+            issues.append(ConfigIssue(connector.location, f"stream '{connector.stream}' has no schema: add 'schema:' here or declare it under 'streams:'", connector.label))
+        else:
+            _check_mapping(connector, first_raw[connector.name], streams[connector.stream].schema, issues)
+
+    routes = _routes(raw.routes, streams, issues)
+    _check_listeners(connectors, issues)
+    _check_worker_sinks(connectors, first_raw, issues)
+    _check_access(connectors, first_raw, issues)
+    _check_tls(connectors, first_raw, issues)
+    _check_port_limits(connectors, first_raw, issues)
+    admin = _admin(raw.admin, connectors, issues)
+    bus = _bus(raw.bus, connectors, raw.routes, issues)
+
+    if issues:
+        raise ConfigError(sorted(issues, key=lambda i: (i.location.file, i.location.line or 0)))
+    if not connectors:
+        raise ConfigError([ConfigIssue(Location(", ".join(files) or "<config>"), "no sources or sinks are defined")])
+    return Config(
+        files=files,
+        streams=streams,
+        sources=tuple(c for c in connectors if c.role == "source"),
+        sinks=tuple(c for c in connectors if c.role == "sink"),
+        routes=tuple(routes),
+        admin=admin,
+        bus=bus,
+    )
+
+
+def _schema(raw_value: RawValue, who: str, issues: list[ConfigIssue], option: str | None = None) -> Schema | None:
+    try:
+        return parse_schema(raw_value.value)
+    except SchemaError as e:
+        issues.append(ConfigIssue(raw_value.location, str(e), who, option))
+        return None
+
+
+def _connector(raw: RawConnector, schemas: dict[str, tuple[Schema, Location, str]], issues: list[ConfigIssue]) -> ConnectorDef[Any] | None:
+    label = f"{raw.role} '{raw.name}'"
+    type_value = raw.options.get("type")
+    if type_value is None:
+        types = sorted(t for (role, t) in CONNECTOR_TYPES if role == raw.role)
+        issues.append(ConfigIssue(raw.location, f"'type' is required: one of {', '.join(types)}", label, "type"))
+        return None
+    type_name = str(type_value.value).strip().lower()
+    specific = CONNECTOR_TYPES.get((raw.role, type_name))
+    if specific is None:
+        types = [t for (role, t) in CONNECTOR_TYPES if role == raw.role]
+        other_role = "sink" if raw.role == "source" else "source"
+        hint = f" ('{type_name}' is a {other_role} type)" if (other_role, type_name) in CONNECTOR_TYPES else ""
+        issues.append(ConfigIssue(type_value.location, unknown_message(type_name, types, f"{raw.role} type") + hint, label, "type"))
+        return None
+
+    known = {o.name: o for o in COMMON_OPTIONS + specific}
+    values: dict[str, Any] = {}
+    ok = True
+    for name, raw_value in raw.options.items():
+        option = known.get(name) or _dynamic_option(name, known.values())
+        if option is None:
+            issues.append(ConfigIssue(raw_value.location, unknown_message(name, known, "option"), label, name))
+            ok = False
+            continue
+        try:
+            value = option.parse(raw_value.value)
+        except OptionError as e:
+            issues.append(ConfigIssue(raw_value.location, str(e), label, name))
+            ok = False
+            continue
+        if option.dynamic:  # map.attributes.symbol -> values["map.attributes"]["symbol"]
+            values.setdefault(option.prefix[:-1], {})[name[len(option.prefix):]] = value
+        else:
+            values[name] = value
+    for option in known.values():
+        if option.dynamic:
+            values.setdefault(option.prefix[:-1], {})
+            continue
+        if option.name in values or option.name in raw.options:
+            continue
+        if option.required:
+            issues.append(ConfigIssue(raw.location, f"'{option.name}' is required ({option.doc})", label, option.name))
+            ok = False
+        else:
+            values[option.name] = option.default
+    stream = values.get("stream") or raw.name
+    if values.get("server.path", "") is None and type_name == "sse-server":
+        values["server.path"] = normalise_path(raw.name)
+
+    if "schema" in raw.options:
+        schema = _schema(raw.options["schema"], label, issues, "schema")
+        if schema is None:
+            ok = False
+        elif stream in schemas and schemas[stream][0] != schema:
+            issues.append(ConfigIssue(raw.options["schema"].location, f"stream '{stream}' is already declared as ({schemas[stream][0]}) by {schemas[stream][2]} at {schemas[stream][1]}; found ({schema})", label, "schema"))
+            ok = False
+        elif stream not in schemas:
+            schemas[stream] = (schema, raw.options["schema"].location, label)
+    if not ok:
+        return None
+    options = OPTION_CLASSES[(raw.role, type_name)].build(values)
+    return ConnectorDef(raw.role, raw.name, type_name, stream, options, raw.location, values.get("schema"))
+
+
+def _dynamic_option(name: str, options: Iterable[Option]) -> Option | None:
+    """The option family ``name`` belongs to (``map.attributes.x`` -> ``map.attributes.<attr>``)."""
+    return next((o for o in options if o.dynamic and name.startswith(o.prefix) and len(name) > len(o.prefix)), None)
+
+
+def _check_mapping(connector: ConnectorDef[Any], raw: RawConnector, schema: Schema, issues: list[ConfigIssue]) -> None:
+    """The map.* options against the stream's schema (placeholders, attribute paths, text mapping)."""
+    try:
+        make_mapper(connector.options.mapping, schema, connector.role)
+    except MapperConfigError as e:
+        for option, message in e.problems:
+            where = raw.options[option].location if option in raw.options else raw.location
+            issues.append(ConfigIssue(where, message, connector.label, option))
+
+
+def _routes(raw_routes: list[RawRoute], streams: Mapping[str, StreamDef], issues: list[ConfigIssue]) -> list[RouteDef]:
+    routes: list[RouteDef] = []
+    for raw in raw_routes:
+        ends = {}
+        for key in ("from", "to"):
+            if key not in raw.fields:
+                issues.append(ConfigIssue(raw.location, f"'{key}' is required: routes are written '- {{from: A, to: B}}'", "route"))
+                continue
+            name = str(raw.fields[key].value)
+            if name not in streams:
+                issues.append(ConfigIssue(raw.fields[key].location, unknown_message(name, streams, "stream"), "route", key))
+                continue
+            ends[key] = name
+        if len(ends) != 2:
+            continue
+        source, target = streams[ends["from"]], streams[ends["to"]]
+        select = _route_select(raw, source, issues)
+        where = _route_where(raw, source, issues)
+        if select is False or where is False:
+            continue
+        problems = []
+        for attribute in target.schema.attributes:
+            source_type = source.schema.type_of(attribute.name)
+            if source_type is None:
+                problems.append(f"'{attribute.name}' is missing from {source.name}")
+            elif select is not None and attribute.name not in select:
+                problems.append(f"'{attribute.name}' is not selected")
+            elif source_type is not attribute.type:
+                problems.append(f"'{attribute.name}' is {source_type.value} in {source.name} but {attribute.type.value} in {target.name}")
+        for name in select or ():
+            if target.schema.type_of(name) is None:
+                problems.append(f"'{name}' is selected but {target.name} has no attribute '{name}'")
+        if source.name == target.name:
+            problems.append("a route from a stream to itself would loop forever")
+        if problems:
+            issues.append(ConfigIssue(raw.location, f"stream {target.name} ({target.schema}) cannot take events of {source.name} ({source.schema}): " + "; ".join(problems), "route"))
+            continue
+        routes.append(RouteDef(source.name, target.name, raw.location, select, where))
+    cycle = _find_cycle(routes)
+    if cycle:
+        issues.append(ConfigIssue(cycle[0].location, "routes form a loop: " + " -> ".join([r.source for r in cycle] + [cycle[0].source]), "route"))
+    return routes
+
+
+def _route_select(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -> tuple[str, ...] | None | Literal[False]:
+    """The selected attribute names, None for all (no ``select`` or ``*``), False after an issue."""
+    field_value = raw.fields.get("select")
+    if field_value is None:
+        return None
+    try:
+        names = parse_list(field_value.value)
+    except OptionError:
+        names = ()
+    if not names:
+        issues.append(ConfigIssue(field_value.location, f"expected attribute names such as [a, b] or '*', found {found(field_value.value)}", "route", "select"))
+        return False
+    if names == ("*",):
+        return None
+    ok = True
+    for index, name in enumerate(names):
+        if source.schema.type_of(name) is None:
+            issues.append(ConfigIssue(field_value.location, f"unknown attribute '{name}' of stream {source.name}{did_you_mean(name, source.schema.names)}", "route", "select"))
+            ok = False
+        elif name in names[:index]:
+            issues.append(ConfigIssue(field_value.location, f"'{name}' is selected twice", "route", "select"))
+            ok = False
+    return names if ok else False
+
+
+def _route_where(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -> Condition | None | Literal[False]:
+    """The checked, compiled condition; None when there is none, False after an issue."""
+    field_value = raw.fields.get("where")
+    if field_value is None:
+        return None
+    if not isinstance(field_value.value, str) or not field_value.value.strip():
+        issues.append(ConfigIssue(field_value.location, f"expected a condition such as \"n > 3 and name is not null\", found {found(field_value.value)}", "route", "where"))
+        return False
+    try:
+        return compile_condition(field_value.value, source.schema, source.name)
+    except StatementSyntaxError as e:
+        where = f"line {e.line}, column {e.column}" if "\n" in field_value.value.strip() else f"column {e.column}"
+        message = f"{e.message} ({where} of the condition)\n{e.snippet()}"
+    except ExpressionError as e:
+        message = str(e)
+    issues.append(ConfigIssue(field_value.location, message, "route", "where"))
+    return False
+
+
+def _find_cycle(routes: list[RouteDef]) -> list[RouteDef] | None:
+    graph: dict[str, list[RouteDef]] = {}
+    for route in routes:
+        graph.setdefault(route.source, []).append(route)
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
+
+    def visit(node: str, path: list[RouteDef]) -> list[RouteDef] | None:
+        state[node] = 1
+        for route in graph.get(node, ()):
+            if state.get(route.target) == 1:
+                start = next(i for i, r in enumerate(path + [route]) if r.source == route.target)
+                return (path + [route])[start:]
+            if route.target not in state:
+                found = visit(route.target, path + [route])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for node in list(graph):
+        if node not in state:
+            found = visit(node, [])
+            if found:
+                return found
+    return None
+
+
+def _admin(sections: list[RawSection], connectors: list[ConnectorDef[Any]], issues: list[ConfigIssue]) -> AdminDef | None:
+    """The ``admin:`` section: given at most once, its own port, options checked like a connector's."""
+    if not sections:
+        return None
+    first, *others = sections
+    for other in others:
+        issues.append(ConfigIssue(other.location, f"'admin' is already configured at {first.location}", "admin"))
+    known = {o.name: o for o in ADMIN_OPTIONS}
+    values: dict[str, Any] = {}
+    ok = True
+    for name, raw_value in first.options.items():
+        option = known.get(name)
+        if option is None:
+            issues.append(ConfigIssue(raw_value.location, unknown_message(name, known, "option"), "admin", name))
+            ok = False
+            continue
+        try:
+            values[name] = option.parse(raw_value.value)
+        except OptionError as e:
+            issues.append(ConfigIssue(raw_value.location, str(e), "admin", name))
+            ok = False
+    for option in ADMIN_OPTIONS:
+        if option.name not in values and option.name not in first.options:
+            if option.required:
+                issues.append(ConfigIssue(first.location, f"'{option.name}' is required ({option.doc})", "admin", option.name))
+                ok = False
+            else:
+                values[option.name] = option.default
+    if not ok:
+        return None
+    admin = AdminOptions.build(values)
+    for kind in admin.auth_type:
+        try:
+            load_access(admin.access(kind))
+        except AuthConfigError as e:
+            raw = first.options.get(e.option)
+            message = "auth.type bearer needs auth.tokens.file or auth.tokens.env (static tokens; JWTs are for sinks)" \
+                if e.option == "auth.type" and kind == "bearer" else str(e)
+            issues.append(ConfigIssue(raw.location if raw is not None else first.location, message, "admin", e.option))
+            ok = False
+    for name in ADMIN_AUTH_OPTIONS[1:]:
+        if name in first.options and not admin.auth_type:
+            issues.append(ConfigIssue(first.options[name].location, f"'{name}' has no effect without 'auth.type'", "admin", name))
+            ok = False
+    if not ok:
+        return None
+    port = admin.port
+    for connector in connectors:
+        address = listen_address(connector)
+        if port and address is not None and address[1] == port:
+            where = first.options["port"].location
+            issues.append(ConfigIssue(where, f"port {port} is already used by {connector.label} (at {connector.location}); the admin listener needs a port of its own", "admin", "port"))
+            return None
+    return AdminDef(admin, first.location)
+
+
+def _bus(sections: list[RawSection], connectors: list[ConnectorDef[Any]], routes: list[RawRoute], issues: list[ConfigIssue]) -> BusDef:
+    """The ``bus:`` section: given at most once; Redis options only with ``type: redis``.
+
+    With a shared bus every instance runs every connector, so what would
+    publish each event once per instance is refused here rather than
+    duplicating events: routes. (SSE sources run on one instance at a time, under a lease.)
+    """
+    if not sections:
+        return MEMORY_BUS
+    first, *others = sections
+    for other in others:
+        issues.append(ConfigIssue(other.location, f"'bus' is already configured at {first.location}", "bus"))
+    known = {o.name: o for o in BUS_OPTIONS}
+    values: dict[str, Any] = {}
+    for name, raw_value in first.options.items():
+        option = known.get(name)
+        if option is None:
+            issues.append(ConfigIssue(raw_value.location, unknown_message(name, known, "option"), "bus", name))
+            continue
+        try:
+            values[name] = option.parse(raw_value.value)
+        except OptionError as e:
+            issues.append(ConfigIssue(raw_value.location, str(e), "bus", name))
+    bus_type = values.get("type", "memory")
+    if bus_type == "memory":
+        for name in first.options:
+            if name != "type" and name in known:
+                issues.append(ConfigIssue(first.options[name].location, f"'{name}' applies only with 'type: redis'", "bus", name))
+    else:
+        for route in routes:
+            issues.append(ConfigIssue(route.location, "routes cannot run with 'bus: {type: redis}' yet: every instance would forward each event, once per instance", "routes"))
+    for option in BUS_OPTIONS:
+        values.setdefault(option.name, option.default)
+    return BusDef(BusOptions.build(values), first.location)
+
+
+def _check_tls(connectors: list[ConnectorDef[Any]], raws: Mapping[str, RawConnector], issues: list[ConfigIssue]) -> None:
+    """TLS files readable and matching; https ingests have a certificate; a shared port is bound one way."""
+    def issue(connector: ConnectorDef[Any], option: str, message: str) -> None:
+        raw = raws[connector.name].options.get(option)
+        issues.append(ConfigIssue(raw.location if raw is not None else connector.location, message, connector.label, option))
+
+    bound: dict[tuple[str, int], tuple[str, ConnectorDef[Any]]] = {}
+    for connector in connectors:
+        options = connector.options
+        if isinstance(options, SseSourceOptions):
+            problem = check_ca_file(options.tls_ca_file)
+            if problem:
+                issue(connector, "tls.ca.file", problem)
+            continue
+        address = listen_address(connector)
+        if address is None or not isinstance(options, ListenOptions):
+            continue
+        problems = check_server_tls(options)
+        for option, message in problems:
+            issue(connector, option, message)
+        if isinstance(options, HttpSourceOptions) and not problems:
+            https = options.receiver_url.scheme == "https"
+            if https != is_tls(options):
+                issue(connector, "receiver.url", "an https receiver.url needs server.tls.cert and server.tls.key (or an ssl: server.endpoint)"
+                      if https else "this port is served over TLS: write receiver.url with https://")
+        if problems:
+            continue
+        host, port, _ = address
+        description = listen_description(host, port, options)
+        first = bound.setdefault((host, port), (description, connector))
+        if first[0] != description:
+            issue(connector, "server.endpoint" if options.server_endpoint else "server.tls.cert",
+                  f"port {port} is already bound differently by {first[1].label}: connectors sharing a port must agree on TLS and server.endpoint")
+
+
+def _check_port_limits(connectors: list[ConnectorDef[Any]], raws: Mapping[str, RawConnector], issues: list[ConfigIssue]) -> None:
+    """A port has one set of deadlines and one per-address cap: connectors sharing it must agree, as on server.endpoint."""
+    first: dict[tuple[str, int], ConnectorDef[Any]] = {}
+    for connector in connectors:
+        address = listen_address(connector)
+        if address is None or served_by_workers(connector):
+            continue  # a worker-served sink has its port to itself
+        other = first.setdefault(address[:2], connector)
+        mine, theirs = connector.options.by_name(), other.options.by_name()
+        for option in PORT_LIMIT_OPTIONS:
+            if mine[option.name] != theirs[option.name]:
+                raw = raws[connector.name].options.get(option.name)
+                issues.append(ConfigIssue(raw.location if raw is not None else connector.location,
+                                          f"port {address[1]} has {option.name} {theirs[option.name]:g} from {other.label} "
+                                          f"(at {other.location}), found {mine[option.name]:g}: connectors sharing a port must give the same",
+                                          connector.label, option.name))
+
+
+def _check_access(connectors: list[ConnectorDef[Any]], raws: Mapping[str, RawConnector], issues: list[ConfigIssue]) -> None:
+    """The auth.* options of each sink and ingest as a whole: files readable, hashes not plain text, keys that suit."""
+    for connector in connectors:
+        options = connector.options
+        if not isinstance(options, AccessOptions):
+            continue
+        if "*" in options.cors_origins and options.cors_credentials:
+            raw = raws[connector.name].options.get("cors.credentials")
+            issues.append(ConfigIssue(raw.location if raw else connector.location, "credentials cannot be allowed for any origin ('*'): list the origins", connector.label, "cors.credentials"))
+        try:
+            load_access(options)
+        except AuthConfigError as e:
+            raw = raws[connector.name].options.get(e.option)
+            where = raw.location if raw is not None else connector.location
+            issues.append(ConfigIssue(where, str(e), connector.label, e.option))
+
+
+def _check_worker_sinks(connectors: list[ConnectorDef[Any]], raws: Mapping[str, RawConnector], issues: list[ConfigIssue]) -> None:
+    """A sink served by worker processes binds its port alone, over plain TCP (workers.py)."""
+    for connector in connectors:
+        if not served_by_workers(connector):
+            continue
+        raw = raws[connector.name].options.get("worker.count")
+        where = raw.location if raw is not None else connector.location
+        options: SseServerOptions = connector.options
+        if options.server_endpoint or options.server_tls_cert:
+            issues.append(ConfigIssue(where, "worker.count above 1 serves plain TCP on server.host and server.port; "
+                                      "terminate TLS in a proxy in front, or use worker.count 1", connector.label, "worker.count"))
+        port = options.server_port
+        sharing = [other for other in connectors if other is not connector and port
+                   and (address := listen_address(other)) is not None and address[1] == port]
+        if sharing:
+            issues.append(ConfigIssue(where, f"worker.count above 1 needs port {port} to itself, and {sharing[0].label} "
+                                      f"(at {sharing[0].location}) uses it too: give one of them another port", connector.label, "worker.count"))
+
+
+def _check_listeners(connectors: list[ConnectorDef[Any]], issues: list[ConfigIssue]) -> None:
+    """One port is one listener: its paths must differ and its host must agree."""
+    by_port: dict[int, tuple[str, ConnectorDef[Any]]] = {}
+    by_path: dict[tuple[int, str], ConnectorDef[Any]] = {}
+    for connector in connectors:
+        address = listen_address(connector)
+        if address is None or served_by_workers(connector):
+            continue  # a port of its own (_check_worker_sinks)
+        host, port, path = address
+        option = "server.port" if connector.type == "sse-server" else "receiver.url"
+        first = by_port.get(port)
+        if first is not None and first[0] != host:
+            issues.append(ConfigIssue(connector.location, f"port {port} is already bound on {first[0]} by {first[1].label}; connectors sharing a port must use the same host, found {host}", connector.label, option))
+            continue
+        by_port.setdefault(port, (host, connector))
+        other = by_path.get((port, path))
+        if other is not None:
+            issues.append(ConfigIssue(connector.location, f"port {port} path {path} is already served by {other.label} (at {other.location})", connector.label, option))
+            continue
+        by_path[(port, path)] = connector
