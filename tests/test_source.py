@@ -37,6 +37,7 @@ from sse_daemon.connectors.source import (
     describe_failure,
     judge_response,
 )
+from sse_daemon.client import http_client
 from sse_daemon.wire.eventstream import encode_comment, encode_event
 
 from .conftest import deadline, raw_request, wait_for
@@ -77,7 +78,8 @@ class Harness:
         events: list[Event] = []
         bus.subscribe("Src", events.append)
         mapper = make_mapper(connector.options, parse_schema("param1 string"))
-        service = SseSourceService(connector, mapper, bus, reactor_, jitter=jitter, tls_policy=tls_policy)
+        http = http_client(reactor, tls_policy)  # real sockets; timers on reactor_ (a ClockedReactor's Clock)
+        service = SseSourceService(connector, mapper, bus, reactor_, http, jitter=jitter)
         service.startService()
         self.sources.append(service)
         return service, events
@@ -109,7 +111,7 @@ async def next_timer(clock_reactor: ClockedReactor, source: SseSourceService) ->
     """Wait until the source is between attempts; return the delay it chose."""
     clock = clock_reactor.clock
     await wait_for(lambda: not source.connected and any(c.active() for c in clock.getDelayedCalls())
-                   and all(c.request is None and c.receiver is None for c in source._connections),
+                   and all(c.client._request is None and c.client._receiver is None for c in source._connections),
                    what="a reconnect timer")
     (call,) = [c for c in clock.getDelayedCalls() if c.active()]
     return call.getTime() - clock.seconds()

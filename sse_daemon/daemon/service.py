@@ -42,7 +42,7 @@ class BuiltConnector:
 
 
 def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: IReactorTime, reactor: Any,
-                    passwords: PasswordPool) -> BuiltConnector:
+                    passwords: PasswordPool, stopping: Stopping | None = None) -> BuiltConnector:
     mapper = make_mapper(connector.options, schema)
     if connector.type == "log":
         return BuiltConnector(service=LogSinkService(connector, mapper, bus))
@@ -61,9 +61,11 @@ def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: I
         # a shared bus takes a body in one transaction (all or nothing); the in-process one in slices between turns
         ingest = IngestResource(connector, mapper, source_bus, clock, turns=reactor, slice_size=0 if bus.provides_ids else PUBLISH_SLICE)
         return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, clock, passwords), source=ingest, bus=source_bus)
-    from sse_daemon.connectors.source import SseSourceService  # the SSE client pulls in treq
+    from sse_daemon.client.http import http_client  # the SSE client pulls in treq
+    from sse_daemon.connectors.source import SseSourceService
 
-    service = SseSourceService(connector, mapper, source_bus, reactor, tls_policy=client_policy(connector.options.get("tls.ca.file")))
+    http = http_client(reactor, client_policy(connector.options.get("tls.ca.file")))
+    service = SseSourceService(connector, mapper, source_bus, reactor, http, stopping=stopping)
     if getattr(bus, "provides_ids", False):  # a shared bus: one instance at a time reads the upstream
         from sse_daemon.bus.lease import leased_source
 
@@ -164,7 +166,7 @@ class DaemonService(MultiService):
             route_service = RouteService(route, schemas[route.target].names, self.bus)
             route_service.setServiceParent(self)
             self.routes.append(route_service)
-        built = {c.name: build_connector(c, schemas[c.stream], self.bus, self.clock, reactor, self.passwords) for c in config.connectors}
+        built = {c.name: build_connector(c, schemas[c.stream], self.bus, self.clock, reactor, self.passwords, self.stopping) for c in config.connectors}
         for connector in config.sinks:
             self._add(connector, built[connector.name])
         for connector in config.sources:

@@ -442,7 +442,7 @@ async def probe(
 
 
 def _describe(e: BaseException) -> str:
-    from sse_daemon.connectors.source import describe_failure  # the source's wording for the same failures
+    from sse_daemon.client.failures import describe_failure  # the source's wording for the same failures
 
     try:
         return describe_failure(e)
