@@ -56,7 +56,7 @@ class Options(usage.Options):
             self.loaded = load_files(self["config"])
         except ConfigError as e:
             sys.stderr.write(f"{e}\n")
-            raise SystemExit(1)
+            raise SystemExit(1) from None
         if self["check"]:
             sys.stdout.write(self.loaded.summary() + "\n")
             raise SystemExit(0)
@@ -113,7 +113,7 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
     # SIGHUP re-reads the same files and changes only what changed (reload.py)
     from sse_daemon.daemon.reload import ReloadOnSighup, Reloader
 
-    service.reloader = Reloader(service, options["config"], stopping=service.stopping)
-    ReloadOnSighup(service.reloader, service.reactor).setServiceParent(service)
+    reloader = Reloader(service, options["config"], stopping=service.stopping)
+    ReloadOnSighup(reloader, service.reactor).setServiceParent(service)
     StopOnSigterm(service.reactor).setServiceParent(service)
     return service

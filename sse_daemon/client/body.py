@@ -48,13 +48,15 @@ class BodyReceiver(Protocol):
 
     def pause(self) -> None:
         self.paused = True
-        if self.transport is not None:
-            self.transport.pauseProducing()
+        transport: Any = self.transport  # the response body's transport is also an IPushProducer
+        if transport is not None:
+            transport.pauseProducing()
 
     def resume(self) -> None:
         self.paused = False
-        if self.transport is not None:
-            self.transport.resumeProducing()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.resumeProducing()
 
 
 class Discard(Protocol):

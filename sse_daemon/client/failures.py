@@ -20,10 +20,11 @@ __all__ = ["MAX_REDIRECTS", "describe_failure"]
 MAX_REDIRECTS = 10
 
 
-def describe_failure(reason: BaseException | Failure) -> str:
+def describe_failure(failure: BaseException | Failure) -> str:
     """A one-line cause for the log: refused, DNS, TLS, redirects, lost connection."""
-    if isinstance(reason, Failure):
-        reason = reason.value
+    reason = failure.value if isinstance(failure, Failure) else failure
+    if reason is None:
+        return "unknown failure"
     if isinstance(reason, ResponseDone):
         return "the server ended the stream"
     if isinstance(reason, http.PotentialDataLoss):

@@ -24,6 +24,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
 
+from sse_daemon.compat import request_disconnected  # the client left before its answer
 from sse_daemon.bus.memory import IBus
 from sse_daemon.policy.limits import should_log
 from sse_daemon.config.model import ConnectorDef
@@ -104,7 +105,7 @@ class IngestResource(Resource):
 
     def _published(self, ids: object, request: IRequest, count: int) -> None:
         body = self._accepted(request, count)
-        if not request.finished and not getattr(request, "_disconnected", False):
+        if not request.finished and not request_disconnected(request):
             request.setHeader(b"Content-Length", str(len(body)).encode())  # as a synchronous answer has
             request.write(body)
             request.finish()
@@ -116,7 +117,7 @@ class IngestResource(Resource):
             body = self._reject(request, 400, failure.value.reason, f"nothing was published: {failure.getErrorMessage()}")
         else:
             body = self._reject(request, 503, "bus-unavailable", f"the events were not published: {failure.getErrorMessage()}; retry later")
-        if not request.finished and not getattr(request, "_disconnected", False):
+        if not request.finished and not request_disconnected(request):
             if not failure.check(InvalidValue):
                 request.setHeader(b"Retry-After", b"1")
             request.setHeader(b"Content-Length", str(len(body)).encode())

@@ -61,7 +61,7 @@ def check_server_tls(options: Mapping[str, Any]) -> list[tuple[str, str]]:
     if bool(cert) != bool(key):
         missing = "server.tls.key" if cert else "server.tls.cert"
         return [(missing, "server.tls.cert and server.tls.key go together")]
-    if not cert:
+    if not cert or not key:  # neither (both or neither, checked above)
         return []
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
