@@ -12,10 +12,13 @@ No other module names a private attribute of Twisted.
 
 from __future__ import annotations
 
-from twisted.internet.abstract import FileDescriptor
-from twisted.web import http, server
+from typing import Any
 
-__all__ = ["BadRequestChannel", "has_write_buffer", "request_disconnected", "skip_form_parsing", "write_buffer_empty"]
+from twisted.internet.abstract import FileDescriptor
+from twisted.web import client as web_client, http, server
+
+__all__ = ["BadRequestChannel", "DATA_LOSS", "has_write_buffer", "quiet_connection_pool", "request_disconnected",
+           "skip_form_parsing", "write_buffer_empty"]
 
 
 # --------------------------------------------------------------------------- the TCP write buffer (connectors/fanout.py)
@@ -88,3 +91,29 @@ def request_disconnected(request: object) -> bool:
     ``DummyRequest``) are never disconnected.
     """
     return bool(getattr(request, "_disconnected", False))
+
+
+# --------------------------------------------------------------------------- HTTP client
+
+
+#: what Twisted adds to a ``ResponseFailed`` when a chunked body is cut short; it only
+#: repeats that the body ended early, so failure texts leave it out
+DATA_LOSS: type[Exception] = http._DataLoss
+
+
+class _QuietClientFactory(web_client._HTTP11ClientFactory):
+    """The pool's per-connection factory without its "Starting factory" log line
+    (one line per reconnect is noise in a daemon's log)."""
+
+    noisy = False
+
+
+def quiet_connection_pool(reactor: Any, persistent: bool = False) -> web_client.HTTPConnectionPool:
+    """An ``HTTPConnectionPool`` whose connections do not log their start and stop.
+
+    Twisted has no public way to choose the pool's factory: its private
+    ``_factory`` attribute is the one place it is read (``_newConnection``).
+    """
+    pool = web_client.HTTPConnectionPool(reactor, persistent=persistent)
+    pool._factory = _QuietClientFactory
+    return pool

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from treq.testing import StubTreq
 from twisted.internet import defer, reactor as global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import (
@@ -252,6 +253,53 @@ class ScriptedServer:
         for name, value in answer.headers:
             request.setHeader(name.encode(), value.encode())
         return b"" if answer.code == 204 else answer.body
+
+
+class FakeServer(ScriptedServer):
+    """A :class:`ScriptedServer` without sockets: served through treq's ``StubTreq`` (iosim pumps).
+
+    ``http`` is the HTTP client to give the source or client under test. Every
+    request and every write is pumped through at once, so what the server
+    sends has arrived when the call returns; nothing waits on the reactor.
+    """
+
+    def __init__(self, *, retry: int | None = None) -> None:
+        super().__init__(retry=retry)
+        self.stub = StubTreq(_Router(self))
+        self.http = _FlushingClient(self.stub)
+
+    def start(self, port: int | None = None, tls: Any = None) -> int:
+        return 0
+
+    async def stop(self) -> None:
+        self.drop()
+
+    def url(self, path: str = "/events") -> str:
+        return f"http://upstream.test{path}"
+
+    def write(self, raw: bytes) -> None:
+        super().write(raw)
+        self.stub.flush()
+
+    def drop(self) -> None:
+        super().drop()
+        self.stub.flush()
+
+    def end_streams(self) -> None:
+        super().end_streams()
+        self.stub.flush()
+
+
+class _FlushingClient:
+    """``StubTreq.get`` that pumps the request (and whatever answers it) through at once."""
+
+    def __init__(self, stub: StubTreq) -> None:
+        self.stub = stub
+
+    def get(self, url: str, **kwargs: Any) -> defer.Deferred:
+        d = self.stub.get(url, **kwargs)
+        self.stub.flush()
+        return d
 
 
 # --------------------------------------------------------------------------- time and names under test control

@@ -186,7 +186,7 @@ def test_sinks_and_sources_provide_what_the_figures_read() -> None:
     from sse_daemon.connectors.source import SseSourceService
 
     source = SseSourceService(connectors["Up"], mapper_for(connectors["Up"]), bus, clock)
-    assert verifyObject(IUpstreamSource, source, tentative=True)
+    assert verifyObject(IUpstreamSource, source)
 
 
 def test_a_leased_sources_figures_and_readiness_are_the_sources_and_the_leases() -> None:

@@ -337,3 +337,23 @@ async def test_the_console_script_prints_a_table_or_json_and_exits_by_verdict(da
     assert not_sse.status == 1 and b"not a working SSE stream" in not_sse.output
     ready = await run_cli("wait-ready", f"http://127.0.0.1:{service.admin.port}/readyz", "--timeout", "5")
     assert ready.status == 0 and b"ready:" in ready.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_without_events_leaves_ids_and_resume_untested() -> None:
+    """Seen: a quiet window made the probe say "ids: not sent ... clients cannot resume"
+    of a sink that sends ids with every event; with no event, nothing is known about them."""
+    from .sse_servers import ScriptedServer
+
+    upstream = ScriptedServer()  # a stream open with a comment, and no event while the probe listens
+    upstream.start()
+    try:
+        report = await deadline(probe(upstream.url(), 0.3, reactor))
+    finally:
+        await upstream.stop()
+    assert report.events == 0 and report.ids["sent"] is None
+    assert report.resume["verdict"] == "untested" and "no event arrived" in report.resume["detail"]
+    text = format_report(report)
+    assert "untested (no event arrived)" in text and "not sent" not in text.split("retry")[0]
+    assert "cannot resume" not in text
+    assert judge_resume([], None, None, events=3)["verdict"] == "no-ids", "events without ids: clients cannot resume"

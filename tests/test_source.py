@@ -1,8 +1,12 @@
-"""The SSE source: pure reconnect decisions, then the client over real sockets on 127.0.0.1.
+"""The SSE source: pure reconnect decisions, then the adapter over a fake server or real sockets.
 
-Timing is checked on a ``task.Clock`` (through :class:`ClockedReactor`, so
-bytes still cross real sockets); the other tests use small real delays and
-wait for results with ``wait_for``, never with sleeps.
+Tests whose point is the source's own behaviour run against :class:`FakeServer`
+(``StubTreq``, no sockets); those whose point is the socket (a server that goes
+away, refused ports, DNS, TLS, reads split across TCP segments, redirects, real
+servers) use 127.0.0.1. Timing is checked on a ``task.Clock`` (through
+:class:`ClockedReactor`); the other tests use small real delays and wait for
+results with ``wait_for``, never with sleeps. The client alone is tested in
+``test_client.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import pytest_twisted
 from OpenSSL import SSL
 from twisted.internet import defer, error as net_error, protocol, reactor, threads
 from twisted.internet.ssl import Certificate
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.web import error as web_error
 from twisted.web.client import BrowserLikePolicyForHTTPS, ResponseFailed, ResponseNeverReceived
@@ -40,10 +44,12 @@ from sse_daemon.connectors.source import (
     describe_failure,
     judge_response,
 )
+from sse_daemon.client import http_client
+from sse_daemon.policy.connections import Stopping
 from sse_daemon.wire.eventstream import encode_comment, encode_event
 
 from .conftest import deadline, raw_request, wait_for
-from .sse_servers import STALL, Canned, ClockedReactor, FakeResolver, ScriptedServer, ServerTLS, self_signed
+from .sse_servers import STALL, Canned, ClockedReactor, FakeResolver, FakeServer, ScriptedServer, ServerTLS, self_signed
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = {"reconnect.initial.delay": 0.02, "reconnect.max.delay": 0.1}
@@ -67,20 +73,30 @@ class Harness:
         self.servers: list[ScriptedServer] = []
 
     def server(self, *, start: bool = True, **kwargs: Any) -> ScriptedServer:
+        """A server on a real socket (127.0.0.1, port 0): for tests where the socket is the point."""
         server = ScriptedServer(**kwargs)
         if start:
             server.start()
         self.servers.append(server)
         return server
 
+    def fake(self, **kwargs: Any) -> FakeServer:
+        """The same server without sockets (StubTreq): give ``http=server.http`` to the source."""
+        server = FakeServer(**kwargs)
+        self.servers.append(server)
+        return server
+
     def source(self, url: str, *, reactor_: Any = reactor, jitter: Callable[[], float] = lambda: 0.0,
-               tls_policy: Any = None, **options: Any) -> tuple[SseSourceService, list[Event]]:
+               tls_policy: Any = None, http: Any = None, stopping: Stopping | None = None,
+               **options: Any) -> tuple[SseSourceService, list[Event]]:
         connector = source_def(url, **options)
         bus = MemoryBus()
         events: list[Event] = []
         bus.subscribe("Src", events.append)
         mapper = make_mapper(connector.options.mapping, parse_schema("param1 string"))
-        service = SseSourceService(connector, mapper, bus, reactor_, jitter=jitter, tls_policy=tls_policy)
+        if http is None:
+            http = http_client(reactor, tls_policy)  # real sockets; timers on reactor_ (a ClockedReactor's Clock)
+        service = SseSourceService(connector, mapper, bus, reactor_, http, jitter=jitter, stopping=stopping)
         service.startService()
         self.sources.append(service)
         return service, events
@@ -88,7 +104,11 @@ class Harness:
     async def close(self) -> None:
         for source in self.sources:
             if source.running:
-                await deadline(defer.maybeDeferred(source.stopService))
+                stopped = defer.maybeDeferred(source.stopService)
+                for server in self.servers:
+                    if isinstance(server, FakeServer):
+                        server.stub.flush()  # the source's close reaches a fake server
+                await deadline(stopped)
         for server in self.servers:
             await server.stop()
 
@@ -112,7 +132,7 @@ async def next_timer(clock_reactor: ClockedReactor, source: SseSourceService) ->
     """Wait until the source is between attempts; return the delay it chose."""
     clock = clock_reactor.clock
     await wait_for(lambda: not source.connected and any(c.active() for c in clock.getDelayedCalls())
-                   and all(c.request is None and c.receiver is None for c in source._connections),
+                   and all(c.client._request is None and c.client._receiver is None for c in source._connections),
                    what="a reconnect timer")
     (call,) = [c for c in clock.getDelayedCalls() if c.active()]
     return call.getTime() - clock.seconds()
@@ -232,9 +252,9 @@ def test_body_receiver_keeps_the_transport_to_pause_and_close() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_retry_field_sets_the_reconnect_delay(harness: Harness) -> None:
-    server = harness.server(retry=250)
+    server = harness.fake(retry=250)
     clocked = ClockedReactor()
-    source, events = harness.source(server.url(), reactor_=clocked)
+    source, events = harness.source(server.url(), http=server.http, reactor_=clocked)
     await wait_for(lambda: source.connected, what="connection")
     server.publish(payload("a"))
     await wait_for(lambda: len(events) == 1, what="event a")
@@ -253,11 +273,11 @@ async def test_retry_field_sets_the_reconnect_delay(harness: Harness) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_repeated_failures_back_off_exponentially_then_reset(harness: Harness) -> None:
-    server = harness.server()
+    server = harness.fake()
     server.script.extend([Canned(500, b"oops"), Canned(503), Canned(404), Canned(502)])
     clocked = ClockedReactor()
     source, events = harness.source(
-        server.url(), reactor_=clocked, **{"reconnect.initial.delay": 1, "reconnect.max.delay": 5}
+        server.url(), http=server.http, reactor_=clocked, **{"reconnect.initial.delay": 1, "reconnect.max.delay": 5}
     )
     delays = []
     for _ in range(4):
@@ -275,12 +295,12 @@ async def test_repeated_failures_back_off_exponentially_then_reset(harness: Harn
 @pytest_twisted.ensureDeferred
 async def test_retry_after_on_429_and_503_is_honoured(harness: Harness) -> None:
     """A server that says when to come back (our own sink's limits do) is not asked again before."""
-    server = harness.server()
+    server = harness.fake()
     server.script.extend([Canned(503, headers=(("Retry-After", "7"),)), Canned(429, headers=(("Retry-After", "3"),)),
                           Canned(500, headers=(("Retry-After", "60"),))])
     clocked = ClockedReactor()
     with capturedLogs() as logged:
-        source, events = harness.source(server.url(), reactor_=clocked, **{"reconnect.initial.delay": 1, "reconnect.max.delay": 5})
+        source, events = harness.source(server.url(), http=server.http, reactor_=clocked, **{"reconnect.initial.delay": 1, "reconnect.max.delay": 5})
         delays = []
         for _ in range(3):
             delays.append(await next_timer(clocked, source))
@@ -304,10 +324,10 @@ def test_retry_after_values() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_silent_stream_is_dropped_after_read_timeout_and_heartbeats_keep_it(harness: Harness) -> None:
-    server = harness.server()
+    server = harness.fake()
     server.script.append(STALL)  # the head, then nothing at all
     clocked = ClockedReactor()
-    source, events = harness.source(server.url(), reactor_=clocked, **{"read.timeout": 10})
+    source, events = harness.source(server.url(), http=server.http, reactor_=clocked, **{"read.timeout": 10})
     await wait_for(lambda: source.connected, what="connection")
     clocked.clock.advance(9.9)
     server.write(encode_comment("heartbeat"))
@@ -316,11 +336,12 @@ async def test_silent_stream_is_dropped_after_read_timeout_and_heartbeats_keep_i
     assert source.connected
     with capturedLogs() as logged:
         clocked.clock.advance(0.1)
+        server.stub.flush()  # the source's close reaches the fake server
         await wait_for(lambda: not source.connected, what="the drop")
         delay = await next_timer(clocked, source)
     assert "nothing received for 10s (read.timeout)" in causes(logged)
     assert source.counters["read_timeouts"] == 1
-    await wait_for(lambda: not server.channels, what="the server to see the connection close")
+    assert not server.streams, "the server saw the connection close"
     clocked.clock.advance(delay)
     await wait_for(lambda: source.connected, what="the reconnect")
     server.publish(payload("a"))
@@ -329,9 +350,9 @@ async def test_silent_stream_is_dropped_after_read_timeout_and_heartbeats_keep_i
 
 @pytest_twisted.ensureDeferred
 async def test_pause_stops_reading_and_the_read_timeout_until_resumed(harness: Harness) -> None:
-    server = harness.server()
+    server = harness.fake()
     clocked = ClockedReactor()
-    source, events = harness.source(server.url(), reactor_=clocked, **{"read.timeout": 10})
+    source, events = harness.source(server.url(), http=server.http, reactor_=clocked, **{"read.timeout": 10})
     await wait_for(lambda: source.connected and server.streams, what="a stream")
     source.pause()
     assert not any(c.active() for c in clocked.clock.getDelayedCalls())  # paused on purpose: not a stall
@@ -538,7 +559,7 @@ async def test_resumes_after_the_server_restarts(harness: Harness) -> None:
 @pytest_twisted.ensureDeferred
 async def test_error_answers_never_reach_the_mapper_and_the_source_recovers(harness: Harness) -> None:
     poison = b"data: " + payload("poison").encode() + b"\n\n"
-    server = harness.server()
+    server = harness.fake()
     server.script.extend([
         Canned(404, poison, "text/event-stream"),
         Canned(500, poison, "text/event-stream"),
@@ -546,7 +567,7 @@ async def test_error_answers_never_reach_the_mapper_and_the_source_recovers(harn
         Canned(200, poison, "application/json"),
     ])
     with capturedLogs() as logged:
-        source, events = harness.source(server.url(), **FAST)
+        source, events = harness.source(server.url(), http=server.http, **FAST)
         await wait_for(lambda: source.connected, what="the fifth attempt to stream")
     server.publish(payload("good"))
     await wait_for(lambda: len(events) == 1, what="the good event")
@@ -626,8 +647,8 @@ async def test_one_mib_payload_in_small_writes_arrives_whole(harness: Harness) -
 
 @pytest_twisted.ensureDeferred
 async def test_bad_payloads_are_counted_while_good_ones_flow(harness: Harness) -> None:
-    server = harness.server()
-    source, events = harness.source(server.url(), **{"max.event.size": 1000})
+    server = harness.fake()
+    source, events = harness.source(server.url(), http=server.http, **{"max.event.size": 1000})
     await wait_for(lambda: source.connected and server.streams, what="a stream")
     with capturedLogs() as logged:
         server.publish(payload("a"))
@@ -662,8 +683,8 @@ async def test_redirects_are_followed_and_a_loop_is_a_retried_failure(harness: H
 
 @pytest_twisted.ensureDeferred
 async def test_event_types_keeps_only_the_listed_types(harness: Harness) -> None:
-    server = harness.server()
-    source, events = harness.source(server.url(), **{"event.types": "reading, alarm"})
+    server = harness.fake()
+    source, events = harness.source(server.url(), http=server.http, **{"event.types": "reading, alarm"})
     server.publish(payload("r"), event="reading")
     server.publish(payload("m"))
     server.publish(payload("o"), event="other")
@@ -675,8 +696,8 @@ async def test_event_types_keeps_only_the_listed_types(harness: Harness) -> None
 
 @pytest_twisted.ensureDeferred
 async def test_request_headers(harness: Harness) -> None:
-    server = harness.server()
-    source, events = harness.source(server.url(), headers="'X-Token:abc','Accept-Language:fr'", **FAST)
+    server = harness.fake()
+    source, events = harness.source(server.url(), http=server.http, headers="'X-Token:abc','Accept-Language:fr'", **FAST)
     server.publish(payload("a"))
     await wait_for(lambda: len(events) == 1, what="event a")
     server.drop()
@@ -689,14 +710,15 @@ async def test_request_headers(harness: Harness) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_two_connections_deliver_each_event_once_and_cover_for_each_other(harness: Harness) -> None:
-    server = harness.server()
-    source, events = harness.source(server.url(), **{"worker.count": 2}, **FAST)
+    server = harness.fake()
+    source, events = harness.source(server.url(), http=server.http, **{"worker.count": 2}, **FAST)
     await wait_for(lambda: source.connections_up == 2 and len(server.streams) == 2, what="two connections")
     for text in "abc":
         server.publish(payload(text))
     await wait_for(lambda: source.counters["messages"] == 6, what="both connections to get a, b, c")
     assert values(events) == list("abc") and source.counters["duplicates"] == 3
     server.streams[0].transport.abortConnection()  # one connection drops...
+    server.stub.flush()
     server.publish(payload("d"))  # ...the other delivers meanwhile
     server.publish(payload("e"))
     await wait_for(lambda: source.connections_up == 2 and source.counters["messages"] == 10,
@@ -712,8 +734,8 @@ async def test_two_connections_deliver_each_event_once_and_cover_for_each_other(
 async def test_an_oversized_event_is_not_asked_for_again_on_reconnect(harness: Harness) -> None:
     """The refused event's id still counts: the reconnect resumes after it, so the server
     does not resend it to be refused on every reconnect."""
-    server = harness.server()
-    source, events = harness.source(server.url(), **{"max.event.size": 1000, **FAST})
+    server = harness.fake()
+    source, events = harness.source(server.url(), http=server.http, **{"max.event.size": 1000, **FAST})
     await wait_for(lambda: source.connected and server.streams, what="a stream")
     server.publish(payload("a"))
     refused = server.publish(payload("x" * 2000))
@@ -724,3 +746,35 @@ async def test_an_oversized_event_is_not_asked_for_again_on_reconnect(harness: H
     server.publish(payload("b"))
     await wait_for(lambda: len(events) == 2, what="event b")
     assert values(events) == ["a", "b"] and source.rejected["line-too-long"] == 1, "refused once, not again"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_ended_by_the_daemons_own_shutdown_is_not_reconnected(harness: Harness) -> None:
+    """Seen on SIGTERM: the drain closes the sink this source reads, and the log said
+    "stream ended ...; reconnecting in 2.41s" just before "source ... stopped"."""
+    server = harness.fake(retry=2410)
+    stopping = Stopping()
+    clocked = ClockedReactor()
+    with capturedLogs() as logged:
+        source, events = harness.source(server.url(), http=server.http, reactor_=clocked, stopping=stopping)
+        server.publish(payload("a"))
+        stopping.begin()  # the daemon's shutdown has begun: its drain closes streams
+        server.end_streams()
+        await deadline(defer.maybeDeferred(source.stopService))
+    text = [formatEvent(e) for e in logged]
+    assert not [line for line in text if "reconnecting in" in line or "retrying in" in line], text
+    assert text[-1] == "source Src stopped" and values(events) == ["a"]
+    assert not clocked.clock.getDelayedCalls() and len(server.seen) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_before_shutdown_an_ended_stream_is_reconnected_and_said_so(harness: Harness) -> None:
+    server = harness.fake(retry=2410)
+    clocked = ClockedReactor()
+    with capturedLogs() as logged:
+        source, events = harness.source(server.url(), http=server.http, reactor_=clocked, stopping=Stopping())
+        server.publish(payload("a"))
+        server.end_streams()
+        delay = await next_timer(clocked, source)
+    assert delay == 2.41
+    assert any("stream ended" in formatEvent(e) and "reconnecting in 2.41s" in formatEvent(e) for e in logged)

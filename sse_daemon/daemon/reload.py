@@ -245,7 +245,7 @@ class Reloader:
             if connector.name not in fresh:
                 continue
             built = build_connector(connector, new.streams[connector.stream].schema, daemon.bus, daemon.clock, daemon.reactor,
-                                    daemon.passwords)
+                                    daemon.passwords, daemon.stopping)
             for pieces, piece in ((staged.services, built.service), (staged.resources, built.resource),
                                   (staged.sources, built.source), (staged.buses, built.bus)):
                 if piece is not None:

@@ -44,7 +44,7 @@ class BuiltConnector:
 
 
 def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: IReactorTime, reactor: Any,
-                    passwords: PasswordPool) -> BuiltConnector:
+                    passwords: PasswordPool, stopping: Stopping | None = None) -> BuiltConnector:
     mapper = make_mapper(connector.options.mapping, schema)
     if connector.type == "log":
         return BuiltConnector(service=LogSinkService(connector, mapper, bus))
@@ -63,10 +63,13 @@ def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: I
         # a shared bus takes a body in one transaction (all or nothing); the in-process one in slices between turns
         ingest = IngestResource(connector, mapper, source_bus, clock, turns=reactor, slice_size=0 if bus.provides_ids else PUBLISH_SLICE)
         return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, clock, passwords), source=ingest, bus=source_bus)
-    from sse_daemon.connectors.source import SseSourceService  # the SSE client pulls in treq
+    from sse_daemon.client.http import http_client  # the SSE client pulls in treq
+    from sse_daemon.connectors.source import SseSourceService
+
+    http = http_client(reactor, client_policy(connector.options.tls_ca_file))
 
     def make_source(source_bus: IBus) -> SseSourceService:
-        return SseSourceService(connector, mapper, source_bus, reactor, tls_policy=client_policy(connector.options.tls_ca_file))
+        return SseSourceService(connector, mapper, source_bus, reactor, http, stopping=stopping)
 
     if ISharedBus.providedBy(bus):  # a shared bus: one instance at a time reads the upstream
         from sse_daemon.bus.lease import leased_source
@@ -169,7 +172,7 @@ class DaemonService(MultiService):
             route_service = RouteService(route, schemas[route.target].names, self.bus)
             route_service.setServiceParent(self)
             self.routes.append(route_service)
-        built = {c.name: build_connector(c, schemas[c.stream], self.bus, self.clock, reactor, self.passwords) for c in config.connectors}
+        built = {c.name: build_connector(c, schemas[c.stream], self.bus, self.clock, reactor, self.passwords, self.stopping) for c in config.connectors}
         for connector in config.sinks:
             self._add(connector, built[connector.name])
         for connector in config.sources:

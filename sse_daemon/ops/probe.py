@@ -275,7 +275,11 @@ def judge_heartbeat(reads: list[Read], buffered: bool) -> dict[str, Any]:
     return {"comments": count, "interval": interval}
 
 
-def judge_resume(main_ids: list[str], anchor: str | None, resumed: list[str] | None) -> dict[str, Any]:
+def judge_resume(main_ids: list[str], anchor: str | None, resumed: list[str] | None, events: int | None = None) -> dict[str, Any]:
+    """How a resume with ``Last-Event-ID`` went; ``events`` is how many events the main stream
+    carried (with or without ids): none means ids could not be seen, not that there are none."""
+    if events == 0:
+        return {"verdict": "untested", "detail": "no event arrived while listening, so ids and resume are untested"}
     if not main_ids:
         return {"verdict": "no-ids", "detail": "the stream sent no event ids, so clients cannot resume"}
     if anchor is None or resumed is None:
@@ -442,7 +446,7 @@ async def probe(
 
 
 def _describe(e: BaseException) -> str:
-    from sse_daemon.connectors.source import describe_failure  # the source's wording for the same failures
+    from sse_daemon.client.failures import describe_failure  # the source's wording for the same failures
 
     try:
         return describe_failure(e)
@@ -495,12 +499,13 @@ def _finish(report: Report, main: Recorder | None, resume_state: dict[str, Any] 
         report.buffering = judge_buffering(main.reads, time.time())
         report.heartbeat = judge_heartbeat(main.reads, report.buffering["verdict"] == "buffered")
         report.ids = {
-            "sent": bool(main.ids),
+            "sent": bool(main.ids) if main.events else None,  # None: no event arrived, so untested
             "all_events_have_ids": bool(main.events) and len(main.ids) == main.events,
             "timestamps": report.buffering["ids_are_timestamps"],
         }
         resumed = resume_state.get("recorder") if resume_state else None
-        result = judge_resume(main.ids, resume_state.get("anchor") if resume_state else None, resumed.ids if resumed else None)
+        result = judge_resume(main.ids, resume_state.get("anchor") if resume_state else None, resumed.ids if resumed else None,
+                              main.events)
         if resume_state and resume_state.get("error") and result["verdict"] in ("untested", "no-replay"):
             result = {**result, "verdict": "failed", "detail": resume_state["error"]}
         report.resume = result
@@ -586,7 +591,8 @@ def format_report(report: Report) -> str:
         hb = report.heartbeat
         rows.append(("heartbeat", f"every {hb['interval']:.2f}s" if hb.get("interval") else
                      f"{hb.get('comments', 0)} comment lines; interval not measurable"))
-        ids = "sent" if report.ids.get("sent") else "not sent"
+        sent = report.ids.get("sent")
+        ids = "untested (no event arrived)" if sent is None else "sent" if sent else "not sent"
         if report.ids.get("timestamps"):
             ids += " (timestamps)"
         rows.append(("ids", ids))

@@ -15,8 +15,9 @@ from __future__ import annotations
 import codecs
 import collections
 from dataclasses import dataclass
+from typing import Union
 
-__all__ = ["EventStreamParser", "Message", "Rejection", "encode_comment", "encode_event"]
+__all__ = ["Comment", "EventStreamParser", "Item", "Message", "Rejection", "encode_comment", "encode_event"]
 
 _BOM = "\ufeff"
 #: the largest ``retry:`` kept, in milliseconds (about 24.8 days, the most a browser's
@@ -34,6 +35,13 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class Comment:
+    """A comment line (``: text``), reported only by a parser made with ``comments=True``."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Rejection:
     """An event the parser refused in order to keep its memory bounded.
 
@@ -48,6 +56,10 @@ class Rejection:
     size: int
 
 
+#: what the parser returns: dispatched events, refused ones, and (when asked for) comments
+Item = Union[Message, Rejection, Comment]
+
+
 class EventStreamParser:
     """Incremental event-stream parser for one connection at a time.
 
@@ -58,11 +70,15 @@ class EventStreamParser:
     but its ``id`` and ``retry`` still count, as they would in a browser, so a
     reconnect does not ask the server for the refused event again (it would
     be resent and refused on every reconnect).
+
+    With ``comments`` a comment line is reported as a :class:`Comment` (one
+    leading space removed, as for a field value); a browser drops them.
     """
 
-    def __init__(self, max_line: int = 1 << 20, max_event: int = 1 << 20) -> None:
+    def __init__(self, max_line: int = 1 << 20, max_event: int = 1 << 20, comments: bool = False) -> None:
         self.max_line = max_line
         self.max_event = max_event
+        self.comments = comments
         self.last_event_id = ""
         self.retry: int | None = None
         self.rejected: collections.Counter[str] = collections.Counter()
@@ -85,17 +101,17 @@ class EventStreamParser:
         self._id_buffer = self.last_event_id
         self._discarding = False  # the current event was rejected: its data and type are dropped
 
-    def feed(self, chunk: bytes) -> list[Message | Rejection]:
+    def feed(self, chunk: bytes) -> list[Item]:
         """Take the next bytes of the stream; return what they completed."""
         return self._feed_text(self._decoder.decode(chunk))
 
-    def close(self) -> list[Message | Rejection]:
+    def close(self) -> list[Item]:
         """End of stream: drop the unfinished event and get ready for a new stream."""
         out = self._feed_text(self._decoder.decode(b"", final=True))
         self._new_stream()
         return out
 
-    def _feed_text(self, text: str) -> list[Message | Rejection]:
+    def _feed_text(self, text: str) -> list[Item]:
         """Handle whole lines with str methods; only the unfinished line is kept."""
         if not text:
             return []
@@ -111,7 +127,7 @@ class EventStreamParser:
             self._after_cr = text[-1] == "\r"
             text = text.replace("\r\n", "\n").replace("\r", "\n")
 
-        out: list[Message | Rejection] = []
+        out: list[Item] = []
         lines = text.split("\n")
         tail = lines.pop()  # not yet terminated
         if lines:
@@ -145,18 +161,20 @@ class EventStreamParser:
                 self._pending_size = size
         return out
 
-    def _complete_line(self, line: str, out: list[Message | Rejection]) -> None:
+    def _complete_line(self, line: str, out: list[Item]) -> None:
         if len(line) > self.max_line:
             self._reject_line(out)
         else:
             self._line(line, out)
 
-    def _line(self, line: str, out: list[Message | Rejection]) -> None:
+    def _line(self, line: str, out: list[Item]) -> None:
         """Interpret one complete line, as in the standard's step list."""
         if not line:
             self._dispatch(out)
             return
         if line[0] == ":":
+            if self.comments:
+                out.append(Comment(line[2:] if line[1:2] == " " else line[1:]))
             return
         field, colon, value = line.partition(":")
         if colon and value[:1] == " ":
@@ -183,7 +201,7 @@ class EventStreamParser:
                 digits = value.lstrip("0") or "0"
                 self.retry = MAX_RETRY if len(digits) > len(str(MAX_RETRY)) else min(int(digits), MAX_RETRY)
 
-    def _dispatch(self, out: list[Message | Rejection]) -> None:
+    def _dispatch(self, out: list[Item]) -> None:
         """A blank line: the standard's "dispatch the event" steps."""
         self.last_event_id = self._id_buffer
         if self._data and not self._discarding:
@@ -193,10 +211,10 @@ class EventStreamParser:
         self._event_type = ""
         self._discarding = False
 
-    def _reject_line(self, out: list[Message | Rejection]) -> None:
+    def _reject_line(self, out: list[Item]) -> None:
         self._reject(out, Rejection("line-too-long", self.max_line + 1))
 
-    def _reject(self, out: list[Message | Rejection], rejection: Rejection) -> None:
+    def _reject(self, out: list[Item], rejection: Rejection) -> None:
         """Drop the current event; one Rejection per event, however many lines break limits."""
         if self._discarding:
             return

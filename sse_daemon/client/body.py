@@ -1,0 +1,66 @@
+"""Body protocols: one that hands an event stream's bytes on and can pause or close it,
+and one that closes a response the client will not read."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+__all__ = ["BodyReceiver", "Discard"]
+
+
+class BodyReceiver(Protocol):
+    """Hands body bytes on as they arrive and keeps the transport.
+
+    treq's ``collect`` cannot be cancelled and would keep the connection open;
+    with the transport we can close it, and pause it when downstream cannot
+    keep up.
+    """
+
+    def __init__(self, on_data: Callable[[bytes], None]) -> None:
+        self._on_data = on_data
+        self.done: Deferred[None] = Deferred()  # fires (never fails) once the body has ended
+        self.reason: Failure | None = None
+        self.closing = False
+        self.paused = False
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        if self.paused:
+            transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.transport = None
+        self.reason = reason
+        if not self.done.called:
+            self.done.callback(None)
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def pause(self) -> None:
+        self.paused = True
+        transport: Any = self.transport  # the response body's transport is also an IPushProducer
+        if transport is not None:
+            transport.pauseProducing()
+
+    def resume(self) -> None:
+        self.paused = False
+        transport: Any = self.transport
+        if transport is not None:
+            transport.resumeProducing()
+
+
+class Discard(Protocol):
+    """Closes a response we will not read (an error page, a wrong content type)."""
+
+    def makeConnection(self, transport: Any) -> None:
+        transport.stopProducing()
