@@ -199,12 +199,13 @@ class CursorBus:
             self.lease.restart("a publish failed")
 
 
-def leased_source(source: Any, redis: Any, name: str, ttl: float, clock: Any) -> LeasedService:
-    """Wrap an SseSourceService so one instance at a time reads its upstream, resuming from the cursor."""
+def leased_source(make_source: Callable[[Any], Any], inner: Any, redis: Any, name: str, ttl: float, clock: Any) -> LeasedService:
+    """An SseSourceService (``make_source(bus)``) that one instance at a time runs, resuming from the cursor;
+    ``inner`` is the source's view of the bus, which the cursor bus given to ``make_source`` publishes to."""
     key = f"{redis.prefix}source:{name}:lease"
     cursor_key = f"{redis.prefix}source:{name}:cursor"
-    bus = CursorBus(source.bus, redis, cursor_key)
-    source.bus = bus
+    bus = CursorBus(inner, redis, cursor_key)
+    source = make_source(bus)
     lease = LeasedService(redis, key, ttl, source, clock, cursor_key,
                           lambda cursor: source.resume_after(cursor or bus.acknowledged))
     bus.lease = lease

@@ -160,6 +160,7 @@ class SseSink:
     def __init__(
         self, connector: ConnectorDef, mapper: IMapper, clock: IReactorTime,
         jitter: Callable[[], float] = random.random, turns: IReactorTime | None = None,
+        lag_observer: Callable[[float], None] | None = None, forward: Callable[[str | None, bytes], None] | None = None,
     ) -> None:
         self.connector = connector
         self.name = connector.name
@@ -191,9 +192,9 @@ class SseSink:
         self.counters: Counter[str] = Counter()
         #: requests refused before they became subscribers, by reason (counted by the guard)
         self.rejected: Counter[str] = Counter()
-        #: set by the admin service: called once per event with the seconds from
+        #: the admin's lag histogram: called once per event with the seconds from
         #: the event's ingress to its hand-off to every subscriber's socket
-        self.lag_observer: Callable[[float], None] | None = None
+        self.lag_observer = lag_observer
         #: set by use_bus_ids on a shared bus: ``replay(after, limit)`` -> Deferred of what follows an id there
         self.bus_replay: Callable[[str | None, int], Deferred] | None = None
         #: subscribers waiting for a bus replay, with the live frames that arrived meanwhile
@@ -206,8 +207,8 @@ class SseSink:
         self._flush_call: Any = None
         #: connect and leave lines: at most CONNECT_LOG_BURST per CONNECT_LOG_WINDOW (a reconnect storm)
         self.routine_lines = LogRate(clock.seconds, CONNECT_LOG_BURST, CONNECT_LOG_WINDOW)
-        #: set when worker processes serve this sink (workers.py): gets every encoded event and its id
-        self.forward: Callable[[str | None, bytes], None] | None = None
+        #: when worker processes serve this sink (workers/pool.py): gets every encoded event and its id
+        self.forward = forward
 
     def use_bus_ids(self, replay: Callable[[str | None, int], Deferred], key: Callable[[str], Any],
                     show: Callable[[Any], str], below: Callable[[Any], Any]) -> None:

@@ -32,7 +32,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
@@ -307,16 +307,17 @@ class AdminService(MultiService):
         self._start_sampler()
         self._live_views()
 
+    def lag_observer(self, sink: str) -> Callable[[float], None]:
+        """What a sink calls with each event's lag (given to it when it is built): the histogram's series."""
+        return self.lag.labels(sink=sink).observe
+
     def _attach(self, names: list[str]) -> None:
-        """Watch SSE sources' connectivity and hook sinks' lag into the histogram."""
+        """Watch SSE sources' connectivity."""
         now = self.clock.seconds()
         for name in names:
             source = self.daemon.sources.get(name)
             if source is not None and source.connector.type == "sse":
                 self.watches[name] = SourceWatch(source, now)
-            sink = getattr(self.daemon.sinks.get(name), "sink", None)
-            if sink is not None:
-                sink.lag_observer = self.lag.labels(sink=sink.name).observe
 
     def _start_sampler(self) -> None:
         if self.watches and self.running and (self._sampler is None or not self._sampler.running):

@@ -28,14 +28,16 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from zope.interface import implementer
 
 from sse_daemon.workers import channel
 from sse_daemon.bus.memory import IBus, ISubscription
+from sse_daemon.config.model import ConnectorDef
 from sse_daemon.edge.listener import BindError
+from sse_daemon.mapping.mappers import IMapper
 from sse_daemon.events.schema import Schema
 from sse_daemon.connectors.sink import SseSink, adopt_bus_ids
 from sse_daemon.edge.tls import LISTEN_BACKLOG
@@ -184,14 +186,15 @@ class SinkWorkers(Service):
 
     log = Logger()
 
-    def __init__(self, sink: SseSink, schema: Schema, bus: IBus, reactor: Any) -> None:
+    def __init__(self, connector: ConnectorDef, mapper: IMapper, schema: Schema, bus: IBus, clock: IReactorTime,
+                 reactor: Any) -> None:
         #: the daemon's copy of the sink: maps, numbers and keeps the history of every event, and feeds the workers
-        self.feed = sink
-        self.connector = sink.connector
+        sink = self.feed = SseSink(connector, mapper, clock, turns=reactor, forward=self._forward)
+        self.connector = connector
         self.schema = schema
         self.bus = bus
         self.reactor = reactor
-        self.clock = sink.clock
+        self.clock = clock
         self.count: int = sink.connector["worker.count"]
         self.log_level = _log_level()
         self.stall_seconds = STALL_SECONDS
@@ -207,7 +210,6 @@ class SinkWorkers(Service):
         self._subscription: ISubscription | None = None
         self._stopping = False
         self.setName(f"sink:{sink.name}")
-        sink.forward = self._forward  # every encoded event, in order
         #: what the status page and /metrics read (sink_figures)
         self.sink = PooledSinkFigures(self)
 
