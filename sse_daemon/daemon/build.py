@@ -7,7 +7,7 @@ piece gets its collaborators here, at construction. :meth:`Builder.stage`
 builds what a :class:`~sse_daemon.daemon.plan.Plan` adds or restarts, off to
 the side: the daemon's start-up stages the plan from nothing, a reload the
 plan from the running configuration, and the daemon (service.py) puts the
-staged pieces in place. A worker process (workers/process.py) builds its part,
+staged pieces in place. A worker process (worker.py) builds its part,
 one sink on a socket the daemon bound, with the same builder.
 """
 

@@ -1,7 +1,7 @@
 """``worker.count`` on a sink: several processes serve its port (the daemon's side).
 
 One process writes each event to every subscriber with one core; a sink with
-``worker.count: N`` is served by N worker processes (worker.py) instead. The
+``worker.count: N`` is served by N worker processes (sse_daemon/worker.py) instead. The
 daemon binds the port itself (so a bind error stops it, as for any listener):
 one listening socket per worker with SO_REUSEPORT, so the kernel spreads new
 connections evenly, and keeps them open while workers come and go. The daemon still maps, numbers and keeps the
@@ -249,7 +249,7 @@ class SinkWorkers(Service):
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the daemon's own imports, also from a checkout
         try:
             self.reactor.spawnProcess(
-                worker, sys.executable, [sys.executable, "-m", "sse_daemon.workers.process", self.log_level], env=env,
+                worker, sys.executable, [sys.executable, "-m", "sse_daemon.worker", self.log_level], env=env,
                 childFDs={0: "w", 1: "r", 2: "r", 3: listening.fileno()},
             )
         except OSError as e:  # out of processes or memory: try again later, as for a worker that died

@@ -1,6 +1,6 @@
-"""One worker process of a sink with ``worker.count`` above 1 (``python -m sse_daemon.workers.process``).
+"""One worker process of a sink with ``worker.count`` above 1 (``python -m sse_daemon.worker``).
 
-The daemon (pool.py) binds the sink's port and starts the workers; each
+The daemon (workers/pool.py) binds the sink's port and starts the workers; each
 worker accepts subscribers on that shared socket and serves them with the
 same SseSink as a single-process daemon. Events arrive already encoded, with
 their ids, over a pipe, in the daemon's order, so every worker holds the same
@@ -8,7 +8,7 @@ history and a subscriber resumes correctly whichever worker it lands on.
 
 File descriptors, set up by the daemon:
 
-- 0: messages from the daemon (channel.py): the sink's definition, the
+- 0: messages from the daemon (workers/channel.py): the sink's definition, the
   history so far, then live events;
 - 1: reports to the daemon: a JSON line of figures every second;
 - 2: log events, one JSON line each (the daemon logs them as its own);
