@@ -114,6 +114,7 @@ class Worker(channel.MessageReceiver):
         if last:  # the reactor stops next: write it now (a few hundred bytes, under the pipe's atomic size)
             os.write(1, line)
         else:
+            assert self.transport is not None
             self.transport.write(line)
 
     # -- the end
@@ -145,15 +146,18 @@ class Worker(channel.MessageReceiver):
 
 
 def main() -> None:
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
 
     from sse_daemon.ops.logs import parse_level
+
+    reactor: Any = installed  # the platform's reactor: it spawns, threads and reads stdio (the stubs know IReactorCore only)
 
     level = parse_level(sys.argv[1] if len(sys.argv) > 1 else "info")
     observer = FilteringLogObserver(jsonFileLogObserver(sys.stderr, recordSeparator=""), [LogLevelFilterPredicate(level)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     worker = Worker(reactor)
-    stdio.StandardIO(worker, stdin=0, stdout=1, reactor=reactor)
+    standard_io: Any = stdio.StandardIO  # POSIX's (the stubs show the Windows signature)
+    standard_io(worker, stdin=0, stdout=1, reactor=reactor)
     # SIGINT too: a Ctrl-C in a terminal reaches the whole process group
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: reactor.callFromThread(worker.stop))

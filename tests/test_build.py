@@ -107,13 +107,13 @@ def test_pieces_get_their_collaborators_at_construction() -> None:
     new = config(sink("A") + sink("Pooled", 8002, extra=", worker.count: 2"), INGEST)
     schema = new.streams["S"].schema
     a = builder.connector(new.sinks[0], schema)
-    assert a.drains and a.service.sink.lag_observer is not None and a.service.sink.forward is None
+    assert a.drain == a.service.drain and a.service.sink.lag_observer is not None and a.service.sink.forward is None
     pooled = builder.connector(new.sinks[1], schema)
-    assert isinstance(pooled.service, SinkWorkers) and pooled.drains and pooled.resource is None
+    assert isinstance(pooled.service, SinkWorkers) and pooled.drain == pooled.service.drain and pooled.resource is None
     assert pooled.service.feed.forward == pooled.service._forward and pooled.service.feed.lag_observer is None
     assert seen == ["A", "Pooled"], "a pooled sink's series is shown, though not measured across processes"
     ingest = builder.connector(new.sources[0], schema)
-    assert not ingest.drains and ingest.service is None and ingest.source.slice_size == PUBLISH_SLICE
+    assert ingest.drain is None and ingest.service is None and ingest.source.slice_size == PUBLISH_SLICE
     assert ingest.source.bus is ingest.bus
 
 

@@ -51,7 +51,8 @@ class BuiltConnector:
     resource: IResource | None = None  # served on its listener, guarded: sse-server sinks, ingests
     source: Any = None  # what DaemonService.sources holds: an ingest resource or an SSE source
     bus: ConnectorBus | None = None  # a source's view of the bus (notes when it last published)
-    drains: bool = False  # an SSE sink (or its workers): subscribers are closed in stages on stop
+    #: an SSE sink's (or its workers'): closes its subscribers in stages (drain.window), on shutdown and reload
+    drain: Callable[[Any], Deferred] | None = None
 
 
 def make_bus(config: Config, reactor: Any) -> IBus:
@@ -131,10 +132,10 @@ class Builder:
             if self.lag is not None:
                 self.lag(connector.name)  # its series is shown (empty: lag is not measured across processes)
             workers = SinkWorkers(connector, make_mapper(connector.options, schema), schema, self.bus, self.clock, self.reactor)
-            return BuiltConnector(service=workers, drains=True)
+            return BuiltConnector(service=workers, drain=workers.drain)
         sink = self.sink(connector, schema)
-        return BuiltConnector(service=SseSinkService(sink, self.bus, connector.stream, self.clock),
-                              resource=self.guarded_sink(connector, sink), drains=True)
+        service = SseSinkService(sink, self.bus, connector.stream, self.clock)
+        return BuiltConnector(service=service, resource=self.guarded_sink(connector, sink), drain=service.drain)
 
     def _ingest(self, connector: ConnectorDef, schema: Schema, source_bus: ConnectorBus) -> BuiltConnector:
         # a shared bus takes a body in one transaction (all or nothing); the in-process one in slices between turns

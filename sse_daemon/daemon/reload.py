@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sse_daemon.config.model import Config, ConfigError, load_files
 from sse_daemon.daemon.plan import Plan, connector_key, keys, plan
@@ -74,8 +75,12 @@ class Reloader:
                 return self.reload()
             return result
 
+        def failed(failure: Failure) -> bool:
+            log.failure("reloading the configuration failed", failure)
+            return False
+
         d = self._running = Deferred.fromCoroutine(self._reload())
-        d.addErrback(lambda f: (log.failure("reloading the configuration failed", f), False)[1])
+        d.addErrback(failed)
         d.addBoth(done)  # may run at once, when nothing had to wait
         return d
 

@@ -81,7 +81,7 @@ class DaemonService(MultiService):
 
     def stopService(self) -> Deferred:
         """Stop accepting, close subscribers in stages, then stop the rest (drain.py)."""
-        sinks = [service for name, service in self.sinks.items() if self.built[name].drains]  # SSE sinks, and their workers
+        sinks = [service for name, service in self.sinks.items() if self.built[name].drain is not None]  # SSE sinks, and their workers
         return shutdown(self.listeners.values(), sinks, super().stopService, self.reactor, self.stopping)
 
     # -- applying a plan (start-up: from nothing; a reload: from the running configuration)
@@ -132,12 +132,12 @@ class DaemonService(MultiService):
             old = built.service
             if old is None or old.parent is not self:
                 continue
-            if built.drains:  # an SSE sink: close its subscribers in stages, as on shutdown
+            if built.drain is not None:  # an SSE sink: close its subscribers in stages, as on shutdown
                 # it stays a child while it drains (a shutdown meanwhile still stops it), but its
                 # name goes to the new sink at once
                 self.namedServices.pop(old.name, None)
                 old.name = None
-                stopping.append(old.drain(self.reactor).addBoth(lambda _, old=old: self.removeService(old)))
+                stopping.append(built.drain(self.reactor).addBoth(lambda _, old=old: self.removeService(old)))
             else:
                 stopping.append(maybeDeferred(self.removeService, old))
         removed = [self.config.routes[index] for index in changes.routes_remove]
@@ -226,5 +226,5 @@ def build_service(
     stats_interval: float = 60.0,
 ) -> DaemonService:
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     return DaemonService(config, reactor, bus, clock, stats_interval)

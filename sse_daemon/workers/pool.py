@@ -24,11 +24,11 @@ import os
 import socket
 import sys
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from zope.interface import implementer
@@ -110,8 +110,11 @@ class WorkerProcess(ProcessProtocol):
         self._lines = {1: b"", 2: b""}
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid
-        self.transport.registerProducer(self, True)  # tells us when the pipe backs up
+        transport = self.transport
+        assert transport is not None
+        self.pid = transport.pid
+        # a process transport is also the consumer of the worker's stdin pipe (IProcessTransport does not say so)
+        cast(IConsumer, transport).registerProducer(self, True)  # tells us when the pipe backs up
 
     def send(self, message: bytes, live: bool = True) -> None:
         """Write to the worker's pipe; live events count against its bound, its start-up copy of the history does not."""
@@ -130,7 +133,8 @@ class WorkerProcess(ProcessProtocol):
 
     def signal(self, name: str) -> None:
         try:
-            self.transport.signalProcess(name)
+            if self.transport is not None:
+                self.transport.signalProcess(name)
         except Exception:  # already gone: processEnded follows
             pass
 
@@ -306,7 +310,7 @@ class SinkWorkers(Service):
         for worker in running:
             worker.signal("TERM")
             kill = self.reactor.callLater(grace, worker.signal, "KILL")
-            worker.ended.addBoth(lambda result, kill=kill: kill.cancel() if kill.active() else None)
+            worker.ended.addBoth(_cancel, kill)
         return DeferredList([w.ended for w in running], consumeErrors=True)
 
     def stopService(self) -> Deferred:
@@ -338,6 +342,11 @@ class SinkWorkers(Service):
 
     def pids(self) -> list[int | None]:
         return [None if w is None else w.pid for w in self.workers]
+
+
+def _cancel(_: object, call: IDelayedCall) -> None:
+    if call.active():
+        call.cancel()
 
 
 class PooledSinkFigures:
