@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= etc/sse-daemon.yaml
 
-.PHONY: install run check test test-tools clean
+.PHONY: install run check lint test test-tools clean
 
 install: $(STAMP)
 
@@ -36,7 +36,13 @@ check: install
 test-tools:
 	bash .ci/install-test-tools
 
-test: install test-tools
+# ruff, mypy and the import contracts (configured in pyproject.toml); a few seconds.
+lint: install
+	$(BIN)/ruff check sse_daemon tests twisted
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint test-tools
 	$(BIN)/python -m pytest
 
 clean:

@@ -37,6 +37,12 @@ setup(
             "sse-starlette>=2.1",  # an SSE server nobody here wrote
             "uvicorn>=0.30",
             "selenium>=4.20",  # drives Debian's chromium (via /usr/bin/chromedriver) to test the status page
+            # `make lint` (pyproject.toml holds their configuration)
+            "ruff>=0.6",  # pyflakes, pycodestyle errors, bugbear
+            "mypy>=1.11",  # the annotations, checked
+            "mypy-zope>=1.0",  # implementer() and zope Interfaces as mypy types
+            "import-linter>=2.0",  # the layers and the pure modules, as contracts
+            "types-PyYAML",
         ],
     },
     entry_points={"console_scripts": ["sse-daemon=sse_daemon.cli:main"]},  # `sse-daemon probe URL`

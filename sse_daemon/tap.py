@@ -56,7 +56,7 @@ class Options(usage.Options):
             self.loaded = load_files(self["config"])
         except ConfigError as e:
             sys.stderr.write(f"{e}\n")
-            raise SystemExit(1)
+            raise SystemExit(1) from None
         if self["check"]:
             sys.stdout.write(self.loaded.summary() + "\n")
             raise SystemExit(0)

@@ -218,7 +218,7 @@ async def test_without_admin_auth_a_protected_streams_events_are_not_served(daem
     assert b"classified" not in raw and b"id-classified" not in raw
     up = next(s for s in figures["sources"] if s["name"] == "Up")
     assert up["last_event_id"] is None and up["events_in"] == 1, "counters yes, the stream's data no"
-    assert [l["stream"] for l in figures["admin"]["live"]] == ["Open"]
+    assert [view["stream"] for view in figures["admin"]["live"]] == ["Open"]
     assert figures["admin"]["protected"] == ["Feed", "Secret"] and figures["admin"]["auth"] == "none"
     assert {s["name"]: s["protected"] for s in figures["streams"]} == {"Secret": True, "Feed": True, "Open": False}
     assert admin_rejected(await get(port, "/metrics"), "protected-stream") == 2
@@ -251,7 +251,7 @@ async def test_admin_auth_guards_all_but_health_with_basic_or_bearer(daemon, tmp
         assert status(raw) == 200
         figures = body(raw)
         assert next(s for s in figures["sources"] if s["name"] == "Up")["last_event_id"] == "id-classified"
-        assert {l["stream"] for l in figures["admin"]["live"]} == {"Secret", "Feed", "Open"}
+        assert {view["stream"] for view in figures["admin"]["live"]} == {"Secret", "Feed", "Open"}
         assert figures["admin"]["protected"] == [] and figures["admin"]["auth"] == ["basic", "bearer"]
     viewer = await raw_request(port, f"GET /events/Secret HTTP/1.1\r\nHost: 127.0.0.1\r\n{bearer(TOKEN)}\r\n".encode())
     await viewer.wait_for(b"stream open")

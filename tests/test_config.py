@@ -9,9 +9,6 @@ from pathlib import Path
 import pytest
 
 from sse_daemon.config.model import (
-    BUS_OPTIONS,
-    CONNECTOR_TYPES,
-    COMMON_OPTIONS,
     ConfigError,
     load_files,
     load_yaml,

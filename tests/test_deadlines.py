@@ -25,7 +25,7 @@ from twisted.internet.task import Clock
 
 from sse_daemon.config.model import ConfigError, load_files
 from sse_daemon.edge.listener import CLOSE_GRACE
-from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping, headroom_for
+from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, Stopping, headroom_for
 from sse_daemon.daemon.reload import Reloader
 from sse_daemon.events.schema import Event
 from sse_daemon.daemon.service import DaemonService

@@ -145,7 +145,7 @@ def test_a_replay_skips_each_entry_it_cannot_decode_and_the_verdict_stands() -> 
 async def test_a_resume_redis_does_not_answer_gets_its_head_in_time_with_a_reset(daemon, redis_server, monkeypatch) -> None:
     """Whatever Redis does, a resuming client gets its head within BUS_REPLAY_TIMEOUT: from local
     history, with a reset event (that history does not cover its id)."""
-    import sse_daemon.connectors.sink as sink_module
+    import sse_daemon.connectors.sink.replay as sink_module
 
     monkeypatch.setattr(sink_module, "BUS_REPLAY_TIMEOUT", 0.3, raising=False)
     text, _ = config(redis_server)

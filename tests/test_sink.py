@@ -260,7 +260,7 @@ async def test_a_third_party_client_reads_events(daemon) -> None:
 @pytest_twisted.ensureDeferred
 async def test_the_listen_backlog_holds_a_reconnect_burst(daemon) -> None:
     """Twisted's default backlog of 50 drops connections when a deploy sends subscribers back at once."""
-    from sse_daemon.edge.tls import LISTEN_BACKLOG
+    from sse_daemon.policy.connections import LISTEN_BACKLOG
 
     service = await daemon(config())
     listener = next(iter(service.listeners.values()))
@@ -277,7 +277,7 @@ async def test_one_turns_events_reach_a_subscriber_as_one_chunk_sent_at_once(dae
     (subscriber,) = sink.subscribers
     before = len(client.received)
     publish(service, 1, 2, 3)
-    assert sink._flush_call is not None and sink._flush_call.active(), "written at the end of the turn, not per event"
+    assert sink.batch.scheduled, "written at the end of the turn, not per event"
     sink.flush()
     transport = subscriber.transport
     assert transport._tempDataLen == 0 and transport.dataBuffer == b"", "sent by send() at once, not buffered"

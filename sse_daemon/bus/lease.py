@@ -8,9 +8,11 @@ service when it could not renew for 60 % of ``ttl`` (before another instance can
 take the key), and deletes the key on a clean stop so another takes over at
 its next attempt instead of after ``ttl``. ``on_acquire`` gets the value of
 ``cursor_key`` (the last upstream id a holder saved) before the service starts.
+The daemon holds the :class:`LeasedService` (an :class:`ILeasedService`) in place of
+the source; the source itself, with its figures, is its ``inner``.
 
-:func:`leased_source` puts an SSE source under a lease on a shared bus: it
-saves the upstream id of what Redis acknowledged as the cursor, and when a
+:func:`leased_source` puts an SSE source under a lease on a shared bus: its
+view of the bus (a :class:`~sse_daemon.bus.cursor.CursorBus`) saves the upstream id of what Redis acknowledged as the cursor, and when a
 publish fails (Redis away) it stops reading and starts again from the cursor
 once it holds the lease again, so an upstream event is either in Redis or
 read again (at least once: a holder that dies between the publish and the
@@ -20,12 +22,17 @@ cursor write has the next holder read that event again).
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable
+from typing import Callable, Protocol
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import Attribute, implementer
+
+from sse_daemon.bus.cursor import CursorBus
+from sse_daemon.bus.interfaces import IBus, ISharedBus
 
 #: renew only our own lease: 1 when renewed, 0 when the key is gone or someone else's
 RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
@@ -45,12 +52,21 @@ def must_stop(now: float, renewed_at: float, ttl: float) -> bool:
     return now - renewed_at >= ttl * SAFETY
 
 
+class ILeasedService(IService):
+    """A service run on one instance at a time: what the daemon holds in place of the service it runs."""
+
+    inner = Attribute("The service run while this instance holds the lease (an SSE source).")
+    holding = Attribute("Whether this instance holds the lease now.")
+    standby = Attribute("Another instance runs ``inner`` now (or may): for readiness, this one is not down.")
+
+
+@implementer(ILeasedService)
 class LeasedService(Service):
-    """Runs ``inner`` only while this instance holds the lease ``key`` on ``bus`` (a RedisBus)."""
+    """Runs ``inner`` only while this instance holds the lease ``key`` on ``bus`` (a shared bus)."""
 
     log = Logger()
 
-    def __init__(self, bus: Any, key: str, ttl: float, inner: IService, clock: Any,
+    def __init__(self, bus: ISharedBus, key: str, ttl: float, inner: IService, clock: IReactorTime,
                  cursor_key: str | None = None, on_acquire: Callable[[str | None], None] | None = None) -> None:
         self.bus = bus
         self.key = key
@@ -61,26 +77,17 @@ class LeasedService(Service):
         self.on_acquire = on_acquire
         self.token = uuid.uuid4().hex
         self.holding = False
+        #: read by the admin's readiness: a source another instance runs is not "down"
+        self.standby = False
         self.renewed_at = 0.0
         self.acquired = 0  # times this instance took the lease
         self.released = False  # whether the last stop gave the key back (else it expires after ttl)
         self._ticker: LoopingCall | None = None
         self._stopping: Deferred | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        # The daemon, the admin and reload see the leased service in place of the inner one
-        # (figures such as ``connected`` or ``counters``); only what is missing here is looked up there.
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    def _standby(self, standby: bool) -> None:
-        # read by the admin's readiness: a source another instance runs is not "down"
-        self.inner.standby = standby  # type: ignore[attr-defined]
-
     def startService(self) -> None:
         super().startService()
-        self._standby(True)
+        self.standby = True
         self._ticker = LoopingCall(lambda: Deferred.fromCoroutine(self._tick()))
         self._ticker.clock = self.clock
         self._ticker.start(self.ttl * TICK, now=True).addErrback(
@@ -137,7 +144,7 @@ class LeasedService(Service):
         if not self.running:
             return
         self.holding = True
-        self._standby(False)
+        self.standby = False
         self.acquired += 1
         self.log.info("took the lease {key}; starting {service} (cursor {cursor!r})", key=self.key,
                       service=self.inner.name, cursor=cursor)
@@ -153,7 +160,7 @@ class LeasedService(Service):
 
     async def _lose(self, why: str) -> None:
         self.holding = False
-        self._standby(True)
+        self.standby = True
         self.log.info("gave up the lease {key} ({why}); stopping {service}", key=self.key, why=why, service=self.inner.name)
         if self.inner.running:
             self._stopping = maybeDeferred(self.inner.stopService)
@@ -163,51 +170,30 @@ class LeasedService(Service):
                 self._stopping = None
 
 
-class CursorBus:
-    """A leased source's view of the bus: saves the cursor after each acknowledged publish,
-    and restarts the source from the cursor when a publish fails (nothing read is dropped)."""
+class ResumableSource(Protocol):
+    """What :func:`leased_source` runs: a service (an IService) that can start again from an upstream id."""
 
-    log = Logger()
+    @property
+    def name(self) -> str | None: ...  # a Service's name (Twisted's may be None)
 
-    def __init__(self, inner: Any, redis: Any, cursor_key: str) -> None:
-        self.inner = inner  # the source's ConnectorBus
-        self.redis = redis  # the RedisBus, for the cursor
-        self.cursor_key = cursor_key
-        self.lease: LeasedService | None = None
-        #: the upstream id of the last event Redis acknowledged here, if the cursor in Redis is lost
-        self.acknowledged: str | None = None
-
-    def publish(self, stream: str, events: Any) -> Any:
-        events = list(events)
-        d = self.inner.publish(stream, events)
-        cursor = next((e.id for e in reversed(events) if e.id), None)
-        d.addCallback(lambda _: self._save(cursor) if cursor else None)
-        d.addErrback(self._failed)
-        return d
-
-    def subscribe(self, stream: str, subscriber: Any) -> Any:
-        return self.inner.subscribe(stream, subscriber)
-
-    def _save(self, cursor: str) -> Deferred:
-        self.acknowledged = cursor
-        return self.redis.command("SET", self.cursor_key, cursor)
-
-    def _failed(self, failure: Any) -> None:
-        self.log.warn("a leased source could not publish ({reason}); reading again from the saved cursor",
-                      reason=failure.getErrorMessage())
-        if self.lease is not None:
-            self.lease.restart("a publish failed")
+    def resume_after(self, last_event_id: str | None) -> None: ...
 
 
-def leased_source(make_source: Callable[[Any], Any], inner: Any, redis: Any, name: str, ttl: float, clock: Any) -> LeasedService:
-    """An SseSourceService (``make_source(bus)``) that one instance at a time runs, resuming from the cursor;
-    ``inner`` is the source's view of the bus, which the cursor bus given to ``make_source`` publishes to."""
+def leased_source(make_source: Callable[[IBus], ResumableSource], bus: IBus, redis: ISharedBus, name: str,
+                  ttl: float, clock: IReactorTime) -> LeasedService:
+    """An SSE source that one instance at a time runs, resuming from the cursor: ``make_source`` builds
+    it on ``bus`` (the source's view of the bus) wrapped in a :class:`CursorBus` that saves the cursor."""
     key = f"{redis.prefix}source:{name}:lease"
     cursor_key = f"{redis.prefix}source:{name}:cursor"
-    bus = CursorBus(inner, redis, cursor_key)
-    source = make_source(bus)
-    lease = LeasedService(redis, key, ttl, source, clock, cursor_key,
-                          lambda cursor: source.resume_after(cursor or bus.acknowledged))
-    bus.lease = lease
-    lease.setName(source.name)
+    lease: LeasedService | None = None
+
+    def restart(why: str) -> None:
+        if lease is not None:
+            lease.restart(why)
+
+    cursor = CursorBus(bus, redis, cursor_key, restart)
+    source = make_source(cursor)
+    lease = LeasedService(redis, key, ttl, source, clock, cursor_key,  # type: ignore[arg-type]  # an IService too
+                          lambda saved: source.resume_after(saved or cursor.acknowledged))
+    lease.setName(source.name or f"source:{name}")
     return lease

@@ -1,44 +1,26 @@
 """The internal event bus that links sources, routes and sinks.
 
-Everything talks to :class:`IBus`, so a broker-backed bus can replace the
+Everything talks to :class:`~sse_daemon.bus.interfaces.IBus`, so a broker-backed bus can replace the
 embedded one without touching connectors. The embedded bus is synchronous:
 ``publish`` returns after every subscriber has seen the events, in order,
-which keeps delivery order and makes tests deterministic.
+which keeps delivery order and makes tests deterministic; the Deferred it
+returns (the one publish contract of every bus) has fired already.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Iterable
+from typing import Iterable
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import implementer
 
+from sse_daemon.bus.interfaces import IBus, IDeliveringBus, ISubscription, Subscriber
 from sse_daemon.policy.limits import should_log
 from sse_daemon.events.schema import Event
 
-Subscriber = Callable[[Event], None]
-
-
-class ISubscription(Interface):
-    stream = Attribute("The stream name this subscription listens to.")
-
-    def cancel() -> None:
-        """Stop delivering; calling it twice is harmless."""
-
-
-class IBus(Interface):
-    provides_ids = Attribute(
-        "True on a shared bus: events carry the bus's id (``Event.bus_id``) and ``publish`` takes a batch "
-        "in one transaction, so a batch must not be split; False on the in-process bus."
-    )
-
-    def publish(stream: str, events: Iterable[Event]) -> None:
-        """Hand ``events`` to every subscriber of ``stream``, in order."""
-
-    def subscribe(stream: str, subscriber: Subscriber) -> ISubscription:
-        """Call ``subscriber(event)`` for every event published on ``stream``."""
-
+__all__ = ["IBus", "ISubscription", "MemoryBus", "Subscriber", "subscriber_failed"]
 
 def subscriber_failed(log: Logger, failures: dict[str, int], stream: str, subscriber: Subscriber) -> None:
     """Count a subscriber call that raised (a bug: events are checked where they enter) and log it
@@ -64,7 +46,7 @@ class _Subscription:
         self._bus._remove(self)
 
 
-@implementer(IBus)
+@implementer(IDeliveringBus)
 class MemoryBus:
     """The embedded in-process bus (the default)."""
 
@@ -81,7 +63,7 @@ class MemoryBus:
         self._subscriptions[stream].append(subscription)
         return subscription
 
-    def publish(self, stream: str, events: Iterable[Event]) -> None:
+    def publish(self, stream: str, events: Iterable[Event]) -> Deferred:
         # Copy: a subscriber may cancel (or add) subscriptions while we deliver.
         subscriptions = tuple(self._subscriptions.get(stream, ()))
         for event in events:
@@ -90,6 +72,7 @@ class MemoryBus:
                     subscription.subscriber(event)
                 except Exception:
                     subscriber_failed(self.log, self.failures, stream, subscription.subscriber)
+        return succeed(None)
 
     def subscriber_count(self, stream: str) -> int:
         return len(self._subscriptions.get(stream, ()))

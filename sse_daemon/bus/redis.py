@@ -33,13 +33,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sse_daemon.bus.memory import IBus, ISubscription, Subscriber, subscriber_failed
+from sse_daemon.bus.interfaces import ISharedBus, ISubscription, Subscriber
+from sse_daemon.bus.memory import subscriber_failed
+from sse_daemon.bus.streamids import STREAM_IDS, entry_key, key_below, show_key
 from sse_daemon.config.model import BusDef
 from sse_daemon.policy.limits import should_log
 from sse_daemon.events.schema import Event
 from sse_daemon.events.validate import InvalidValue, check_values, load_json
 
-MAX_SEQ = 2**64 - 1
 #: how long one XREAD blocks; bounds how late a stream subscribed after start is picked up
 READ_BLOCK_MS = 1000
 READ_COUNT = 1000
@@ -53,26 +54,6 @@ class BusUnavailable(Exception):
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def entry_key(entry_id: str) -> tuple[int, int]:
-    """``"1700000000000-3"`` -> ``(1700000000000, 3)``, ordered like Redis orders ids; ValueError otherwise."""
-    ms, dash, seq = entry_id.strip().partition("-")
-    if not ms.isdigit() or (dash and not seq.isdigit()):
-        raise ValueError(f"not a Redis stream id: {entry_id!r}")
-    key = (int(ms), int(seq) if dash else 0)
-    if key[0] > MAX_SEQ or key[1] > MAX_SEQ:
-        raise ValueError(f"not a Redis stream id: {entry_id!r}")
-    return key
-
-
-def show_key(key: tuple[int, int] | None) -> str:
-    return "" if key is None else f"{key[0]}-{key[1]}"
-
-
-def key_below(key: tuple[int, int]) -> tuple[int, int]:
-    """The greatest id below ``key``: history's floor just under the first event it holds."""
-    return (key[0], key[1] - 1) if key[1] else (key[0] - 1, MAX_SEQ)
 
 
 def event_fields(event: Event) -> list[str]:
@@ -227,12 +208,13 @@ class _Subscription:
             subscriptions.remove(self)
 
 
-@implementer(IBus)
+@implementer(ISharedBus)
 class RedisBus(Service):
     """The shared bus. A child service of the daemon: connects on start, reconnects until stopped."""
 
     log = Logger()
     provides_ids = True  # events carry bus_id; sinks use it as the SSE id
+    ids = STREAM_IDS  # how those ids read and order (a sink's history keys)
 
     def __init__(self, definition: BusDef, reactor: Any) -> None:
         self.url = definition["url"]
@@ -256,7 +238,7 @@ class RedisBus(Service):
         self._loop: Deferred | None = None
         self._pending: set[Deferred] = set()
 
-    # -- IBus
+    # -- ISharedBus
     def subscribe(self, stream: str, subscriber: Subscriber) -> ISubscription:
         subscription = _Subscription(self, stream, subscriber)
         self._subscriptions[stream].append(subscription)
@@ -392,9 +374,9 @@ class RedisBus(Service):
         self._reader = await connection()
 
     async def _disconnect(self) -> None:
-        for name in ("_writer", "_reader"):
-            connection = getattr(self, name)
-            setattr(self, name, None)
+        connections = (self._writer, self._reader)
+        self._writer = self._reader = None
+        for connection in connections:
             if connection is not None:
                 try:
                     await connection.disconnect()

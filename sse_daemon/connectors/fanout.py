@@ -17,6 +17,8 @@ from typing import Any
 
 from twisted.internet.tcp import Connection
 
+from sse_daemon.compat import has_write_buffer, write_buffer_empty
+
 #: the most bytes one write of a subscriber's backlog joins together
 PUMP_BYTES = 64 * 1024
 
@@ -26,17 +28,13 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-#: the FileDescriptor internals ``write_now`` reads (Twisted's, not public API)
-_BUFFER_STATE = ("_tempDataLen", "dataBuffer", "connected", "disconnecting")
-
-
 def direct_socket(transport: Any) -> socket.socket | None:
     """The socket under a plain TCP transport (None for TLS, or anything else): what ``write_now`` may send on.
 
     None too if this Twisted keeps its write buffer differently: every write then goes
-    through ``transport.write`` (slower, still correct), and tests/test_sink.py fails.
+    through ``transport.write`` (slower, still correct), and tests/test_compat.py fails.
     """
-    if isinstance(transport, Connection) and not transport.TLS and all(hasattr(transport, a) for a in _BUFFER_STATE):
+    if isinstance(transport, Connection) and not transport.TLS and has_write_buffer(transport):
         return transport.socket
     return None
 
@@ -47,8 +45,7 @@ def write_now(transport: Any, sock: socket.socket | None, data: bytes) -> None:
     The shortcut is taken only while Twisted holds nothing for this transport
     (so bytes stay in order) and the connection is open and not closing.
     """
-    if (sock is not None and not transport._tempDataLen and not transport.dataBuffer
-            and transport.connected and not transport.disconnecting):
+    if sock is not None and write_buffer_empty(transport) and transport.connected and not transport.disconnecting:
         try:
             sent = sock.send(data)
         except OSError:  # EAGAIN: nothing taken; anything else: Twisted's next write finds the loss

@@ -23,8 +23,11 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
-from sse_daemon.bus.memory import IBus
+from sse_daemon.compat import request_disconnected  # the client left before its answer
+from sse_daemon.bus.interfaces import IBus
+from sse_daemon.connectors.interfaces import ISource
 from sse_daemon.policy.limits import should_log
 from sse_daemon.config.model import ConnectorDef
 from sse_daemon.edge.listener import json_error
@@ -38,6 +41,7 @@ from sse_daemon.events.validate import InvalidValue
 PUBLISH_SLICE = 500
 
 
+@implementer(ISource)
 class IngestResource(Resource):
     isLeaf = True
     log = Logger()
@@ -80,21 +84,21 @@ class IngestResource(Resource):
             return self._reject(request, 413 if e.reason == "too-many-events" else 400, e.reason, str(e))
         now = self.clock.seconds()
         if self.slice_size and len(rows) > self.slice_size:
-            published: object = Deferred.fromCoroutine(self._publish_in_slices(rows, now))
+            published: Deferred = Deferred.fromCoroutine(self._publish_in_slices(rows, now))
         else:
             published = self.bus.publish(self.stream, [Event(values, ingress=now) for values in rows])
-        if isinstance(published, Deferred):  # a shared bus, or slices: answer 200 only once the bus has every event
-            published.addCallbacks(self._published, self._unavailable, (request, len(rows)), errbackArgs=(request,))
-            published.addErrback(lambda f: self.log.failure("ingest {source} could not answer", f, source=self.name))
-            return NOT_DONE_YET
-        return self._accepted(request, len(rows))
+        # 200 only once the bus has every event: at once on the in-process bus (its Deferred has fired),
+        # once Redis acknowledged them on a shared one, after the last slice of a large body
+        published.addCallbacks(self._published, self._unavailable, (request, len(rows)), errbackArgs=(request,))
+        published.addErrback(lambda f: self.log.failure("ingest {source} could not answer", f, source=self.name))
+        return NOT_DONE_YET
 
     async def _publish_in_slices(self, rows: list, now: float) -> None:
         """Publish ``rows`` ``slice_size`` at a time, one slice per reactor turn, in order."""
         for start in range(0, len(rows), self.slice_size):
             if start:
                 await deferLater(self.turns, 0, lambda: None)  # other streams and requests are served here
-            self.bus.publish(self.stream, [Event(values, ingress=now) for values in rows[start:start + self.slice_size]])
+            await self.bus.publish(self.stream, [Event(values, ingress=now) for values in rows[start:start + self.slice_size]])
 
     def _accepted(self, request: IRequest, count: int) -> bytes:
         self.counters["events_in"] += count
@@ -104,7 +108,7 @@ class IngestResource(Resource):
 
     def _published(self, ids: object, request: IRequest, count: int) -> None:
         body = self._accepted(request, count)
-        if not request.finished and not getattr(request, "_disconnected", False):
+        if not request.finished and not request_disconnected(request):
             request.setHeader(b"Content-Length", str(len(body)).encode())  # as a synchronous answer has
             request.write(body)
             request.finish()
@@ -116,7 +120,7 @@ class IngestResource(Resource):
             body = self._reject(request, 400, failure.value.reason, f"nothing was published: {failure.getErrorMessage()}")
         else:
             body = self._reject(request, 503, "bus-unavailable", f"the events were not published: {failure.getErrorMessage()}; retry later")
-        if not request.finished and not getattr(request, "_disconnected", False):
+        if not request.finished and not request_disconnected(request):
             if not failure.check(InvalidValue):
                 request.setHeader(b"Retry-After", b"1")
             request.setHeader(b"Content-Length", str(len(body)).encode())

@@ -7,13 +7,17 @@ from collections import Counter
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-from sse_daemon.bus.memory import IBus, ISubscription
+from zope.interface import implementer
+
+from sse_daemon.bus.interfaces import IBus, ISubscription
+from sse_daemon.connectors.interfaces import ILogSinkService
 from sse_daemon.config.model import ConnectorDef
 from sse_daemon.policy.limits import should_log
 from sse_daemon.mapping.mappers import IMapper, MappingError
 from sse_daemon.events.schema import Event
 
 
+@implementer(ILogSinkService)
 class LogSinkService(Service):
     log = Logger()
 

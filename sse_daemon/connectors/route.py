@@ -7,7 +7,7 @@ from collections import Counter
 from twisted.application.service import Service
 from twisted.logger import Logger
 
-from sse_daemon.bus.memory import IBus, ISubscription
+from sse_daemon.bus.interfaces import IBus, ISubscription
 from sse_daemon.config.model import RouteDef
 from sse_daemon.events.schema import Event
 from sse_daemon.events.validate import InvalidValue, check_values

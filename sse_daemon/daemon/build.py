@@ -21,7 +21,9 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 
-from sse_daemon.bus.memory import IBus, MemoryBus
+from sse_daemon.bus.connector import ConnectorBus
+from sse_daemon.bus.interfaces import IBus, IDeliveringBus, ISharedBus
+from sse_daemon.bus.memory import MemoryBus
 from sse_daemon.config.model import Config, ConnectorDef, served_by_workers
 from sse_daemon.connectors.ingest import PUBLISH_SLICE, IngestResource
 from sse_daemon.connectors.logsink import LogSinkService
@@ -34,7 +36,6 @@ from sse_daemon.edge.passwords import PasswordPool
 from sse_daemon.edge.tls import client_policy, listen_description
 from sse_daemon.events.schema import Schema
 from sse_daemon.mapping.mappers import make_mapper
-from sse_daemon.ops.figures import ConnectorBus
 from sse_daemon.policy.connections import DescriptorBudget, Stopping, port_policy
 
 __all__ = ["BuiltConnector", "Builder", "Staged", "make_bus"]
@@ -55,7 +56,7 @@ class BuiltConnector:
     drain: Callable[[Any], Deferred] | None = None
 
 
-def make_bus(config: Config, reactor: Any) -> IBus:
+def make_bus(config: Config, reactor: Any) -> IDeliveringBus:
     """The bus the ``bus:`` section asks for; the memory bus needs (and imports) no Redis client."""
     if config.bus is not None and config.bus.type == "redis":
         from sse_daemon.bus.redis import RedisBus
@@ -92,7 +93,7 @@ class Staged:
 class Builder:
     """Builds connectors, routes and ports with the daemon's shared collaborators."""
 
-    def __init__(self, bus: IBus, clock: IReactorTime, reactor: Any, passwords: PasswordPool,
+    def __init__(self, bus: IDeliveringBus, clock: IReactorTime, reactor: Any, passwords: PasswordPool,
                  descriptors: DescriptorBudget | None = None, stopping: Stopping | None = None,
                  lag: LagObservers | None = None) -> None:
         self.bus = bus
@@ -150,10 +151,10 @@ class Builder:
         mapper = make_mapper(connector.options, schema)
         tls_policy = client_policy(connector.options.get("tls.ca.file"))
 
-        def source(bus: Any) -> SseSourceService:
+        def source(bus: IBus) -> SseSourceService:
             return SseSourceService(connector, mapper, bus, self.reactor, tls_policy=tls_policy)
 
-        if self.bus.provides_ids:  # a shared bus: one instance at a time reads the upstream
+        if ISharedBus.providedBy(self.bus):  # a shared bus: one instance at a time reads the upstream
             from sse_daemon.bus.lease import leased_source
 
             leased = leased_source(source, source_bus, self.bus, connector.name, self.bus.lease_ttl, self.clock)

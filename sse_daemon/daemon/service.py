@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import replace as with_fields
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sse_daemon.bus.memory import IBus
+from sse_daemon.bus.connector import ConnectorBus
+from sse_daemon.bus.interfaces import IDeliveringBus
 from sse_daemon.config.model import Config, listen_address, served_by_workers
 from sse_daemon.connectors.route import RouteService
 from sse_daemon.daemon.build import BuiltConnector, Builder, Staged, make_bus
@@ -25,7 +26,7 @@ from sse_daemon.daemon.plan import Plan, PortKey, plan
 from sse_daemon.edge.listener import BindError, ListenerService, descriptor_budget
 from sse_daemon.edge.passwords import PasswordPool
 from sse_daemon.ops.admin import AdminService
-from sse_daemon.ops.figures import ConnectorBus, StatsLogService
+from sse_daemon.ops.figures import StatsLogService
 from sse_daemon.policy.connections import DescriptorBudget, Stopping
 
 __all__ = ["DaemonService", "RouteService", "build_service"]
@@ -38,7 +39,7 @@ class DaemonService(MultiService):
     log = Logger()
 
     def __init__(
-        self, config: Config, reactor: Any, bus: IBus | None = None, clock: IReactorTime | None = None,
+        self, config: Config, reactor: Any, bus: IDeliveringBus | None = None, clock: IReactorTime | None = None,
         stats_interval: float = 60.0, descriptors: DescriptorBudget | None = None,
     ) -> None:
         super().__init__()
@@ -137,7 +138,7 @@ class DaemonService(MultiService):
                 # name goes to the new sink at once
                 self.namedServices.pop(old.name, None)
                 old.name = None
-                stopping.append(built.drain(self.reactor).addBoth(lambda _, old=old: self.removeService(old)))
+                stopping.append(built.drain(self.reactor).addBoth(self._drained, old))
             else:
                 stopping.append(maybeDeferred(self.removeService, old))
         removed = [self.config.routes[index] for index in changes.routes_remove]
@@ -146,6 +147,10 @@ class DaemonService(MultiService):
                 self.routes.remove(route_service)
                 stopping.append(maybeDeferred(self.removeService, route_service))
         return stopping
+
+    def _drained(self, _: object, old: IService) -> Deferred | None:
+        """A replaced sink closed its last subscribers: it leaves the tree."""
+        return self.removeService(old)
 
     async def _rebind(self, staged: Staged) -> None:
         """Ports bound another way: the old listener is released first, then the new one binds."""
@@ -222,7 +227,7 @@ class DaemonService(MultiService):
 
 
 def build_service(
-    config: Config, reactor: Any = None, bus: IBus | None = None, clock: IReactorTime | None = None,
+    config: Config, reactor: Any = None, bus: IDeliveringBus | None = None, clock: IReactorTime | None = None,
     stats_interval: float = 60.0,
 ) -> DaemonService:
     if reactor is None:

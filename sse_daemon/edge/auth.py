@@ -83,8 +83,9 @@ class Denied:
 
 
 class Authenticator(Protocol):
-    #: the WWW-Authenticate challenge sent with a 401 (None: no auth)
-    challenge: str | None
+    @property
+    def challenge(self) -> str | None:
+        """The WWW-Authenticate challenge sent with a 401 (None: no auth)."""
 
     def check(self, credentials: Credentials, now: float) -> Allowed | Denied | PasswordCheck: ...
 

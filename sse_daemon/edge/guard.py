@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from twisted.web.error import UnsupportedMethod
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from sse_daemon.edge.auth import (
     DEFAULT_FAILURES_PER_MINUTE, Allowed, Authenticator, BasicAuth, Credentials, Denied, NoAuth, PasswordCheck, build_authenticator,
@@ -148,7 +148,7 @@ class Guard(Resource):
         self.cookie: str = connector.options.get("auth.cookie", "")
         self.query_token: bool = connector.options.get("auth.query.token", False)
 
-    def render(self, request: IRequest) -> Any:
+    def render(self, request: Request) -> Any:
         host = client_host(request)
         method = request.method
         origin = request.getHeader("origin")
@@ -199,12 +199,11 @@ class Guard(Resource):
         failures = self.passwords.failures.check(host) if self.passwords is not None else None
         return (429, failures) if failures is not None else None
 
-    def _admit(self, request: IRequest, host: str, decision: Allowed | Denied) -> Any:
+    def _admit(self, request: Request, host: str, decision: Allowed | Denied) -> Any:
         """After the credentials: the limits every client shares, then the resource."""
         if isinstance(decision, Denied):
             return self.deny(request, decision, host)
-        stream = self.admission is not None and request.method == b"GET"
-        if stream:
+        if self.admission is not None and request.method == b"GET":
             # the address's cap again: a password check may have let others from it in meanwhile
             refusal = self.admission.check_address(host) or self.admission.check_global()
             if refusal is not None:
@@ -216,7 +215,7 @@ class Guard(Resource):
             self._close_at_expiry(request, decision)
         return result
 
-    def _check_password(self, request: IRequest, host: str, check: PasswordCheck) -> object:
+    def _check_password(self, request: Request, host: str, check: PasswordCheck) -> object:
         """Hash off the reactor (passwords.py); the request is answered when the check is done."""
         if self.passwords is None:  # a BasicAuth is always built with its gate (sink_guard, ingest_guard)
             raise RuntimeError(f"{self.connector.label} has no password pool")
@@ -227,28 +226,29 @@ class Guard(Resource):
         decided.addErrback(self._failed, request, host, left)
         return NOT_DONE_YET
 
-    def _decided(self, decision: Allowed | Denied | None, request: IRequest, host: str, left: list[bool]) -> None:
+    def _decided(self, decision: Allowed | Denied | None, request: Request, host: str, left: list[bool]) -> None:
         if decision is None or left:  # the client left: it costs nothing more
             return
         body = self._admit(request, host, decision)
         if body is not NOT_DONE_YET:
             finish(request, body)
 
-    def _failed(self, failure: Failure, request: IRequest, host: str, left: list[bool]) -> None:
+    def _failed(self, failure: Failure, request: Request, host: str, left: list[bool]) -> None:
         if left:
             return
+        body: bytes | int
         if failure.check(PoolStopped):
             body = self.refuse(request, 503, Refusal("shutting-down", "the server is shutting down; retry later", 1), host)
         else:
             body = internal_error(request, failure, self.rejected, self.log, self.connector.label)
-        if body is not NOT_DONE_YET:
+        if isinstance(body, bytes):  # else NOT_DONE_YET: the connection was closed
             finish(request, body)
 
     def _stream_ended(self, result: object, host: str) -> None:
         assert self.admission is not None
         self.admission.closed(host)
 
-    def _close_at_expiry(self, request: IRequest, decision: Allowed) -> None:
+    def _close_at_expiry(self, request: Request, decision: Allowed) -> None:
         """A stream may not outlive its token: end it at ``exp`` (on the injected clock)."""
         assert decision.expires is not None and self.on_expiry is not None
         timer = self.clock.callLater(max(0.0, decision.expires - self.clock.seconds()), self.on_expiry, request)

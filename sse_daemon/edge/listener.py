@@ -29,11 +29,12 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTi
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 from twisted.web.iweb import IRequest
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource, Resource
 
+from sse_daemon.compat import BadRequestChannel, skip_form_parsing
 from sse_daemon.config.model import normalise_path
 from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping
 from sse_daemon.policy.limits import should_log
@@ -147,7 +148,7 @@ class AbortAtOnce(Protocol):
         self.transport.abortConnection()
 
 
-class PortChannel(http.HTTPChannel):
+class PortChannel(BadRequestChannel):
     """HTTP/1.1 under the port's deadlines (the site's ``policy``), once the site admitted it.
 
     A request head must arrive within ``head_timeout`` of the accept (or of
@@ -199,15 +200,10 @@ class PortChannel(http.HTTPChannel):
         self.site.release(self.peer_host)
         super().connectionLost(reason)
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        """Twisted's parser refused the request (400): count it like every other refusal."""
+    def bad_request(self) -> None:
+        """Twisted's parser refused the request (400; a header line past 16 KiB too): count it like every other refusal."""
         self.site.resource.note("malformed-request", self.peer_host, "a malformed request: 400")
         self._closing_now()
-        super()._respondToBadRequestAndDisconnect()
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        """A header line past Twisted's 16 KiB: LineReceiver would close without an answer or a count."""
-        self._respondToBadRequestAndDisconnect()
 
     def end_after_response(self) -> None:
         """Close once the response in progress is sent (it says ``Connection: close``)."""
@@ -267,7 +263,7 @@ class LimitedRequest(server.Request):
         super().__init__(*args, **kwargs)
         # Nothing here reads form fields: skip Twisted's Content-Type parse through the
         # email package on every POST (7 % of the daemon's CPU under publish load, bench/).
-        self._parsePOSTFormSubmission = False
+        skip_form_parsing(self)
 
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)

@@ -128,7 +128,7 @@ class PasswordPool(Service):
             return fail(PoolFull())
         self.pending += 1
         self.counters["checks"] += 1
-        waiting = Deferred()
+        waiting: Deferred[Any] = Deferred()
         self._waiting.add(waiting)
         deferToThreadPool(self.reactor, self._threads, self._run_open, work, args).addBoth(self._done, waiting)
         return waiting
@@ -175,7 +175,7 @@ class PasswordGate:
     def _padding(self) -> Deferred:
         if self.padding is not None:
             return succeed(self.padding)
-        d = Deferred()
+        d: Deferred[Padding] = Deferred()
         self._calibrated.append(d)
         return d
 
@@ -186,7 +186,7 @@ class PasswordGate:
         guard checks first (it refuses an address past them before anything else is looked at)."""
         sharing = self._inflight.get(check.key)
         if sharing is not None:  # the same credential is being hashed: wait for that answer
-            d = Deferred()
+            d: Deferred[Any] = Deferred()
             sharing.append(d)
             return d
         self._inflight[check.key] = sharing = []

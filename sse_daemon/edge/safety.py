@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any
 
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from sse_daemon.policy.limits import should_log
 
@@ -38,7 +37,7 @@ def undecodable_header(request: IRequest) -> str | None:
     return None
 
 
-def internal_error(request: IRequest, failure: Failure, counter: Counter[str], log: Logger, where: str) -> Any:
+def internal_error(request: Request, failure: Failure, counter: Counter[str], log: Logger, where: str) -> bytes | int:
     """Count and log (sampled) an exception met while answering ``request``; answer 500 if the
     response has not started, else close the connection. Returns what a render method returns."""
     counter["internal-error"] += 1
@@ -49,7 +48,7 @@ def internal_error(request: IRequest, failure: Failure, counter: Counter[str], l
                     where=where, method=request.method.decode("latin-1")[:20], peer=getattr(request.getClientAddress(), "host", "?"),
                     count=count, reason="internal-error")
     if request.startedWriting or request.finished:
-        if not request.finished and request.channel is not None:
+        if not request.finished and request.channel is not None and request.channel.transport is not None:
             request.channel.transport.loseConnection()
         return NOT_DONE_YET
     request.setResponseCode(500)

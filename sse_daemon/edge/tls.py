@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from sse_daemon.policy.connections import LISTEN_BACKLOG
+
 __all__ = ["listen_description", "check_server_tls", "check_ca_file", "client_policy"]
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
@@ -31,17 +33,11 @@ def _quote(value: str) -> str:
     return quoteStringArgument(value)
 
 
-#: pending connections the kernel keeps for a listener (capped by net.core.somaxconn)
-LISTEN_BACKLOG = 1024
-
-
 def listen_description(host: str, port: int, options: Mapping[str, Any]) -> str:
     """The endpoint string a connector's port is bound with."""
     if options.get("server.endpoint"):
         return options["server.endpoint"]
     interface = _quote(host)
-    # Twisted's default listen backlog (50) drops connections when many subscribers
-    # reconnect at once (a deploy); they then retry only after 1 s, 3 s, ... (bench/).
     backlog = f"backlog={LISTEN_BACKLOG}"
     if options.get("server.tls.cert"):
         return (f"ssl:{port}:interface={interface}:{backlog}:certKey={_quote(options['server.tls.cert'])}"
@@ -61,7 +57,7 @@ def check_server_tls(options: Mapping[str, Any]) -> list[tuple[str, str]]:
     if bool(cert) != bool(key):
         missing = "server.tls.key" if cert else "server.tls.cert"
         return [(missing, "server.tls.cert and server.tls.key go together")]
-    if not cert:
+    if not cert or not key:  # neither (both or neither, checked above)
         return []
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization

@@ -44,8 +44,10 @@ from twisted.logger import Logger, LogLevel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
+from sse_daemon.bus.interfaces import ISharedBus
+from sse_daemon.connectors.interfaces import IReadiness
 from sse_daemon.config.model import SSE_SERVER_OPTIONS, AdminDef, Config, ConnectorDef, Location, normalise_path
-from sse_daemon.ops.figures import SINK_COUNTERS, SourceWatch, listener_figures, snapshot
+from sse_daemon.ops.figures import SINK_COUNTERS, SourceWatch, listener_figures, snapshot, source_of
 from sse_daemon.edge.guard import Guard, build_access
 from sse_daemon.policy.limits import should_log
 from sse_daemon.edge.listener import ListenerService
@@ -111,7 +113,7 @@ class DaemonCollector:
         families["admin_rejected"] = CounterMetricFamily(
             p + "admin_requests_rejected", "Admin listener requests refused, by reason (host-not-allowed, protected-stream, missing-credentials, bad-credentials, ...).",
             labels=["reason"])
-        if getattr(self.admin.daemon.bus, "readiness", None) is not None:  # a shared bus (bus: {type: redis})
+        if ISharedBus.providedBy(self.admin.daemon.bus):  # bus: {type: redis}
             families.update({
                 "bus_up": GaugeMetricFamily(p + "bus_up", "1 while the shared bus (Redis) is connected; ingest answers 503 while it is 0."),
                 "bus_published": CounterMetricFamily(p + "bus_events_published", "Events this instance published to the shared bus (acknowledged by Redis)."),
@@ -168,8 +170,8 @@ class DaemonCollector:
             families["listener_connections"].add_metric(label, listener["connections"])
             for reason, count in sorted(listener["rejected"].items()):
                 families["listener_rejected"].add_metric(label + [reason], count)
-        if "bus_up" in families:
-            bus = admin.daemon.bus
+        bus = admin.daemon.bus
+        if ISharedBus.providedBy(bus):
             families["bus_up"].add_metric([], 1.0 if bus.state == "up" else 0.0)
             families["bus_published"].add_metric([], bus.counters["events_published"])
             families["bus_refused"].add_metric([], bus.counters["publish_refused"])
@@ -315,9 +317,9 @@ class AdminService(MultiService):
         """Watch SSE sources' connectivity."""
         now = self.clock.seconds()
         for name in names:
-            source = self.daemon.sources.get(name)
-            if source is not None and source.connector.type == "sse":
-                self.watches[name] = SourceWatch(source, now)
+            held = self.daemon.sources.get(name)
+            if held is not None and source_of(held).connector.type == "sse":
+                self.watches[name] = SourceWatch(held, now)
 
     def _start_sampler(self) -> None:
         if self.watches and self.running and (self._sampler is None or not self._sampler.running):
@@ -347,11 +349,10 @@ class AdminService(MultiService):
         for name, watch in self.watches.items():
             checks[f"source '{name}'"] = watch.verdict(now, self.grace) or "ok"
         for name, sink in self.daemon.sinks.items():
-            if hasattr(sink, "readiness"):  # served by worker processes (workers.py)
+            if IReadiness.providedBy(sink):  # served by worker processes (workers.py)
                 checks[f"sink '{name}'"] = sink.readiness()
-        bus_readiness = getattr(self.daemon.bus, "readiness", None)
-        if bus_readiness is not None:  # a shared bus: ingest answers 503 while it is down
-            checks["bus"] = bus_readiness()
+        if ISharedBus.providedBy(self.daemon.bus):  # ingest answers 503 while it is down
+            checks["bus"] = self.daemon.bus.readiness()
         not_ready = [f"{key}: {value}" for key, value in checks.items() if value != "ok"]
         if self.daemon.stopping:  # draining: a load balancer should send new clients elsewhere
             not_ready.insert(0, "the daemon is shutting down")

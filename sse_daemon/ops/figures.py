@@ -8,20 +8,21 @@ so the hot path pays for one dict increment, not for a metrics library.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
-from zope.interface import implementer
 
+from sse_daemon.bus.connector import ConnectorBus
+from sse_daemon.bus.lease import ILeasedService
 from sse_daemon.config.model import listen_address
-from sse_daemon.bus.memory import IBus, ISubscription, Subscriber
-from sse_daemon.events.schema import Event
+from sse_daemon.connectors.interfaces import ILogSinkService, ISource, ISseSinkService, IUpstreamSource
 
 if TYPE_CHECKING:
     from sse_daemon.daemon.service import DaemonService
+    from sse_daemon.edge.listener import ListenerService
 
 #: sink counters shown everywhere, in this order (missing ones read 0)
 SINK_COUNTERS = (
@@ -30,27 +31,9 @@ SINK_COUNTERS = (
 )
 
 
-@implementer(IBus)
-class ConnectorBus:
-    """The bus as one source sees it: notes when that source last published.
-
-    A source only publishes; wrapping its bus gives an exact "last event"
-    time without touching the source or timing anything per subscriber.
-    """
-
-    def __init__(self, bus: IBus, clock: IReactorTime) -> None:
-        self.bus = bus
-        self.clock = clock
-        self.last_publish: float | None = None
-
-    def publish(self, stream: str, events: Iterable[Event]) -> Any:
-        events = list(events)
-        if events:
-            self.last_publish = self.clock.seconds()
-        return self.bus.publish(stream, events)  # a shared bus's Deferred: the caller waits for it
-
-    def subscribe(self, stream: str, subscriber: Subscriber) -> ISubscription:
-        return self.bus.subscribe(stream, subscriber)
+def source_of(source: Any) -> Any:
+    """The source itself: a leased one (on a shared bus) is held by the daemon in its lease."""
+    return source.inner if ILeasedService.providedBy(source) else source
 
 
 class SourceWatch:
@@ -62,8 +45,10 @@ class SourceWatch:
     interval can only make a down source look down for longer, never shorter.
     """
 
-    def __init__(self, source: Any, started_at: float) -> None:
-        self.source = source
+    def __init__(self, held: IUpstreamSource | ILeasedService, started_at: float) -> None:
+        #: the lease, when another instance may run the source (lease.py)
+        self.lease: ILeasedService | None = held if ILeasedService.providedBy(held) else None
+        self.source: IUpstreamSource = source_of(held)
         self.started_at = started_at
         self.last_seen_connected: float | None = None
 
@@ -82,10 +67,10 @@ class SourceWatch:
 
     def verdict(self, now: float, grace: float) -> str | None:
         """None when ready, else why not."""
-        stopped = getattr(self.source, "stopped_reason", None)
+        stopped = self.source.stopped_reason
         if stopped:
             return f"stopped: {stopped}"
-        if getattr(self.source, "standby", False):
+        if self.lease is not None and self.lease.standby:
             return None  # another instance holds its lease and reads the upstream (lease.py)
         down = self.down_for(now)
         if down == 0.0:
@@ -96,36 +81,35 @@ class SourceWatch:
         return f"not connected for {down:.1f}s ({what}; ready.grace is {grace:g}s)"
 
 
-def sink_figures(service: Any) -> dict[str, Any]:
+def sink_figures(service: ISseSinkService | ILogSinkService) -> dict[str, Any]:
     """One sink's figures; an SSE sink has subscribers, a log sink only counts events."""
-    connector = service.connector if hasattr(service, "connector") else service.sink.connector
+    connector = service.connector
     figures: dict[str, Any] = {"name": connector.name, "type": connector.type, "stream": connector.stream}
-    sink = getattr(service, "sink", None)
-    if sink is not None:
+    if ISseSinkService.providedBy(service):
+        sink = service.sink
         figures["path"] = connector["server.path"]
         figures["subscribers"] = len(sink.subscribers)
         figures.update({key: sink.counters.get(key, 0) for key in SINK_COUNTERS})
         figures["history"] = len(sink.history)
         # requests refused before they became subscribers (limits, access), by reason
-        figures["rejected"] = dict(getattr(sink, "rejected", {}))
+        figures["rejected"] = dict(sink.rejected)
         figures["resumes"] = {
             key[len("resume_"):].replace("_", "-"): count
             for key, count in sink.counters.items() if key.startswith("resume_")
         }
+        figures["events_unmapped"] = sink.counters.get("events_unmapped", 0)
     else:
         events = service.counters.get("events_in", 0)
         unmapped = service.counters.get("events_unmapped", 0)
-        figures.update(events_in=events, events_out=events - unmapped)
-    figures["events_unmapped"] = (sink or service).counters.get("events_unmapped", 0)
+        figures.update(events_in=events, events_out=events - unmapped, events_unmapped=unmapped)
     return figures
 
 
-def source_figures(source: Any, stamp: ConnectorBus | None, now: float, started_at: float) -> dict[str, Any]:
+def source_figures(held: ISource | ILeasedService, stamp: ConnectorBus | None, now: float, started_at: float) -> dict[str, Any]:
     """One source's figures. ``connected`` is None for an ingest (nothing to connect to)."""
+    source: ISource = source_of(held)
     connector = source.connector
-    rejected: dict[str, int] = dict(getattr(source, "rejected", {}))
-    for reason, count in getattr(source, "mapping_errors", {}).items():
-        rejected[reason] = rejected.get(reason, 0) + count
+    rejected: dict[str, int] = dict(source.rejected)
     last = stamp.last_publish if stamp is not None else None
     figures: dict[str, Any] = {
         "name": connector.name,
@@ -143,16 +127,19 @@ def source_figures(source: Any, stamp: ConnectorBus | None, now: float, started_
         "last_event_id": None,
     }
     if connector.type == "sse":
+        upstream: IUpstreamSource = source  # type: ignore[assignment]  # an sse connector is read by an IUpstreamSource
+        for reason, count in upstream.mapping_errors.items():
+            rejected[reason] = rejected.get(reason, 0) + count
         figures.update(
-            connected=bool(source.connected),
-            reconnects=int(getattr(source, "reconnects", 0)),
-            last_event_id=getattr(source, "last_event_id", "") or None,
-            stopped=getattr(source, "stopped_reason", None),
+            connected=bool(upstream.connected),
+            reconnects=int(upstream.reconnects),
+            last_event_id=upstream.last_event_id or None,
+            stopped=upstream.stopped_reason,
         )
     return figures
 
 
-def listener_figures(listener: Any) -> dict[str, Any]:
+def listener_figures(listener: "ListenerService") -> dict[str, Any]:
     """One port: where, what it serves, its open connections and what it refused before any
     connector saw it (connection budgets, deadlines, malformed requests, unknown paths), by reason."""
     return {
@@ -173,7 +160,8 @@ def snapshot(daemon: "DaemonService", now: float) -> dict[str, Any]:
         source_figures(source, daemon.source_buses.get(name), now, started)
         for name, source in daemon.sources.items()
     ]
-    for figures, source in zip(sources, daemon.sources.values()):
+    for figures, held in zip(sources, daemon.sources.values()):
+        source = source_of(held)
         url = source.connector["receiver.url"]
         if source.connector.type == "http" and url.port == 0:  # an ingest on port 0: show the port it got
             bound_as, _, _ = listen_address(source.connector)  # type: ignore[misc]  # an ingest has one
@@ -195,7 +183,7 @@ def snapshot(daemon: "DaemonService", now: float) -> dict[str, Any]:
             "sinks": [s["name"] for s in sinks if s["stream"] == name],
             "routes_in": [r["from"] for r in routes if r["to"] == name],
             "routes_out": [r["to"] for r in routes if r["from"] == name],
-            "subscriber_failures": int(getattr(daemon.bus, "failures", {}).get(name, 0)),
+            "subscriber_failures": int(daemon.bus.failures.get(name, 0)),
         })
     return {
         "time": now,

@@ -127,7 +127,7 @@ def _stream() -> IO[str]:
     """
     path = _selected.get("logfile")
     if path and path != "-":
-        return logfile.LogFile.fromFullPath(path)  # type: ignore[return-value]
+        return logfile.LogFile.fromFullPath(path)
     return sys.stdout
 
 

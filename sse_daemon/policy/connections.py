@@ -14,6 +14,8 @@ Twisted glue that asks these objects and acts on the answer.
   files, Redis, upstream sources and worker pipes never meet ``EMFILE``.
 - :class:`Stopping`: whether shutdown has begun, shared by every port and the
   reloader.
+- :data:`LISTEN_BACKLOG`: the kernel's queue of connections not yet accepted, for
+  every listening socket (the listeners' and a sink's worker processes').
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 __all__ = ["PortPolicy", "AddressCounts", "DescriptorBudget", "Stopping", "headroom_for", "port_policy",
-           "PORT_OPTIONS"]
+           "PORT_OPTIONS", "LISTEN_BACKLOG"]
+
+#: pending connections the kernel keeps for a listener (capped by net.core.somaxconn). Twisted's
+#: default (50) drops connections when many subscribers reconnect at once (a deploy); they then
+#: retry only after 1 s, 3 s, ... (bench/)
+LISTEN_BACKLOG = 1024
 
 #: the options of a port that every connector on it must give alike (config.py checks it)
 PORT_OPTIONS = ("server.head.timeout", "server.body.timeout", "server.max.connections.per.address")

@@ -34,13 +34,14 @@ from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from zope.interface import implementer
 
 from sse_daemon.workers import channel
-from sse_daemon.bus.memory import IBus, ISubscription
+from sse_daemon.bus.interfaces import IBus, ISubscription
 from sse_daemon.config.model import ConnectorDef
+from sse_daemon.connectors.interfaces import IOwnPort, IReadiness, ISseSinkService, ISubscriberSink
 from sse_daemon.edge.listener import BindError
 from sse_daemon.mapping.mappers import IMapper
 from sse_daemon.events.schema import Schema
 from sse_daemon.connectors.sink import SseSink, adopt_bus_ids
-from sse_daemon.edge.tls import LISTEN_BACKLOG
+from sse_daemon.policy.connections import LISTEN_BACKLOG
 
 #: restart delays after a worker exits: doubling from the first, capped; reset by a worker that ran this long
 RESTART_DELAY = 0.2
@@ -185,6 +186,7 @@ class WorkerProcess(ProcessProtocol):
         self.pool.worker_ended(self, reason.value)
 
 
+@implementer(ISseSinkService, IReadiness, IOwnPort)
 class SinkWorkers(Service):
     """The sink's port, its N worker processes and the daemon-side sink that feeds them."""
 
@@ -349,6 +351,7 @@ def _cancel(_: object, call: IDelayedCall) -> None:
         call.cancel()
 
 
+@implementer(ISubscriberSink)
 class PooledSinkFigures:
     """What the daemon shows of a sink its workers serve: its own history and events in,
     the workers' subscribers and deliveries (as last reported, about once a second)."""

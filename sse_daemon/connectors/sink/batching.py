@@ -1,0 +1,55 @@
+"""Per-turn batching: the events of one reactor turn go out together, once per subscriber.
+
+Encoding and chunk framing happen once for the whole turn; every subscriber
+gets the same bytes in one write (see fanout.py for why one write matters).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from sse_daemon.connectors.fanout import chunk
+
+
+class TurnBatch:
+    """The frames (and ingress times) of this reactor turn, flushed by ``flush`` at its end."""
+
+    def __init__(self, turns: IReactorTime, flush: Callable[[], None]) -> None:
+        #: what schedules the end-of-turn write: the real reactor even when a sink's clock is a test's Clock
+        self.turns = turns
+        self._flush = flush
+        self.frames: list[bytes] = []
+        self.ingress: list[float] = []
+        self._call: IDelayedCall | None = None
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether a write at the end of this turn is pending."""
+        return self._call is not None and self._call.active()
+
+    def add(self, frame: bytes, ingress: float | None) -> None:
+        self.frames.append(frame)
+        if ingress:
+            self.ingress.append(ingress)
+        if self._call is None:
+            self._call = self.turns.callLater(0, self._flush)
+
+    def take(self) -> tuple[list[bytes], list[float]]:
+        """This turn's frames and ingress times, emptied; the pending end-of-turn call is dropped."""
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+        frames, self.frames = self.frames, []
+        ingress, self.ingress = self.ingress, []
+        return frames, ingress
+
+
+def wire(frames: list[bytes], raw: bool) -> bytes:
+    """Frames as HTTP chunks: one chunk for all, or one per event on a raw sink
+    (a client of bare payloads may tell them apart by the chunks alone)."""
+    if raw:
+        return b"".join(map(chunk, frames))
+    return chunk(frames[0] if len(frames) == 1 else b"".join(frames))

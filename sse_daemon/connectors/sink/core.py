@@ -1,0 +1,273 @@
+"""The SSE sink (``type: sse-server``): every event of a stream to every subscriber.
+
+Each event is mapped and encoded once (encoding.py); the same bytes go to every
+subscriber (subscriber.py), at the end of the reactor turn with the others of
+that turn (batching.py), and into a bounded history that subscribers resume
+from with ``Last-Event-ID`` (history.py). Ids are the sink's own (ids.py) or,
+on a shared bus, the bus's, with what this history does not cover asked of
+the bus (replay.py). :class:`SseSink` ties these together and keeps the counters.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from sse_daemon.bus.interfaces import IEventIds
+from sse_daemon.config.model import ConnectorDef
+from sse_daemon.connectors.history import History, Resume, reset_payload  # bounded history and the honest-resume decision
+from sse_daemon.connectors.interfaces import ISubscriberSink
+from sse_daemon.connectors.sink.batching import TurnBatch, wire
+from sse_daemon.connectors.sink.encoding import FrameEncoder
+from sse_daemon.connectors.sink.http import last_event_id as _last_event_id, peer_of
+from sse_daemon.connectors.sink.ids import EventIds
+from sse_daemon.connectors.sink.replay import BusReplayer, BusResumes
+from sse_daemon.connectors.sink.subscriber import Subscriber
+from sse_daemon.events.schema import Event
+from sse_daemon.mapping.mappers import IMapper
+from sse_daemon.policy.limits import LogRate  # routine lines, bounded in a reconnect storm
+from sse_daemon.policy.storms import retry_frame, retry_hint  # jittered retry: against reconnect storms
+from sse_daemon.wire.eventstream import encode_comment, encode_event
+
+#: connect and leave lines logged per sink at most, per window of seconds; the rest are counted
+CONNECT_LOG_BURST = 50
+CONNECT_LOG_WINDOW = 10.0
+
+OPENING = encode_comment("sse-daemon stream open")
+
+#: ``forward(id_text, frame)``: every encoded event, in order, with its id (None on a raw sink)
+Forward = Callable[[str | None, bytes], None]
+#: ``lag_observer(seconds)``: from an event's ingress to its hand-off to every subscriber's socket
+LagObserver = Callable[[float], None]
+
+
+def response_headers(connector: ConnectorDef, content_type: bytes) -> list[tuple[bytes, bytes]]:
+    """The head of every response: the stream's type, no caching or proxy buffering, then ``headers``."""
+    headers = [(b"Content-Type", content_type), (b"Cache-Control", b"no-cache"), (b"X-Accel-Buffering", b"no")]
+    for name, value in connector["headers"]:
+        headers = [h for h in headers if h[0].lower() != name.lower().encode()]
+        headers.append((name.encode("latin-1"), value.encode("latin-1", "replace")))
+    return headers
+
+
+@implementer(ISubscriberSink)
+class SseSink:
+    """The sink's state: subscribers, history, ids and counters. Driven by the bus and the resource.
+
+    Its collaborators come in here: ``turns`` schedules the end-of-turn write (the real reactor
+    even when ``clock`` is a test's Clock), ``forward`` gets every encoded event (worker processes
+    serve the sink), ``lag_observer`` every event's lag (the admin's histogram).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, connector: ConnectorDef, mapper: IMapper, clock: IReactorTime,
+        jitter: Callable[[], float] = random.random, turns: IReactorTime | None = None,
+        forward: Forward | None = None, lag_observer: LagObserver | None = None,
+    ) -> None:
+        self.connector = connector
+        self.name = connector.name
+        self.mapper = mapper
+        self.clock = clock
+        self.ids = EventIds(clock)
+        self.history = History(
+            connector["history.size"], clock.seconds, int(clock.seconds() * 1_000_000),
+            connector["history.max.age"], connector["history.max.bytes"],
+        )
+        self.reset_event: str = connector["resume.reset.event"]
+        #: reconnect-storm control: each subscriber's own retry: hint (ms), drawn with ``jitter``
+        self.retry_min: int = connector["retry.min"]
+        self.retry_max: int = connector["retry.max"]
+        self.jitter = jitter
+        self.queue_size: int = connector["subscriber.queue.size"]
+        self.queue_bytes: int = connector["subscriber.queue.bytes"]
+        #: sse.format raw: bare payloads with the mapper's Content-Type, no framing,
+        #: opening comment, ids, resume or heartbeat, as the original sink wrote them
+        self.raw = connector.options.get("sse.format") == "raw"
+        self.headers = response_headers(connector, mapper.content_type.encode() if self.raw else b"text/event-stream; charset=utf-8")
+        self.subscribers: set[Subscriber] = set()
+        self.counters: Counter[str] = Counter()
+        #: requests refused before they became subscribers, by reason (counted by the guard)
+        self.rejected: Counter[str] = Counter()
+        self.lag_observer = lag_observer
+        self.forward = forward
+        self.encoder = FrameEncoder(self.name, mapper, self.counters, self.log)
+        #: set by use_bus_ids on a shared bus: ``replay(after, limit)`` -> Deferred of what follows an id there
+        self.bus_replay: BusReplayer | None = None
+        #: subscribers waiting for a bus replay, with the live frames that arrived meanwhile
+        self.resumes = BusResumes(self.name, clock, self.counters, self.log, self.encode)
+        #: this turn's frames, written by ``flush`` at its end
+        self.batch = TurnBatch(turns if turns is not None else clock, self.flush)
+        #: connect and leave lines: at most CONNECT_LOG_BURST per CONNECT_LOG_WINDOW (a reconnect storm)
+        self.routine_lines = LogRate(clock.seconds, CONNECT_LOG_BURST, CONNECT_LOG_WINDOW)
+
+    def use_bus_ids(self, replay: BusReplayer, ids: IEventIds) -> None:
+        """On a shared bus, send the bus's ids (the same on every instance) instead of our own,
+        and resume from the bus an id this history does not cover (another instance's, or older)."""
+        self.bus_replay = replay
+        self.history = History(
+            self.connector["history.size"], self.clock.seconds, None,
+            self.connector["history.max.age"], self.connector["history.max.bytes"], ids.key, ids.show, ids.below,
+        )
+
+    # -- from the bus
+    def publish(self, event: Event) -> None:
+        if self.raw:
+            data = self.encode(event, None)
+            if data is not None:
+                self.deliver(None, data, event.ingress)
+            return
+        if self.bus_replay is not None and event.bus_id is not None:
+            event_id, id_text = self.history.key(event.bus_id), event.bus_id
+        else:
+            event_id = self.ids.next()  # one spent on an event that is dropped leaves a gap, which ids may have
+            id_text = str(event_id)
+        frame = self.encode(event, id_text)
+        if frame is not None:
+            self.deliver(event_id, frame, event.ingress)
+
+    def encode(self, event: Event, id_text: str | None) -> bytes | None:
+        """The event's bytes, or None when it cannot be written (counted and logged: encoding.py)."""
+        return self.encoder.encode(event, id_text)
+
+    def deliver(self, event_id: Any, frame: bytes, ingress: float | None = None) -> None:
+        """Keep an encoded event in history and send it to every subscriber at the end of
+        this reactor turn, together with the others of the turn (one write per subscriber)."""
+        if event_id is not None:
+            self.history.append(event_id, frame)
+            self.resumes.live(event_id, frame)
+        if self.forward is not None:
+            self.forward(None if event_id is None else self.history.show(event_id), frame)
+        self.counters["events_in"] += 1
+        self.batch.add(frame, ingress)
+
+    def wire(self, frames: list[bytes]) -> bytes:
+        """Frames as HTTP chunks (batching.py)."""
+        return wire(frames, self.raw)
+
+    def flush(self) -> None:
+        """Write this turn's events: encoded and chunk-framed once, the same bytes to everyone."""
+        frames, ingress = self.batch.take()
+        if frames and self.subscribers:  # no subscribers: a sink whose workers serve it, or an idle one
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            chunked = self.wire(frames)
+            written = 0
+            for subscriber in tuple(self.subscribers):
+                written += subscriber.deliver(frames, data, chunked)
+            self.counters["events_out"] += written * len(frames)
+            self.counters["bytes_written"] += written * len(data)
+        if self.lag_observer is not None:
+            now = self.clock.seconds()
+            for at in ingress:
+                self.lag_observer(now - at)
+
+    def heartbeat(self) -> None:
+        for subscriber in tuple(self.subscribers):
+            subscriber.heartbeat()
+
+    # -- from the resource
+    def subscribe(self, request: Request) -> None:
+        subscriber = Subscriber(self, request, peer_of(request))
+        request.setResponseCode(200)
+        for name, value in self.headers:
+            request.responseHeaders.setRawHeaders(name, [value])
+        if hasattr(subscriber.transport, "setTcpKeepAlive"):  # a TCP transport (not a test's fake)
+            subscriber.transport.setTcpKeepAlive(True)
+        request.registerProducer(subscriber, True)
+        request.notifyFinish().addBoth(self._finished, subscriber)
+        last_event_id = None if self.raw else _last_event_id(request)
+        if last_event_id is not None and self.bus_replay is not None and not self.history.covers(last_event_id):
+            self.resumes.ask(self.bus_replay, self.history, subscriber, last_event_id).addCallback(
+                lambda resume: None if resume is None else self._start(request, subscriber, resume, last_event_id),
+            ).addErrback(lambda f: self.log.failure("resuming subscriber {peer} of sink {sink} failed", f,
+                                                    peer=subscriber.peer, sink=self.name))
+            return
+        resume = self.history.resume(last_event_id) if last_event_id is not None else None
+        self._start(request, subscriber, resume, last_event_id)
+
+    def _start(self, request: Request, subscriber: Subscriber, resume: Resume | None, last_event_id: str | None) -> None:
+        """Write the head, replay ``resume``, then deliver live events."""
+        show = self.history.show
+        if resume is not None and resume.after is not None:  # honest resume: say where replay continues (docs/sink.md, "Resume, honestly")
+            request.setHeader(b"SSE-Replay-From", show(resume.after).encode())
+        self.flush()  # this turn's events went to the others; this one gets them from history
+        # the head at once (proxies flush on the comment), then this subscriber's own retry: hint
+        request.write(b"" if self.raw else OPENING + retry_frame(retry_hint(self.retry_min, self.retry_max, self.jitter)))
+        subscriber.chunked = bool(getattr(request, "chunked", False))  # Twisted's Request sets it with the head
+        if hasattr(subscriber.transport, "setTcpNoDelay"):  # a TCP transport (not a test's fake)
+            subscriber.transport.setTcpNoDelay(True)  # writes are whole turns already: no Nagle delay
+        if resume is not None:
+            if resume.reset is not None:
+                self.counters["resume_reset_" + resume.reset.replace("-", "_")] += 1
+                subscriber.hold(encode_event(reset_payload(resume, show), event=self.reset_event,
+                                             id=None if resume.after is None else show(resume.after)), 1, live=False)
+            else:
+                self.counters["resume_exact"] += 1
+            for frame in resume.frames:
+                subscriber.hold(frame, 1, live=False)
+            self.counters["events_replayed"] += len(resume.frames)
+            subscriber.pump()
+        self.subscribers.add(subscriber)
+        self.counters["connections_opened"] += 1
+        log, held = self.routine_lines.allow()
+        if log:
+            self.log.info(
+                "subscriber {peer} connected to sink {sink} (last event id {last_event_id!r}, {count} connected){held_back}",
+                peer=subscriber.peer, sink=self.name, last_event_id=last_event_id, count=len(self.subscribers),
+                held_back=_held_back(held),
+            )
+
+    def drop_slow(self, subscriber: Subscriber) -> None:
+        self.counters["dropped_slow"] += 1
+        self.log.warn(
+            "subscriber {peer} of sink {sink} is too slow ({queued} events, {queued_bytes} bytes queued): disconnected{hint}",
+            peer=subscriber.peer, sink=self.name, queued=subscriber.queued_events, queued_bytes=subscriber.queued_bytes,
+            hint="" if self.raw else "; it may resume with Last-Event-ID",
+        )
+        subscriber.stopProducing()
+        self.subscribers.discard(subscriber)
+        subscriber.transport.abortConnection()
+
+    def _finished(self, result: object, subscriber: Subscriber) -> None:
+        self.resumes.forget(subscriber)
+        subscriber.stopProducing()
+        self.subscribers.discard(subscriber)
+        self.counters["connections_closed"] += 1
+        log, held = self.routine_lines.allow()
+        if log:
+            self.log.info(
+                "subscriber {peer} left sink {sink} after {seconds:.1f}s and {events} events{held_back}",
+                peer=subscriber.peer, sink=self.name, events=subscriber.events_sent,
+                seconds=self.clock.seconds() - subscriber.connected_at, held_back=_held_back(held),
+            )
+
+    def close_all(self) -> None:
+        """End every stream cleanly (used on stop; ``stopListening`` alone would leave them open)."""
+        self.flush()
+        for subscriber in (*self.subscribers, *self.resumes.waiting):  # and those waiting for a bus replay
+            self.close(subscriber)
+
+    def close(self, subscriber: Subscriber, final: bytes = b"") -> None:
+        """End one stream cleanly, after ``final`` (a last comment or ``retry:``; not in raw format)."""
+        self.flush()  # what was published before the close reaches it
+        self.subscribers.discard(subscriber)
+        self.resumes.forget(subscriber)
+        if not subscriber.gone:
+            subscriber.gone = True
+            if final and not self.raw and not subscriber.paused and not subscriber.backlog:
+                subscriber.request.write(final)
+            subscriber.request.unregisterProducer()
+            subscriber.request.finish()
+            # finish() alone would keep the connection alive for another request
+            subscriber.transport.loseConnection()
+
+
+def _held_back(count: int) -> str:
+    return f" ({count} more connects and leaves before this one were not logged: more than {CONNECT_LOG_BURST} in {CONNECT_LOG_WINDOW:g}s)" if count else ""

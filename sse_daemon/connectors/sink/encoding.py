@@ -1,0 +1,45 @@
+"""Mapping an event to the bytes a sink writes: once per event, shared by every subscriber."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from twisted.logger import Logger
+
+from sse_daemon.events.schema import Event
+from sse_daemon.mapping.mappers import IMapper, MappingError
+from sse_daemon.policy.limits import should_log
+from sse_daemon.wire.eventstream import encode_event
+
+
+class FrameEncoder:
+    """An event as an SSE frame (or a raw sink's bare payload); what cannot be written is
+    counted in ``events_unmapped`` and logged sampled, never raised."""
+
+    def __init__(self, name: str, mapper: IMapper, counters: Counter[str], log: Logger) -> None:
+        self.name = name
+        self.mapper = mapper
+        self.counters = counters
+        self.log = log
+
+    def encode(self, event: Event, id_text: str | None) -> bytes | None:
+        """The event's bytes (an SSE frame with ``id_text``, or the bare payload for None), or None when
+        it cannot be written.
+
+        Events are checked where they enter (validate.py), so only ``map.validate.json`` refusing a
+        template's output should get here; anything else is a bug, logged with its traceback.
+        """
+        try:
+            payload = self.mapper.encode(event)
+            return payload.encode("utf-8") if id_text is None else encode_event(payload, id=id_text)
+        except MappingError as e:  # map.validate.json refused the output
+            self.counters["events_unmapped"] += 1
+            if should_log(self.counters["events_unmapped"]):
+                self.log.warn("sink {sink} dropped an event: {reason} ({count} so far)", sink=self.name, reason=str(e),
+                              count=self.counters["events_unmapped"])
+        except Exception:
+            self.counters["events_unmapped"] += 1
+            if should_log(self.counters["events_unmapped"]):
+                self.log.failure("sink {sink} could not encode an event ({count} so far); it is dropped", sink=self.name,
+                                 count=self.counters["events_unmapped"])
+        return None

@@ -1,0 +1,47 @@
+"""A sink's own id scheme, used when the bus numbers nothing (the in-process bus).
+
+On a shared bus a sink sends the bus's ids instead (``ISharedBus.ids``); both
+schemes are :class:`~sse_daemon.bus.interfaces.IEventIds`, which is all a
+sink's history needs to know of them.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from sse_daemon.bus.interfaces import IEventIds
+
+
+class EventIds:
+    """Opaque, strictly increasing ids that are not reused after a restart.
+
+    An id is the wall-clock time in microseconds, bumped by one when two
+    events fall in the same microsecond; a restarted daemon therefore starts
+    above every id it gave out before (unless the clock went backwards).
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(self._last + 1, int(self._clock.seconds() * 1_000_000))
+        return self._last
+
+
+@implementer(IEventIds)
+class LocalIds:
+    """:class:`EventIds` as text and keys: decimal integers."""
+
+    def key(self, text: str) -> int:
+        return int(text)
+
+    def show(self, key: int) -> str:
+        return str(key)
+
+    def below(self, key: int) -> int:
+        return key - 1
+
+
+LOCAL_IDS = LocalIds()

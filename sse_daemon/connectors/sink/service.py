@@ -1,0 +1,68 @@
+"""An SSE sink as a service: subscribed to its stream, beating its heartbeat, draining on stop."""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from zope.interface import implementer
+
+from sse_daemon.bus.interfaces import IBus, ISharedBus, ISubscription
+from sse_daemon.config.model import ConnectorDef
+from sse_daemon.connectors.interfaces import ISseSinkService
+from sse_daemon.connectors.sink.core import SseSink
+from sse_daemon.daemon.drain import drain_sink  # staged close on shutdown
+
+
+def adopt_bus_ids(sink: SseSink, bus: IBus, stream: str) -> None:
+    """On a shared bus, let ``sink`` send the bus's ids and resume from the bus (see use_bus_ids)."""
+    if ISharedBus.providedBy(bus) and not sink.raw:
+        sink.use_bus_ids(lambda after, limit: bus.replay(stream, after, limit), bus.ids)
+
+
+@implementer(ISseSinkService)
+class SseSinkService(Service):
+    """Connects a sink to the bus and drives its heartbeat; on stop, ends every stream."""
+
+    def __init__(self, sink: SseSink, bus: IBus, stream: str, clock: IReactorTime) -> None:
+        self.sink = sink
+        self.bus = bus
+        self.stream = stream
+        self.clock = clock
+        self.setName(f"sink:{sink.name}")
+        self._subscription: ISubscription | None = None
+        self._heartbeat: LoopingCall | None = None
+
+    @property
+    def connector(self) -> ConnectorDef:
+        return self.sink.connector
+
+    def startService(self) -> None:
+        super().startService()
+        adopt_bus_ids(self.sink, self.bus, self.stream)
+        self._subscription = self.bus.subscribe(self.stream, self.sink.publish)
+        interval = self.sink.connector["heartbeat.interval"]
+        if interval > 0 and not self.sink.raw:
+            self._heartbeat = LoopingCall(self._beat)
+            self._heartbeat.clock = self.clock
+            self._heartbeat.start(interval, now=False)
+
+    def drain(self, io: IReactorTime | None = None) -> Deferred:
+        """Close subscribers in stages over ``drain.window`` (drain.py); the bus keeps feeding the others."""
+        return drain_sink(self.sink, self.sink.connector["drain.window"], self.sink.connector["drain.batch.min"],
+                          self.clock, self.sink.jitter, io)
+
+    def _beat(self) -> None:
+        # A LoopingCall stops for good on the first exception; a heartbeat must not.
+        with self.sink.log.failuresHandled("heartbeat of sink {sink} failed", sink=self.sink.name):
+            self.sink.heartbeat()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self.sink.close_all()

@@ -1,0 +1,111 @@
+"""One connected client of an SSE sink: an ``IPushProducer`` with a bounded backlog.
+
+Written to at once while its socket keeps up; given a bounded backlog while it
+does not, and disconnected by the sink (``drop_slow``) past the bound, instead
+of growing memory (``request.write`` alone would buffer without limit).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, TYPE_CHECKING
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from sse_daemon.connectors.fanout import PUMP_BYTES, direct_socket, write_now  # one send() per subscriber per turn
+from sse_daemon.wire.eventstream import encode_comment
+
+if TYPE_CHECKING:
+    from sse_daemon.connectors.sink.core import SseSink
+
+HEARTBEAT = encode_comment("heartbeat")
+
+
+@implementer(IPushProducer)
+class Subscriber:
+    """One connected client: written to at once while its socket keeps up, and
+    given a bounded backlog while it does not (``request.write`` alone would
+    buffer without limit)."""
+
+    def __init__(self, sink: "SseSink", request: Request, peer: str) -> None:
+        self.sink = sink
+        self.request = request
+        #: Twisted's TCP or TLS transport (tests may pass a fake): typed loosely on purpose
+        self.transport: Any = request.transport
+        self.socket = direct_socket(self.transport)  # None: every write goes through Twisted (TLS)
+        self.peer = peer
+        self.paused = False
+        self.gone = False
+        #: the response uses chunked transfer encoding (known once its head is written)
+        self.chunked = False
+        #: bytes not yet handed to the transport: (data, events, live); replayed history is
+        #: not live and does not count against the bound (history bounds it already)
+        self.backlog: deque[tuple[bytes, int, bool]] = deque()
+        self.queued_events = 0
+        self.queued_bytes = 0
+        self.events_sent = 0
+        self.connected_at = sink.clock.seconds()
+
+    def deliver(self, frames: list[bytes], data: bytes, chunked: bytes) -> bool:
+        """The live events of one reactor turn: ``data`` is their frames joined, ``chunked``
+        the same as HTTP chunks, both shared by every subscriber. False when held instead."""
+        if self.gone:
+            return False
+        if self.paused or self.backlog:
+            if self.sink.raw:  # each raw event keeps its own chunk: nothing else separates them
+                for frame in frames:
+                    self.hold(frame, 1, live=True)
+            else:
+                self.hold(data, len(frames), live=True)
+            return False
+        write_now(self.transport, self.socket, chunked if self.chunked else data)
+        self.events_sent += len(frames)
+        return True
+
+    def hold(self, data: bytes, events: int, live: bool) -> None:
+        self.backlog.append((data, events, live))
+        if live:
+            self.queued_events += events
+            self.queued_bytes += len(data)
+            if self.queued_events > self.sink.queue_size or self.queued_bytes > self.sink.queue_bytes:
+                self.sink.drop_slow(self)
+
+    def pump(self) -> None:
+        """Write the backlog, up to ``PUMP_BYTES`` at a time, until the transport pauses us."""
+        while self.backlog and not self.paused and not self.gone:
+            parts: list[bytes] = []
+            size = events = live_events = live_bytes = 0
+            while self.backlog and size < PUMP_BYTES:
+                data, count, live = self.backlog.popleft()
+                parts.append(data)
+                size += len(data)
+                events += count
+                if live:
+                    live_events += count
+                    live_bytes += len(data)
+            self.queued_events -= live_events
+            self.queued_bytes -= live_bytes
+            write_now(self.transport, self.socket, self.sink.wire(parts) if self.chunked else b"".join(parts))
+            self.events_sent += events
+            self.sink.counters["events_out"] += events
+            self.sink.counters["bytes_written"] += size
+
+    def heartbeat(self) -> None:
+        # A paused or backlogged subscriber has bytes in flight already.
+        if not self.gone and not self.paused and not self.backlog:
+            self.request.write(HEARTBEAT)
+
+    # IPushProducer: the transport tells us when its buffers are full or drained.
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.pump()
+
+    def stopProducing(self) -> None:
+        self.gone = True
+        self.backlog.clear()
+        self.queued_events = self.queued_bytes = 0
