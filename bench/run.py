@@ -799,7 +799,7 @@ def write_results(path: Path, res: dict[str, dict[str, dict[str, Any]]], scs: li
     if WorkerDaemon.name in servers:
         lines += [
             f"- {WorkerDaemon.name}: the same daemon with `worker.count: 2` on the sink: twistd binds the sink's port "
-            "and starts 2 worker processes (`python -m sse_daemon.workers.process`, its children) that accept the subscribers "
+            "and starts 2 worker processes (`python -m sse_daemon.worker`, its children) that accept the subscribers "
             "on it; the http ingest has a port of its own (the client POSTs there, `sseload --pub-port`), and twistd "
             "feeds every event to both workers over pipes. Its CPU and RSS are **summed over twistd and its worker "
             "processes** (the children as listed when each measurement starts; a worker restarted during a run still "

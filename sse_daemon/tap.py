@@ -115,7 +115,6 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
     # SIGHUP re-reads the same files and changes only what changed (reload.py)
     from sse_daemon.daemon.reload import ReloadOnSighup, Reloader
 
-    reloader = Reloader(service, options["config"], stopping=service.stopping)
-    ReloadOnSighup(reloader, service.reactor).setServiceParent(service)
+    ReloadOnSighup(Reloader(service, options["config"]), service.reactor).setServiceParent(service)
     StopOnSigterm(service.reactor).setServiceParent(service)
     return service

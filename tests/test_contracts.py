@@ -9,6 +9,8 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from treq.testing import StubTreq
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -185,7 +187,7 @@ def test_sinks_and_sources_provide_what_the_figures_read() -> None:
     assert verifyObject(ISource, IngestResource(connectors["In"], mapper_for(connectors["In"]), bus, clock))
     from sse_daemon.connectors.source import SseSourceService
 
-    source = SseSourceService(connectors["Up"], mapper_for(connectors["Up"]), bus, clock)
+    source = SseSourceService(connectors["Up"], mapper_for(connectors["Up"]), bus, clock, StubTreq(Resource()))
     assert verifyObject(IUpstreamSource, source)
 
 
@@ -195,7 +197,7 @@ def test_a_leased_sources_figures_and_readiness_are_the_sources_and_the_leases()
 
     clock = Clock()
     redis = FakeSharedBus()
-    lease = leased_source(lambda bus: SseSourceService(connectors["Up"], mapper_for(connectors["Up"]), bus, clock),
+    lease = leased_source(lambda bus: SseSourceService(connectors["Up"], mapper_for(connectors["Up"]), bus, clock, StubTreq(Resource())),
                           ConnectorBus(redis, clock), redis, "Up", 1.0, clock)
     lease.inner.reconnects = 3
     figures = source_figures(lease, None, 10.0, 0.0)

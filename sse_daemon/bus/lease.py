@@ -173,7 +173,8 @@ class LeasedService(Service):
 class ResumableSource(Protocol):
     """What :func:`leased_source` runs: a service (an IService) that can start again from an upstream id."""
 
-    name: str
+    @property
+    def name(self) -> str | None: ...  # a Service's name (Twisted's may be None)
 
     def resume_after(self, last_event_id: str | None) -> None: ...
 
@@ -194,5 +195,5 @@ def leased_source(make_source: Callable[[IBus], ResumableSource], bus: IBus, red
     source = make_source(cursor)
     lease = LeasedService(redis, key, ttl, source, clock, cursor_key,  # type: ignore[arg-type]  # an IService too
                           lambda saved: source.resume_after(saved or cursor.acknowledged))
-    lease.setName(source.name)
+    lease.setName(source.name or f"source:{name}")
     return lease

@@ -1,136 +1,35 @@
-"""Builds the daemon from a validated Config: the bus, listeners, sinks, sources and routes."""
+"""The daemon: one service tree built from a validated Config by applying a plan.
+
+Start-up applies the plan from nothing (plan.py) with the builder (build.py);
+a reload (reload.py) applies the plan from the running configuration through
+:meth:`DaemonService.stage` and :meth:`DaemonService.replace`. Only this class
+changes its children, listeners and connector tables.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import replace as with_fields
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sse_daemon.bus.interfaces import IBus, ISharedBus, ISubscription
-from sse_daemon.bus.memory import MemoryBus
-from sse_daemon.ops.admin import AdminService
-from sse_daemon.config.model import Config, ConnectorDef, RouteDef, listen_address, served_by_workers
 from sse_daemon.bus.connector import ConnectorBus
-from sse_daemon.ops.figures import StatsLogService
+from sse_daemon.bus.interfaces import IDeliveringBus
+from sse_daemon.config.model import Config, listen_address, served_by_workers
+from sse_daemon.connectors.route import RouteService
+from sse_daemon.daemon.build import BuiltConnector, Builder, Staged, make_bus
 from sse_daemon.daemon.drain import shutdown  # SIGTERM: stop accepting, drain sinks in stages, then the rest
-from sse_daemon.edge.guard import ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
-from sse_daemon.connectors.ingest import PUBLISH_SLICE, IngestResource
-from sse_daemon.edge.tls import client_policy, listen_description
-from sse_daemon.policy.connections import DescriptorBudget, Stopping, port_policy
+from sse_daemon.daemon.plan import Plan, PortKey, plan
 from sse_daemon.edge.listener import BindError, ListenerService, descriptor_budget
-from sse_daemon.connectors.logsink import LogSinkService
-from sse_daemon.mapping.mappers import make_mapper
-from sse_daemon.policy.limits import should_log
 from sse_daemon.edge.passwords import PasswordPool
-from sse_daemon.events.schema import Event
-from sse_daemon.events.validate import InvalidValue, check_values
-from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService
-from sse_daemon.events.schema import Schema
+from sse_daemon.ops.admin import AdminService
+from sse_daemon.ops.figures import StatsLogService
+from sse_daemon.policy.connections import DescriptorBudget, Stopping
 
-
-@dataclass(eq=False)
-class BuiltConnector:
-    """The running pieces of one connector (built once here, for start and for reload)."""
-
-    service: IService | None = None  # started with the daemon: sinks, SSE sources
-    resource: Any = None  # served on its listener, guarded: sse-server sinks, ingests
-    source: Any = None  # what DaemonService.sources holds: an ingest resource or an SSE source
-    bus: ConnectorBus | None = None  # a source's view of the bus (notes when it last published)
-
-
-def build_connector(connector: ConnectorDef, schema: Schema, bus: IBus, clock: IReactorTime, reactor: Any,
-                    passwords: PasswordPool, stopping: Stopping | None = None) -> BuiltConnector:
-    mapper = make_mapper(connector.options.mapping, schema)
-    if connector.type == "log":
-        return BuiltConnector(service=LogSinkService(connector, mapper, bus))
-    if connector.type == "sse-server":
-        sink = SseSink(connector, mapper, clock, turns=reactor)
-        if served_by_workers(connector):
-            from sse_daemon.workers.pool import SinkWorkers
-
-            return BuiltConnector(service=SinkWorkers(sink, schema, bus, reactor))
-        return BuiltConnector(
-            service=SseSinkService(sink, bus, connector.stream, clock),
-            resource=sink_guard(connector, SseSinkResource(sink), sink, clock, passwords),
-        )
-    source_bus = ConnectorBus(bus, clock)
-    if connector.type == "http":
-        # a shared bus takes a body in one transaction (all or nothing); the in-process one in slices between turns
-        ingest = IngestResource(connector, mapper, source_bus, clock, turns=reactor, slice_size=0 if bus.provides_ids else PUBLISH_SLICE)
-        return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, clock, passwords), source=ingest, bus=source_bus)
-    from sse_daemon.client.http import http_client  # the SSE client pulls in treq
-    from sse_daemon.connectors.source import SseSourceService
-
-    http = http_client(reactor, client_policy(connector.options.tls_ca_file))
-
-    def make_source(source_bus: IBus) -> SseSourceService:
-        return SseSourceService(connector, mapper, source_bus, reactor, http, stopping=stopping)
-
-    if ISharedBus.providedBy(bus):  # a shared bus: one instance at a time reads the upstream
-        from sse_daemon.bus.lease import leased_source
-
-        leased = leased_source(make_source, source_bus, bus, connector.name, bus.lease_ttl, clock)
-        return BuiltConnector(service=leased, source=leased, bus=source_bus)
-    service = make_source(source_bus)
-    return BuiltConnector(service=service, source=service, bus=source_bus)
-
-
-class RouteService(Service):
-    """Sends the events of one stream that pass the route's ``where`` into
-    another, keeping the target's attributes (the ``select`` ones, checked at load)."""
-
-    log = Logger()
-
-    def __init__(self, route: RouteDef, names: tuple[str, ...], bus: IBus) -> None:
-        self.route = route
-        self.names = names
-        self.bus = bus
-        self.events = 0  # forwarded
-        self.filtered = 0  # held back by the route's where (false or null)
-        self.rejected: Counter[str] = Counter()  # dropped, by reason: values no sink could write (none expected)
-        self._subscription: ISubscription | None = None
-        self.setName(f"route:{route.source}->{route.target}")
-
-    def startService(self) -> None:
-        super().startService()
-        self._subscription = self.bus.subscribe(self.route.source, self.forward)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._subscription is not None:
-            self._subscription.cancel()
-            self._subscription = None
-
-    def forward(self, event: Event) -> None:
-        if self.route.where is not None and not self.route.where.matches(event.values):
-            self.filtered += 1
-            return
-        values = {name: event.values[name] for name in self.names}
-        try:  # what enters a stream is checked, whoever puts it there (validate.py); a route only narrows events
-            check_values(values)
-        except InvalidValue as e:
-            self.rejected[e.reason] += 1
-            if should_log(sum(self.rejected.values())):
-                self.log.warn("route {route} dropped an event no sink could write: {error} ({reason})",
-                              route=self.name, error=str(e), reason=e.reason)
-            return
-        self.events += 1
-        self.bus.publish(self.route.target, [Event(values, event.id, event.type, event.ingress)])
-
-
-def _make_bus(config: Config, reactor: Any) -> IBus:
-    """The bus the ``bus:`` section asks for; the memory bus needs (and imports) no Redis client."""
-    bus = getattr(config, "bus", None)  # no ``bus:`` section: the embedded bus
-    if bus is not None and bus.type == "redis":
-        from sse_daemon.bus.redis import RedisBus
-
-        return RedisBus(bus, reactor)
-    return MemoryBus()
+__all__ = ["DaemonService", "RouteService", "build_service"]
 
 
 class DaemonService(MultiService):
@@ -140,7 +39,7 @@ class DaemonService(MultiService):
     log = Logger()
 
     def __init__(
-        self, config: Config, reactor: Any, bus: IBus | None = None, clock: IReactorTime | None = None,
+        self, config: Config, reactor: Any, bus: IDeliveringBus | None = None, clock: IReactorTime | None = None,
         stats_interval: float = 60.0, descriptors: DescriptorBudget | None = None,
     ) -> None:
         super().__init__()
@@ -152,41 +51,29 @@ class DaemonService(MultiService):
         #: child, so it is stopped last, once no request can wait for it any more
         self.passwords = PasswordPool(reactor)
         self.passwords.setServiceParent(self)
-        self.bus = bus if bus is not None else _make_bus(config, reactor)
+        self.bus = bus if bus is not None else make_bus(config, reactor)
         #: set once shutdown begins (drain.py); every port answers 503 from then on and a reload is ignored
         self.stopping = Stopping()
         #: the process's file descriptors, shared by every port (connections.py)
         self.descriptors = descriptors if descriptors is not None else descriptor_budget(reactor)
         if isinstance(self.bus, Service):  # a shared bus connects on start, before sinks subscribe
             self.bus.setServiceParent(self)
-        self.listeners: dict[tuple[str, int], ListenerService] = {}
+        self.listeners: dict[PortKey, ListenerService] = {}
         self.sinks: dict[str, Any] = {}
         self.sources: dict[str, Any] = {}
         self.routes: list[RouteService] = []
         #: each source's view of the bus, which notes when it last published
         self.source_buses: dict[str, ConnectorBus] = {}
+        #: every running connector's pieces
+        self.built: dict[str, BuiltConnector] = {}
         self.started_at: float | None = None
-        schemas = {name: stream.schema for name, stream in config.streams.items()}
-
-        for route in config.routes:
-            route_service = RouteService(route, schemas[route.target].names, self.bus)
-            route_service.setServiceParent(self)
-            self.routes.append(route_service)
-        built = {c.name: build_connector(c, schemas[c.stream], self.bus, self.clock, reactor, self.passwords, self.stopping) for c in config.connectors}
-        for connector in config.sinks:
-            self._add(connector, built[connector.name])
-        for connector in config.sources:
-            if connector.type == "http":
-                self._add(connector, built[connector.name])
-        for listener in self.listeners.values():
-            listener.setServiceParent(self)
-        for connector in config.sources:
-            if connector.type == "sse":
-                self._add(connector, built[connector.name])
+        #: built before the connectors (each sink's lag goes to its histogram), started after them
+        self.admin: AdminService | None = AdminService(self, config.admin) if config.admin is not None else None
+        self.builder = Builder(self.bus, self.clock, reactor, self.passwords, self.descriptors, self.stopping,
+                               lag=self.admin.lag_observer if self.admin is not None else None)
+        self._install(self.stage(config, plan(None, config)))  # start-up: the plan from nothing
         StatsLogService(self, stats_interval, self.clock).setServiceParent(self)
-        self.admin: AdminService | None = None
-        if config.admin is not None:
-            self.admin = AdminService(self, config.admin)
+        if self.admin is not None:
             self.admin.setServiceParent(self)
 
     def startService(self) -> None:
@@ -195,30 +82,126 @@ class DaemonService(MultiService):
 
     def stopService(self) -> Deferred:
         """Stop accepting, close subscribers in stages, then stop the rest (drain.py)."""
-        sinks = [service for service in self.sinks.values() if hasattr(service, "drain")]  # SSE sinks, and their workers
+        sinks = [service for name, service in self.sinks.items() if self.built[name].drain is not None]  # SSE sinks, and their workers
         return shutdown(self.listeners.values(), sinks, super().stopService, self.reactor, self.stopping)
 
-    def _listener(self, connector: ConnectorDef) -> tuple[ListenerService, str]:
-        host, port, path = listen_address(connector)
-        key = (host, port)
-        if key not in self.listeners:
-            self.listeners[key] = ListenerService(self.reactor, host, port, port_policy(connector.options),
-                                                  self.descriptors, self.stopping)
-            self.listeners[key].endpoint = listen_description(host, port, connector.options)  # TLS, server.endpoint
-        return self.listeners[key], path
+    # -- applying a plan (start-up: from nothing; a reload: from the running configuration)
 
-    def _add(self, connector: ConnectorDef, built: BuiltConnector) -> None:
-        if built.resource is not None:
-            listener, path = self._listener(connector)
-            limit = connector.options.max_body_size if connector.type == "http" else None
-            listener.add(path, built.resource, connector.label, limit)
-        if built.service is not None:
-            built.service.setServiceParent(self)
-        if connector.role == "sink":
-            self.sinks[connector.name] = built.service
-        else:
-            self.sources[connector.name] = built.source
-            self.source_buses[connector.name] = built.bus
+    def endpoints(self) -> dict[PortKey, str]:
+        """The ports bound now, and how: what a plan compares the new configuration's with."""
+        return {key: listener.endpoint or "" for key, listener in self.listeners.items()}
+
+    def stage(self, new: Config, changes: Plan) -> Staged:
+        """Build what ``changes`` adds and restarts, off to the side; nothing running is touched."""
+        return self.builder.stage(new, changes, self.built)
+
+    def adopt_config(self, new: Config) -> None:
+        """``new`` is the running configuration now, with the admin and bus sections actually running."""
+        old = self.config
+        self.config = with_fields(new, admin=old.admin, bus=old.bus) if (new.admin, new.bus) != (old.admin, old.bus) else new
+
+    async def replace(self, staged: Staged) -> None:
+        """Switch to ``staged``, whose new ports are bound already, in one reactor turn (a port
+        bound another way waits for its old listener to let go); then wait for the old pieces to stop.
+
+        Paths on kept ports lead to the new resources; the old services of changed and removed
+        connectors stop (an SSE sink closes its subscribers in stages over its ``drain.window``,
+        as on shutdown, so they reconnect to the new one spread out); new services start."""
+        changes = staged.plan
+        stopping = self._retire(staged)
+        await self._rebind(staged)
+        self._install(staged)
+        self.adopt_config(staged.config)
+        if self.admin is not None:  # it watches the sources a reload builds; its live views follow the streams
+            with self.log.failuresHandled("the admin service's reload hook failed"):
+                self.admin.reloaded(sorted(changes.fresh), sorted(changes.gone))
+        await DeferredList(stopping, consumeErrors=True)
+
+    def _retire(self, staged: Staged) -> list[Deferred]:
+        """Point kept ports at their new tables, release removed ports, stop gone connectors and routes."""
+        changes = staged.plan
+        stopping: list[Deferred] = []
+        for key in changes.ports_keep:
+            self.listeners[key].retarget(staged.tables[key])
+        for key in changes.ports_remove:
+            stopping.append(maybeDeferred(self.removeService, self.listeners.pop(key)))
+        for name in changes.gone:
+            built = self.built.pop(name)
+            self.sinks.pop(name, None)
+            self.sources.pop(name, None)
+            self.source_buses.pop(name, None)
+            old = built.service
+            if old is None or old.parent is not self:
+                continue
+            if built.drain is not None:  # an SSE sink: close its subscribers in stages, as on shutdown
+                # it stays a child while it drains (a shutdown meanwhile still stops it), but its
+                # name goes to the new sink at once
+                self.namedServices.pop(old.name, None)
+                old.name = None
+                stopping.append(built.drain(self.reactor).addBoth(self._drained, old))
+            else:
+                stopping.append(maybeDeferred(self.removeService, old))
+        removed = [self.config.routes[index] for index in changes.routes_remove]
+        for route_service in list(self.routes):
+            if route_service.route in removed:
+                self.routes.remove(route_service)
+                stopping.append(maybeDeferred(self.removeService, route_service))
+        return stopping
+
+    def _drained(self, _: object, old: IService) -> Deferred | None:
+        """A replaced sink closed its last subscribers: it leaves the tree."""
+        return self.removeService(old)
+
+    async def _rebind(self, staged: Staged) -> None:
+        """Ports bound another way: the old listener is released first, then the new one binds."""
+        for key, listener in staged.rebind.items():
+            old = self.listeners.pop(key)
+            await DeferredList([maybeDeferred(self.removeService, old)])
+            if self.stopping:  # shutdown began meanwhile: bind nothing more
+                continue
+            try:
+                listener.privilegedStartService()
+            except BindError as e:
+                self.log.critical("reload: {message}; the connectors of this port are not served", message=str(e))
+                continue
+            staged.listeners[key] = listener
+
+    def _install(self, staged: Staged) -> None:
+        """Make the staged pieces children, in start order: routes and sinks subscribe to the bus,
+        listeners bind (or, bound already by a reload, serve), then sources start feeding events."""
+        for route_service in staged.routes:
+            route_service.setServiceParent(self)
+            self.routes.append(route_service)
+        for connector in staged.config.sinks:
+            built = staged.connectors.get(connector.name)
+            if built is not None:
+                self.built[connector.name] = built
+                self.sinks[connector.name] = built.service
+                if built.service is not None:
+                    built.service.setServiceParent(self)
+        for key, listener in staged.listeners.items():
+            if listener.listening is None:
+                listener.setServiceParent(self)  # bound in privilegedStartService, with the rest
+            else:
+                self._adopt(listener)
+            self.listeners[key] = listener
+        for connector in staged.config.sources:
+            built = staged.connectors.get(connector.name)
+            if built is not None:
+                self.built[connector.name] = built
+                self.sources[connector.name] = built.source
+                if built.bus is not None:
+                    self.source_buses[connector.name] = built.bus
+                if built.service is not None:
+                    built.service.setServiceParent(self)
+
+    def _adopt(self, listener: ListenerService) -> None:
+        """Make an already bound listener a child (addService would bind it again)."""
+        if listener.name:
+            self.namedServices[listener.name] = listener
+        self.services.append(listener)
+        listener.parent = self
+        listener.startService()
 
     #: set by twistd's makeService: a port that cannot be bound ends the process
     exit_on_bind_error = False
@@ -235,17 +218,18 @@ class DaemonService(MultiService):
     def port_of(self, connector_name: str) -> int:
         """The port a sink or ingest source is reachable on (useful with port 0)."""
         connector = next(c for c in self.config.connectors if c.name == connector_name)
-        pool = self.sinks.get(connector_name)
-        if hasattr(pool, "bound_port"):  # a sink with worker processes binds its own port
-            return pool.bound_port
-        host, port, _ = listen_address(connector)
+        if served_by_workers(connector):  # a sink with worker processes binds its own port
+            return self.sinks[connector_name].bound_port
+        address = listen_address(connector)
+        assert address is not None, f"{connector_name} listens on no port"
+        host, port, _ = address
         return self.listeners[(host, port)].bound_port
 
 
 def build_service(
-    config: Config, reactor: Any = None, bus: IBus | None = None, clock: IReactorTime | None = None,
+    config: Config, reactor: Any = None, bus: IDeliveringBus | None = None, clock: IReactorTime | None = None,
     stats_interval: float = 60.0,
 ) -> DaemonService:
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     return DaemonService(config, reactor, bus, clock, stats_interval)

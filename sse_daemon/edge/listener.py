@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass
 from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit
 from typing import Any
 
@@ -393,6 +394,38 @@ def descriptor_budget(clock: IReactorTime) -> DescriptorBudget:
     return DescriptorBudget(soft_limit, count_open, clock.seconds)
 
 
+@dataclass(frozen=True)
+class PortRoute:
+    """One path on a port: what serves it, the label its messages name, an ingest's body limit."""
+
+    path: str
+    resource: IResource
+    label: str
+    max_body_size: int | None = None
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """Everything a port serves: its paths, and the deadlines and cap shared by all of them."""
+
+    routes: tuple[PortRoute, ...]
+    policy: PortPolicy = PortPolicy()
+
+    @property
+    def max_body_size(self) -> int | None:
+        """The largest limit of the ingests on the port (None: it serves only sinks)."""
+        limits = [route.max_body_size for route in self.routes if route.max_body_size is not None]
+        return max(limits) if limits else None
+
+    def site(self, reactor: IReactorTime, descriptors: DescriptorBudget | None = None,
+             stopping: Stopping | None = None) -> "QuietSite":
+        """A Site serving the table on a socket bound elsewhere (a worker process's)."""
+        router = PathRouter()
+        for route in self.routes:
+            router.add(route.path, route.resource)
+        return QuietSite(router, reactor, self.max_body_size or SINK_ONLY_BODY_LIMIT, self.policy, descriptors, stopping)
+
+
 class ListenerService(Service):
     """Binds one (host, port) for the connectors that share it."""
 
@@ -400,7 +433,7 @@ class ListenerService(Service):
 
     def __init__(self, reactor: Any, host: str, port: int, policy: PortPolicy = PortPolicy(),
                  descriptors: DescriptorBudget | None = None, stopping: Stopping | None = None,
-                 list_paths: bool = True) -> None:
+                 list_paths: bool = True, endpoint: str | None = None) -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
@@ -414,7 +447,7 @@ class ListenerService(Service):
         self.max_body_size: int | None = None  # the largest limit of the ingests on this port
         self.listening: IListeningPort | None = None
         #: the endpoint string to bind with (TLS, server.endpoint; see tls.py); None: plain TCP
-        self.endpoint: str | None = None
+        self.endpoint = endpoint
         self.setName(f"listener:{host}:{port}")
 
     def add(self, path: str, resource: IResource, label: str, max_body_size: int | None = None) -> None:
@@ -422,6 +455,27 @@ class ListenerService(Service):
         self.labels.append(f"{label} at {normalise_path(path)}")
         if max_body_size is not None:
             self.max_body_size = max(self.max_body_size or 0, max_body_size)
+
+    def serve(self, table: "RouteTable") -> None:
+        """Serve ``table``'s paths (before binding)."""
+        for route in table.routes:
+            self.add(route.path, route.resource, route.label, route.max_body_size)
+        self.policy = table.policy
+
+    def retarget(self, table: "RouteTable") -> None:
+        """Point the port, bound or not, at ``table``: its paths (a path not in it answers 404 from
+        now on), labels, body limit and policy (deadlines and cap), also for open connections."""
+        self.router.routes = {normalise_path(route.path): route.resource for route in table.routes}
+        self.labels = [f"{route.label} at {route.path}" for route in table.routes]
+        self.max_body_size = table.max_body_size
+        self.policy = table.policy
+        if self.site is not None:
+            self.site.max_body_size = self.max_body_size or SINK_ONLY_BODY_LIMIT
+            self.site.policy = self.policy
+
+    def resource(self, path: str) -> IResource:
+        """What the port serves at ``path`` now."""
+        return self.router.routes[normalise_path(path)]
 
     @property
     def bound_port(self) -> int:

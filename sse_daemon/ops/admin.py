@@ -32,7 +32,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
@@ -312,17 +312,17 @@ class AdminService(MultiService):
         self._start_sampler()
         self._live_views()
 
+    def lag_observer(self, sink: str) -> Callable[[float], None]:
+        """What a sink calls with each event's lag (given to it when it is built): the histogram's series."""
+        return self.lag.labels(sink=sink).observe
+
     def _attach(self, names: list[str]) -> None:
-        """Watch SSE sources' connectivity and hook sinks' lag into the histogram."""
+        """Watch SSE sources' connectivity."""
         now = self.clock.seconds()
         for name in names:
             held = self.daemon.sources.get(name)
             if held is not None and source_of(held).connector.type == "sse":
                 self.watches[name] = SourceWatch(held, now)
-            service = self.daemon.sinks.get(name)
-            if ISseSinkService.providedBy(service):
-                sink = service.sink
-                sink.lag_observer = self.lag.labels(sink=sink.name).observe
 
     def _start_sampler(self) -> None:
         if self.watches and self.running and (self._sampler is None or not self._sampler.running):

@@ -1,7 +1,7 @@
 """``worker.count`` on a sink: several processes serve its port (the daemon's side).
 
 One process writes each event to every subscriber with one core; a sink with
-``worker.count: N`` is served by N worker processes (worker.py) instead. The
+``worker.count: N`` is served by N worker processes (sse_daemon/worker.py) instead. The
 daemon binds the port itself (so a bind error stops it, as for any listener):
 one listening socket per worker with SO_REUSEPORT, so the kernel spreads new
 connections evenly, and keeps them open while workers come and go. The daemon still maps, numbers and keeps the
@@ -24,19 +24,21 @@ import os
 import socket
 import sys
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from zope.interface import implementer
 
 from sse_daemon.workers import channel
 from sse_daemon.bus.interfaces import IBus, ISubscription
+from sse_daemon.config.model import ConnectorDef
 from sse_daemon.connectors.interfaces import IOwnPort, IReadiness, ISseSinkService, ISubscriberSink
 from sse_daemon.edge.listener import BindError
+from sse_daemon.mapping.mappers import IMapper
 from sse_daemon.events.schema import Schema
 from sse_daemon.connectors.sink import SseSink, adopt_bus_ids
 from sse_daemon.policy.connections import LISTEN_BACKLOG
@@ -109,8 +111,11 @@ class WorkerProcess(ProcessProtocol):
         self._lines = {1: b"", 2: b""}
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid
-        self.transport.registerProducer(self, True)  # tells us when the pipe backs up
+        transport = self.transport
+        assert transport is not None
+        self.pid = transport.pid
+        # a process transport is also the consumer of the worker's stdin pipe (IProcessTransport does not say so)
+        cast(IConsumer, transport).registerProducer(self, True)  # tells us when the pipe backs up
 
     def send(self, message: bytes, live: bool = True) -> None:
         """Write to the worker's pipe; live events count against its bound, its start-up copy of the history does not."""
@@ -129,7 +134,8 @@ class WorkerProcess(ProcessProtocol):
 
     def signal(self, name: str) -> None:
         try:
-            self.transport.signalProcess(name)
+            if self.transport is not None:
+                self.transport.signalProcess(name)
         except Exception:  # already gone: processEnded follows
             pass
 
@@ -186,14 +192,15 @@ class SinkWorkers(Service):
 
     log = Logger()
 
-    def __init__(self, sink: SseSink, schema: Schema, bus: IBus, reactor: Any) -> None:
+    def __init__(self, connector: ConnectorDef, mapper: IMapper, schema: Schema, bus: IBus, clock: IReactorTime,
+                 reactor: Any) -> None:
         #: the daemon's copy of the sink: maps, numbers and keeps the history of every event, and feeds the workers
-        self.feed = sink
-        self.connector = sink.connector
+        sink = self.feed = SseSink(connector, mapper, clock, turns=reactor, forward=self._forward)
+        self.connector = connector
         self.schema = schema
         self.bus = bus
         self.reactor = reactor
-        self.clock = sink.clock
+        self.clock = clock
         self.count: int = sink.connector.options.worker_count
         self.log_level = _log_level()
         self.stall_seconds = STALL_SECONDS
@@ -209,7 +216,6 @@ class SinkWorkers(Service):
         self._subscription: ISubscription | None = None
         self._stopping = False
         self.setName(f"sink:{sink.name}")
-        sink.forward = self._forward  # every encoded event, in order
         #: what the status page and /metrics read (sink_figures)
         self.sink = PooledSinkFigures(self)
 
@@ -249,7 +255,7 @@ class SinkWorkers(Service):
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the daemon's own imports, also from a checkout
         try:
             self.reactor.spawnProcess(
-                worker, sys.executable, [sys.executable, "-m", "sse_daemon.workers.process", self.log_level], env=env,
+                worker, sys.executable, [sys.executable, "-m", "sse_daemon.worker", self.log_level], env=env,
                 childFDs={0: "w", 1: "r", 2: "r", 3: listening.fileno()},
             )
         except OSError as e:  # out of processes or memory: try again later, as for a worker that died
@@ -306,7 +312,7 @@ class SinkWorkers(Service):
         for worker in running:
             worker.signal("TERM")
             kill = self.reactor.callLater(grace, worker.signal, "KILL")
-            worker.ended.addBoth(lambda result, kill=kill: kill.cancel() if kill.active() else None)
+            worker.ended.addBoth(_cancel, kill)
         return DeferredList([w.ended for w in running], consumeErrors=True)
 
     def stopService(self) -> Deferred:
@@ -338,6 +344,11 @@ class SinkWorkers(Service):
 
     def pids(self) -> list[int | None]:
         return [None if w is None else w.pid for w in self.workers]
+
+
+def _cancel(_: object, call: IDelayedCall) -> None:
+    if call.active():
+        call.cancel()
 
 
 @implementer(ISubscriberSink)

@@ -1,6 +1,6 @@
-"""One worker process of a sink with ``worker.count`` above 1 (``python -m sse_daemon.workers.process``).
+"""One worker process of a sink with ``worker.count`` above 1 (``python -m sse_daemon.worker``).
 
-The daemon (workers.py) binds the sink's port and starts the workers; each
+The daemon (workers/pool.py) binds the sink's port and starts the workers; each
 worker accepts subscribers on that shared socket and serves them with the
 same SseSink as a single-process daemon. Events arrive already encoded, with
 their ids, over a pipe, in the daemon's order, so every worker holds the same
@@ -8,7 +8,7 @@ history and a subscriber resumes correctly whichever worker it lands on.
 
 File descriptors, set up by the daemon:
 
-- 0: messages from the daemon (channel.py): the sink's definition, the
+- 0: messages from the daemon (workers/channel.py): the sink's definition, the
   history so far, then live events;
 - 1: reports to the daemon: a JSON line of figures every second;
 - 2: log events, one JSON line each (the daemon logs them as its own);
@@ -28,15 +28,14 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import FilteringLogObserver, Logger, LogLevelFilterPredicate, globalLogBeginner, jsonFileLogObserver
 
-from sse_daemon.workers import channel
 from sse_daemon.bus.memory import MemoryBus
-from sse_daemon.edge.guard import sink_guard
 from sse_daemon.connectors.history import History
-from sse_daemon.policy.connections import Stopping, port_policy
-from sse_daemon.edge.listener import SINK_ONLY_BODY_LIMIT, PathRouter, QuietSite, descriptor_budget
-from sse_daemon.mapping.mappers import make_mapper
+from sse_daemon.connectors.sink import SseSink, SseSinkService
+from sse_daemon.daemon.build import Builder
+from sse_daemon.edge.listener import descriptor_budget
 from sse_daemon.edge.passwords import PasswordPool
-from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService
+from sse_daemon.policy.connections import Stopping
+from sse_daemon.workers import channel
 
 LISTEN_FD = 3
 REPORT_INTERVAL = 1.0
@@ -52,6 +51,8 @@ class Worker(channel.MessageReceiver):
         self.sink: SseSink | None = None
         self.service: SseSinkService | None = None
         self.passwords: PasswordPool | None = None
+        #: the daemon's builder, for this process's part: one sink on the socket the daemon bound
+        self.builder: Builder | None = None
         self.port: Any = None
         self.report: LoopingCall | None = None
         self.stopping: Deferred | None = None
@@ -64,7 +65,11 @@ class Worker(channel.MessageReceiver):
     def setup(self, spec: dict[str, Any]) -> None:
         connector, schema = spec["connector"], spec["schema"]
         self.index, self.family = spec["index"], spec["family"]
-        sink = SseSink(connector, make_mapper(connector.options.mapping, schema), self.reactor)
+        self.passwords = PasswordPool(self.reactor)  # this process's own threads for auth.type basic
+        # events come by pipe, not from a bus; the descriptors are this process's own
+        self.builder = Builder(MemoryBus(), self.reactor, self.reactor, self.passwords, descriptor_budget(self.reactor),
+                               self.shutting_down)
+        sink = self.builder.sink(connector, schema)
         history = sink.history
         if spec["bus_ids"]:  # a shared bus's ids: keys as that bus reads them (no Redis client here)
             from sse_daemon.bus.redis import entry_key, key_below, show_key
@@ -81,16 +86,14 @@ class Worker(channel.MessageReceiver):
     def go(self) -> None:
         """The history is in: serve."""
         assert self.sink is not None
-        sink = self.sink
+        assert self.builder is not None and self.passwords is not None
+        builder, sink = self.builder, self.sink
         connector = sink.connector
-        self.service = SseSinkService(sink, MemoryBus(), connector.stream, self.reactor)  # events come by pipe
+        self.service = SseSinkService(sink, builder.bus, connector.stream, self.reactor)
         self.service.startService()
-        self.passwords = PasswordPool(self.reactor)  # this process's own threads for auth.type basic
         self.passwords.startService()
-        router = PathRouter()
-        router.add(connector.options.server_path, sink_guard(connector, SseSinkResource(sink), sink, self.reactor, self.passwords))
-        site = QuietSite(router, self.reactor, SINK_ONLY_BODY_LIMIT, port_policy(connector.options),
-                         descriptor_budget(self.reactor), self.shutting_down)  # this process's own descriptors
+        table = builder.route_table([(connector.options.server_path, connector)], lambda c: builder.guarded_sink(c, sink))
+        site = table.site(self.reactor, builder.descriptors, builder.stopping)
         self.port = self.reactor.adoptStreamPort(LISTEN_FD, self.family, site)
         os.close(LISTEN_FD)  # adoptStreamPort works on its own copy
         self.report = LoopingCall(self._report)
@@ -111,6 +114,7 @@ class Worker(channel.MessageReceiver):
         if last:  # the reactor stops next: write it now (a few hundred bytes, under the pipe's atomic size)
             os.write(1, line)
         else:
+            assert self.transport is not None
             self.transport.write(line)
 
     # -- the end
@@ -134,7 +138,7 @@ class Worker(channel.MessageReceiver):
             self.stopping.addBoth(lambda _: self._report(last=True))
         else:
             self.stopping = succeed(None)
-        if self.passwords is not None:
+        if self.passwords is not None and self.passwords.running:
             passwords = self.passwords
             self.stopping.addBoth(lambda _: passwords.stopService())
         self.stopping.addBoth(lambda _: self.reactor.stop())
@@ -142,15 +146,18 @@ class Worker(channel.MessageReceiver):
 
 
 def main() -> None:
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
 
     from sse_daemon.ops.logs import parse_level
+
+    reactor: Any = installed  # the platform's reactor: it spawns, threads and reads stdio (the stubs know IReactorCore only)
 
     level = parse_level(sys.argv[1] if len(sys.argv) > 1 else "info")
     observer = FilteringLogObserver(jsonFileLogObserver(sys.stderr, recordSeparator=""), [LogLevelFilterPredicate(level)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     worker = Worker(reactor)
-    stdio.StandardIO(worker, stdin=0, stdout=1, reactor=reactor)
+    standard_io: Any = stdio.StandardIO  # POSIX's (the stubs show the Windows signature)
+    standard_io(worker, stdin=0, stdout=1, reactor=reactor)
     # SIGINT too: a Ctrl-C in a terminal reaches the whole process group
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: reactor.callFromThread(worker.stop))

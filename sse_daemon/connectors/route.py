@@ -1,0 +1,57 @@
+"""A route: the events of one stream that pass its ``where``, into another stream."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from sse_daemon.bus.interfaces import IBus, ISubscription
+from sse_daemon.config.model import RouteDef
+from sse_daemon.events.schema import Event
+from sse_daemon.events.validate import InvalidValue, check_values
+from sse_daemon.policy.limits import should_log
+
+
+class RouteService(Service):
+    """Sends the events of one stream that pass the route's ``where`` into
+    another, keeping the target's attributes (the ``select`` ones, checked at load)."""
+
+    log = Logger()
+
+    def __init__(self, route: RouteDef, names: tuple[str, ...], bus: IBus) -> None:
+        self.route = route
+        self.names = names
+        self.bus = bus
+        self.events = 0  # forwarded
+        self.filtered = 0  # held back by the route's where (false or null)
+        self.rejected: Counter[str] = Counter()  # dropped, by reason: values no sink could write (none expected)
+        self._subscription: ISubscription | None = None
+        self.setName(f"route:{route.source}->{route.target}")
+
+    def startService(self) -> None:
+        super().startService()
+        self._subscription = self.bus.subscribe(self.route.source, self.forward)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+
+    def forward(self, event: Event) -> None:
+        if self.route.where is not None and not self.route.where.matches(event.values):
+            self.filtered += 1
+            return
+        values = {name: event.values[name] for name in self.names}
+        try:  # what enters a stream is checked, whoever puts it there (validate.py); a route only narrows events
+            check_values(values)
+        except InvalidValue as e:
+            self.rejected[e.reason] += 1
+            if should_log(sum(self.rejected.values())):
+                self.log.warn("route {route} dropped an event no sink could write: {error} ({reason})",
+                              route=self.name, error=str(e), reason=e.reason)
+            return
+        self.events += 1
+        self.bus.publish(self.route.target, [Event(values, event.id, event.type, event.ingress)])

@@ -1,0 +1,210 @@
+"""The one place where definitions become running pieces.
+
+:class:`Builder` turns a connector's definition into its sink, source or
+ingest (with its mapper, guard and view of the bus), a route into its
+service, and a port's connectors into its route table and listener. Every
+piece gets its collaborators here, at construction. :meth:`Builder.stage`
+builds what a :class:`~sse_daemon.daemon.plan.Plan` adds or restarts, off to
+the side: the daemon's start-up stages the plan from nothing, a reload the
+plan from the running configuration, and the daemon (service.py) puts the
+staged pieces in place. A worker process (worker.py) builds its part,
+one sink on a socket the daemon bound, with the same builder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import IResource
+
+from sse_daemon.bus.connector import ConnectorBus
+from sse_daemon.bus.interfaces import IBus, IDeliveringBus, ISharedBus
+from sse_daemon.bus.memory import MemoryBus
+from sse_daemon.config.model import Config, ConnectorDef, served_by_workers
+from sse_daemon.connectors.ingest import PUBLISH_SLICE, IngestResource
+from sse_daemon.connectors.logsink import LogSinkService
+from sse_daemon.connectors.route import RouteService
+from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService
+from sse_daemon.daemon.plan import Plan, PortKey
+from sse_daemon.edge.guard import ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
+from sse_daemon.edge.listener import BindError, ListenerService, PortRoute, RouteTable
+from sse_daemon.edge.passwords import PasswordPool
+from sse_daemon.edge.tls import client_policy, listen_description
+from sse_daemon.events.schema import Schema
+from sse_daemon.mapping.mappers import make_mapper
+from sse_daemon.policy.connections import DescriptorBudget, Stopping, port_policy
+
+__all__ = ["BuiltConnector", "Builder", "Staged", "make_bus"]
+
+#: a sink's lag series, by sink name (the admin's histogram), or None where lag is not measured
+LagObservers = Callable[[str], Callable[[float], None]]
+
+
+@dataclass(eq=False)
+class BuiltConnector:
+    """The running pieces of one connector."""
+
+    service: IService | None = None  # started with the daemon: sinks, SSE sources
+    resource: IResource | None = None  # served on its listener, guarded: sse-server sinks, ingests
+    source: Any = None  # what DaemonService.sources holds: an ingest resource or an SSE source
+    bus: ConnectorBus | None = None  # a source's view of the bus (notes when it last published)
+    #: an SSE sink's (or its workers'): closes its subscribers in stages (drain.window), on shutdown and reload
+    drain: Callable[[Any], Deferred] | None = None
+
+
+def make_bus(config: Config, reactor: Any) -> IDeliveringBus:
+    """The bus the ``bus:`` section asks for; the memory bus needs (and imports) no Redis client."""
+    if config.bus is not None and config.bus.type == "redis":
+        from sse_daemon.bus.redis import RedisBus
+
+        return RedisBus(config.bus, reactor)
+    return MemoryBus()
+
+
+@dataclass(eq=False)
+class Staged:
+    """What a plan builds, not yet live: the daemon (service.py) puts it in place."""
+
+    config: Config
+    plan: Plan
+    connectors: dict[str, BuiltConnector] = field(default_factory=dict)  # the plan's fresh ones: sinks, then sources
+    routes: list[RouteService] = field(default_factory=list)  # the plan's added routes
+    tables: dict[PortKey, RouteTable] = field(default_factory=dict)  # every port of the new configuration
+    listeners: dict[PortKey, ListenerService] = field(default_factory=dict)  # new ports
+    rebind: dict[PortKey, ListenerService] = field(default_factory=dict)  # same port, bound another way
+
+    def bind(self) -> tuple[BindError | None, list[Deferred]]:
+        """Bind every new port, before anything running is touched. On a failure, the error and
+        the release of those bound already (nothing of this stage may go live then)."""
+        bound: list[ListenerService] = []
+        try:
+            for listener in self.listeners.values():
+                listener.privilegedStartService()
+                bound.append(listener)
+        except BindError as e:
+            return e, [maybeDeferred(listener.stopService) for listener in bound]
+        return None, []
+
+
+class Builder:
+    """Builds connectors, routes and ports with the daemon's shared collaborators."""
+
+    def __init__(self, bus: IDeliveringBus, clock: IReactorTime, reactor: Any, passwords: PasswordPool,
+                 descriptors: DescriptorBudget | None = None, stopping: Stopping | None = None,
+                 lag: LagObservers | None = None) -> None:
+        self.bus = bus
+        #: timers and timestamps (a test's Clock); ``reactor`` schedules turns, binds and spawns
+        self.clock = clock
+        self.reactor = reactor
+        self.passwords = passwords
+        self.descriptors = descriptors
+        self.stopping = stopping if stopping is not None else Stopping()
+        self.lag = lag
+
+    # -- connectors
+
+    def sink(self, connector: ConnectorDef, schema: Schema) -> SseSink:
+        """An SSE sink's state (subscribers, history, ids), its lag measured when there is an admin."""
+        lag = self.lag(connector.name) if self.lag is not None else None
+        return SseSink(connector, make_mapper(connector.options.mapping, schema), self.clock, turns=self.reactor, lag_observer=lag)
+
+    def guarded_sink(self, connector: ConnectorDef, sink: SseSink) -> IResource:
+        """A sink's resource behind its guard (CORS, limits, auth)."""
+        return sink_guard(connector, SseSinkResource(sink), sink, self.clock, self.passwords)
+
+    def connector(self, connector: ConnectorDef, schema: Schema) -> BuiltConnector:
+        if connector.type == "log":
+            return BuiltConnector(service=LogSinkService(connector, make_mapper(connector.options.mapping, schema), self.bus))
+        if connector.type == "sse-server":
+            return self._sse_sink(connector, schema)
+        source_bus = ConnectorBus(self.bus, self.clock)
+        if connector.type == "http":
+            return self._ingest(connector, schema, source_bus)
+        return self._sse_source(connector, schema, source_bus)
+
+    def _sse_sink(self, connector: ConnectorDef, schema: Schema) -> BuiltConnector:
+        if served_by_workers(connector):
+            from sse_daemon.workers.pool import SinkWorkers
+
+            if self.lag is not None:
+                self.lag(connector.name)  # its series is shown (empty: lag is not measured across processes)
+            workers = SinkWorkers(connector, make_mapper(connector.options.mapping, schema), schema, self.bus, self.clock, self.reactor)
+            return BuiltConnector(service=workers, drain=workers.drain)
+        sink = self.sink(connector, schema)
+        service = SseSinkService(sink, self.bus, connector.stream, self.clock)
+        return BuiltConnector(service=service, resource=self.guarded_sink(connector, sink), drain=service.drain)
+
+    def _ingest(self, connector: ConnectorDef, schema: Schema, source_bus: ConnectorBus) -> BuiltConnector:
+        # a shared bus takes a body in one transaction (all or nothing); the in-process one in slices between turns
+        ingest = IngestResource(connector, make_mapper(connector.options.mapping, schema), source_bus, self.clock, turns=self.reactor,
+                                slice_size=0 if self.bus.provides_ids else PUBLISH_SLICE)
+        return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, self.clock, self.passwords),
+                              source=ingest, bus=source_bus)
+
+    def _sse_source(self, connector: ConnectorDef, schema: Schema, source_bus: ConnectorBus) -> BuiltConnector:
+        from sse_daemon.client.http import http_client  # the SSE client pulls in treq
+        from sse_daemon.connectors.source import SseSourceService
+
+        mapper = make_mapper(connector.options.mapping, schema)
+        http = http_client(self.reactor, client_policy(connector.options.tls_ca_file))
+
+        def source(bus: IBus) -> SseSourceService:
+            return SseSourceService(connector, mapper, bus, self.reactor, http, stopping=self.stopping)
+
+        if ISharedBus.providedBy(self.bus):  # a shared bus: one instance at a time reads the upstream
+            from sse_daemon.bus.lease import leased_source
+
+            leased = leased_source(source, source_bus, self.bus, connector.name, self.bus.lease_ttl, self.clock)
+            return BuiltConnector(service=leased, source=leased, bus=source_bus)  # the lease shows the source's figures
+        service = source(source_bus)
+        return BuiltConnector(service=service, source=service, bus=source_bus)
+
+    def route(self, config: Config, index: int) -> RouteService:
+        route = config.routes[index]
+        return RouteService(route, config.streams[route.target].schema.names, self.bus)
+
+    # -- ports
+
+    def route_table(self, entries: Iterable[tuple[str, ConnectorDef]], resource: Callable[[ConnectorDef], IResource]) -> RouteTable:
+        """A port's paths; the deadlines and cap are the same for the whole port (its first connector's)."""
+        entries = list(entries)
+        routes = tuple(PortRoute(path, resource(connector), connector.label,
+                                 connector.options.max_body_size if connector.type == "http" else None)
+                       for path, connector in entries)
+        return RouteTable(routes, port_policy(entries[0][1].options))
+
+    def listener(self, key: PortKey, first: ConnectorDef, table: RouteTable) -> ListenerService:
+        """A port, not bound yet, bound the way its first connector says (TLS, server.endpoint)."""
+        host, port = key
+        listener = ListenerService(self.reactor, host, port, table.policy, self.descriptors, self.stopping,
+                                   endpoint=listen_description(host, port, first.options))
+        listener.serve(table)
+        return listener
+
+    # -- a plan
+
+    def stage(self, new: Config, plan: Plan, running: Mapping[str, BuiltConnector]) -> Staged:
+        """Build what ``plan`` adds and restarts; ``running`` are the connectors it keeps."""
+        staged = Staged(new, plan)
+        fresh = set(plan.fresh)
+        for connector in (*new.sinks, *new.sources):
+            if connector.name in fresh:
+                staged.connectors[connector.name] = self.connector(connector, new.streams[connector.stream].schema)
+
+        def resource(connector: ConnectorDef) -> IResource:
+            built = staged.connectors.get(connector.name) or running[connector.name]
+            assert built.resource is not None, f"{connector.name} serves no path"
+            return built.resource
+
+        for key, entries in plan.layout.items():
+            staged.tables[key] = self.route_table(entries, resource)
+        for key in plan.ports_new:
+            staged.listeners[key] = self.listener(key, plan.layout[key][0][1], staged.tables[key])
+        for key in plan.ports_rebind:
+            staged.rebind[key] = self.listener(key, plan.layout[key][0][1], staged.tables[key])
+        staged.routes = [self.route(new, index) for index in plan.routes_add]
+        return staged
