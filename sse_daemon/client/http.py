@@ -19,7 +19,7 @@ __all__ = ["HttpGet", "http_client"]
 class HttpGet(Protocol):
     """What the client needs of an HTTP client: treq's ``HTTPClient.get`` (``StubTreq`` has it too)."""
 
-    def get(self, url: str, headers: Headers | None = None, **kwargs: Any) -> Deferred:
+    def get(self, url: str, /, *, headers: Headers | None = ..., allow_redirects: bool = ..., unbuffered: bool = ...) -> Deferred[Any]:
         ...
 
 

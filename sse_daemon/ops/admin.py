@@ -45,7 +45,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from sse_daemon.bus.interfaces import ISharedBus
-from sse_daemon.connectors.interfaces import IReadiness, ISseSinkService
+from sse_daemon.connectors.interfaces import IReadiness
 from sse_daemon.config.errors import Location
 from sse_daemon.config.model import AdminDef, Config, ConnectorDef
 from sse_daemon.config.options import AccessOptions, SseServerOptions
