@@ -150,7 +150,7 @@ class History:
         event_id, frame = self._entries.popleft()
         self._times.popleft()
         self.bytes -= len(frame)
-        self.floor = max(self.floor, event_id)  # type: ignore[type-var]  # set by the first append
+        self.floor = max(self.floor, event_id)  # set by the first append
         self.evicted += 1
 
     def _expire(self) -> None:
