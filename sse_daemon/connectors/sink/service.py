@@ -13,7 +13,7 @@ from sse_daemon.config.model import ConnectorDef
 from sse_daemon.config.options import SseServerOptions
 from sse_daemon.connectors.interfaces import ISseSinkService
 from sse_daemon.connectors.sink.core import SseSink
-from sse_daemon.daemon.drain import drain_sink  # staged close on shutdown
+from sse_daemon.connectors.sink.drain import drain_sink  # staged close on shutdown
 
 
 def adopt_bus_ids(sink: SseSink, bus: IBus, stream: str) -> None:
@@ -50,7 +50,7 @@ class SseSinkService(Service):
             self._heartbeat.start(interval, now=False)
 
     def drain(self, io: IReactorTime | None = None) -> Deferred:
-        """Close subscribers in stages over ``drain.window`` (drain.py); the bus keeps feeding the others."""
+        """Close subscribers in stages over ``drain.window`` (sink/drain.py); the bus keeps feeding the others."""
         return drain_sink(self.sink, self.sink.connector.options.drain_window, self.sink.connector.options.drain_batch_min,
                           self.clock, self.sink.jitter, io)
 
