@@ -6,6 +6,7 @@ from collections import Counter
 
 from twisted.application.service import Service
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sse_daemon.bus.interfaces import IBus, ISubscription
 from sse_daemon.config.model import RouteDef
@@ -54,4 +55,11 @@ class RouteService(Service):
                               route=self.name, error=str(e), reason=e.reason)
             return
         self.events += 1
-        self.bus.publish(self.route.target, [Event(values, event.id, event.type, event.ingress)])
+        self.bus.publish(self.route.target, [Event(values, event.id, event.type, event.ingress)]).addErrback(self._not_published)
+
+    def _not_published(self, failure: Failure) -> None:
+        """The bus did not take the routed event (a shared bus that is down): counted, logged sampled."""
+        self.rejected["bus-unavailable"] += 1
+        if should_log(self.rejected["bus-unavailable"]):
+            self.log.warn("route {route}: the bus did not take an event: {error} ({total} so far)",
+                          route=self.name, error=failure.getErrorMessage(), total=self.rejected["bus-unavailable"])

@@ -19,6 +19,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 
 from zope.interface import implementer
 
@@ -352,7 +353,16 @@ class SseSourceService(Service):
             source=self.source_name, id=item.id, event=item.event, count=len(events),
         )
         self._counters["events_in"] += len(events)
-        self.bus.publish(self.stream, events)
+        self.bus.publish(self.stream, events).addErrback(self._not_published, len(events))
+
+    def _not_published(self, failure: Failure, count: int) -> None:
+        """The bus did not take events already read from the upstream (a shared bus that is down):
+        counted as ``bus-unavailable`` and logged sampled, never an unhandled error per message."""
+        self.rejected["bus-unavailable"] += count
+        if should_log(self.rejected["bus-unavailable"]):
+            self.log.warn("source {source}: the bus did not take {count} event(s): {error} ({total} so far)",
+                          source=self.source_name, count=count, error=failure.getErrorMessage(),
+                          total=self.rejected["bus-unavailable"])
 
     def _first_delivery(self, conn: _Connection, message: Message) -> bool:
         """With several connections, let each event through once.
