@@ -110,8 +110,7 @@ class StopOnSigterm(Service):
 
 def makeService(options: Options, reactor: Any = None) -> DaemonService:
     assert options.loaded is not None
-    service = build_service(options.loaded, reactor, stats_interval=options["stats-interval"])
-    service.exit_on_bind_error = True
+    service = build_service(options.loaded, reactor, stats_interval=options["stats-interval"], exit_on_bind_error=True)
     # SIGHUP re-reads the same files and changes only what changed (reload.py)
     from sse_daemon.daemon.reload import ReloadOnSighup, Reloader
 

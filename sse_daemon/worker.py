@@ -29,8 +29,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import FilteringLogObserver, Logger, LogLevelFilterPredicate, globalLogBeginner, jsonFileLogObserver
 
 from sse_daemon.bus.memory import MemoryBus
-from sse_daemon.connectors.history import History
-from sse_daemon.connectors.sink import SseSink, SseSinkService
+from sse_daemon.bus.streamids import STREAM_IDS
+from sse_daemon.connectors.sink import SseSink, SseSinkService, bus_history
+from sse_daemon.connectors.sink.ids import LOCAL_IDS
 from sse_daemon.daemon.build import Builder
 from sse_daemon.edge.listener import descriptor_budget
 from sse_daemon.edge.passwords import PasswordPool
@@ -69,15 +70,10 @@ class Worker(channel.MessageReceiver):
         # events come by pipe, not from a bus; the descriptors are this process's own
         self.builder = Builder(MemoryBus(), self.reactor, self.reactor, self.passwords, descriptor_budget(self.reactor),
                                self.shutting_down)
-        sink = self.builder.sink(connector, schema)
-        history = sink.history
-        if spec["bus_ids"]:  # a shared bus's ids: keys as that bus reads them (no Redis client here)
-            from sse_daemon.bus.redis import entry_key, key_below, show_key
-
-            sink.history = history = History(history.size, self.reactor.seconds, None, history.max_age,
-                                             history.max_bytes, entry_key, show_key, key_below)
-        history.floor, history.newest = (None if spec[k] is None else history.key(spec[k]) for k in ("floor", "newest"))
-        self.sink = sink
+        # the daemon's history continues here, keyed as the daemon keys it: a shared bus's ids or its own
+        ids = STREAM_IDS if spec["bus_ids"] else LOCAL_IDS
+        floor, newest = (None if spec[k] is None else ids.key(spec[k]) for k in ("floor", "newest"))
+        self.sink = self.builder.sink(connector, schema, bus_history(connector.options, self.reactor, ids, floor, newest))
 
     def history_entry(self, id_text: str, frame: bytes, at: float) -> None:
         assert self.sink is not None

@@ -27,7 +27,7 @@ from sse_daemon.connectors.history import History
 from sse_daemon.connectors.ingest import IngestResource
 from sse_daemon.connectors.interfaces import ILogSinkService, ISource, ISseSinkService, ISubscriberSink, IUpstreamSource
 from sse_daemon.connectors.logsink import LogSinkService
-from sse_daemon.connectors.sink import SseSink, SseSinkService, adopt_bus_ids
+from sse_daemon.connectors.sink import SseSink, SseSinkService, sink_for_bus
 from sse_daemon.connectors.sink.batching import TurnBatch
 from sse_daemon.connectors.sink.ids import LOCAL_IDS
 from sse_daemon.connectors.sink.replay import within
@@ -211,12 +211,10 @@ def test_a_leased_sources_figures_and_readiness_are_the_sources_and_the_leases()
 def test_a_sink_adopts_a_shared_buses_ids_and_asks_it_what_follows_an_id() -> None:
     _, connectors = loaded()
     clock = Clock()
-    local = SseSink(connectors["Events"], mapper_for(connectors["Events"]), clock)
-    adopt_bus_ids(local, MemoryBus(), "S")
+    local = sink_for_bus(MemoryBus(), "S", connectors["Events"], mapper_for(connectors["Events"]), clock)
     assert local.bus_replay is None and local.history.key("17") == 17
-    shared = SseSink(connectors["Events"], mapper_for(connectors["Events"]), clock)
     redis = FakeSharedBus()
-    adopt_bus_ids(shared, redis, "S")
+    shared = sink_for_bus(redis, "S", connectors["Events"], mapper_for(connectors["Events"]), clock)
     assert shared.bus_replay is not None and shared.history.key("5-1") == (5, 1)
     shared.bus_replay("5-1", 10)
     assert redis.replays == [("S", "5-1", 10)]

@@ -118,7 +118,7 @@ def decode_entries(entries: Sequence[Any]) -> tuple[list[Event], list[tuple[str,
     return events, skipped
 
 
-def is_connection_failure(error: BaseException) -> bool:
+def is_connection_failure(error: BaseException | None) -> bool:
     """Whether a failed command means the connection is gone or out of step (reconnect), unlike
     Redis refusing a command or a payload the client cannot encode: dropping the connection for
     those would fail every other publisher for a problem of one."""
@@ -287,7 +287,12 @@ class RedisBus(Service):
     def _track(self, d: Deferred) -> Deferred:
         """Note a command in flight, so a stop lets it finish (a lease's release, a last publish)."""
         self._pending.add(d)
-        d.addBoth(lambda result: (self._pending.discard(d), result)[1])
+
+        def settled(result: object) -> object:
+            self._pending.discard(d)
+            return result
+
+        d.addBoth(settled)
         return d
 
     def replay(self, stream: str, after: str | None, limit: int) -> Deferred:

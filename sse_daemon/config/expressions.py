@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Union
 
 from lark import Token, Tree
 
-from sse_daemon.config.grammar import parse
+from sse_daemon.config.grammar import leaf, parse
 from sse_daemon.events.schema import AttrType, Schema, did_you_mean
 
 # --------------------------------------------------------------------------- the tree
@@ -75,9 +75,9 @@ def from_tree(node: Tree | Token) -> Expr:
     kind = node.data if isinstance(node, Tree) else None
     children = node.children if isinstance(node, Tree) else []
     if kind == "literal_number":
-        return Literal("number", number_value(children[0]))
+        return Literal("number", number_value(leaf(children[0])))
     if kind == "literal_string":
-        return Literal("string", string_value(children[0]))
+        return Literal("string", string_value(leaf(children[0])))
     if kind in ("literal_true", "literal_false"):
         return Literal("bool", kind == "literal_true")
     if kind == "literal_null":

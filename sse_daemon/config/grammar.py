@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from importlib.resources import files
 
-from lark import Lark, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from sse_daemon.policy.redact import redact_urls
 
@@ -59,6 +59,26 @@ def parse(text: str, start: str) -> Tree:
         return parser(start).parse(text)
     except UnexpectedInput as e:
         raise _syntax_error(text, e, parser(start)) from None
+
+
+def leaf(node: Tree | Token) -> Token:
+    """A child the grammar makes a token (a name, a number, a keyword).
+
+    Lark types every child as "a token or a subtree"; the grammar decides which.
+    The front ends narrow through here, so a grammar change that turns a token
+    into a rule fails here, by name, rather than as a wrong value further on.
+    """
+    if not isinstance(node, Token):
+        raise TypeError(f"expected a token in the parse tree, found rule {node.data!r}")
+    return node
+
+
+def line_of(node: Tree | Token) -> int:
+    """The 1-based line a token or rule starts on (the parsers keep positions)."""
+    line = node.line if isinstance(node, Token) else node.meta.line
+    if line is None:  # pragma: no cover - the lexer sets every token's position
+        raise TypeError(f"no position on {node!r}")
+    return line
 
 
 def _syntax_error(text: str, error: UnexpectedInput, lark: Lark) -> StatementSyntaxError:

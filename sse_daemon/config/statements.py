@@ -15,7 +15,7 @@ from lark import Token, Tree
 from sse_daemon.config.errors import ConfigIssue, Location, unknown_message
 from sse_daemon.config.model import RawConfig, RawConnector, RawRoute, RawStream, RawValue
 from sse_daemon.config.expressions import number_value, string_value
-from sse_daemon.config.grammar import StatementSyntaxError, parse
+from sse_daemon.config.grammar import StatementSyntaxError, leaf, line_of, parse
 
 #: accepted ``@App:<key>('...')`` annotations; the daemon has no apps, so their values are not used
 APP_ANNOTATIONS = ("name", "description", "qlVersion")
@@ -52,8 +52,7 @@ class _Compiler:
         self.raw = raw
 
     def loc(self, token: Token | Tree) -> Location:
-        line = token.line if isinstance(token, Token) else token.meta.line
-        return Location(self.filename, line + self.line_offset)
+        return Location(self.filename, line_of(token) + self.line_offset)
 
     def run(self, tree: Tree) -> None:
         for node in tree.children:
@@ -104,7 +103,7 @@ class _Compiler:
             fields["select"] = RawValue([str(n) for n in projection.children], self.loc(projection))
         if where_keyword is not None:
             # The condition as written; validate() parses, checks and compiles it as it does YAML's `where:`.
-            condition = self.text[where_keyword.end_pos:semicolon.start_pos].strip()
+            condition = self.text[leaf(where_keyword).end_pos:leaf(semicolon).start_pos].strip()
             fields["where"] = RawValue(condition, self.loc(where_keyword))
         self.raw.routes.append(RawRoute(self.loc(node), fields))
 
@@ -117,8 +116,8 @@ def _schema_text(attributes: Tree) -> str:
 def _value(node: Tree) -> object:
     """An option value: quoted text as a string; a bare number or true/false as itself."""
     if node.data == "string":
-        return string_value(node.children[0])
+        return string_value(leaf(node.children[0]))
     if node.data == "number":
-        number = number_value(node.children[-1])
+        number = number_value(leaf(node.children[-1]))
         return -number if len(node.children) == 2 else number
     return node.data == "true"

@@ -62,6 +62,7 @@ class History:
     ``key`` into comparable keys and written back with ``show``. ``start``
     None (such a bus: what came before is the bus's to say) puts the floor
     just below the first event appended (``below``); until then nothing is covered.
+    ``newest`` continues another history (a worker process's copy of the daemon's).
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class History:
         key: Callable[[str], Any] = int,
         show: Callable[[Any], str] = str,
         below: Callable[[Any], Any] = lambda k: k - 1,
+        newest: Any = None,
     ) -> None:
         self.key = key
         self.show = show
@@ -86,7 +88,7 @@ class History:
         self._times: deque[float] = deque()  # when each entry was added
         self.bytes = 0
         self.floor = start  # every event with an id above this is held
-        self.newest = start  # the newest id appended (or the start)
+        self.newest = start if newest is None else newest  # the newest id appended (or the start; a copy's, given)
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -150,7 +152,7 @@ class History:
         event_id, frame = self._entries.popleft()
         self._times.popleft()
         self.bytes -= len(frame)
-        self.floor = max(self.floor, event_id)  # type: ignore[type-var]  # set by the first append
+        self.floor = max(self.floor, event_id)  # set by the first append
         self.evicted += 1
 
     def _expire(self) -> None:

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.error import UnsupportedMethod
@@ -71,7 +71,8 @@ class IngestResource(Resource):
         # Resource's default HEAD calls render_GET, which an ingest has not: that was a 500 (found by tests/test_fuzz.py)
         raise UnsupportedMethod((b"POST",))
 
-    def render_POST(self, request: IRequest) -> bytes:
+    def render_POST(self, request: Request) -> bytes | int:
+        assert request.content is not None, "twisted.web gives a request its body before a resource renders it"
         body = request.content.read(self.max_body_size + 1)
         if len(body) > self.max_body_size:
             return self._reject(request, 413, "too-large", f"the request body is larger than {self.max_body_size} bytes")
@@ -107,22 +108,23 @@ class IngestResource(Resource):
         request.setHeader(b"Content-Type", b"application/json")
         return json.dumps({"accepted": count}).encode() + b"\n"
 
-    def _published(self, ids: object, request: IRequest, count: int) -> None:
+    def _published(self, ids: object, request: Request, count: int) -> None:
         body = self._accepted(request, count)
         if not request.finished and not request_disconnected(request):
             request.setHeader(b"Content-Length", str(len(body)).encode())  # as a synchronous answer has
             request.write(body)
             request.finish()
 
-    def _unavailable(self, failure: Failure, request: IRequest) -> None:
+    def _unavailable(self, failure: Failure, request: Request) -> None:
         """The bus refused or lost the events: 503, so the publisher retries (nothing is silently dropped);
         a payload the bus cannot encode is the publisher's 400, never the bus's failure."""
-        if failure.check(InvalidValue):
-            body = self._reject(request, 400, failure.value.reason, f"nothing was published: {failure.getErrorMessage()}")
+        refused = failure.value if isinstance(failure.value, InvalidValue) else None
+        if refused is not None:
+            body = self._reject(request, 400, refused.reason, f"nothing was published: {failure.getErrorMessage()}")
         else:
             body = self._reject(request, 503, "bus-unavailable", f"the events were not published: {failure.getErrorMessage()}; retry later")
         if not request.finished and not request_disconnected(request):
-            if not failure.check(InvalidValue):
+            if refused is None:
                 request.setHeader(b"Retry-After", b"1")
             request.setHeader(b"Content-Length", str(len(body)).encode())
             request.write(body)

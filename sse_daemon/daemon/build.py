@@ -28,7 +28,8 @@ from sse_daemon.config.model import Config, ConnectorDef, served_by_workers
 from sse_daemon.connectors.ingest import PUBLISH_SLICE, IngestResource
 from sse_daemon.connectors.logsink import LogSinkService
 from sse_daemon.connectors.route import RouteService
-from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService
+from sse_daemon.connectors.history import History
+from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService, sink_for_bus
 from sse_daemon.daemon.plan import Plan, PortKey
 from sse_daemon.edge.guard import ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
 from sse_daemon.edge.listener import BindError, ListenerService, PortRoute, RouteTable
@@ -107,10 +108,12 @@ class Builder:
 
     # -- connectors
 
-    def sink(self, connector: ConnectorDef, schema: Schema) -> SseSink:
-        """An SSE sink's state (subscribers, history, ids), its lag measured when there is an admin."""
+    def sink(self, connector: ConnectorDef, schema: Schema, history: History | None = None) -> SseSink:
+        """An SSE sink's state (subscribers, history, ids: the bus's on a shared bus), its lag measured
+        when there is an admin. ``history``: one given whole (a worker process's copy of the daemon's)."""
         lag = self.lag(connector.name) if self.lag is not None else None
-        return SseSink(connector, make_mapper(connector.options.mapping, schema), self.clock, turns=self.reactor, lag_observer=lag)
+        return sink_for_bus(self.bus, connector.stream, connector, make_mapper(connector.options.mapping, schema), self.clock,
+                            turns=self.reactor, lag_observer=lag, history=history)
 
     def guarded_sink(self, connector: ConnectorDef, sink: SseSink) -> IResource:
         """A sink's resource behind its guard (CORS, limits, auth)."""

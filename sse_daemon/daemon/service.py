@@ -40,10 +40,12 @@ class DaemonService(MultiService):
 
     def __init__(
         self, config: Config, reactor: Any, bus: IDeliveringBus | None = None, clock: IReactorTime | None = None,
-        stats_interval: float = 60.0, descriptors: DescriptorBudget | None = None,
+        stats_interval: float = 60.0, descriptors: DescriptorBudget | None = None, exit_on_bind_error: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
+        #: twistd's daemon (tap.py): a port that cannot be bound ends the process
+        self.exit_on_bind_error = exit_on_bind_error
         self.reactor = reactor
         #: timers and timestamps; tests pass a task.Clock while sockets stay real
         self.clock = clock if clock is not None else reactor
@@ -203,9 +205,6 @@ class DaemonService(MultiService):
         listener.parent = self
         listener.startService()
 
-    #: set by twistd's makeService: a port that cannot be bound ends the process
-    exit_on_bind_error = False
-
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
@@ -228,8 +227,8 @@ class DaemonService(MultiService):
 
 def build_service(
     config: Config, reactor: Any = None, bus: IDeliveringBus | None = None, clock: IReactorTime | None = None,
-    stats_interval: float = 60.0,
+    stats_interval: float = 60.0, exit_on_bind_error: bool = False,
 ) -> DaemonService:
     if reactor is None:
         from twisted.internet import reactor
-    return DaemonService(config, reactor, bus, clock, stats_interval)
+    return DaemonService(config, reactor, bus, clock, stats_interval, exit_on_bind_error=exit_on_bind_error)

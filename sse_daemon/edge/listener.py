@@ -20,16 +20,17 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, ITCPTransport, ITransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource, Resource
@@ -102,7 +103,7 @@ class PathRouter(Resource):
     def add(self, path: str, resource: IResource) -> None:
         self.routes[normalise_path(path)] = resource
 
-    def render(self, request: IRequest) -> object:
+    def render(self, request: server.Request) -> object:
         body = self._dispatch(request)
         if request.method == b"HEAD" and isinstance(body, bytes) and body:
             # a HEAD refusal: the head a GET would get, no body (else twisted.web drops the
@@ -111,7 +112,7 @@ class PathRouter(Resource):
             return b""
         return body
 
-    def _dispatch(self, request: IRequest) -> object:
+    def _dispatch(self, request: server.Request) -> object:
         path = normalise_path(request.path.decode("utf-8", "replace"))
         bad_header = undecodable_header(request)  # here, once for every resource (safety.py)
         if bad_header is not None:
@@ -123,7 +124,8 @@ class PathRouter(Resource):
         try:
             return resource.render(request)
         except UnsupportedMethod as e:
-            allowed = [m.decode() for m in e.allowedMethods]
+            methods: tuple[bytes, ...] = tuple(e.allowedMethods)
+            allowed = [m.decode() for m in methods]
             request.setHeader(b"Allow", ", ".join(allowed).encode())
             message = f"{request.method.decode('latin-1')} is not allowed on {path}"
             return self.reject(request, 405, "method-not-allowed", message, allowed=allowed)
@@ -140,12 +142,20 @@ def _raw_response(code: int, phrase: bytes, body: dict[str, Any], headers: dict[
             % (code, phrase, extra, len(data), data))
 
 
+def abortable(transport: ITransport | None) -> ITCPTransport:
+    """A connection's transport, as one that can be cut: TCP, UNIX and TLS transports all have
+    ``abortConnection`` (Protocol types ``transport`` as a plain ITransport, set or not)."""
+    if transport is None:
+        raise RuntimeError("the connection has no transport yet")
+    return cast(ITCPTransport, transport)
+
+
 class AbortAtOnce(Protocol):
     """A connection refused at accept on a port whose Site is wrapped (TLS): the wrapper
     needs a protocol, and this one cuts the connection as soon as it has it."""
 
     def connectionMade(self) -> None:
-        self.transport.abortConnection()
+        abortable(self.transport).abortConnection()
 
 
 class PortChannel(BadRequestChannel):
@@ -195,7 +205,7 @@ class PortChannel(BadRequestChannel):
             self._deadline("head")  # set before the next request, which may be buffered whole already
         super().requestDone(request)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._deadline(None)
         self.site.release(self.peer_host)
         super().connectionLost(reason)
@@ -212,14 +222,15 @@ class PortChannel(BadRequestChannel):
     def answer(self, code: int, phrase: bytes, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         """Write a whole response of our own (no request's response has started) and close."""
         self._closing_now()
-        self.transport.write(_raw_response(code, phrase, body, headers or {}))
-        self.transport.loseConnection()
+        transport = abortable(self.transport)
+        transport.write(_raw_response(code, phrase, body, headers or {}))
+        transport.loseConnection()
 
     def _closing_now(self) -> None:
         self._closing = True
         self._deadline(None)
         # a peer that does not read cannot keep a closing connection open for long
-        self._timer = self.callLater(CLOSE_GRACE, self.transport.abortConnection)
+        self._timer = self.callLater(CLOSE_GRACE, abortable(self.transport).abortConnection)
 
     def _deadline(self, phase: str | None) -> None:
         if self._timer is not None and self._timer.active():
@@ -233,13 +244,13 @@ class PortChannel(BadRequestChannel):
         if phase == "head":
             self._partial = False
         if seconds > 0:
-            self._timer = self.callLater(seconds, self._expired, phase, seconds)
+            self._timer = self.callLater(seconds, lambda: self._expired(phase, seconds))
 
     def _expired(self, phase: str, seconds: float) -> None:
         self._timer = None
         if phase == "head" and self._served and not self._partial:
             self._closing_now()  # an idle kept-alive connection: no request to answer
-            self.transport.loseConnection()
+            abortable(self.transport).loseConnection()
             return
         what = "request head" if phase == "head" else "request body"
         message = f"the whole {what} did not arrive within {seconds:g} seconds"
@@ -328,7 +339,9 @@ class QuietSite(server.Site):
     """
 
     requestFactory = LimitedRequest
-    protocol = PortChannel
+    # Twisted types HTTPFactory.protocol as its private ALPN proxy's factory, though its
+    # buildProtocol sets up any HTTPChannel subclass alike (callLater, timeOut): the stub is narrower than the class.
+    protocol = PortChannel  # type: ignore[assignment]
     noisy = False
 
     def __init__(self, resource: "PathRouter", reactor: IReactorTime, max_body_size: int,
@@ -342,7 +355,7 @@ class QuietSite(server.Site):
         self.stopping = stopping if stopping is not None else Stopping()
         self.connections = AddressCounts()
 
-    def log(self, request: IRequest) -> None:
+    def log(self, request: http.Request) -> None:
         pass
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -481,7 +494,10 @@ class ListenerService(Service):
     def bound_port(self) -> int:
         """The port actually bound (differs from ``port`` when that is 0)."""
         assert self.listening is not None, "not listening"
-        return self.listening.getHost().port
+        address = self.listening.getHost()
+        if not isinstance(address, (IPv4Address, IPv6Address)):
+            raise TypeError(f"{self.name} is bound to {address}, which has no port")
+        return address.port
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -490,7 +506,7 @@ class ListenerService(Service):
                                      self.policy, self.descriptors, self.stopping, direct)
         interface = self.host.replace(":", "\\:")
         endpoint = endpoints.serverFromString(self.reactor, self.endpoint or f"tcp:{self.port}:interface={interface}")
-        outcome: list[object] = []
+        outcome: list[IListeningPort | Failure] = []
         endpoint.listen(site).addBoth(outcome.append)
         result = outcome[0] if outcome else None  # TCP endpoints answer synchronously
         if isinstance(result, Failure):

@@ -55,7 +55,7 @@ from sse_daemon.edge.guard import Guard, build_access
 from sse_daemon.policy.limits import should_log
 from sse_daemon.edge.listener import ListenerService
 from sse_daemon.mapping.mappers import make_mapper
-from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService
+from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService, sink_for_bus
 
 if TYPE_CHECKING:
     from sse_daemon.daemon.service import DaemonService
@@ -284,7 +284,8 @@ class AdminService(MultiService):
                 self._live_services[name] = (wanted[name], None)
                 continue
             connector = _live_connector(name, self.definition.options.live_history)
-            sink = SseSink(connector, make_mapper(connector.options.mapping, stream.schema), self.clock, turns=self.daemon.reactor)
+            sink = sink_for_bus(self.daemon.bus, name, connector, make_mapper(connector.options.mapping, stream.schema), self.clock,
+                                turns=self.daemon.reactor)  # on a shared bus, its ids, as a sink's
             self.live[name] = sink
             self.listener.add(live_path(name), self._gate(SseSinkResource(sink)), f"admin live view of {name}")
             service = SseSinkService(sink, self.daemon.bus, name, self.clock)

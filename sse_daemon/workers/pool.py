@@ -40,7 +40,7 @@ from sse_daemon.connectors.interfaces import IOwnPort, IReadiness, ISseSinkServi
 from sse_daemon.edge.listener import BindError
 from sse_daemon.mapping.mappers import IMapper
 from sse_daemon.events.schema import Schema
-from sse_daemon.connectors.sink import SseSink, adopt_bus_ids
+from sse_daemon.connectors.sink import sink_for_bus
 from sse_daemon.policy.connections import LISTEN_BACKLOG
 
 #: restart delays after a worker exits: doubling from the first, capped; reset by a worker that ran this long
@@ -160,6 +160,11 @@ class WorkerProcess(ProcessProtocol):
             if line.strip():
                 (self._report if fd == 1 else self._log)(line)
 
+    def retire(self) -> dict[str, Any]:
+        """Its last figures, handed over once (the pool keeps totals of workers that ended)."""
+        figures, self.figures = self.figures, {}
+        return figures
+
     def _report(self, line: bytes) -> None:
         try:
             self.figures = json.loads(line)
@@ -195,7 +200,8 @@ class SinkWorkers(Service):
     def __init__(self, connector: ConnectorDef, mapper: IMapper, schema: Schema, bus: IBus, clock: IReactorTime,
                  reactor: Any) -> None:
         #: the daemon's copy of the sink: maps, numbers and keeps the history of every event, and feeds the workers
-        sink = self.feed = SseSink(connector, mapper, clock, turns=reactor, forward=self._forward)
+        #: (on a shared bus, the bus's ids, as on every instance)
+        sink = self.feed = sink_for_bus(bus, connector.stream, connector, mapper, clock, turns=reactor, forward=self._forward)
         self.connector = connector
         self.schema = schema
         self.bus = bus
@@ -240,7 +246,6 @@ class SinkWorkers(Service):
         if not self.sockets:
             self.privilegedStartService()
         super().startService()
-        adopt_bus_ids(self.feed, self.bus, self.connector.stream)  # on Redis: the bus's ids, as on every instance
         self._subscription = self.bus.subscribe(self.connector.stream, self.feed.publish)
         for index in range(self.count):
             self._spawn(index)
@@ -294,11 +299,11 @@ class SinkWorkers(Service):
         self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)
 
     def _retire(self, worker: WorkerProcess) -> None:
-        counters = Counter(worker.figures.get("counters", {}))
+        figures = worker.retire()
+        counters = Counter(figures.get("counters", {}))
         counters.pop("events_in", None)  # the daemon counts what comes in
         self.retired.update(counters)
-        self.retired_rejected.update(worker.figures.get("rejected", {}))
-        worker.figures = {}
+        self.retired_rejected.update(figures.get("rejected", {}))
 
     def drain(self, io: Any = None) -> Deferred:
         """Ask every worker to drain its subscribers (drain.window) and exit; kill any that do not."""

@@ -57,13 +57,32 @@ def response_headers(connector: ConnectorDef[SseServerOptions], content_type: by
     return headers
 
 
+def own_history(options: SseServerOptions, clock: IReactorTime) -> History:
+    """A history of the sink's own ids (ids.py): every id from now on is above its first floor."""
+    return History(options.history_size, clock.seconds, int(clock.seconds() * 1_000_000),
+                   options.history_max_age, options.history_max_bytes)
+
+
+def bus_history(options: SseServerOptions, clock: IReactorTime, ids: IEventIds, floor: Any = None, newest: Any = None) -> History:
+    """A history keyed by ``ids``, a bus's scheme (or LOCAL_IDS: the daemon's own, copied in a worker).
+
+    ``floor`` None: what came before is the bus's to say (the floor goes just below the
+    first event); a worker process gives the daemon's ``floor`` and ``newest``.
+    """
+    return History(options.history_size, clock.seconds, floor, options.history_max_age, options.history_max_bytes,
+                   ids.key, ids.show, ids.below, newest=newest)
+
+
 @implementer(ISubscriberSink)
 class SseSink:
     """The sink's state: subscribers, history, ids and counters. Driven by the bus and the resource.
 
     Its collaborators come in here: ``turns`` schedules the end-of-turn write (the real reactor
     even when ``clock`` is a test's Clock), ``forward`` gets every encoded event (worker processes
-    serve the sink), ``lag_observer`` every event's lag (the admin's histogram).
+    serve the sink), ``lag_observer`` every event's lag (the admin's histogram). ``history`` is keyed
+    by the id scheme the sink sends (:func:`own_history` by default: the sink numbers its events;
+    :func:`bus_history` on a shared bus); ``bus_replay``, on a shared bus, asks it what follows an
+    id this history does not cover, and makes the sink send the bus's ids (service.sink_for_bus).
     """
 
     log = Logger()
@@ -72,16 +91,14 @@ class SseSink:
         self, connector: ConnectorDef[SseServerOptions], mapper: IMapper, clock: IReactorTime,
         jitter: Callable[[], float] = random.random, turns: IReactorTime | None = None,
         forward: Forward | None = None, lag_observer: LagObserver | None = None,
+        history: History | None = None, bus_replay: BusReplayer | None = None,
     ) -> None:
         self.connector = connector
         self.name = connector.name
         self.mapper = mapper
         self.clock = clock
         self.ids = EventIds(clock)
-        self.history = History(
-            connector.options.history_size, clock.seconds, int(clock.seconds() * 1_000_000),
-            connector.options.history_max_age, connector.options.history_max_bytes,
-        )
+        self.history = history if history is not None else own_history(connector.options, clock)
         self.reset_event: str = connector.options.resume_reset_event
         #: reconnect-storm control: each subscriber's own retry: hint (ms), drawn with ``jitter``
         self.retry_min: int = connector.options.retry_min
@@ -100,23 +117,14 @@ class SseSink:
         self.lag_observer = lag_observer
         self.forward = forward
         self.encoder = FrameEncoder(self.name, mapper, self.counters, self.log)
-        #: set by use_bus_ids on a shared bus: ``replay(after, limit)`` -> Deferred of what follows an id there
-        self.bus_replay: BusReplayer | None = None
+        #: on a shared bus: ``replay(after, limit)`` -> Deferred of what follows an id there
+        self.bus_replay = bus_replay
         #: subscribers waiting for a bus replay, with the live frames that arrived meanwhile
         self.resumes = BusResumes(self.name, clock, self.counters, self.log, self.encode)
         #: this turn's frames, written by ``flush`` at its end
         self.batch = TurnBatch(turns if turns is not None else clock, self.flush)
         #: connect and leave lines: at most CONNECT_LOG_BURST per CONNECT_LOG_WINDOW (a reconnect storm)
         self.routine_lines = LogRate(clock.seconds, CONNECT_LOG_BURST, CONNECT_LOG_WINDOW)
-
-    def use_bus_ids(self, replay: BusReplayer, ids: IEventIds) -> None:
-        """On a shared bus, send the bus's ids (the same on every instance) instead of our own,
-        and resume from the bus an id this history does not cover (another instance's, or older)."""
-        self.bus_replay = replay
-        self.history = History(
-            self.connector.options.history_size, self.clock.seconds, None,
-            self.connector.options.history_max_age, self.connector.options.history_max_bytes, ids.key, ids.show, ids.below,
-        )
 
     # -- from the bus
     def publish(self, event: Event) -> None:
@@ -201,7 +209,7 @@ class SseSink:
         self.flush()  # this turn's events went to the others; this one gets them from history
         # the head at once (proxies flush on the comment), then this subscriber's own retry: hint
         request.write(b"" if self.raw else OPENING + retry_frame(retry_hint(self.retry_min, self.retry_max, self.jitter)))
-        subscriber.chunked = bool(getattr(request, "chunked", False))  # Twisted's Request sets it with the head
+        subscriber.head_written()
         if hasattr(subscriber.transport, "setTcpNoDelay"):  # a TCP transport (not a test's fake)
             subscriber.transport.setTcpNoDelay(True)  # writes are whole turns already: no Nagle delay
         if resume is not None:
@@ -260,14 +268,7 @@ class SseSink:
         self.flush()  # what was published before the close reaches it
         self.subscribers.discard(subscriber)
         self.resumes.forget(subscriber)
-        if not subscriber.gone:
-            subscriber.gone = True
-            if final and not self.raw and not subscriber.paused and not subscriber.backlog:
-                subscriber.request.write(final)
-            subscriber.request.unregisterProducer()
-            subscriber.request.finish()
-            # finish() alone would keep the connection alive for another request
-            subscriber.transport.loseConnection()
+        subscriber.end(final)
 
 
 def _held_back(count: int) -> str:

@@ -11,15 +11,32 @@ from zope.interface import implementer
 from sse_daemon.bus.interfaces import IBus, ISharedBus, ISubscription
 from sse_daemon.config.model import ConnectorDef
 from sse_daemon.config.options import SseServerOptions
+from sse_daemon.connectors.history import History
 from sse_daemon.connectors.interfaces import ISseSinkService
-from sse_daemon.connectors.sink.core import SseSink
-from sse_daemon.daemon.drain import drain_sink  # staged close on shutdown
+from sse_daemon.connectors.sink.core import Forward, LagObserver, SseSink, bus_history
+from sse_daemon.connectors.sink.drain import drain_sink  # staged close on shutdown
+from sse_daemon.connectors.sink.replay import BusReplayer
+from sse_daemon.mapping.mappers import IMapper
 
 
-def adopt_bus_ids(sink: SseSink, bus: IBus, stream: str) -> None:
-    """On a shared bus, let ``sink`` send the bus's ids and resume from the bus (see use_bus_ids)."""
-    if ISharedBus.providedBy(bus) and not sink.raw:
-        sink.use_bus_ids(lambda after, limit: bus.replay(stream, after, limit), bus.ids)
+def sink_for_bus(
+    bus: IBus, stream: str, connector: ConnectorDef[SseServerOptions], mapper: IMapper, clock: IReactorTime,
+    turns: IReactorTime | None = None, forward: Forward | None = None, lag_observer: LagObserver | None = None,
+    history: History | None = None,
+) -> SseSink:
+    """An SseSink of ``stream`` on ``bus``. On a shared bus (unless raw) it sends the bus's ids, the
+    same on every instance, and asks the bus what follows an id its history does not cover (another
+    instance's, or older); elsewhere it numbers its events itself. ``history``: one given whole (a worker's copy)."""
+    bus_replay: BusReplayer | None = None
+    if ISharedBus.providedBy(bus) and connector.options.sse_format != "raw":
+        if history is None:
+            history = bus_history(connector.options, clock, bus.ids)
+
+        def bus_replay(after: str | None, limit: int) -> Deferred:
+            return bus.replay(stream, after, limit)
+
+    return SseSink(connector, mapper, clock, turns=turns, forward=forward, lag_observer=lag_observer,
+                   history=history, bus_replay=bus_replay)
 
 
 @implementer(ISseSinkService)
@@ -41,7 +58,6 @@ class SseSinkService(Service):
 
     def startService(self) -> None:
         super().startService()
-        adopt_bus_ids(self.sink, self.bus, self.stream)
         self._subscription = self.bus.subscribe(self.stream, self.sink.publish)
         interval = self.sink.connector.options.heartbeat_interval
         if interval > 0 and not self.sink.raw:
@@ -50,7 +66,7 @@ class SseSinkService(Service):
             self._heartbeat.start(interval, now=False)
 
     def drain(self, io: IReactorTime | None = None) -> Deferred:
-        """Close subscribers in stages over ``drain.window`` (drain.py); the bus keeps feeding the others."""
+        """Close subscribers in stages over ``drain.window`` (sink/drain.py); the bus keeps feeding the others."""
         return drain_sink(self.sink, self.sink.connector.options.drain_window, self.sink.connector.options.drain_batch_min,
                           self.clock, self.sink.jitter, io)
 

@@ -105,6 +105,23 @@ class Subscriber:
         self.paused = False
         self.pump()
 
+    def head_written(self) -> None:
+        """The response's head is out: whether its body is chunked is known now."""
+        self.chunked = bool(getattr(self.request, "chunked", False))  # Twisted's Request sets it with the head (a test's fake may not)
+
+    def end(self, final: bytes = b"") -> None:
+        """End the stream cleanly, after ``final`` (a last comment or ``retry:``; not in raw format,
+        nor behind bytes still queued)."""
+        if self.gone:
+            return
+        self.gone = True
+        if final and not self.sink.raw and not self.paused and not self.backlog:
+            self.request.write(final)
+        self.request.unregisterProducer()
+        self.request.finish()
+        # finish() alone would keep the connection alive for another request
+        self.transport.loseConnection()
+
     def stopProducing(self) -> None:
         self.gone = True
         self.backlog.clear()
