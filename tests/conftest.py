@@ -52,10 +52,43 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE, what
         await sleep(0.005)
 
 
+class ReactorStops:
+    """Notes a stop of the shared reactor, which no test may cause.
+
+    pytest-twisted runs the reactor in a greenlet; once it stops, the test's
+    ``blockon`` is switched back to with the reactor's return value and fails
+    with "illegal switch in blockon", and every later test fails the same way or
+    with "twisted reactor has stopped". The usual cause is a SIGTERM or SIGINT to
+    the pytest process (Twisted's handlers call ``reactor.stop``): a timeout
+    wrapper or a cancelled job signals the whole process group, and the twistd
+    children of the real-process tests share it. This turns that into one clear
+    message and ends the run instead of a cascade of misleading failures.
+    """
+
+    def __init__(self) -> None:
+        self.test = "(between tests)"
+        self.seen: str | None = None
+
+    def before_shutdown(self) -> None:
+        self.seen = f"the reactor was stopped during {self.test}"
+
+    def check(self) -> None:
+        if self.seen is not None:
+            pytest.exit(f"{self.seen}: a SIGTERM or SIGINT to the test process (or a reactor.stop() call) ends the run here", returncode=3)
+
+
+reactor_stops = ReactorStops()
+reactor.addSystemEventTrigger("before", "shutdown", reactor_stops.before_shutdown)
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_delayed_calls(request: pytest.FixtureRequest):
+    reactor_stops.check()
+    reactor_stops.test = request.node.nodeid
     before = set(reactor.getDelayedCalls())
     yield
+    reactor_stops.check()
+    reactor_stops.test = "(between tests)"
     if "reactor_free" in request.keywords:
         return
 

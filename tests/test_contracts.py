@@ -199,7 +199,7 @@ def test_a_leased_sources_figures_and_readiness_are_the_sources_and_the_leases()
     redis = FakeSharedBus()
     lease = leased_source(lambda bus: SseSourceService(connectors["Up"], mapper_for(connectors["Up"]), bus, clock, StubTreq(Resource())),
                           ConnectorBus(redis, clock), redis, "Up", 1.0, clock)
-    lease.inner._connections[0].client.counters["reconnects"] = 3  # as after three reconnects of its one connection
+    lease.inner._connections[0].client.counters["reconnects"] = 3  # the source adds up its connections' counts
     figures = source_figures(lease, None, 10.0, 0.0)
     assert (figures["name"], figures["reconnects"], figures["connected"]) == ("Up", 3, False)
     watch = SourceWatch(lease, 0.0)
