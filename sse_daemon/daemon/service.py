@@ -27,6 +27,7 @@ from sse_daemon.edge.listener import BindError, ListenerService, descriptor_budg
 from sse_daemon.edge.passwords import PasswordPool
 from sse_daemon.ops.admin import AdminService
 from sse_daemon.ops.figures import StatsLogService
+from sse_daemon.ops.view import RunningDaemon
 from sse_daemon.policy.connections import DescriptorBudget, Stopping
 
 __all__ = ["DaemonService", "RouteService", "build_service"]
@@ -34,7 +35,8 @@ __all__ = ["DaemonService", "RouteService", "build_service"]
 
 class DaemonService(MultiService):
     """The whole daemon. Children start in order: routes and sinks subscribe
-    to the bus, listeners bind, then sources start feeding events."""
+    to the bus, listeners bind, then sources start feeding events. It is what the
+    admin listener and the figures read (:class:`~sse_daemon.ops.view.RunningDaemon`)."""
 
     log = Logger()
 
@@ -223,6 +225,10 @@ class DaemonService(MultiService):
         assert address is not None, f"{connector_name} listens on no port"
         host, port, _ = address
         return self.listeners[(host, port)].bound_port
+
+
+# It provides what the admin listener and the figures read of the daemon (ops/view.py): mypy checks it here.
+_RUNNING_DAEMON: type[RunningDaemon] = DaemonService
 
 
 def build_service(

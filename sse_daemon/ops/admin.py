@@ -32,7 +32,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
@@ -43,6 +43,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from sse_daemon.bus.interfaces import ISharedBus
 from sse_daemon.connectors.interfaces import IReadiness
@@ -51,34 +52,22 @@ from sse_daemon.config.model import AdminDef, Config, ConnectorDef
 from sse_daemon.config.options import AccessOptions, SseServerOptions
 from sse_daemon.config.values import normalise_path
 from sse_daemon.ops.figures import SINK_COUNTERS, SourceWatch, listener_figures, snapshot, source_of
+from sse_daemon.ops.metrics import LAG, scraped
+from sse_daemon.ops.view import RunningDaemon
 from sse_daemon.edge.guard import Guard, build_access
 from sse_daemon.policy.limits import should_log
 from sse_daemon.edge.listener import ListenerService
 from sse_daemon.mapping.mappers import make_mapper
 from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService, sink_for_bus
 
-if TYPE_CHECKING:
-    from sse_daemon.daemon.service import DaemonService
-
 #: seconds; in-process hand-off takes microseconds, a loaded reactor milliseconds to seconds
 LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: how often source connectivity is sampled at most (also sampled on every admin request)
 MAX_SAMPLE_INTERVAL = 1.0
 
-_SINK_HELP = {
-    "connections_opened": "Subscriber connections accepted.",
-    "connections_closed": "Subscriber connections ended (by the client, by a slow drop or on stop).",
-    "events_in": "Events the sink received from the bus.",
-    "events_out": "Event frames written to subscribers (for a log sink: events logged).",
-    "bytes_written": "Bytes of event frames written to subscribers (heartbeats not counted).",
-    "dropped_slow": "Subscribers disconnected because their queue passed subscriber.queue.size or .bytes.",
-    "events_replayed": "Events sent from history to subscribers that resumed with Last-Event-ID.",
-    "worker_restarts": "Worker processes of a sink (worker.count above 1) started again after they ended or were killed.",
-}
-
-
 class DaemonCollector:
-    """Reads every connector's counters when Prometheus scrapes; nothing is kept here."""
+    """Reads every connector's counters when Prometheus scrapes; nothing is kept here.
+    Its families are the rows of :data:`~sse_daemon.ops.metrics.FAMILIES`."""
 
     def __init__(self, admin: "AdminService") -> None:
         self.admin = admin
@@ -86,46 +75,8 @@ class DaemonCollector:
     def describe(self) -> Iterator[Metric]:
         return iter(self._families().values())
 
-    def _families(self) -> dict[str, Metric]:
-        p = "sse_daemon_"
-        families: dict[str, Metric] = {
-            "ready": GaugeMetricFamily(p + "ready", "1 when /readyz answers 200: listeners bound, SSE sources connected or within ready.grace."),
-            "start_time": GaugeMetricFamily(p + "start_time_seconds", "When the daemon started, in seconds since the epoch."),
-            "subscribers": GaugeMetricFamily(p + "sink_subscribers", "Subscribers connected to an SSE sink now.", labels=["sink"]),
-            "history": GaugeMetricFamily(p + "sink_history_events", "Events an SSE sink holds for resume.", labels=["sink"]),
-        }
-        for key, text in _SINK_HELP.items():
-            families[key] = CounterMetricFamily(p + "sink_" + key, text, labels=["sink"])
-        families.update({
-            "sink_unmapped": CounterMetricFamily(p + "sink_events_unmapped", "Events a sink dropped because its mapper refused them.", labels=["sink"]),
-            "sink_rejected": CounterMetricFamily(p + "sink_requests_rejected", "Subscription requests refused by a sink's limits or access rules, by reason.", labels=["sink", "reason"]),
-            "sink_resumes": CounterMetricFamily(p + "sink_resumes", "Subscribers that sent Last-Event-ID, by outcome (exact, or the reset reason).", labels=["sink", "outcome"]),
-        })
-        families.update({
-            "source_events_in": CounterMetricFamily(p + "source_events_in", "Events a source published into its stream.", labels=["source"]),
-            "source_rejected": CounterMetricFamily(p + "source_events_rejected", "Messages or requests a source refused, by reason.", labels=["source", "reason"]),
-            "source_connected": GaugeMetricFamily(p + "source_connected", "1 while an SSE source has a stream open.", labels=["source"]),
-            "source_reconnects": CounterMetricFamily(p + "source_reconnects", "Times an SSE source connected again after a stream ended or failed.", labels=["source"]),
-            "source_age": GaugeMetricFamily(p + "source_last_event_age_seconds", "Seconds since the source's last event (since the start if it had none).", labels=["source"]),
-            "route_events": CounterMetricFamily(p + "route_events", "Events a route forwarded.", labels=["from", "to"]),
-            "route_rejected": CounterMetricFamily(p + "route_events_rejected", "Events a route could not forward because a value in them no sink could write (a bug upstream: every entry point checks values), by reason.", labels=["from", "to", "reason"]),
-            "bus_failures": CounterMetricFamily(p + "stream_subscriber_failures", "Deliveries to a stream's subscribers that raised (logged with a traceback).", labels=["stream"]),
-            "listener_connections": GaugeMetricFamily(p + "listener_connections", "Connections open on a port (the admin listener's too), counted from accept.", labels=["listener"]),
-            "listener_rejected": CounterMetricFamily(p + "listener_requests_rejected", "Connections and requests a port refused before any sink or ingest saw them (connection budgets, deadlines, shutdown, malformed requests, unknown paths), by reason.", labels=["listener", "reason"]),
-        })
-        families["admin_rejected"] = CounterMetricFamily(
-            p + "admin_requests_rejected", "Admin listener requests refused, by reason (host-not-allowed, protected-stream, missing-credentials, bad-credentials, ...).",
-            labels=["reason"])
-        if ISharedBus.providedBy(self.admin.daemon.bus):  # bus: {type: redis}
-            families.update({
-                "bus_up": GaugeMetricFamily(p + "bus_up", "1 while the shared bus (Redis) is connected; ingest answers 503 while it is 0."),
-                "bus_published": CounterMetricFamily(p + "bus_events_published", "Events this instance published to the shared bus (acknowledged by Redis)."),
-                "bus_refused": CounterMetricFamily(p + "bus_events_refused", "Events refused because the shared bus was down (their ingest answered 503)."),
-                "bus_reconnects": CounterMetricFamily(p + "bus_reconnects", "Times the shared bus lost Redis and tried again."),
-                "bus_invalid": CounterMetricFamily(p + "bus_events_invalid", "Events the shared bus refused to write because Redis could not take a value in them (their publisher got 400; the connection stayed up)."),
-                "bus_skipped": CounterMetricFamily(p + "bus_entries_skipped", "Redis entries this instance could not decode, skipped on live reads and resume replays (logged, sampled)."),
-            })
-        return families
+    def _families(self) -> dict[str, CounterMetricFamily | GaugeMetricFamily]:
+        return scraped(shared_bus=ISharedBus.providedBy(self.admin.daemon.bus))  # bus: {type: redis}
 
     def collect(self) -> Iterator[Metric]:
         families = self._families()
@@ -134,53 +85,53 @@ class DaemonCollector:
         figures = snapshot(admin.daemon, now)
         families["ready"].add_metric([], 1.0 if admin.readiness(now)["ready"] else 0.0)
         if admin.daemon.started_at is not None:
-            families["start_time"].add_metric([], admin.daemon.started_at)
+            families["start_time_seconds"].add_metric([], admin.daemon.started_at)
         for sink in figures["sinks"]:
             name = [sink["name"]]
-            families["events_in"].add_metric(name, sink["events_in"])
-            families["events_out"].add_metric(name, sink["events_out"])
-            families["sink_unmapped"].add_metric(name, sink["events_unmapped"])
+            families["sink_events_in"].add_metric(name, sink["events_in"])
+            families["sink_events_out"].add_metric(name, sink["events_out"])
+            families["sink_events_unmapped"].add_metric(name, sink["events_unmapped"])
             if sink["type"] != "sse-server":
                 continue
             for reason, count in sorted(sink["rejected"].items()):
-                families["sink_rejected"].add_metric([sink["name"], reason], count)
+                families["sink_requests_rejected"].add_metric([sink["name"], reason], count)
             for outcome, count in sorted(sink["resumes"].items()):
                 families["sink_resumes"].add_metric([sink["name"], outcome], count)
-            families["subscribers"].add_metric(name, sink["subscribers"])
-            families["history"].add_metric(name, sink["history"])
+            families["sink_subscribers"].add_metric(name, sink["subscribers"])
+            families["sink_history_events"].add_metric(name, sink["history"])
             for key in SINK_COUNTERS:
                 if key not in ("events_in", "events_out"):
-                    families[key].add_metric(name, sink[key])
+                    families["sink_" + key].add_metric(name, sink[key])
         for source in figures["sources"]:
             name = [source["name"]]
             families["source_events_in"].add_metric(name, source["events_in"])
             for reason, count in sorted(source["rejected"].items()):
-                families["source_rejected"].add_metric([source["name"], reason], count)
-            families["source_age"].add_metric(name, source["last_event_age"])
+                families["source_events_rejected"].add_metric([source["name"], reason], count)
+            families["source_last_event_age_seconds"].add_metric(name, source["last_event_age"])
             if source["type"] == "sse":
                 families["source_connected"].add_metric(name, 1.0 if source["connected"] else 0.0)
                 families["source_reconnects"].add_metric(name, source["reconnects"])
         for route in figures["routes"]:
             families["route_events"].add_metric([route["from"], route["to"]], route["events"])
             for reason, count in sorted(route["rejected"].items()):
-                families["route_rejected"].add_metric([route["from"], route["to"], reason], count)
+                families["route_events_rejected"].add_metric([route["from"], route["to"], reason], count)
         for stream in figures["streams"]:
-            families["bus_failures"].add_metric([stream["name"]], stream["subscriber_failures"])
+            families["stream_subscriber_failures"].add_metric([stream["name"]], stream["subscriber_failures"])
         for reason, count in sorted(admin.rejected.items()):
-            families["admin_rejected"].add_metric([reason], count)
+            families["admin_requests_rejected"].add_metric([reason], count)
         for listener in (*figures["listeners"], listener_figures(admin.listener)):
             label = [f"{listener['host']}:{listener['port']}"]
             families["listener_connections"].add_metric(label, listener["connections"])
             for reason, count in sorted(listener["rejected"].items()):
-                families["listener_rejected"].add_metric(label + [reason], count)
+                families["listener_requests_rejected"].add_metric(label + [reason], count)
         bus = admin.daemon.bus
         if ISharedBus.providedBy(bus):
             families["bus_up"].add_metric([], 1.0 if bus.state == "up" else 0.0)
-            families["bus_published"].add_metric([], bus.counters["events_published"])
-            families["bus_refused"].add_metric([], bus.counters["publish_refused"])
+            families["bus_events_published"].add_metric([], bus.counters["events_published"])
+            families["bus_events_refused"].add_metric([], bus.counters["publish_refused"])
             families["bus_reconnects"].add_metric([], bus.counters["reconnects"])
-            families["bus_invalid"].add_metric([], bus.counters["publish_invalid"])
-            families["bus_skipped"].add_metric([], bus.counters["entries_skipped"])
+            families["bus_events_invalid"].add_metric([], bus.counters["publish_invalid"])
+            families["bus_entries_skipped"].add_metric([], bus.counters["entries_skipped"])
         return iter(families.values())
 
 
@@ -189,7 +140,7 @@ class AdminService(MultiService):
 
     log = Logger()
 
-    def __init__(self, daemon: "DaemonService", definition: AdminDef) -> None:
+    def __init__(self, daemon: RunningDaemon, definition: AdminDef) -> None:
         super().__init__()
         self.setName("admin")
         self.daemon = daemon
@@ -202,11 +153,7 @@ class AdminService(MultiService):
         # One registry per daemon: tests run many daemons in one process, and the
         # global registry would mix them (and refuse the second histogram).
         self.registry = CollectorRegistry()
-        self.lag = Histogram(
-            "sse_daemon_sink_lag_seconds",
-            "Seconds from an event entering the daemon to its hand-off to the sink's subscribers' sockets.",
-            ["sink"], registry=self.registry, buckets=LAG_BUCKETS,
-        )
+        self.lag = Histogram(LAG.metric_name, LAG.help, LAG.labels, registry=self.registry, buckets=LAG_BUCKETS)
         self.registry.register(DaemonCollector(self))
         ProcessCollector(registry=self.registry)  # open fds against LimitNOFILE, memory, CPU
 
@@ -440,7 +387,7 @@ class HostPolicy:
             names.add(bound)
         return cls(frozenset(names), "*" in extra)
 
-    def allows(self, headers: list[bytes] | None, local_address: str | None) -> bool:
+    def allows(self, headers: Sequence[bytes] | None, local_address: str | None) -> bool:
         """Every Host header given must name this listener; none at all (HTTP/1.0, not a
         browser) is let through. ``local_address`` is where the connection came in."""
         if self.any_host or not headers:
@@ -499,7 +446,7 @@ def _lag_summaries(histogram: Histogram) -> dict[str, dict[str, float]]:
     totals: dict[str, dict[str, float]] = {}
     for metric in histogram.collect():
         for sample in metric.samples:
-            sink = sample.labels.get("sink")
+            sink = sample.labels["sink"]  # every sample of the histogram is one sink's
             if sample.name.endswith("_bucket"):
                 buckets.setdefault(sink, []).append((float(sample.labels["le"]), sample.value))
             elif sample.name.endswith("_count"):
@@ -616,7 +563,7 @@ class AdminGate(Resource):
         self.guards = guards
         self.refuse = refuse
 
-    def render(self, request: IRequest) -> Any:
+    def render(self, request: Request) -> Any:
         local = getattr(request.getHost(), "host", None)
         if not self.hosts.allows(request.requestHeaders.getRawHeaders(b"host"), local):
             return self.refuse(request, 421, "host-not-allowed",

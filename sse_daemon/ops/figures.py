@@ -19,9 +19,9 @@ from sse_daemon.bus.connector import ConnectorBus
 from sse_daemon.bus.lease import ILeasedService
 from sse_daemon.config.model import listen_address
 from sse_daemon.connectors.interfaces import ILogSinkService, ISource, ISseSinkService, IUpstreamSource
+from sse_daemon.ops.view import DaemonFigures
 
 if TYPE_CHECKING:
-    from sse_daemon.daemon.service import DaemonService
     from sse_daemon.edge.listener import ListenerService
 
 #: sink counters shown everywhere, in this order (missing ones read 0)
@@ -152,7 +152,7 @@ def listener_figures(listener: "ListenerService") -> dict[str, Any]:
     }
 
 
-def snapshot(daemon: "DaemonService", now: float) -> dict[str, Any]:
+def snapshot(daemon: DaemonFigures, now: float) -> dict[str, Any]:
     """Every figure of the daemon as plain data (what ``/status.json`` serves)."""
     started = daemon.started_at if daemon.started_at is not None else now
     sinks = [sink_figures(service) for service in daemon.sinks.values()]
@@ -207,7 +207,7 @@ class StatsLogService(Service):
 
     log = Logger()
 
-    def __init__(self, daemon: "DaemonService", interval: float, clock: IReactorTime) -> None:
+    def __init__(self, daemon: DaemonFigures, interval: float, clock: IReactorTime) -> None:
         self.daemon = daemon
         self.interval = interval
         self.clock = clock

@@ -34,9 +34,10 @@ import statistics
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent, ResponseDone
@@ -168,7 +169,7 @@ class Recorder(Protocol):
                 ids.append(item.id)
                 if item.id:
                     self.ids.append(item.id)
-            else:
+            elif isinstance(item, Rejection):  # no Comment: this parser is not asked for them
                 self.rejections.append(item)
         self.reads.append(Read(at, size, ids, self.comment_lines.feed(data)))
         self.on_read(self)
@@ -181,7 +182,13 @@ class Recorder(Protocol):
     def stop(self) -> None:
         self.stopping = True
         if self.transport is not None and self.ended_at is None:
-            self.transport.stopProducing()
+            _producer(self.transport).stopProducing()
+
+
+def _producer(transport: ITransport) -> IPushProducer:
+    """A response body's transport: what ``IResponse.deliverBody`` gives is a producer, which
+    stops the body (Twisted types ``Protocol.transport`` as any transport)."""
+    return cast(IPushProducer, transport)
 
 
 class _Discard(Protocol):
@@ -191,7 +198,8 @@ class _Discard(Protocol):
         self.done: Deferred = Deferred()
 
     def connectionMade(self) -> None:
-        self.transport.stopProducing()
+        if self.transport is not None:
+            _producer(self.transport).stopProducing()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.done.callback(None)
@@ -221,8 +229,15 @@ def id_clock(ids: list[str], now: float) -> Callable[[str], float] | None:
         return None
     for scale in (1, 1e3, 1e6, 1e9):
         if all(abs(n / scale - now) < 86400 * 3 for n in numbers):
-            return lambda text, scale=scale: int(text) / scale
+            return _seconds_at(scale)
     return None
+
+
+def _seconds_at(scale: float) -> Callable[[str], float]:
+    """Reads an id that counts ``scale`` units per second, as seconds."""
+    def to_seconds(text: str) -> float:
+        return int(text) / scale
+    return to_seconds
 
 
 def judge_buffering(reads: list[Read], now: float) -> dict[str, Any]:
@@ -345,7 +360,7 @@ async def probe(
 ) -> Report:
     """Listen to ``url`` for ``duration`` seconds and judge it; never raises for the endpoint's faults."""
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     report = Report(url=redact_url(url), duration=duration)  # the report never holds a credential
     url, userinfo = split_userinfo(url)  # user:password@ goes as Basic credentials, as curl sends it
     extra = list(headers or [])
@@ -369,8 +384,11 @@ async def probe(
         anchor = main.ids[-2] if len(main.ids) >= 2 else main.ids[-1]
         resume_state["anchor"] = anchor
         task = Deferred.fromCoroutine(open_resumed(anchor))
-        task.addErrback(lambda f: resume_state.update(error=f"resuming failed: {_describe(f.value)}"))
+        task.addErrback(resume_failed)
         resume_state["task"] = task
+
+    def resume_failed(failure: Failure) -> None:
+        resume_state["error"] = f"resuming failed: {_describe(failure)}"
 
     async def open_resumed(anchor: str) -> None:
         response = await connect(anchor)
@@ -425,10 +443,15 @@ async def probe(
         main = Recorder(clock, report.headers.get("content-encoding"), on_main_read)
         recorders.append(main)
         response.deliverBody(main)
-        listened = Deferred()
-        timers.append(reactor.callLater(duration, lambda: listened.called or listened.callback(None)))
+        listened: Deferred[None] = Deferred()
+
+        def stop_listening(_: object = None) -> None:
+            if not listened.called:
+                listened.callback(None)
+
+        timers.append(reactor.callLater(duration, stop_listening))
         timers.append(reactor.callLater(duration / 2, start_resume))
-        main.done.addCallback(lambda _: listened.called or listened.callback(None))
+        main.done.addCallback(stop_listening)
         await listened
         # If the server ended the stream early, give a resume in flight a moment.
         return _finish(report, main, resume_state, started)
@@ -445,13 +468,14 @@ async def probe(
         await pool.closeCachedConnections()
 
 
-def _describe(e: BaseException) -> str:
+def _describe(e: BaseException | Failure) -> str:
     from sse_daemon.client.failures import describe_failure  # the source's wording for the same failures
 
     try:
         return describe_failure(e)
     except Exception:
-        return f"{type(e).__name__}: {e}"
+        reason = e.value if isinstance(e, Failure) else e
+        return f"{type(reason).__name__}: {reason}"
 
 
 def _check_head(report: Report) -> bool:
@@ -510,7 +534,7 @@ def _finish(report: Report, main: Recorder | None, resume_state: dict[str, Any] 
             result = {**result, "verdict": "failed", "detail": resume_state["error"]}
         report.resume = result
         if main.ended_at is not None and not main.stopping:
-            why = "cleanly" if main.reason is None or main.reason.check(ResponseDone) else f"with {_describe(main.reason.value)}"
+            why = "cleanly" if main.reason is None or main.reason.check(ResponseDone) else f"with {_describe(main.reason)}"
             report.ended = f"after {main.ended_at - started:.1f}s, {why}"
             report.problem("warning", f"the server ended the stream {report.ended}: clients reconnect after the retry delay")
         for rejection in main.rejections:
