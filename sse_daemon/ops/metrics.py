@@ -86,15 +86,16 @@ FAMILIES: tuple[Family, ...] = (
                  "as events pass; every other family is read from the connectors' counters at scrape time."),
     Family("source_events_in", "counter", "Events a source published into its stream.", SOURCE),
     Family("source_events_rejected", "counter", "Messages or requests a source refused, by reason.", ("source", "reason"),
-           notes="Requests (ingest) or messages (SSE source): `invalid-json`, `too-large`, `event-too-large`, ..."),
+           notes="Requests (ingest) or messages (SSE source): `invalid-json`, `too-large`, `event-too-large`, ...; "
+                 "`bus-unavailable`: events an SSE source read that a shared bus that was down did not take."),
     Family("source_connected", "gauge", "1 while an SSE source has a stream open.", SOURCE),
     Family("source_reconnects", "counter", "Times an SSE source connected again after a stream ended or failed.", SOURCE),
     Family("source_last_event_age_seconds", "gauge", "Seconds since the source's last event (since the start if it had none).", SOURCE,
            notes="So a source that never delivered still trips an alert."),
     Family("route_events", "counter", "Events a route forwarded.", ROUTE),
     Family("route_events_rejected", "counter",
-           "Events a route could not forward because a value in them no sink could write (a bug upstream: every entry point checks values), "
-           "by reason.", (*ROUTE, "reason")),
+           "Events a route could not forward, by reason: a value in them no sink could write (a bug upstream: every entry point checks values), "
+           "or bus-unavailable (a shared bus that was down did not take them).", (*ROUTE, "reason")),
     Family("stream_subscriber_failures", "counter", "Deliveries to a stream's subscribers that raised (logged with a traceback).", ("stream",),
            notes="A bug; logged sampled: the first ten, then every thousandth."),
     Family("listener_connections", "gauge", "Connections open on a port (the admin listener's too), counted from accept.", ("listener",),
