@@ -84,7 +84,8 @@ def default_text(option: Option) -> str:
     return f"`{value}`"
 
 
-def _cell(text: str) -> str:
+def cell(text: str) -> str:
+    """Text as one Markdown table cell."""
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -93,7 +94,7 @@ def render() -> str:
     for title, intro, options in sections():
         parts.append(f"\n## {title}\n\n{intro}\n\n| Name | Meaning | Default | Type |\n|---|---|---|---|\n")
         for option in options:
-            parts.append(f"| `{option.name}` | {_cell(option.doc)} | {_cell(default_text(option))} | {option.type_name} |\n")
+            parts.append(f"| `{option.name}` | {cell(option.doc)} | {cell(default_text(option))} | {option.type_name} |\n")
     return "".join(parts)
 
 
@@ -101,11 +102,16 @@ def path() -> Path:
     return Path(__file__).resolve().parents[2] / "docs" / "options.md"
 
 
-def main(argv: list[str] | None = None) -> int:
-    target = Path(argv[0]) if argv else path()
-    target.write_text(render(), encoding="utf-8")
+def write_generated(text: str, default: Path, argv: list[str] | None) -> int:
+    """What ``python -m`` on a reference module does: write the file (or the path given)."""
+    target = Path(argv[0]) if argv else default
+    target.write_text(text, encoding="utf-8")
     sys.stdout.write(f"wrote {target}\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return write_generated(render(), path(), argv)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import Literal
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from sse_daemon.config.reference import cell, write_generated  # the same table cells and writer as docs/options.md
+
 #: every family's name starts with this
 PREFIX = "sse_daemon_"
 
@@ -151,16 +153,12 @@ against `process_max_fds`, which is `LimitNOFILE`; memory; CPU).
 """
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def render() -> str:
     rows = ["\n| Metric | Type | Labels | Help | Notes |\n|---|---|---|---|---|\n"]
     for family in FAMILIES:
         labels = ", ".join(f"`{label}`" for label in family.labels)
         notes = " ".join(filter(None, ["Only with `bus: {type: redis}`." if family.shared_bus else "", family.notes]))
-        rows.append(f"| `{family.exposed_name}` | {family.type} | {labels} | {_cell(family.help)} | {_cell(notes)} |\n")
+        rows.append(f"| `{family.exposed_name}` | {family.type} | {labels} | {cell(family.help)} | {cell(notes)} |\n")
     return HEADER + "".join(rows) + FOOTER
 
 
@@ -169,10 +167,7 @@ def path() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    target = Path(argv[0]) if argv else path()
-    target.write_text(render(), encoding="utf-8")
-    sys.stdout.write(f"wrote {target}\n")
-    return 0
+    return write_generated(render(), path(), argv)
 
 
 if __name__ == "__main__":
