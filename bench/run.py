@@ -458,10 +458,13 @@ http {{
 
 # ---------------------------------------------------------------- one measurement
 
-def run_one(server: Server, sc: Scenario, client: Path, pin_client: list[str], profile: Path | None = None) -> dict[str, Any]:
-    server.start()
-    try:
+def run_one(server: Server, sc: Scenario, client: Path, pin_client: list[str], profile: Path | None = None,
+            keep: bool = False) -> dict[str, Any]:
+    """One scenario on ``server``; with ``keep`` (--quick) a server already running is reused and left running."""
+    if server.proc is None or server.proc.poll() is not None:
+        server.start()
         time.sleep(0.3)
+    try:
         pid = server.pid
         pids = server.measured_pids()  # with ``tree``: twistd and its workers, which live as long as it does
         rss_base = rss_sum(pids)
@@ -540,7 +543,8 @@ def run_one(server: Server, sc: Scenario, client: Path, pin_client: list[str], p
             result["rss_slope_all_kib_s"] = round(sampler.slope(t_go, t_done), 1)
         return result
     finally:
-        server.stop()
+        if not keep:
+            server.stop()
 
 
 def start_profile(pid: int, out: Path, seconds: float) -> list[subprocess.Popen]:
@@ -779,7 +783,7 @@ def write_results(path: Path, res: dict[str, dict[str, dict[str, Any]]], scs: li
         "# Fan-out benchmark results",
         "",
         f"Written by `bench/run.py{' --quick' if info['quick'] else ''}` on {info['date']} "
-        f"(took {info['seconds']:.0f} s). **{'QUICK run: tiny scenarios, figures are not meaningful.' if info['quick'] else 'Full run.'}**",
+        f"(took {info['seconds']:.0f} s). **{'QUICK run: tiny scenarios on one server per kind, figures are not meaningful.' if info['quick'] else 'Full run.'}**",
         "",
         f"- Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; Python {m['python']}, Twisted {m['twisted']}",
         f"- Peers: {m.get('peers', '—')}",
@@ -914,6 +918,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = " ".join(open("/proc/loadavg").read().split()[:3])
     nofile = raise_nofile()
     work = Path(tempfile.mkdtemp(prefix="sse-bench-"))
+    # --quick checks that every scenario runs, not what it measures: one server per kind serves them all
+    kept: dict[str, Server] = {}
     notes: list[str] = []
     try:
         client = build_client(work)
@@ -952,9 +958,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench: {sc.key} on {name} ...", file=sys.stderr, flush=True)
                 runs = []
                 for _ in range(sc.repeat):
-                    server = classes[name](work, pin_server if classes[name].pinned else [])
+                    if args.quick:
+                        server = kept.setdefault(name, classes[name](work, pin_server if classes[name].pinned else []))
+                    else:
+                        server = classes[name](work, pin_server if classes[name].pinned else [])
                     try:
-                        runs.append(run_one(server, sc, client, pin_client))
+                        runs.append(run_one(server, sc, client, pin_client, keep=args.quick))
                     except Exception as e:  # one failed run is reported, the others go on
                         runs.append({"error": f"{type(e).__name__}: {e}"})
                 r = median_run(runs, sc.median_of)
@@ -986,6 +995,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(out.read_text())
         return 0
     finally:
+        for server in kept.values():
+            server.stop()
         if args.keep_workdir:
             print(f"bench: kept {work}", file=sys.stderr)
         else:
