@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 __all__ = ["BodyReceiver", "Discard"]
@@ -35,7 +35,7 @@ class BodyReceiver(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._on_data(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.transport = None
         self.reason = reason
         if not self.done.called:

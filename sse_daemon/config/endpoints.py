@@ -61,22 +61,24 @@ def check_server_tls(options: ServerTlsOptions) -> list[tuple[str, str]]:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    loaded: dict[str, object] = {}
+    texts: dict[str, bytes] = {}
     for option, path in (("server.tls.cert", cert), ("server.tls.key", key)):
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                texts[option] = f.read()
         except OSError as e:
             return [(option, f"cannot read {path}: {e.strerror or e}")]
-        try:
-            loaded[option] = (x509.load_pem_x509_certificates(data)[0] if option == "server.tls.cert"
-                              else serialization.load_pem_private_key(data, password=None))
-        except (ValueError, TypeError, IndexError):
-            what = "a PEM certificate" if option == "server.tls.cert" else "an unencrypted PEM private key"
-            return [(option, f"{path} does not hold {what}")]
+    try:
+        certificate = x509.load_pem_x509_certificates(texts["server.tls.cert"])[0]
+    except (ValueError, TypeError, IndexError):
+        return [("server.tls.cert", f"{cert} does not hold a PEM certificate")]
+    try:
+        private_key = serialization.load_pem_private_key(texts["server.tls.key"], password=None)
+    except (ValueError, TypeError):
+        return [("server.tls.key", f"{key} does not hold an unencrypted PEM private key")]
     public = serialization.PublicFormat.SubjectPublicKeyInfo
-    mine = loaded["server.tls.key"].public_key().public_bytes(serialization.Encoding.PEM, public)  # type: ignore[attr-defined]
-    if mine != loaded["server.tls.cert"].public_key().public_bytes(serialization.Encoding.PEM, public):  # type: ignore[attr-defined]
+    mine = private_key.public_key().public_bytes(serialization.Encoding.PEM, public)
+    if mine != certificate.public_key().public_bytes(serialization.Encoding.PEM, public):
         return [("server.tls.key", f"{key} is not the private key of the certificate in {cert}")]
     return []
 

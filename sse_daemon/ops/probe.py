@@ -38,7 +38,7 @@ from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IPushProducer, ITransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent, ResponseDone
 from twisted.web.http_headers import Headers
@@ -174,7 +174,7 @@ class Recorder(Protocol):
         self.reads.append(Read(at, size, ids, self.comment_lines.feed(data)))
         self.on_read(self)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.ended_at = self.clock()
         self.reason = reason
         self.done.callback(None)
@@ -201,7 +201,7 @@ class _Discard(Protocol):
         if self.transport is not None:
             _producer(self.transport).stopProducing()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done.callback(None)
 
 
