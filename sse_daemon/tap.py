@@ -18,6 +18,8 @@ from sse_daemon.ops import logs
 from sse_daemon.config.errors import ConfigError
 from sse_daemon.config.load import load_files
 from sse_daemon.config.model import Config
+from sse_daemon.connectors.sink.durable import HistoryRefused
+from sse_daemon.connectors.sink.historyfile import check_file
 from sse_daemon.daemon.service import DaemonService, build_service
 
 
@@ -60,8 +62,11 @@ class Options(usage.Options):
             sys.stderr.write(f"{e}\n")
             raise SystemExit(1) from None
         if self["check"]:
+            problems = history_file_problems(self.loaded)
             sys.stdout.write(self.loaded.summary() + "\n")
-            raise SystemExit(0)
+            for line, _ in problems:
+                sys.stderr.write(line + "\n")
+            raise SystemExit(1 if any(fatal for _, fatal in problems) else 0)
 
     def _logging(self) -> None:
         """Make --log-format/--log-level work under twistd, which has neither.
@@ -79,6 +84,26 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         if parent is not None and not parent.get("logger"):
             parent["logger"] = "sse_daemon.ops.logs.selected_observer"
+
+
+def history_file_problems(config: Config) -> list[tuple[str, bool]]:
+    """For ``--check``: each sink's history file that is not a readable one (the file is only read),
+    with what ``history.on.corrupt`` would do at start, and whether the daemon would refuse to start."""
+    problems = []
+    for connector in config.sinks:
+        path = connector.type == "sse-server" and connector.options.history_path
+        if not path:
+            continue
+        problem = check_file(path)
+        if problem is None:
+            continue
+        if connector.options.history_on_corrupt == "move-aside":
+            problems.append((f"warning: {connector.label}: history file {problem}; history.on.corrupt is move-aside: "
+                             f"at start it would be renamed {path}.corrupt-<UTC time> and the sink would start with an empty history", False))
+        else:
+            problems.append((f"error: {connector.label}: history file {problem}; history.on.corrupt is refuse: the daemon "
+                             "would not start (set history.on.corrupt: move-aside, or move the file away)", True))
+    return problems
 
 
 class StopOnSigterm(Service):
@@ -110,7 +135,11 @@ class StopOnSigterm(Service):
 
 def makeService(options: Options, reactor: Any = None) -> DaemonService:
     assert options.loaded is not None
-    service = build_service(options.loaded, reactor, stats_interval=options["stats-interval"], exit_on_bind_error=True)
+    try:
+        service = build_service(options.loaded, reactor, stats_interval=options["stats-interval"], exit_on_bind_error=True)
+    except HistoryRefused as e:  # a corrupt history file and history.on.corrupt: refuse (logging has not started yet)
+        sys.stderr.write(f"{e}\n")
+        raise SystemExit(1) from None
     # SIGHUP re-reads the same files and changes only what changed (reload.py)
     from sse_daemon.daemon.reload import ReloadOnSighup, Reloader
 

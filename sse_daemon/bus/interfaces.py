@@ -17,7 +17,10 @@ from zope.interface import Attribute, Interface
 
 from sse_daemon.events.schema import Event
 
-Subscriber = Callable[[Event], None]
+#: ``subscriber(event)``: None when it is done with the event, or a Deferred that fires once it is
+#: (a sink with a history file: once the event is committed; a route: once the target stream has it);
+#: a bus that delivers in-process makes its publish wait for it (IBus.publish)
+Subscriber = Callable[[Event], Deferred | None]
 
 
 class ISubscription(Interface):
@@ -33,14 +36,17 @@ class IBus(Interface):
     def publish(stream: str, events: Iterable[Event]) -> Deferred:
         """Hand ``events`` to every subscriber of ``stream``, in order.
 
-        Always a Deferred: it fires once the bus has every event (already fired on
-        the in-process bus, which delivers before it returns; with the bus's ids on
-        a shared one) and fails when the bus took none of them (``BusUnavailable``,
-        or ``InvalidValue`` for a value the bus cannot store).
+        Always a Deferred: it fires once the bus has every event (on the in-process
+        bus, which delivers before it returns: at once, or once every Deferred its
+        subscribers returned has fired; with the bus's ids on a shared one) and fails
+        when the bus took none of them (``BusUnavailable``, or ``InvalidValue`` for a
+        value the bus cannot store), or with the first failure a subscriber's Deferred
+        had (``HistoryUnavailable``: a sink could not commit them to its history file).
         """
 
     def subscribe(stream: str, subscriber: Subscriber) -> ISubscription:
-        """Call ``subscriber(event)`` for every event published on ``stream``."""
+        """Call ``subscriber(event)`` for every event published on ``stream``; it may return a Deferred
+        (see :data:`Subscriber`), which the in-process bus's publish waits for (a shared bus ignores it)."""
 
 
 class IDeliveringBus(IBus):

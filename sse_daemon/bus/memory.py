@@ -3,8 +3,11 @@
 Everything talks to :class:`~sse_daemon.bus.interfaces.IBus`, so a broker-backed bus can replace the
 embedded one without touching connectors. The embedded bus is synchronous:
 ``publish`` returns after every subscriber has seen the events, in order,
-which keeps delivery order and makes tests deterministic; the Deferred it
-returns (the one publish contract of every bus) has fired already.
+which keeps delivery order and makes tests deterministic. The Deferred it
+returns (the one publish contract of every bus) has fired already, unless a
+subscriber returned a Deferred of its own (a sink with a history file: its
+commit; a route: its own publish): then it fires once all of them have, and
+fails with the first failure among them.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -33,6 +37,17 @@ def subscriber_failed(log: Logger, failures: dict[str, int], stream: str, subscr
             "subscriber {subscriber!r} of stream {stream} failed ({count} so far); the event goes on to the others",
             subscriber=subscriber, stream=stream, count=count,
         )
+
+
+def _nothing(_: object) -> None:
+    return None
+
+
+def _first_failure(failure: Failure) -> Failure:
+    """A subscriber's own failure (HistoryUnavailable, ...), not gatherResults' wrapper."""
+    if isinstance(failure.value, FirstError):
+        return failure.value.subFailure
+    return failure
 
 
 @implementer(ISubscription)
@@ -66,13 +81,19 @@ class MemoryBus:
     def publish(self, stream: str, events: Iterable[Event]) -> Deferred:
         # Copy: a subscriber may cancel (or add) subscriptions while we deliver.
         subscriptions = tuple(self._subscriptions.get(stream, ()))
+        waits: list[Deferred] = []
         for event in events:
             for subscription in subscriptions:
                 try:
-                    subscription.subscriber(event)
+                    result = subscription.subscriber(event)
                 except Exception:
                     subscriber_failed(self.log, self.failures, stream, subscription.subscriber)
-        return succeed(None)
+                else:
+                    if result is not None:
+                        waits.append(result)
+        if not waits:
+            return succeed(None)
+        return gatherResults(waits, consumeErrors=True).addCallbacks(_nothing, _first_failure)
 
     def subscriber_count(self, stream: str) -> int:
         return len(self._subscriptions.get(stream, ()))

@@ -90,6 +90,13 @@ def _worker_count(value: Any) -> int:
 MAX_SINK_WORKERS = 64
 
 
+def _history_path(value: Any) -> str:
+    text = parse_string(value).strip()
+    if not text or "\0" in text or text.endswith("/"):
+        raise OptionError(f"expected the path of a file, found {found(value)}")
+    return text
+
+
 def _port(value: Any) -> int:
     return parse_int(value, 0, 65535)
 
@@ -260,6 +267,8 @@ SSE_SERVER_OPTIONS = (
     SSE_FORMAT,
     Option("heartbeat.interval", "FLOAT", "Seconds between heartbeat comments that keep proxies and idle connections open; 0 turns them off.", lambda v: parse_number(v, 0), 15.0),
     Option("history.size", "INT", "Events kept for subscribers that resume with `Last-Event-ID`; 0 keeps none.", lambda v: parse_int(v, 0), 1000),
+    Option("history.path", "STRING", "A file (SQLite) in which the sink keeps its history, under the same bounds, so a restart, an upgrade or a crash costs resuming clients nothing; ingest then answers 200 only once the events are committed to it (503 `history-unavailable` when they cannot be, e.g. a full disk). Its directory must exist and be writable. Unset: history lives in memory. Not with `bus: {type: redis}`, which keeps history in Redis (see [durability.md](durability.md)).", _history_path, None),
+    Option("history.on.corrupt", "STRING", "What the daemon does at start when `history.path` is not a readable history file: `refuse` (it does not start, and says why) or `move-aside` (the file is renamed `<path>.corrupt-<UTC time>`, a warning is logged and the sink starts with an empty history).", parse_choice("refuse", "move-aside"), "refuse"),
     Option("subscriber.queue.size", "INT", "Events queued for a subscriber that cannot keep up; past this it is disconnected (it may resume from history).", lambda v: parse_int(v, 1), 1000),
     Option("subscriber.queue.bytes", "INT", "Bytes queued for a subscriber that cannot keep up; past this it is disconnected.", lambda v: parse_int(v, 1), 4 * MIB),
     *SINK_HARDENING_OPTIONS,
@@ -548,6 +557,8 @@ class SseServerOptions(SinkMappingOptions, ListenOptions):
     sse_format: str
     heartbeat_interval: float
     history_size: int
+    history_path: str | None
+    history_on_corrupt: str
     subscriber_queue_size: int
     subscriber_queue_bytes: int
     history_max_age: float

@@ -10,6 +10,8 @@ was found.
 
 from __future__ import annotations
 
+import os
+
 from typing import Any, Iterable, Literal, Mapping
 
 from sse_daemon.config.credentials import AuthConfigError, load_access
@@ -101,6 +103,7 @@ def validate(raw: RawConfig) -> Config:
     _check_port_limits(connectors, first_raw, issues)
     admin = _admin(raw.admin, connectors, issues)
     bus = _bus(raw.bus, connectors, raw.routes, issues)
+    _check_history_files(connectors, first_raw, bus, issues)
 
     if issues:
         raise ConfigError(sorted(issues, key=lambda i: (i.location.file, i.location.line or 0)))
@@ -499,6 +502,44 @@ def _check_worker_sinks(connectors: list[ConnectorDef[Any]], raws: Mapping[str, 
         if sharing:
             issues.append(ConfigIssue(where, f"worker.count above 1 needs port {port} to itself, and {sharing[0].label} "
                                       f"(at {sharing[0].location}) uses it too: give one of them another port", connector.label, "worker.count"))
+
+
+def _check_history_files(connectors: list[ConnectorDef[Any]], raws: Mapping[str, RawConnector], bus: BusDef,
+                         issues: list[ConfigIssue]) -> None:
+    """``history.path``: a file of its own per sink, in a directory that exists and is writable; not on a
+    shared bus (Redis keeps the history there) nor on a raw sink (it keeps none). Whether the file itself
+    is a readable history is checked by ``--check`` and at start (connectors/sink/historyfile.py)."""
+    owners: dict[str, ConnectorDef[Any]] = {}
+    for connector in connectors:
+        path = connector.options.history_path if connector.type == "sse-server" else None
+        if path is None:
+            continue
+        raw = raws[connector.name].options.get("history.path")
+        where = raw.location if raw is not None else connector.location
+
+        def issue(message: str, where: Location = where, label: str = connector.label) -> None:
+            issues.append(ConfigIssue(where, message, label, "history.path"))
+
+        if bus.options.type == "redis":
+            issue("history.path cannot be used with 'bus: {type: redis}': the shared bus keeps every sink's history in Redis, "
+                  "the same on every instance; remove history.path (or the bus section)")
+            continue
+        if connector.options.sse_format == "raw":
+            issue("history.path has no use with sse.format raw: a raw sink keeps no history (its clients cannot resume)")
+            continue
+        real = os.path.realpath(path)
+        if real in owners:
+            issue(f"the history file {path} is already {owners[real].label}'s (at {owners[real].location}): give each sink its own file")
+            continue
+        owners[real] = connector
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            issue(f"the directory of the history file {path} does not exist: create {directory} (systemd: StateDirectory=)")
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            issue(f"the directory {directory} of the history file {path} is not writable by this user "
+                  "(the file and its -wal and -shm files are kept there)")
+        elif os.path.isdir(path):
+            issue(f"history.path {path} is a directory: name a file in it")
 
 
 def _check_listeners(connectors: list[ConnectorDef[Any]], issues: list[ConfigIssue]) -> None:

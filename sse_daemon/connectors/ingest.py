@@ -6,7 +6,9 @@ published), 413 above ``max.body.size`` or ``max.events.per.request``. Every
 value is checked where it enters (validate.py, through the mapper), so a 200
 means every sink can write every event. A large body is published in slices
 of :data:`PUBLISH_SLICE` events, one per reactor turn, so other streams are
-served between them; the 200 is sent once the last slice is published.
+served between them; the 200 is sent once the last slice is published. With a
+sink's ``history.path`` a publish is done once the events are committed to the
+file: a commit that fails is a 503 (``history-unavailable``), never a 200.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from zope.interface import implementer
 from sse_daemon.compat import request_disconnected  # the client left before its answer
 from sse_daemon.bus.interfaces import IBus
 from sse_daemon.connectors.interfaces import ISource
+from sse_daemon.connectors.sink.historyfile import HistoryUnavailable
 from sse_daemon.policy.limits import should_log
 from sse_daemon.config.model import ConnectorDef
 from sse_daemon.config.options import HttpSourceOptions
@@ -121,6 +124,9 @@ class IngestResource(Resource):
         refused = failure.value if isinstance(failure.value, InvalidValue) else None
         if refused is not None:
             body = self._reject(request, 400, refused.reason, f"nothing was published: {failure.getErrorMessage()}")
+        elif isinstance(failure.value, HistoryUnavailable):  # a sink's history file could not take them (a full disk)
+            body = self._reject(request, 503, "history-unavailable",
+                                f"the events could not be saved: {failure.getErrorMessage()}; retry later")
         else:
             body = self._reject(request, 503, "bus-unavailable", f"the events were not published: {failure.getErrorMessage()}; retry later")
         if not request.finished and not request_disconnected(request):

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections import Counter
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sse_daemon.bus.interfaces import IBus, ISubscription
 from sse_daemon.config.model import RouteDef
+from sse_daemon.connectors.sink.historyfile import HistoryUnavailable
 from sse_daemon.events.schema import Event
 from sse_daemon.events.validate import InvalidValue, check_values
 from sse_daemon.policy.limits import should_log
@@ -41,10 +43,12 @@ class RouteService(Service):
             self._subscription.cancel()
             self._subscription = None
 
-    def forward(self, event: Event) -> None:
+    def forward(self, event: Event) -> Deferred | None:
+        """Publish ``event`` to the target if it passes. The publish's Deferred is returned, so the
+        original publish waits for it too: a routed event is as durable as the target's sinks make it."""
         if self.route.where is not None and not self.route.where.matches(event.values):
             self.filtered += 1
-            return
+            return None
         values = {name: event.values[name] for name in self.names}
         try:  # what enters a stream is checked, whoever puts it there (validate.py); a route only narrows events
             check_values(values)
@@ -53,13 +57,25 @@ class RouteService(Service):
             if should_log(sum(self.rejected.values())):
                 self.log.warn("route {route} dropped an event no sink could write: {error} ({reason})",
                               route=self.name, error=str(e), reason=e.reason)
-            return
+            return None
         self.events += 1
-        self.bus.publish(self.route.target, [Event(values, event.id, event.type, event.ingress)]).addErrback(self._not_published)
+        outcome: Deferred = Deferred()
+        published = self.bus.publish(self.route.target, [Event(values, event.id, event.type, event.ingress)])
+        published.addErrback(self._not_published).addBoth(_relay, outcome)
+        return outcome
 
-    def _not_published(self, failure: Failure) -> None:
-        """The bus did not take the routed event (a shared bus that is down): counted, logged sampled."""
-        self.rejected["bus-unavailable"] += 1
-        if should_log(self.rejected["bus-unavailable"]):
-            self.log.warn("route {route}: the bus did not take an event: {error} ({total} so far)",
-                          route=self.name, error=failure.getErrorMessage(), total=self.rejected["bus-unavailable"])
+    def _not_published(self, failure: Failure) -> Failure:
+        """The bus did not take the routed event (a shared bus that is down), or a sink of the target could
+        not commit it (``history-unavailable``): counted, logged sampled, and passed on to the original publish."""
+        reason = "history-unavailable" if failure.check(HistoryUnavailable) else "bus-unavailable"
+        self.rejected[reason] += 1
+        if should_log(self.rejected[reason]):
+            self.log.warn("route {route}: the event was not taken: {error} ({reason}, {total} so far)",
+                          route=self.name, error=failure.getErrorMessage(), reason=reason, total=self.rejected[reason])
+        return failure
+
+
+def _relay(result: object, outcome: Deferred) -> None:
+    """Hand the publish's result to the route's caller (the bus, which consumes a failure); the publish's own chain ends here."""
+    outcome.callback(result)
+    return None

@@ -30,6 +30,7 @@ from sse_daemon.connectors.logsink import LogSinkService
 from sse_daemon.connectors.route import RouteService
 from sse_daemon.connectors.history import History
 from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService, sink_for_bus
+from sse_daemon.connectors.sink.durable import HistoryFiles, HistoryStore  # history.path: one store per file in the process
 from sse_daemon.daemon.plan import Plan, PortKey
 from sse_daemon.edge.guard import ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
 from sse_daemon.edge.listener import BindError, ListenerService, PortRoute, RouteTable
@@ -105,6 +106,8 @@ class Builder:
         self.descriptors = descriptors
         self.stopping = stopping if stopping is not None else Stopping()
         self.lag = lag
+        #: the sinks' history files (history.path), one store per path: a sink restarted by a reload shares its predecessor's
+        self.history_files = HistoryFiles(reactor)
 
     # -- connectors
 
@@ -113,7 +116,15 @@ class Builder:
         when there is an admin. ``history``: one given whole (a worker process's copy of the daemon's)."""
         lag = self.lag(connector.name) if self.lag is not None else None
         return sink_for_bus(self.bus, connector.stream, connector, make_mapper(connector.options.mapping, schema), self.clock,
-                            turns=self.reactor, lag_observer=lag, history=history)
+                            turns=self.reactor, lag_observer=lag, history=history,
+                            history_store=self.history_store(connector) if history is None else None)
+
+    def history_store(self, connector: ConnectorDef) -> HistoryStore | None:
+        """The sink's history file (``history.path``), opened now unless this process has it open already
+        (HistoryRefused: it is corrupt and ``history.on.corrupt`` is ``refuse``)."""
+        if connector.options.history_path is None:
+            return None
+        return self.history_files.acquire(connector.options, self.clock.seconds())
 
     def guarded_sink(self, connector: ConnectorDef, sink: SseSink) -> IResource:
         """A sink's resource behind its guard (CORS, limits, auth)."""
@@ -135,7 +146,8 @@ class Builder:
 
             if self.lag is not None:
                 self.lag(connector.name)  # its series is shown (empty: lag is not measured across processes)
-            workers = SinkWorkers(connector, make_mapper(connector.options.mapping, schema), schema, self.bus, self.clock, self.reactor)
+            workers = SinkWorkers(connector, make_mapper(connector.options.mapping, schema), schema, self.bus, self.clock, self.reactor,
+                                  history_store=self.history_store(connector))
             return BuiltConnector(service=workers, drain=workers.drain)
         sink = self.sink(connector, schema)
         service = SseSinkService(sink, self.bus, connector.stream, self.clock)

@@ -185,3 +185,31 @@ def _restart_only(result: Plan, old: Config, new: Config) -> None:
     if pooled:
         result.refusal = (f"{', '.join(pooled)} would change, and a sink served by worker processes (worker.count above 1) "
                           "is changed, added or removed only by a restart")
+
+
+def history_notes(old: Config, new: Config, changes: Plan) -> list[str]:
+    """What a reload does to the sinks' history files (``history.path``), one line per sink that has one.
+
+    A kept sink keeps its file open; a restarted sink with the same file continues it (the old
+    one stops writing when the new one starts); a file no sink names any more is left as it is."""
+    def path(config: Config, name: str) -> str | None:
+        connector = next((c for c in config.sinks if c.name == name), None)
+        return connector.options.history_path if connector is not None and connector.type == "sse-server" else None
+
+    notes: list[str] = []
+    for name in changes.keep:
+        if (kept := path(new, name)) is not None:
+            notes.append(f"sink {name} is kept with its history file {kept}")
+    for name in changes.restart:
+        before, after = path(old, name), path(new, name)
+        if before is not None and before == after:
+            notes.append(f"sink {name} restarts with the same history file {after}: the file is kept and the new sink continues it")
+        elif before is not None:
+            where = f"in {after}" if after is not None else "in memory"
+            notes.append(f"sink {name} now keeps its history {where}; its old history file {before} is left as it is")
+        elif after is not None:
+            notes.append(f"sink {name} now keeps its history in {after}, starting from what that file holds")
+    for name in changes.remove:
+        if (gone := path(old, name)) is not None:
+            notes.append(f"sink {name} is removed; its history file {gone} is left as it is")
+    return notes

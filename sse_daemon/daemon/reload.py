@@ -30,7 +30,8 @@ from twisted.python.failure import Failure
 from sse_daemon.config.errors import ConfigError
 from sse_daemon.config.load import load_files
 from sse_daemon.config.model import Config
-from sse_daemon.daemon.plan import Plan, connector_key, keys, plan
+from sse_daemon.connectors.sink.durable import HistoryRefused
+from sse_daemon.daemon.plan import Plan, connector_key, history_notes, keys, plan
 from sse_daemon.policy.connections import Stopping
 
 if TYPE_CHECKING:
@@ -115,7 +116,12 @@ class Reloader:
         if self.stopping:  # shutdown began while the files were read
             self._ignored()
             return False
-        staged = daemon.stage(new, changes)
+        try:
+            staged = daemon.stage(new, changes)
+        except HistoryRefused as e:  # a sink's new history file is corrupt and history.on.corrupt is refuse
+            self.counters["rejected"] += 1
+            log.error("reload rejected: {message}; the running configuration is unchanged", message=str(e))
+            return False
         error, released = staged.bind()
         if error is not None:
             await DeferredList(released, consumeErrors=True)
@@ -123,9 +129,12 @@ class Reloader:
             log.error("reload rejected: {message}; the running configuration is unchanged", message=str(error))
             return False
         new_keys = keys(new)
+        old = daemon.config
         await daemon.replace(staged)
         self.keys = new_keys
         self.counters["reloads"] += 1
+        for note in history_notes(old, new, changes):
+            log.info("reload: {note}", note=note)
         log.info("configuration reloaded: {summary}", summary=changes.summary())
         return True
 

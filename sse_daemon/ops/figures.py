@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 #: sink counters shown everywhere, in this order (missing ones read 0)
 SINK_COUNTERS = (
     "connections_opened", "connections_closed", "events_in", "events_out",
-    "bytes_written", "dropped_slow", "events_replayed", "worker_restarts",
+    "bytes_written", "dropped_slow", "events_replayed", "worker_restarts", "history_commit_failures",
 )
 
 

@@ -41,6 +41,7 @@ from sse_daemon.edge.listener import BindError
 from sse_daemon.mapping.mappers import IMapper
 from sse_daemon.events.schema import Schema
 from sse_daemon.connectors.sink import sink_for_bus
+from sse_daemon.connectors.sink.durable import HistoryStore
 from sse_daemon.policy.connections import LISTEN_BACKLOG
 
 #: restart delays after a worker exits: doubling from the first, capped; reset by a worker that ran this long
@@ -198,10 +199,12 @@ class SinkWorkers(Service):
     log = Logger()
 
     def __init__(self, connector: ConnectorDef, mapper: IMapper, schema: Schema, bus: IBus, clock: IReactorTime,
-                 reactor: Any) -> None:
+                 reactor: Any, history_store: HistoryStore | None = None) -> None:
         #: the daemon's copy of the sink: maps, numbers and keeps the history of every event, and feeds the workers
-        #: (on a shared bus, the bus's ids, as on every instance)
-        sink = self.feed = sink_for_bus(bus, connector.stream, connector, mapper, clock, turns=reactor, forward=self._forward)
+        #: (on a shared bus, the bus's ids, as on every instance); with ``history_store`` (history.path) it
+        #: starts from the file and commits to it, and the workers get what it loaded
+        sink = self.feed = sink_for_bus(bus, connector.stream, connector, mapper, clock, turns=reactor, forward=self._forward,
+                                        history_store=history_store)
         self.connector = connector
         self.schema = schema
         self.bus = bus
@@ -246,6 +249,7 @@ class SinkWorkers(Service):
         if not self.sockets:
             self.privilegedStartService()
         super().startService()
+        self.feed.start_writing()
         self._subscription = self.bus.subscribe(self.connector.stream, self.feed.publish)
         for index in range(self.count):
             self._spawn(index)
@@ -325,13 +329,14 @@ class SinkWorkers(Service):
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
-        self.feed.flush()
+        written = self.feed.stop_writing()  # this turn's events to the workers and the history file
         done = self.drain() if any(w is not None for w in self.workers) else succeed(None)
 
-        def close(_: object) -> None:
+        def close(_: object) -> Deferred:
             for sock in self.sockets:
                 sock.close()
             self.sockets = []
+            return written
         return done.addBoth(close)
 
     # -- events

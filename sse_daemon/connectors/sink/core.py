@@ -14,6 +14,7 @@ import random
 from collections import Counter
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Request
@@ -25,6 +26,7 @@ from sse_daemon.config.options import SseServerOptions
 from sse_daemon.connectors.history import History, Resume, reset_payload  # bounded history and the honest-resume decision
 from sse_daemon.connectors.interfaces import ISubscriberSink
 from sse_daemon.connectors.sink.batching import TurnBatch, wire
+from sse_daemon.connectors.sink.durable import DurableHistory, HistoryStore  # history.path: acknowledged means durable
 from sse_daemon.connectors.sink.encoding import FrameEncoder
 from sse_daemon.connectors.sink.http import last_event_id as _last_event_id, peer_of
 from sse_daemon.connectors.sink.ids import EventIds
@@ -83,6 +85,8 @@ class SseSink:
     by the id scheme the sink sends (:func:`own_history` by default: the sink numbers its events;
     :func:`bus_history` on a shared bus); ``bus_replay``, on a shared bus, asks it what follows an
     id this history does not cover, and makes the sink send the bus's ids (service.sink_for_bus).
+    ``history_store``: the sink's history file (``history.path``, durable.py): its history starts
+    from it, its ids go on above it, and each event's publish waits for the turn's commit.
     """
 
     log = Logger()
@@ -92,13 +96,19 @@ class SseSink:
         jitter: Callable[[], float] = random.random, turns: IReactorTime | None = None,
         forward: Forward | None = None, lag_observer: LagObserver | None = None,
         history: History | None = None, bus_replay: BusReplayer | None = None,
+        history_store: HistoryStore | None = None,
     ) -> None:
         self.connector = connector
         self.name = connector.name
         self.mapper = mapper
         self.clock = clock
-        self.ids = EventIds(clock)
-        self.history = history if history is not None else own_history(connector.options, clock)
+        self.counters: Counter[str] = Counter()
+        #: the history file's writer (history.path), or None: the history lives in memory only
+        self.durable = DurableHistory(history_store, connector.name, self.counters) if history_store is not None else None
+        if history is None:
+            history = self.durable.start_history(connector.options, clock) if self.durable is not None else own_history(connector.options, clock)
+        self.history = history
+        self.ids = EventIds(clock, history.newest if self.durable is not None else None)
         self.reset_event: str = connector.options.resume_reset_event
         #: reconnect-storm control: each subscriber's own retry: hint (ms), drawn with ``jitter``
         self.retry_min: int = connector.options.retry_min
@@ -111,7 +121,6 @@ class SseSink:
         self.raw = connector.options.sse_format == "raw"
         self.headers = response_headers(connector, mapper.content_type.encode() if self.raw else b"text/event-stream; charset=utf-8")
         self.subscribers: set[Subscriber] = set()
-        self.counters: Counter[str] = Counter()
         #: requests refused before they became subscribers, by reason (counted by the guard)
         self.rejected: Counter[str] = Counter()
         self.lag_observer = lag_observer
@@ -126,13 +135,28 @@ class SseSink:
         #: connect and leave lines: at most CONNECT_LOG_BURST per CONNECT_LOG_WINDOW (a reconnect storm)
         self.routine_lines = LogRate(clock.seconds, CONNECT_LOG_BURST, CONNECT_LOG_WINDOW)
 
+    # -- the history file
+    def start_writing(self) -> None:
+        """Become the history file's writer (on start); keep what a predecessor kept meanwhile (a reload)."""
+        if self.durable is not None:
+            for event_id, frame, at in self.durable.take_over():
+                self.history.append(event_id, frame, at)
+                self.ids.above(event_id)
+
+    def stop_writing(self) -> Deferred:
+        """Commit this turn and let go of the history file (closed by its last user once every commit is done)."""
+        self.flush()
+        return self.durable.store.release() if self.durable is not None else succeed(None)
+
     # -- from the bus
-    def publish(self, event: Event) -> None:
+    def publish(self, event: Event) -> Deferred | None:
+        """Take one event. With a history file: a Deferred that fires once it is committed (fails
+        with HistoryUnavailable when the commit failed: the bus fails the publish with it)."""
         if self.raw:
             data = self.encode(event, None)
             if data is not None:
                 self.deliver(None, data, event.ingress)
-            return
+            return None
         if self.bus_replay is not None and event.bus_id is not None:
             event_id, id_text = self.history.key(event.bus_id), event.bus_id
         else:
@@ -140,22 +164,28 @@ class SseSink:
             id_text = str(event_id)
         frame = self.encode(event, id_text)
         if frame is not None:
-            self.deliver(event_id, frame, event.ingress)
+            return self.deliver(event_id, frame, event.ingress)
+        return None
 
     def encode(self, event: Event, id_text: str | None) -> bytes | None:
         """The event's bytes, or None when it cannot be written (counted and logged: encoding.py)."""
         return self.encoder.encode(event, id_text)
 
-    def deliver(self, event_id: Any, frame: bytes, ingress: float | None = None) -> None:
+    def deliver(self, event_id: Any, frame: bytes, ingress: float | None = None) -> Deferred | None:
         """Keep an encoded event in history and send it to every subscriber at the end of
-        this reactor turn, together with the others of the turn (one write per subscriber)."""
+        this reactor turn, together with the others of the turn (one write per subscriber).
+        With a history file: the Deferred of the turn's commit."""
+        committed = None
         if event_id is not None:
             self.history.append(event_id, frame)
             self.resumes.live(event_id, frame)
+            if self.durable is not None:
+                committed = self.durable.add(event_id, frame, self.clock.seconds())
         if self.forward is not None:
             self.forward(None if event_id is None else self.history.show(event_id), frame)
         self.counters["events_in"] += 1
         self.batch.add(frame, ingress)
+        return committed
 
     def wire(self, frames: list[bytes]) -> bytes:
         """Frames as HTTP chunks (batching.py)."""
@@ -164,6 +194,8 @@ class SseSink:
     def flush(self) -> None:
         """Write this turn's events: encoded and chunk-framed once, the same bytes to everyone."""
         frames, ingress = self.batch.take()
+        if self.durable is not None:
+            self.durable.commit(self.history.floor)  # one group commit for the turn, on the file's thread
         if frames and self.subscribers:  # no subscribers: a sink whose workers serve it, or an idle one
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             chunked = self.wire(frames)

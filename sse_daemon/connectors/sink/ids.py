@@ -18,12 +18,17 @@ class EventIds:
 
     An id is the wall-clock time in microseconds, bumped by one when two
     events fall in the same microsecond; a restarted daemon therefore starts
-    above every id it gave out before (unless the clock went backwards).
+    above every id it gave out before (unless the clock went backwards: a sink
+    with a history file starts ``after`` the newest id in it, whatever the clock says).
     """
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, after: int | None = None) -> None:
         self._clock = clock
-        self._last = 0
+        self._last = 0 if after is None else after
+
+    def above(self, event_id: int) -> None:
+        """Every id from now on is above ``event_id`` (one given out before: a history file's, a predecessor's)."""
+        self._last = max(self._last, event_id)
 
     def next(self) -> int:
         self._last = max(self._last + 1, int(self._clock.seconds() * 1_000_000))

@@ -15,6 +15,7 @@ from sse_daemon.connectors.history import History
 from sse_daemon.connectors.interfaces import ISseSinkService
 from sse_daemon.connectors.sink.core import Forward, LagObserver, SseSink, bus_history
 from sse_daemon.connectors.sink.drain import drain_sink  # staged close on shutdown
+from sse_daemon.connectors.sink.durable import HistoryStore
 from sse_daemon.connectors.sink.replay import BusReplayer
 from sse_daemon.mapping.mappers import IMapper
 
@@ -22,11 +23,12 @@ from sse_daemon.mapping.mappers import IMapper
 def sink_for_bus(
     bus: IBus, stream: str, connector: ConnectorDef[SseServerOptions], mapper: IMapper, clock: IReactorTime,
     turns: IReactorTime | None = None, forward: Forward | None = None, lag_observer: LagObserver | None = None,
-    history: History | None = None,
+    history: History | None = None, history_store: HistoryStore | None = None,
 ) -> SseSink:
     """An SseSink of ``stream`` on ``bus``. On a shared bus (unless raw) it sends the bus's ids, the
     same on every instance, and asks the bus what follows an id its history does not cover (another
-    instance's, or older); elsewhere it numbers its events itself. ``history``: one given whole (a worker's copy)."""
+    instance's, or older); elsewhere it numbers its events itself. ``history``: one given whole (a worker's copy);
+    ``history_store``: its history file (``history.path``; never on a shared bus, which keeps history itself)."""
     bus_replay: BusReplayer | None = None
     if ISharedBus.providedBy(bus) and connector.options.sse_format != "raw":
         if history is None:
@@ -36,7 +38,7 @@ def sink_for_bus(
             return bus.replay(stream, after, limit)
 
     return SseSink(connector, mapper, clock, turns=turns, forward=forward, lag_observer=lag_observer,
-                   history=history, bus_replay=bus_replay)
+                   history=history, bus_replay=bus_replay, history_store=history_store)
 
 
 @implementer(ISseSinkService)
@@ -58,6 +60,7 @@ class SseSinkService(Service):
 
     def startService(self) -> None:
         super().startService()
+        self.sink.start_writing()  # with a history file: its only writer from now on
         self._subscription = self.bus.subscribe(self.stream, self.sink.publish)
         interval = self.sink.connector.options.heartbeat_interval
         if interval > 0 and not self.sink.raw:
@@ -75,7 +78,8 @@ class SseSinkService(Service):
         with self.sink.log.failuresHandled("heartbeat of sink {sink} failed", sink=self.sink.name):
             self.sink.heartbeat()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred:
+        """Fires once the history file (if any) has every commit of this sink and is let go."""
         super().stopService()
         if self._subscription is not None:
             self._subscription.cancel()
@@ -83,3 +87,4 @@ class SseSinkService(Service):
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
         self.sink.close_all()
+        return self.sink.stop_writing()

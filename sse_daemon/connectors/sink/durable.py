@@ -1,0 +1,210 @@
+"""A sink's history kept in a file (``history.path``): acknowledged means durable.
+
+The file (historyfile.py) is used from one dedicated thread per file
+(:class:`HistoryStore`), so the reactor never waits on the disk. A sink with a
+file (:class:`DurableHistory`) starts from what the file holds (its ids go on
+above the newest there), and writes each reactor turn's events in one commit:
+every publish of that turn gets a Deferred that fires once the commit is done,
+and fails with :class:`~sse_daemon.connectors.sink.historyfile.HistoryUnavailable`
+when it failed (the bus fails the publish with it: ingest answers 503,
+``history-unavailable``). The next commit that succeeds recovers; nothing is
+retried by the daemon (the publisher retries).
+
+Fan-out is unchanged: live subscribers get a turn's events at its end, without
+waiting for the commit. So a subscriber may see an event whose commit failed
+(its publisher got a 503 and may send it again, under a new id); it stays in
+this run's memory (a resume replays it) but not in the file, so after a restart
+it is gone, and a client that resumes from its id gets what follows it.
+
+One store per path in the process (:class:`HistoryFiles`): a sink restarted by
+a reload with the same ``history.path`` shares its predecessor's store, takes
+over as its only writer when it starts (the old one, draining, writes no more)
+and first copies what the old one kept meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from sse_daemon.config.options import SseServerOptions
+from sse_daemon.connectors.history import History
+from sse_daemon.connectors.sink.historyfile import HistoryCorrupt, HistoryFile, HistoryUnavailable, Tail, move_aside
+from sse_daemon.policy.limits import should_log
+
+__all__ = ["DurableHistory", "HistoryFiles", "HistoryRefused", "HistoryStore"]
+
+log = Logger()
+
+
+class HistoryRefused(Exception):
+    """A history file is corrupt and ``history.on.corrupt`` is ``refuse``: the daemon does not start."""
+
+
+class HistoryStore:
+    """One history file open in this process: its dedicated thread, its users and its writer."""
+
+    def __init__(self, file: HistoryFile, reactor: Any, tail: Tail) -> None:
+        self.file = file
+        self.path = file.path
+        self.reactor = reactor
+        #: what the file held when it was opened (the first sink starts from it)
+        self.tail = tail
+        self.pool = ThreadPool(1, 1, name=f"history {file.path}")
+        self.users = 0
+        #: the one sink that commits to the file now (a restarted sink takes over from its predecessor)
+        self.writer: DurableHistory | None = None
+        self._closed: Deferred | None = None
+
+    def run(self, work: Callable[..., Any], *args: Any) -> Deferred:
+        """``work(*args)`` on the file's thread, in order with everything else run there."""
+        if not self.pool.started:
+            self.pool.start()
+        return deferToThreadPool(self.reactor, self.pool, work, *args)
+
+    def release(self) -> Deferred:
+        """One user fewer; the last closes the file (after every commit queued) and stops the thread."""
+        self.users -= 1
+        if self.users > 0:
+            return succeed(None)
+        done = self.run(self.file.close) if self.pool.started else succeed(None)
+
+        def stop(result: object) -> object:
+            if self.pool.started:
+                self.pool.stop()
+            return result
+        return done.addBoth(stop)
+
+
+class HistoryFiles:
+    """The history files this process has open, one :class:`HistoryStore` per path."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.stores: dict[str, HistoryStore] = {}
+
+    def acquire(self, options: SseServerOptions, now: float) -> HistoryStore:
+        """The store of ``options.history_path``, opened now if this process has not got it open
+        (synchronously: at start-up, or when a reload adds a file). A corrupt file is refused
+        (:class:`HistoryRefused`) or moved aside, as ``history.on.corrupt`` says."""
+        path = options.history_path
+        assert path is not None, "a sink without history.path keeps its history in memory"
+        store = self.stores.get(path)
+        if store is None or store.users <= 0:
+            file, tail = self._open(options, now)
+            store = self.stores[path] = HistoryStore(file, self.reactor, tail)
+            log.info("history file {path} opened: {count} events, resume from id {floor}",
+                     path=path, count=len(store.tail.entries), floor=store.tail.floor)
+        store.users += 1
+        return store
+
+    def _open(self, options: SseServerOptions, now: float) -> tuple[HistoryFile, Tail]:
+        path = options.history_path
+        assert path is not None
+        file = HistoryFile(path)
+        try:
+            file.open()
+        except HistoryCorrupt as e:
+            if options.history_on_corrupt != "move-aside":
+                raise HistoryRefused(f"{e}; set history.on.corrupt: move-aside to start with an empty history "
+                                     "(the file is kept, renamed), or move it away yourself") from None
+            aside = move_aside(path, now)
+            log.warn("{error}: moved aside to {aside} (history.on.corrupt: move-aside); the sink starts with an empty history",
+                     error=str(e), aside=aside)
+            file.open()
+        return file, file.load(options.history_size, options.history_max_age, options.history_max_bytes, now)
+
+
+class DurableHistory:
+    """A sink's side of its history file: its start, and one commit per reactor turn."""
+
+    def __init__(self, store: HistoryStore, name: str, counters: Counter[str]) -> None:
+        self.store = store
+        self.name = name
+        self.counters = counters
+        self.pending: list[tuple[int, float, bytes]] = []
+        self.waiters: list[Deferred] = []
+        self.committed_floor: Any = None
+        self.history: History | None = None
+        self._failing = 0
+
+    def start_history(self, options: SseServerOptions, clock: IReactorTime) -> History:
+        """The in-memory history this sink starts with: the current writer's (a sink restarted by a
+        reload), or the file's tail, under this sink's bounds."""
+        previous = self.store.writer
+        if previous is not None and previous.history is not None:
+            entries: list[tuple[Any, float, bytes]] = [(i, at, frame) for i, frame, at in previous.history.entries()]
+            floor, newest = previous.history.floor, previous.history.newest
+        else:
+            tail = self.store.tail
+            entries, floor, newest = list(tail.entries), tail.floor, tail.newest
+        start = floor if floor is not None else int(clock.seconds() * 1_000_000)
+        history = History(options.history_size, clock.seconds, start, options.history_max_age, options.history_max_bytes,
+                          newest=max(newest, start) if newest is not None else None)
+        for event_id, at, frame in entries:
+            history.append(event_id, frame, at)
+        self.history = history
+        self.committed_floor = floor
+        return history
+
+    def take_over(self) -> list[tuple[Any, bytes, float]]:
+        """Become the file's only writer. What the previous writer kept after this history was
+        copied from it (a reload's turns in between) is returned, for the sink to keep too."""
+        previous, self.store.writer = self.store.writer, self
+        if previous is None or previous is self or previous.history is None or self.history is None:
+            return []
+        newest = self.history.newest
+        return [entry for entry in previous.history.entries() if newest is None or entry[0] > newest]
+
+    @property
+    def writing(self) -> bool:
+        return self.store.writer is self
+
+    def add(self, event_id: int, frame: bytes, at: float) -> Deferred | None:
+        """An event of this turn: a Deferred that fires once it is committed (None when another
+        sink writes the file now: this one is draining after a reload)."""
+        if not self.writing:
+            return None
+        self.pending.append((event_id, at, frame))
+        waiter: Deferred = Deferred()
+        self.waiters.append(waiter)
+        return waiter
+
+    def commit(self, floor: Any) -> Deferred | None:
+        """This turn's events and the floor the bounds reached, in one transaction on the file's thread."""
+        if not self.writing or (not self.pending and floor == self.committed_floor):
+            return None
+        entries, self.pending = self.pending, []
+        waiters, self.waiters = self.waiters, []
+        self.committed_floor = floor
+        done = self.store.run(self.store.file.commit, entries, floor)
+        done.addCallbacks(self._committed, self._failed, (waiters,), errbackArgs=(waiters, len(entries)))
+        return done
+
+    def _committed(self, _: object, waiters: list[Deferred]) -> None:
+        if self._failing:
+            log.info("history file {path} of sink {sink} takes events again (after {count} failed commits)",
+                     path=self.store.path, sink=self.name, count=self._failing)
+            self._failing = 0
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _failed(self, failure: Failure, waiters: list[Deferred], count: int) -> None:
+        self.committed_floor = None  # the next commit writes the floor again
+        self.counters["history_commit_failures"] += 1
+        self._failing += 1
+        error = failure.value if isinstance(failure.value, HistoryUnavailable) else HistoryUnavailable(
+            f"history file {self.store.path}: {failure.getErrorMessage()}")
+        if should_log(self.counters["history_commit_failures"]):
+            log.warn("sink {sink} could not save {count} events: {error}; their publishers are answered 503 "
+                     "({failures} failed commits so far)", sink=self.name, count=count, error=str(error),
+                     failures=self.counters["history_commit_failures"])
+        for waiter in waiters:
+            waiter.errback(Failure(error))
