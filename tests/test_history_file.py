@@ -399,3 +399,118 @@ async def test_a_reload_keeps_or_continues_the_file_and_says_so(tmp_path: Path, 
         assert len(stored_ids(path)) == 2 and len(stored_ids(other)) == 1
     finally:
         await stop(service)
+
+
+# --------------------------------------------------------------------------- the memory bus waits for its subscribers
+
+
+@pytest.mark.reactor_free
+def test_the_memory_bus_fires_once_every_subscriber_deferred_has() -> None:
+    from sse_daemon.bus.memory import MemoryBus
+
+    bus = MemoryBus()
+    pending: list[defer.Deferred] = []
+
+    def slow(event: Event) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        pending.append(d)
+        return d
+
+    seen: list[Event] = []
+    bus.subscribe("S", slow)
+    bus.subscribe("S", seen.append)  # returns None: nothing to wait for
+    published = bus.publish("S", [Event({"n": 1}), Event({"n": 2})])
+    assert len(seen) == 2 and len(pending) == 2, "delivered at once, in order, to everyone"
+    assert not published.called
+    pending[0].callback(None)
+    assert not published.called, "one of two is not enough"
+    pending[1].callback(None)
+    assert published.called and published.result is None
+
+
+@pytest.mark.reactor_free
+def test_the_memory_bus_fails_with_the_subscribers_own_failure() -> None:
+    from sse_daemon.bus.memory import MemoryBus
+
+    bus = MemoryBus()
+    answers = [defer.fail(HistoryUnavailable("history file x: cannot commit: database or disk is full")), defer.succeed(None)]
+    bus.subscribe("S", lambda event: answers.pop(0))
+    outcome: list[object] = []
+    bus.publish("S", [Event({"n": 1}), Event({"n": 2})]).addErrback(outcome.append)
+    assert len(outcome) == 1 and outcome[0].check(HistoryUnavailable), "not gatherResults' FirstError"  # type: ignore[attr-defined]
+    assert bus.publish("T", [Event({"n": 1})]).called, "no subscriber, or none waiting: fired at once"
+
+
+# --------------------------------------------------------------------------- configuration and --check
+
+
+@pytest.mark.reactor_free
+@pytest.mark.parametrize(("extra", "path", "message"), [
+    ("bus: {type: redis}\n", "h.db", "the shared bus keeps every sink's history in Redis"),
+    ("", "nowhere/h.db", "does not exist"),
+    ("", "", "is a directory"),
+])
+def test_history_path_config_errors(tmp_path: Path, extra: str, path: str, message: str) -> None:
+    from sse_daemon.config.errors import ConfigError
+
+    text = config_text(tmp_path / path if path else tmp_path) + extra
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_files([str(write_config(tmp_path, text))])
+    assert "history.path" in str(raised.value)
+
+
+@pytest.mark.reactor_free
+def test_two_sinks_cannot_share_a_history_file_and_a_raw_sink_keeps_none(tmp_path: Path) -> None:
+    from sse_daemon.config.errors import ConfigError
+
+    text = config_text(tmp_path / "h.db") + (
+        f"  Other: {{type: sse-server, schema: 'n int', server.host: 127.0.0.1, server.port: 0, history.path: {tmp_path / 'h.db'}}}\n"
+        f"  Raw: {{type: sse-server, schema: 'n int', server.host: 127.0.0.1, server.port: 0, sse.format: raw, history.path: {tmp_path / 'r.db'}}}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_files([str(write_config(tmp_path, text))])
+    assert f"the history file {tmp_path / 'h.db'} is already used by sink 'Events'" in str(raised.value)
+    assert "a raw sink keeps no history" in str(raised.value)
+
+
+@pytest.mark.reactor_free
+@pytest.mark.parametrize(("on_corrupt", "code", "says"), [("refuse", 1, "would not start"), ("move-aside", 0, "would be renamed")])
+def test_check_reports_a_corrupt_file_and_what_the_option_would_do(tmp_path: Path, capsys, on_corrupt: str, code: int, says: str) -> None:
+    from sse_daemon.tap import Options
+
+    path = tmp_path / "events.db"
+    path.write_bytes(b"garbage" * 1000)
+    config = write_config(tmp_path, config_text(path, **{"history.on.corrupt": on_corrupt}))
+    with pytest.raises(SystemExit) as exited:
+        Options().parseOptions(["--config", str(config), "--check"])
+    assert exited.value.code == code
+    err = capsys.readouterr().err
+    assert str(path) in err and f"history.on.corrupt is {on_corrupt}" in err and says in err
+    assert path.read_bytes() == b"garbage" * 1000, "--check only reads"
+
+
+@pytest.mark.reactor_free
+def test_check_passes_a_good_file(tmp_path: Path, capsys) -> None:
+    from sse_daemon.tap import Options
+
+    path = tmp_path / "events.db"
+    store = HistoryFile(str(path))
+    store.open()
+    store.commit(frames(2), floor=0)
+    store.close()
+    with pytest.raises(SystemExit) as exited:
+        Options().parseOptions(["--config", str(write_config(tmp_path, config_text(path))), "--check"])
+    assert exited.value.code == 0 and capsys.readouterr().err == ""
+
+
+def test_the_daemon_refuses_to_start_on_a_corrupt_file_with_one_line(tmp_path: Path, capsys) -> None:
+    from sse_daemon.tap import Options, makeService
+
+    path = tmp_path / "events.db"
+    path.write_bytes(b"garbage" * 1000)
+    options = Options()
+    options.parseOptions(["--config", str(write_config(tmp_path, config_text(path)))])
+    with pytest.raises(SystemExit) as exited:
+        makeService(options, reactor)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "history.on.corrupt" in err and "Traceback" not in err

@@ -529,7 +529,7 @@ def _check_history_files(connectors: list[ConnectorDef[Any]], raws: Mapping[str,
             continue
         real = os.path.realpath(path)
         if real in owners:
-            issue(f"the history file {path} is already {owners[real].label}'s (at {owners[real].location}): give each sink its own file")
+            issue(f"the history file {path} is already used by {owners[real].label} (at {owners[real].location}): give each sink its own file")
             continue
         owners[real] = connector
         directory = os.path.dirname(os.path.abspath(path))

@@ -74,7 +74,10 @@ class HistoryStore:
         self.users -= 1
         if self.users > 0:
             return succeed(None)
-        done = self.run(self.file.close) if self.pool.started else succeed(None)
+        if not self.pool.started:  # never committed: no thread uses the file
+            self.file.close()
+            return succeed(None)
+        done = self.run(self.file.close)
 
         def stop(result: object) -> object:
             if self.pool.started:

@@ -11,9 +11,12 @@ Each reactor turn's events go in one transaction (:meth:`HistoryFile.commit`),
 with the deletions the bounds made: a group commit. ``synchronous=NORMAL`` in WAL
 mode: a commit is in the operating system's hands when it returns, so a SIGKILL
 (or any crash of the process) loses nothing committed; a power loss or kernel
-crash may lose the last commits (``FULL`` would fsync each one, at a cost measured
-in bench/). The file's directory needs to be writable (the ``-wal`` and ``-shm``
-files sit beside it).
+crash may lose the last commits. ``FULL`` would fsync every commit: measured on
+the development machine, 150 us per commit of ten 200-byte events with NORMAL
+against 420 us with FULL (on the file's own thread, but it caps the commits per
+second and lengthens every acknowledgement), for a guarantee the issue does not
+ask (power loss). The file's directory needs to be writable (the ``-wal`` and
+``-shm`` files sit beside it).
 
 Errors are our own: :class:`HistoryUnavailable` (disk full, I/O error, a
 directory gone) and :class:`HistoryCorrupt` (not a database, or damaged).
