@@ -12,8 +12,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= etc/sse-daemon.yaml
+# The example's state (its sink's history file, history.path: var/...): in the working tree,
+# its content ignored by git. `make clean` leaves it; `make clean-state` empties it.
+STATE := var
 
-.PHONY: install run check lint test test-tools clean
+.PHONY: install run check lint test test-tools clean clean-state
 
 install: $(STAMP)
 
@@ -25,10 +28,13 @@ $(STAMP): setup.py $(PACKAGE_DIRS)
 	$(BIN)/python -m pip install --quiet --config-settings editable_mode=strict -e '.[test]'
 	touch $(STAMP)
 
-run: install
+$(STATE):
+	mkdir -p $(STATE)
+
+run: install | $(STATE)
 	$(BIN)/twistd --nodaemon --pidfile= sse-daemon --config $(CONFIG)
 
-check: install
+check: install | $(STATE)
 	$(BIN)/twistd --nodaemon --pidfile= sse-daemon --config $(CONFIG) --check
 
 # Debian's chromium, chromium-driver, nginx and redis-server, for the browser,
@@ -47,3 +53,7 @@ test: lint test-tools
 
 clean:
 	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache
+
+# The example's history files: the next `make run` starts with an empty history.
+clean-state:
+	find $(STATE) -mindepth 1 ! -name .keep -delete

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py            # the full run (about 13 minutes), writes bench/RESULTS.md
     .venv/bin/python bench/run.py --quick    # tiny versions of every scenario (seconds)
+    .venv/bin/python bench/run.py --history  # history.path set against unset (about 3 minutes): its section of RESULTS.md
 
 Builds the C load client (bench/sseload.c, ``cc -O2``), then for each scenario and
 each server starts the server fresh (pinned to CPU 0 with taskset when there are two
@@ -88,6 +89,29 @@ def scenarios(quick: bool) -> list[Scenario]:
                  count=3000, rate=100, pad=8000, slow=1, max_seconds=35),
         Scenario("E", "E: 2 KiB events at 100/s to 100 subscribers, 10 s (median of 3 runs)", 100, count=1000, rate=100,
                  pad=2048, max_seconds=15, repeat=3),
+    ]
+
+
+def history_scenarios(quick: bool) -> list[Scenario]:
+    """``--history``: what keeping the history in a file costs. HP: the publish rate, what one keep-alive
+    publisher with 4 requests in flight gets acknowledged, with one subscriber (fan-out costs next to
+    nothing there). HF: fan-out at an offered rate both sustain, 100 subscribers: deliveries/s, latency
+    and CPU per delivery. HA: scenario A's load (as fast as possible), where publishing and fan-out share
+    the one CPU. Each run on a fresh server and a fresh file."""
+    if quick:
+        return [Scenario("HP", "HP: publish rate, 1 subscriber, small events as fast as possible", 1, count=200,
+                         pipeline=4, max_seconds=5, median_of="publish_rate"),
+                Scenario("HF", "HF: fan-out, 20 subscribers, 200 events/s", 20, count=100, rate=200, max_seconds=5,
+                         median_of="deliveries_per_s")]
+    return [
+        Scenario("HP", "HP: publish rate: 1 subscriber, 20,000 small events as fast as possible, 4 POSTs in flight "
+                 "(at most 40 s; median of 3 runs)", 1, count=20000, pipeline=4, max_seconds=40, repeat=3,
+                 median_of="publish_rate"),
+        Scenario("HF", "HF: fan-out: 100 subscribers, 500 events/s offered for 10 s (median of 3 runs by p99 latency)",
+                 100, count=5000, rate=500, max_seconds=15, repeat=3),
+        Scenario("HA", "HA: 100 subscribers, 20,000 small events as fast as possible (scenario A's load; at most 40 s; "
+                 "median of 3 runs)", 100, count=20000, pipeline=4, max_seconds=40, repeat=3,
+                 median_of="deliveries_per_s"),
     ]
 
 
@@ -282,6 +306,8 @@ class Daemon(Server):
     name = "sse-daemon"
     #: the sink's worker.count; above 1 the ingest gets a port of its own (the sink's is the workers')
     workers = 1
+    #: more options of the sink, as YAML flow-mapping entries (", key: value")
+    sink_extra = ""
 
     def start(self) -> None:
         config = self.workdir / "daemon.yaml"
@@ -291,7 +317,7 @@ class Daemon(Server):
             "  In: {type: http, stream: S, schema: 'm string', receiver.url: 'http://127.0.0.1:0/publish'}\n"
             "sinks:\n"
             "  S: {type: sse-server, stream: S, schema: 'm string', server.host: 127.0.0.1, server.port: 0,\n"
-            "      server.path: /sub, heartbeat.interval: 0, drain.window: 0" +
+            "      server.path: /sub, heartbeat.interval: 0, drain.window: 0" + self.sink_extra +
             (f", worker.count: {self.workers}" if self.workers > 1 else "") + "}\n"
         )
         self.log = self.workdir / "daemon.log"
@@ -342,6 +368,19 @@ class WorkerDaemon(Daemon):
     workers = 2
     pinned = False
     tree = True
+
+
+class HistoryFileDaemon(Daemon):
+    """The daemon with ``history.path`` on the sink: its history in a SQLite file (WAL) in the run's
+    temporary directory, and each POST answered once its events are committed there."""
+
+    name = "sse-daemon (history file)"
+
+    def start(self) -> None:
+        for stale in self.workdir.glob("history.sqlite3*"):  # each run starts with an empty file
+            stale.unlink()
+        self.sink_extra = f", history.path: '{self.workdir / 'history.sqlite3'}'"
+        super().start()
 
 
 class RedisDaemon(Daemon):
@@ -532,6 +571,9 @@ def run_one(server: Server, sc: Scenario, client: Path, pin_client: list[str], p
         connected = ready.get("connected", 0)
         if sc.count == 0 and connected:
             result["idle_kib_per_sub"] = round((rss_ready - rss_base) / connected, 2)
+        published = done.get("published", 0)
+        if published:
+            result["cpu_us_per_published"] = round(cpu / published * 1e6, 2)
         delivered = done.get("delivered", 0)
         if delivered:
             result["cpu_us_per_delivery"] = round(cpu / delivered * 1e6, 2)
@@ -876,8 +918,144 @@ def write_results(path: Path, res: dict[str, dict[str, dict[str, Any]]], scs: li
             lines += ["", reading.read_text().strip()]
     else:
         lines.append("No profile in this run (py-spy missing, `--no-profile`, or `--quick`).")
-    lines.append("")
+    kept = kept_history_section(path)
+    if kept:
+        lines += [kept, ""]
     path.write_text("\n".join(lines))
+
+
+# ---------------------------------------------------------------- the history file's section
+
+HISTORY_BEGIN = "<!-- history-file: begin (written by bench/run.py --history; a full run keeps it) -->"
+HISTORY_END = "<!-- history-file: end -->"
+HISTORY_ROWS = [  # (label, key, digits)
+    ("subscribers connected", ("ready", "connected"), 0),
+    ("events published (acknowledged 200)", "published", 0),
+    ("publish errors (not 200)", "publish_errors", 0),
+    ("publish rate: events/s acknowledged by ingest", "publish_rate", 1),
+    ("delivered", "delivered", 0),
+    ("loss: not delivered within 5 s after the last publish", "loss", 0),
+    ("delivered events/s", "deliveries_per_s", 0),
+    ("latency p50 (ms)", "lat_ms_p50", 2),
+    ("latency p99 (ms)", "lat_ms_p99", 2),
+    ("of the 3 runs, each one's figure that picked the median run", "runs", 1),
+    ("server CPU (s)", "server_cpu", 2),
+    ("server CPU per published event (µs)", "cpu_us_per_published", 2),
+    ("server CPU per delivery (µs)", "cpu_us_per_delivery", 2),
+    ("server peak RSS (KiB)", "rss_peak_kib", 0),
+    ("client CPU share of one core", "client_cpu_share", 2),
+]
+
+
+def history_targets(res: dict[str, dict[str, dict[str, Any]]]) -> list[tuple[str, str, str]]:
+    """(target, figure, verdict) for issue 14: fan-out unchanged, publish cost within 1.5x."""
+    mem, disk = res.get(Daemon.name, {}), res.get(HistoryFileDaemon.name, {})
+    out = []
+    hp, hpd = mem.get("HP") or {}, disk.get("HP") or {}
+    if hp.get("publish_rate") and hpd.get("publish_rate"):
+        cost = hp["publish_rate"] / hpd["publish_rate"]
+        out.append(("publish cost (time per acknowledged event) within 1.5× of in-memory",
+                    f"{cost:.2f}× ({fmt(hpd['publish_rate'], 0)}/s with the file, {fmt(hp['publish_rate'], 0)}/s without)",
+                    ("met" if cost <= 1.5 else "NOT met") + f" ({cost / 1.5:.0%} of the bound)"))
+    if hp.get("cpu_us_per_published") and hpd.get("cpu_us_per_published"):
+        c = hpd["cpu_us_per_published"] / hp["cpu_us_per_published"]
+        out.append(("(for reading) server CPU per published event, file against memory",
+                    f"{c:.2f}× ({hpd['cpu_us_per_published']:.1f} µs against {hp['cpu_us_per_published']:.1f} µs; "
+                    "the commits run on a thread of their own, counted here)", "—"))
+    hf, hfd = mem.get("HF") or {}, disk.get("HF") or {}
+    if hf.get("deliveries_per_s") and hfd.get("deliveries_per_s"):
+        x = hfd["deliveries_per_s"] / hf["deliveries_per_s"]
+        lost = (hfd.get("expected", 0) - hfd.get("delivered", 0))
+        out.append(("fan-out unchanged at an offered rate both sustain (HF: deliveries/s with the file ≥ 0.9× "
+                    "without, nothing lost; this VM varies ±10 % run to run)",
+                    f"{x:.2f}× ({fmt(hfd['deliveries_per_s'], 0)}/s with the file, {fmt(hf['deliveries_per_s'], 0)}/s "
+                    f"without; {lost} lost)", "met" if x >= 0.9 and lost == 0 else "NOT met"))
+        if hf.get("cpu_us_per_delivery") and hfd.get("cpu_us_per_delivery"):
+            out.append(("(for reading) HF: server CPU per delivery, p99 latency, file against memory",
+                        f"{hfd['cpu_us_per_delivery']:.2f} µs against {hf['cpu_us_per_delivery']:.2f} µs; "
+                        f"p99 {hfd.get('lat_ms_p99', 0):.2f} ms against {hf.get('lat_ms_p99', 0):.2f} ms", "—"))
+    ha, had = mem.get("HA") or {}, disk.get("HA") or {}
+    if ha.get("deliveries_per_s") and had.get("deliveries_per_s"):
+        x = had["deliveries_per_s"] / ha["deliveries_per_s"]
+        out.append(("(for reading) HA: deliveries/s at saturation, where each acknowledgement waits for its commit "
+                    "and the publisher for its acknowledgement",
+                    f"{x:.2f}× ({fmt(had['deliveries_per_s'], 0)}/s with the file, {fmt(ha['deliveries_per_s'], 0)}/s "
+                    "without)", "—"))
+    return out
+
+
+def history_section(res: dict[str, dict[str, dict[str, Any]]], scs: list[Scenario], info: dict[str, Any]) -> str:
+    m = info["machine"]
+    servers = [Daemon.name, HistoryFileDaemon.name]
+    lines = [
+        HISTORY_BEGIN,
+        "## History on disk: `history.path` set against unset",
+        "",
+        f"Written by `bench/run.py --history{' --quick' if info['quick'] else ''}` on {info['date']} "
+        f"(took {info['seconds']:.0f} s), both servers in the same run"
+        f"{' (QUICK run: tiny scenarios, figures are not meaningful)' if info['quick'] else ''}.",
+        "",
+        f"- Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; Python {m['python']}, Twisted {m['twisted']}; "
+        f"load average before: {info['load_before']}, after: {m['load']}; pinning: {info['pinning']}.",
+        f"- `{Daemon.name}`: as above (history in memory). `{HistoryFileDaemon.name}`: the same daemon with "
+        "`history.path` on the sink: a SQLite file in WAL mode (`synchronous=NORMAL`) in the run's temporary "
+        f"directory ({info.get('history_fs', '?')}), written on a thread of its own, one transaction per reactor turn; "
+        "each POST is answered 200 only once its event is committed. Every run starts a fresh server on a fresh file.",
+        "- The load client is `bench/sseload.c` as above: one keep-alive publisher with 4 POSTs in flight, one "
+        "event per POST. The publish rate is acknowledged events per second as that publisher sees them.",
+        "",
+        "| target | figure | verdict |",
+        "|---|---|---|",
+    ]
+    for target, figure, verdict in history_targets(res):
+        lines.append(f"| {target} | {figure} | {verdict} |")
+    lines.append("")
+    for sc in scs:
+        head = ["figure", *servers, "file / memory"]
+        lines += [f"### {sc.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for label, key, nd in HISTORY_ROWS:
+            vals = [get(res.get(s, {}).get(sc.key), key) for s in servers]
+            if all(v is None for v in vals):
+                continue
+            cells = [fmt(int(round(v)) if isinstance(v, float) and nd == 0 else v, nd) for v in vals]
+            lines.append("| " + " | ".join([label, *cells, ratio(vals[1], vals[0])]) + " |")
+        for s in servers:
+            err = (res.get(s, {}).get(sc.key) or {}).get("error")
+            if err:
+                lines.append(f"\n{s}: failed: {err}")
+        lines.append("")
+    lines.append(HISTORY_END)
+    return "\n".join(lines)
+
+
+def filesystem(path: Path) -> str:
+    """The type of the file system ``path`` is on and its device, from /proc/mounts (the longest mount prefix)."""
+    best = ("?", "?", "")
+    try:
+        for line in open("/proc/mounts"):
+            device, mount, kind = line.split()[:3]
+            if str(path).startswith(mount.rstrip("/") + "/") and len(mount) >= len(best[2]):
+                best = (kind, device, mount)
+    except OSError:
+        pass
+    return f"{best[0]} on {best[1]}, not tmpfs" if best[0] != "tmpfs" else "tmpfs: in memory, the figures flatter the file"
+
+
+def kept_history_section(path: Path) -> str | None:
+    """The history file's section of an existing results file, for a full run to keep."""
+    if not path.exists():
+        return None
+    text = path.read_text()
+    begin, end = text.find(HISTORY_BEGIN), text.find(HISTORY_END)
+    return text[begin:end + len(HISTORY_END)] if begin >= 0 and end > begin else None
+
+
+def put_history_section(path: Path, section: str) -> None:
+    """Writes ``section`` into ``path`` in place of the one there, or at the end."""
+    text = path.read_text() if path.exists() else "# Fan-out benchmark results\n"
+    old = kept_history_section(path)
+    text = text.replace(old, section) if old else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
 
 
 # ---------------------------------------------------------------- main
@@ -909,6 +1087,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated; default all but the redis bus one")
     ap.add_argument("--only", default="", help="comma-separated scenario keys (A,B200,B20,C1k,C5k,C10k,Dref,D,E)")
     ap.add_argument("--out", type=Path, default=None, help="results file (default bench/RESULTS.md; --quick: a temp file)")
+    ap.add_argument("--history", action="store_true",
+                    help="history.path set against unset: publish rate and fan-out on the daemon with and without a "
+                         "history file; writes only that section of the results file")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy run of scenario A")
     ap.add_argument("--keep-workdir", action="store_true",
                     help="keep the temporary directory: the client, and each run's server log as logs/<server>-<scenario>.log")
@@ -930,7 +1111,9 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
         classes: dict[str, type[Server]] = {
             "sse-daemon": Daemon, WorkerDaemon.name: WorkerDaemon, "sse-starlette": Starlette, "Nchan": Nchan,
-            "sse-daemon (redis bus)": RedisDaemon}
+            "sse-daemon (redis bus)": RedisDaemon, HistoryFileDaemon.name: HistoryFileDaemon}
+        if args.history:
+            wanted = [Daemon.name, HistoryFileDaemon.name]
         if two and any(not classes[n].pinned for n in wanted if n in classes):
             unpinned = ", ".join(n for n in wanted if n in classes and not classes[n].pinned)
             pinning += (f"; except {unpinned}: the server is NOT pinned (twistd and its worker processes run on "
@@ -946,7 +1129,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"Nchan skipped: {why}.")
                 continue
             servers.append(name)
-        scs = scenarios(args.quick)
+        scs = history_scenarios(args.quick) if args.history else scenarios(args.quick)
         if args.only:
             keys = set(args.only.split(","))
             scs = [s for s in scs if s.key in keys]
@@ -975,7 +1158,7 @@ def main(argv: list[str] | None = None) -> int:
                 shown.update({k: r[k] for k in ("cpu_by_process", "sockets_by_process", "worker_restarts") if k in r})
                 print("bench:   " + json.dumps(shown), file=sys.stderr, flush=True)
         profile = None
-        if not args.quick and not args.no_profile and "sse-daemon" in servers and any(s.key == "A" for s in scs):
+        if not args.quick and not args.no_profile and not args.history and "sse-daemon" in servers and any(s.key == "A" for s in scs):
             sc = next(s for s in scs if s.key == "A")
             print("bench: profiling the daemon under A ...", file=sys.stderr, flush=True)
             for stale in (BENCH / "profile.svg", BENCH / "profile.txt"):
@@ -988,8 +1171,14 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or (work / "RESULTS.md" if args.quick else BENCH / "RESULTS.md")
         info = {"machine": machine(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "quick": args.quick, "seconds": time.monotonic() - started, "load_before": load_before, "pinning": pinning}
-        write_results(out, res, scs, servers, info, notes, profile)
-        out.with_suffix(".json").write_text(json.dumps({"info": info, "results": res}, indent=1))
+        if args.history:
+            info["history_fs"] = filesystem(work)
+            put_history_section(out, history_section(res, scs, info))
+            figures = out.with_name(out.stem + "-history.json")
+        else:
+            write_results(out, res, scs, servers, info, notes, profile)
+            figures = out.with_suffix(".json")
+        figures.write_text(json.dumps({"info": info, "results": res}, indent=1))
         print(f"bench: wrote {out}", file=sys.stderr)
         if args.quick and args.out is None:
             sys.stdout.write(out.read_text())

@@ -20,14 +20,16 @@ CREATE SOURCE  ListenStream WITH (type='sse', map.type="json", receiver.url='htt
 -- an HTTP ingest: POST JSON to publish into PublishStream
 CREATE SOURCE Publish WITH (type='http', stream='PublishStream', receiver.url='http://127.0.0.1:8020/publish');
 
--- the spec's sink example, listening on 127.0.0.1 only; its stream is declared above,
--- so the attribute list "(param1 string)" of the spec's statement is not repeated here
+-- the spec's sink example, listening on 127.0.0.1 only, with its history on disk
+-- (docs/durability.md); its stream is declared above, so the attribute list
+-- "(param1 string)" of the spec's statement is not repeated here
 CREATE SINK PublishStream WITH (
     type='sse-server',
     map.type="json",
     server.host='127.0.0.1',
     server.port='8020',
-    server.path='testsse'
+    server.path='testsse',
+    history.path='var/PublishStream.sqlite3'
 );
 
 -- every event the source received, in the daemon's log
