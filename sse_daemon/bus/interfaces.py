@@ -19,7 +19,9 @@ from sse_daemon.events.schema import Event
 
 #: ``subscriber(event)``: None when it is done with the event, or a Deferred that fires once it is
 #: (a sink with a history file: once the event is committed; a route: once the target stream has it);
-#: a bus that delivers in-process makes its publish wait for it (IBus.publish)
+#: a bus that delivers in-process makes its publish wait for it (IBus.publish). The same Deferred may
+#: come back for several events (a sink's batch) and be awaited by several publishes: a bus observes
+#: it without taking its result
 Subscriber = Callable[[Event], Deferred | None]
 
 

@@ -43,6 +43,21 @@ def _nothing(_: object) -> None:
     return None
 
 
+def _observe(shared: Deferred) -> Deferred:
+    """A Deferred of our own with ``shared``'s outcome, leaving that outcome to its other observers
+    (a subscriber's Deferred may be awaited by several publishes)."""
+    mine: Deferred = Deferred()
+
+    def copy(result: object) -> object:
+        if isinstance(result, Failure):
+            mine.errback(result)
+        else:
+            mine.callback(result)
+        return result
+    shared.addBoth(copy)
+    return mine
+
+
 def _first_failure(failure: Failure) -> Failure:
     """A subscriber's own failure (HistoryUnavailable, ...), not gatherResults' wrapper."""
     if isinstance(failure.value, FirstError):
@@ -81,7 +96,7 @@ class MemoryBus:
     def publish(self, stream: str, events: Iterable[Event]) -> Deferred:
         # Copy: a subscriber may cancel (or add) subscriptions while we deliver.
         subscriptions = tuple(self._subscriptions.get(stream, ()))
-        waits: list[Deferred] = []
+        waits: dict[int, Deferred] = {}  # by identity: a durable sink gives every event of a batch the same one
         for event in events:
             for subscription in subscriptions:
                 try:
@@ -89,11 +104,14 @@ class MemoryBus:
                 except Exception:
                     subscriber_failed(self.log, self.failures, stream, subscription.subscriber)
                 else:
-                    if result is not None:
-                        waits.append(result)
+                    if result is not None and id(result) not in waits:
+                        waits[id(result)] = result
         if not waits:
             return succeed(None)
-        return gatherResults(waits, consumeErrors=True).addCallbacks(_nothing, _first_failure)
+        observed = [_observe(wait) for wait in waits.values()]
+        if len(observed) == 1:
+            return observed[0].addCallback(_nothing)
+        return gatherResults(observed, consumeErrors=True).addCallbacks(_nothing, _first_failure)
 
     def subscriber_count(self, stream: str) -> int:
         return len(self._subscriptions.get(stream, ()))

@@ -104,7 +104,8 @@ class SseSink:
         self.clock = clock
         self.counters: Counter[str] = Counter()
         #: the history file's writer (history.path), or None: the history lives in memory only
-        self.durable = DurableHistory(history_store, connector.name, self.counters) if history_store is not None else None
+        self.durable = (DurableHistory(history_store, connector.name, self.counters, self._committed)
+                        if history_store is not None else None)
         if history is None:
             history = self.durable.start_history(connector.options, clock) if self.durable is not None else own_history(connector.options, clock)
         self.history = history
@@ -144,9 +145,12 @@ class SseSink:
                 self.ids.above(event_id)
 
     def stop_writing(self) -> Deferred:
-        """Commit this turn and let go of the history file (closed by its last user once every commit is done)."""
+        """Commit what is held and let go of the history file (closed by its last user once every commit is done)."""
         self.flush()
-        return self.durable.store.release() if self.durable is not None else succeed(None)
+        if self.durable is None:
+            return succeed(None)
+        store = self.durable.store
+        return self.durable.settled().addCallback(lambda _: store.release())
 
     # -- from the bus
     def publish(self, event: Event) -> Deferred | None:
@@ -175,17 +179,24 @@ class SseSink:
         """Keep an encoded event in history and send it to every subscriber at the end of
         this reactor turn, together with the others of the turn (one write per subscriber).
         With a history file: the Deferred of the turn's commit."""
-        committed = None
+        if event_id is not None and self.durable is not None and self.durable.writing:
+            return self.durable.add(event_id, frame, self.clock.seconds(), ingress)  # kept and sent once committed
+        self._keep(event_id, frame, None, ingress)
+        return None
+
+    def _committed(self, entries: list[tuple[int, float, bytes, float | None]]) -> None:
+        """A batch is in the history file: now it is kept and sent, in order."""
+        for event_id, at, frame, ingress in entries:
+            self._keep(event_id, frame, at, ingress)
+
+    def _keep(self, event_id: Any, frame: bytes, at: float | None, ingress: float | None) -> None:
         if event_id is not None:
-            self.history.append(event_id, frame)
+            self.history.append(event_id, frame, at)
             self.resumes.live(event_id, frame)
-            if self.durable is not None:
-                committed = self.durable.add(event_id, frame, self.clock.seconds())
         if self.forward is not None:
             self.forward(None if event_id is None else self.history.show(event_id), frame)
         self.counters["events_in"] += 1
         self.batch.add(frame, ingress)
-        return committed
 
     def wire(self, frames: list[bytes]) -> bytes:
         """Frames as HTTP chunks (batching.py)."""
@@ -194,8 +205,6 @@ class SseSink:
     def flush(self) -> None:
         """Write this turn's events: encoded and chunk-framed once, the same bytes to everyone."""
         frames, ingress = self.batch.take()
-        if self.durable is not None:
-            self.durable.commit(self.history.floor)  # one group commit for the turn, on the file's thread
         if frames and self.subscribers:  # no subscribers: a sink whose workers serve it, or an idle one
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             chunked = self.wire(frames)

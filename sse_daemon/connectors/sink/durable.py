@@ -126,16 +126,26 @@ class HistoryFiles:
 
 
 class DurableHistory:
-    """A sink's side of its history file: its start, and one commit per reactor turn."""
+    """A sink's side of its history file: its start, and its group commits.
 
-    def __init__(self, store: HistoryStore, name: str, counters: Counter[str]) -> None:
+    Events are held until their commit: one per reactor turn, or, while a commit is under
+    way, one for everything that arrived meanwhile. ``on_committed`` then gets them (the sink
+    keeps and sends them); a refused batch is not kept nor sent, its publishers get 503."""
+
+    def __init__(self, store: HistoryStore, name: str, counters: Counter[str],
+                 on_committed: Callable[[list[tuple[int, float, bytes, float | None]]], None]) -> None:
         self.store = store
         self.name = name
         self.counters = counters
-        self.pending: list[tuple[int, float, bytes]] = []
-        self.waiters: list[Deferred] = []
-        self.committed_floor: Any = None
+        #: events waiting for their commit: (id, at, frame, ingress)
+        self.pending: list[tuple[int, float, bytes, float | None]] = []
         self.history: History | None = None
+        #: called with a batch's events once they are in the file: the sink keeps and sends them then
+        self.on_committed = on_committed
+        self._batch: Deferred | None = None  # the pending batch's Deferred
+        self._writing: Deferred | None = None  # the commit under way
+        self._writing_entries: list[tuple[int, float, bytes, float | None]] = []  # and its events
+        self._turn: Any = None  # the call that commits at the end of this reactor turn
         self._failing = 0
 
     def start_history(self, options: SseServerOptions, clock: IReactorTime) -> History:
@@ -154,7 +164,6 @@ class DurableHistory:
         for event_id, at, frame in entries:
             history.append(event_id, frame, at)
         self.history = history
-        self.committed_floor = floor
         return history
 
     def take_over(self) -> list[tuple[Any, bytes, float]]:
@@ -164,50 +173,81 @@ class DurableHistory:
         if previous is None or previous is self or previous.history is None or self.history is None:
             return []
         newest = self.history.newest
-        return [entry for entry in previous.history.entries() if newest is None or entry[0] > newest]
+        kept = [entry for entry in previous.history.entries() if newest is None or entry[0] > newest]
+        # held by the previous writer for its commit (it still commits them, and answers their publishers)
+        held = [(i, frame, at) for i, at, frame, _ in (*previous._writing_entries, *previous.pending)
+                if newest is None or i > newest]
+        return kept + held
 
     @property
     def writing(self) -> bool:
         return self.store.writer is self
 
-    def add(self, event_id: int, frame: bytes, at: float) -> Deferred | None:
-        """An event of this turn: a Deferred that fires once it is committed (None when another
-        sink writes the file now: this one is draining after a reload)."""
-        if not self.writing:
-            return None
-        self.pending.append((event_id, at, frame))
-        waiter: Deferred = Deferred()
-        self.waiters.append(waiter)
-        return waiter
+    def add(self, event_id: int, frame: bytes, at: float, ingress: float | None) -> Deferred:
+        """Hold an event until it is committed: the Deferred of its batch (the same object for every
+        event of the batch), which fires once the batch is in the file and fails with
+        HistoryUnavailable when it could not be written. Only the writer adds (see ``writing``)."""
+        self.pending.append((event_id, at, frame, ingress))
+        if self._batch is None:
+            self._batch = Deferred()
+        if self._turn is None:  # one commit for all of this turn's events, at its end
+            self._turn = self.store.reactor.callLater(0, self._end_of_turn)
+        return self._batch
 
-    def commit(self, floor: Any) -> Deferred | None:
-        """This turn's events and the floor the bounds reached, in one transaction on the file's thread."""
-        if not self.writing or (not self.pending and floor == self.committed_floor):
-            return None
-        entries, self.pending = self.pending, []
-        waiters, self.waiters = self.waiters, []
-        self.committed_floor = floor
-        done = self.store.run(self.store.file.commit, entries, floor)
-        done.addCallbacks(self._committed, self._failed, (waiters,), errbackArgs=(waiters, len(entries)))
+    def _end_of_turn(self) -> None:
+        self._turn = None
+        self.commit()
+
+    def settled(self) -> Deferred:
+        """Fires once every event held has been committed (or refused)."""
+        self.commit()
+        if self._writing is None:
+            return succeed(None)
+        done: Deferred = Deferred()
+
+        def again(result: object) -> object:
+            self.settled().chainDeferred(done)
+            return result
+        self._writing.addBoth(again)
         return done
 
-    def _committed(self, _: object, waiters: list[Deferred]) -> None:
+    def commit(self) -> None:
+        """Write what is pending in one transaction on the file's thread, unless a commit is under
+        way: then what arrives meanwhile waits and goes in the next one (group commit: the busier
+        the sink, the more events share a transaction)."""
+        if self._writing is not None or not self.pending:
+            return
+        entries, self.pending = self.pending, []
+        self._writing_entries = entries
+        batch, self._batch = self._batch, None
+        floor = self.history.floor if self.history is not None else None
+        self._writing = self.store.run(self.store.file.commit, [(i, at, frame) for i, at, frame, _ in entries], floor)
+        self._writing.addCallbacks(self._committed, self._failed, (entries, batch), errbackArgs=(entries, batch))
+        self._writing.addBoth(self._next)
+
+    def _next(self, _: object) -> None:
+        self._writing = None
+        self._writing_entries = []
+        self.commit()
+
+    def _committed(self, _: object, entries: list[tuple[int, float, bytes, float | None]], batch: Deferred | None) -> None:
         if self._failing:
             log.info("history file {path} of sink {sink} takes events again (after {count} failed commits)",
                      path=self.store.path, sink=self.name, count=self._failing)
             self._failing = 0
-        for waiter in waiters:
-            waiter.callback(None)
+        self.on_committed(entries)
+        if batch is not None:
+            batch.callback(None)
 
-    def _failed(self, failure: Failure, waiters: list[Deferred], count: int) -> None:
-        self.committed_floor = None  # the next commit writes the floor again
+    def _failed(self, failure: Failure, entries: list[tuple[int, float, bytes, float | None]], batch: Deferred | None) -> None:
         self.counters["history_commit_failures"] += 1
         self._failing += 1
         error = failure.value if isinstance(failure.value, HistoryUnavailable) else HistoryUnavailable(
             f"history file {self.store.path}: {failure.getErrorMessage()}")
         if should_log(self.counters["history_commit_failures"]):
-            log.warn("sink {sink} could not save {count} events: {error}; their publishers are answered 503 "
-                     "({failures} failed commits so far)", sink=self.name, count=count, error=str(error),
-                     failures=self.counters["history_commit_failures"])
-        for waiter in waiters:
-            waiter.errback(Failure(error))
+            log.warn("sink {sink} could not save {count} events: {error}; their publishers are answered 503 and "
+                     "no subscriber gets them ({failures} failed commits so far)", sink=self.name, count=len(entries),
+                     error=str(error), failures=self.counters["history_commit_failures"])
+        if batch is not None:
+            batch.errback(Failure(error))
+            batch.addErrback(lambda _: None)  # every publish waiting on it has seen the failure by now
