@@ -63,10 +63,12 @@ class Options(usage.Options):
             raise SystemExit(1) from None
         if self["check"]:
             problems = history_file_problems(self.loaded)
-            sys.stdout.write(self.loaded.summary() + "\n")
+            fatal = any(refused for _, refused in problems)
+            if not fatal:  # "configuration OK" only when the daemon would start
+                sys.stdout.write(self.loaded.summary() + "\n")
             for line, _ in problems:
                 sys.stderr.write(line + "\n")
-            raise SystemExit(1 if any(fatal for _, fatal in problems) else 0)
+            raise SystemExit(1 if fatal else 0)
 
     def _logging(self) -> None:
         """Make --log-format/--log-level work under twistd, which has neither.

@@ -483,8 +483,9 @@ def test_check_reports_a_corrupt_file_and_what_the_option_would_do(tmp_path: Pat
     with pytest.raises(SystemExit) as exited:
         Options().parseOptions(["--config", str(config), "--check"])
     assert exited.value.code == code
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert str(path) in err and f"history.on.corrupt is {on_corrupt}" in err and says in err
+    assert ("configuration OK" in out) == (code == 0), "OK is said only when the daemon would start"
     assert path.read_bytes() == b"garbage" * 1000, "--check only reads"
 
 

@@ -78,9 +78,12 @@ class HistoryFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self.connection: sqlite3.Connection | None = None
+        #: (newest, floor) as this object last wrote or read them (it is the file's only writer), or None
+        self._known: tuple[int | None, int | None] | None = None
 
     def open(self) -> None:
         """Open (or create) the file, check it and set WAL mode. HistoryCorrupt for a bad file."""
+        self._known = None
         try:
             # the dedicated thread is not the one that built this object: one thread at a time uses it
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -151,28 +154,34 @@ class HistoryFile:
         except sqlite3.Error as e:
             raise _mapped(e, self.path, "cannot load") from None
         kept.reverse()
+        self._known = (newest, floor)
         return Tail(tuple(kept), floor, newest)
 
     def commit(self, entries: Sequence[tuple[int, float, bytes]], floor: int | None) -> None:
         """One turn: insert ``entries`` (id, arrival time, frame), delete every id at or below
         ``floor`` (what the bounds evicted) and keep the floor, in one transaction."""
         db = self._db()
+        newest, kept_floor = self._known if self._known is not None else (self._meta(db, "newest"), self._meta(db, "floor"))
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if entries:
                     db.executemany("INSERT OR REPLACE INTO events (id, at, frame) VALUES (?, ?, ?)", entries)
-                    self._set(db, "newest", max(entries[-1][0], self._meta(db, "newest") or entries[-1][0]))
-                if floor is not None:
+                    newest = entries[-1][0] if newest is None else max(newest, entries[-1][0])
+                    self._set(db, "newest", newest)
+                if floor is not None and floor != kept_floor:  # the bounds evicted more since the last commit
                     db.execute("DELETE FROM events WHERE id <= ?", (floor,))
                     self._set(db, "floor", floor)
+                    kept_floor = floor
                 db.execute("COMMIT")
             except BaseException:
+                self._known = None  # read them again from the file next time
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
             raise _mapped(e, self.path, "cannot commit") from None
+        self._known = (newest, kept_floor)
 
     def close(self) -> None:
         if self.connection is not None:
