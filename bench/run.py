@@ -999,7 +999,7 @@ def history_section(res: dict[str, dict[str, dict[str, Any]]], scs: list[Scenari
         f"load average before: {info['load_before']}, after: {m['load']}; pinning: {info['pinning']}.",
         f"- `{Daemon.name}`: as above (history in memory). `{HistoryFileDaemon.name}`: the same daemon with "
         "`history.path` on the sink: a SQLite file in WAL mode (`synchronous=NORMAL`) in the run's temporary "
-        f"directory ({info.get('history_fs', '?')}), written on a thread of its own, one transaction per reactor turn; "
+        f"directory ({info.get('history_fs', '?')}), written on a thread of its own, one transaction per reactor turn, or for everything that arrived while the previous one was under way; "
         "each POST is answered 200 only once its event is committed. Every run starts a fresh server on a fresh file.",
         "- The load client is `bench/sseload.c` as above: one keep-alive publisher with 4 POSTs in flight, one "
         "event per POST. The publish rate is acknowledged events per second as that publisher sees them.",

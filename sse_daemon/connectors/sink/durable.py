@@ -3,23 +3,25 @@
 The file (historyfile.py) is used from one dedicated thread per file
 (:class:`HistoryStore`), so the reactor never waits on the disk. A sink with a
 file (:class:`DurableHistory`) starts from what the file holds (its ids go on
-above the newest there), and writes each reactor turn's events in one commit:
-every publish of that turn gets a Deferred that fires once the commit is done,
+above the newest there), and writes each reactor turn's events in one commit
+(or, while a commit is under way, everything that arrives meanwhile in the next):
+every publish of those events gets a Deferred that fires once the commit is done,
 and fails with :class:`~sse_daemon.connectors.sink.historyfile.HistoryUnavailable`
 when it failed (the bus fails the publish with it: ingest answers 503,
 ``history-unavailable``). The next commit that succeeds recovers; nothing is
 retried by the daemon (the publisher retries).
 
-Fan-out is unchanged: live subscribers get a turn's events at its end, without
-waiting for the commit. So a subscriber may see an event whose commit failed
-(its publisher got a 503 and may send it again, under a new id); it stays in
-this run's memory (a resume replays it) but not in the file, so after a restart
-it is gone, and a client that resumes from its id gets what follows it.
+An event is kept in the sink's memory history and sent to its subscribers (and
+its workers) only once its commit is done: one whose commit failed reaches no
+one, so its publisher, told 503, may send it again without anyone seeing it
+twice. Subscribers get events one commit later than without a file; fan-out
+itself is unchanged (frames are still encoded once and written per turn).
 
 One store per path in the process (:class:`HistoryFiles`): a sink restarted by
 a reload with the same ``history.path`` shares its predecessor's store, takes
 over as its only writer when it starts (the old one, draining, writes no more)
-and first copies what the old one kept meanwhile.
+and first copies what the old one kept meanwhile and what it still holds for its
+commit (the old one commits those and answers their publishers).
 """
 
 from __future__ import annotations
