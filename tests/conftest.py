@@ -187,6 +187,19 @@ def header(raw: bytes, name: str) -> str | None:
     return None
 
 
+def next_response(buffer: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """The first whole response (with a Content-Length) of kept-alive answers read so far:
+    (head, body, what follows), or None while it is incomplete."""
+    if b"\r\n\r\n" not in buffer:
+        return None
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    head += b"\r\n\r\n"
+    length = int(header(head, "Content-Length") or 0)
+    if len(rest) < length:
+        return None
+    return head, rest[:length], rest[length:]
+
+
 async def subscribe(port: int, path: str = "/events", headers: str = "") -> RawHttpClient:
     """Open an SSE stream and wait for the head and opening comment."""
     client = await raw_request(port, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n{headers}\r\n".encode())

@@ -32,7 +32,7 @@ from sse_daemon.events.schema import Event
 from sse_daemon.daemon.service import DaemonService
 
 from .test_tls import pki, tls_subscribe  # noqa: F401 (pki is a fixture)
-from .conftest import RawHttpClient, TwistdProcess, deadline, header, sleep, status, subscribe, twistd_command, wait_for, write_config
+from .conftest import RawHttpClient, TwistdProcess, deadline, header, next_response, sleep, status, subscribe, twistd_command, wait_for, write_config
 
 # --------------------------------------------------------------------------- pure bookkeeping
 
@@ -627,14 +627,10 @@ class KeepAlivePublisher(RawHttpClient):
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
         self._buffer += data
-        while b"\r\n\r\n" in self._buffer:
-            head, _, rest = self._buffer.partition(b"\r\n\r\n")
-            length = int(header(head + b"\r\n\r\n", "Content-Length") or 0)
-            if len(rest) < length:
-                return
-            self._buffer = rest[length:]
+        while (response := next_response(self._buffer)) is not None:
+            head, _, self._buffer = response
             assert self.pending is not None
-            self.answers.append((self.pending, status(head), head + b"\r\n\r\n"))
+            self.answers.append((self.pending, status(head), head))
             if status(head) != 200 or self.sent >= self.limit:
                 self.transport.loseConnection()
                 return

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-from .conftest import DEADLINE, RawHttpClient, TwistdProcess, deadline, header, raw_request, status, subscribe, \
+from .conftest import DEADLINE, RawHttpClient, next_response, TwistdProcess, deadline, header, raw_request, status, subscribe, \
     twistd_command, wait_for, write_config
 from .test_sink import messages
 
@@ -157,14 +157,10 @@ class Publisher(RawHttpClient):
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
         self._buffer += data
-        while b"\r\n\r\n" in self._buffer:
-            head, _, rest = self._buffer.partition(b"\r\n\r\n")
-            length = int(header(head + b"\r\n\r\n", "Content-Length") or 0)
-            if len(rest) < length:
-                return
-            self._buffer = rest[length:]
+        while (response := next_response(self._buffer)) is not None:
+            head, body, self._buffer = response
             assert self.pending is not None
-            self.answers.append((self.pending, status(head), head + b"\r\n\r\n" + rest[:length]))
+            self.answers.append((self.pending, status(head), head + body))
             self.pending = None
             if status(head) != 200 or self.stopping:
                 self.transport.loseConnection()
