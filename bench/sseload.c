@@ -1,12 +1,15 @@
 /* sseload: an SSE load client that is not the bottleneck.
  *
  * One process, one epoll loop for N subscriber connections (HTTP/1.1, chunked or
- * not, LF or CRLF lines), plus one publisher thread that POSTs events over a
- * keep-alive connection. Every published body is the same JSON for every server:
+ * not, LF or CRLF lines), plus publisher threads (--publishers, 1 by default),
+ * each POSTing its share of the events over a keep-alive connection of its own.
+ * Every published body is the same JSON for every server:
  *     {"m":"@<seq>@<t_us>@<padding>"}
  * and each server relays it inside its `data:` line, so a subscriber finds
  * "@seq@t_us@" in the line and computes the end-to-end latency from the
- * publisher's send (CLOCK_MONOTONIC, same process) to its own read.
+ * publisher's send (CLOCK_MONOTONIC, same process) to its own read. With P
+ * publishers, publisher p sends seq = i * P + p for its i-th event: gaps and
+ * duplicates are counted per publisher (the order between connections is free).
  *
  * Protocol with the driver (bench/run.py):
  *   1. connect the subscribers; print one JSON line {"phase":"ready",...}
@@ -49,7 +52,9 @@ static long count = 1000;      /* events to publish */
 static double rate = 0;        /* events/s; 0 = as fast as possible */
 static double max_seconds = 60; /* publisher stops after this */
 static int pad = 0;            /* padding bytes in each event */
-static int pipeline = 1;       /* requests in flight on the publisher connection */
+static int pipeline = 1;       /* requests in flight on each publisher connection */
+#define MAX_PUBLISHERS 64
+static int npubs = 1;          /* publisher connections, one thread each */
 static double drain_seconds = 5; /* after the last publish, wait this long at most */
 static double connect_seconds = 120;
 static int max_pending = 200;  /* subscriptions in flight at once: connect to response head */
@@ -91,7 +96,7 @@ typedef struct {
     int fd, state, slow, chunked, cstate;
     long cleft;
     long events;
-    int64_t last_seq;
+    int64_t last_seq[MAX_PUBLISHERS]; /* per publisher */
     long gaps, dups;
     size_t hlen, llen;
     char *head;   /* response head being read */
@@ -104,8 +109,8 @@ static long total_events = 0, connected = 0, failed = 0, closed_early = 0, slow_
 static int epfd;
 static int pending = 0; /* subscriptions between connect() and their response head */
 
-static volatile long published = 0, pub_errors = 0;
-static volatile int pub_done = 0;
+static volatile long published = 0, pub_errors = 0; /* over all publishers (atomic adds) */
+static volatile int pub_done = 0;                    /* every publisher has ended */
 static volatile double pub_started = 0, pub_ended = 0;
 static int64_t last_event_us = 0;
 
@@ -126,9 +131,10 @@ static void on_line(sub_t *s, char *p, size_t n) {
     last_event_us = t;
     s->events++;
     total_events++;
-    if (seq <= s->last_seq) s->dups++;
-    else if (seq != s->last_seq + 1 && s->last_seq >= 0) s->gaps += seq - s->last_seq - 1;
-    s->last_seq = seq;
+    int64_t *last = &s->last_seq[seq % npubs], i = seq / npubs;
+    if (i <= *last) s->dups++;
+    else if (i != *last + 1 && *last >= 0) s->gaps += i - *last - 1;
+    *last = i;
 }
 
 static void feed_sse(sub_t *s, const char *p, size_t n) {
@@ -213,7 +219,7 @@ static int started_connects = 0;
 static void start_connect(int i) {
     sub_t *s = &subs[i];
     memset(s, 0, sizeof *s);
-    s->last_seq = -1;
+    for (int p = 0; p < MAX_PUBLISHERS; p++) s->last_seq[p] = -1;
     s->slow = i < nslow;
     s->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (s->fd < 0) { perror("socket"); s->state = S_DEAD; failed++; return; }
@@ -309,25 +315,26 @@ static int http_read_response(int fd, char *buf, size_t cap, size_t *have) {
 }
 
 static void *publisher(void *arg) {
-    (void)arg;
+    long me = (long)arg;
+    long mine = count / npubs + (me < count % npubs); /* this publisher's share of the events */
+    double my_rate = rate / npubs;
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(pub_port ? pub_port : port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { perror("publisher connect"); pub_done = 1; return NULL; }
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { perror("publisher connect"); __sync_fetch_and_add(&pub_errors, 1); return NULL; }
     char *padding = malloc(pad + 1);
     memset(padding, 'x', pad); padding[pad] = 0;
     size_t cap = 1 << 16;
     char *resp = malloc(cap), *req = malloc(pad + 1024);
     size_t have = 0;
-    double t0 = now_s();
-    pub_started = t0;
+    double t0 = pub_started;
     long sent = 0, done = 0;
-    while (done < count) {
-        while (sent < count && sent - done < pipeline) {
-            if (rate > 0) {
-                double due = t0 + sent / rate, t = now_s();
+    while (done < mine) {
+        while (sent < mine && sent - done < pipeline) {
+            if (my_rate > 0) {
+                double due = t0 + sent / my_rate, t = now_s();
                 if (due > t) {
                     if (sent > done) break; /* read what is in flight first */
                     struct timespec d = {(time_t)(due - t), (long)((due - t - (time_t)(due - t)) * 1e9)};
@@ -336,24 +343,33 @@ static void *publisher(void *arg) {
             }
             if (now_s() - t0 > max_seconds) break;
             char body[128];
-            int blen = snprintf(body, sizeof body, "{\"m\":\"@%ld@%lld@", sent, (long long)now_us());
+            int blen = snprintf(body, sizeof body, "{\"m\":\"@%ld@%lld@", sent * npubs + me, (long long)now_us());
             int len = snprintf(req, pad + 1024,
                                "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                                "Content-Length: %d\r\n\r\n%s%s\"}", pub_path, blen + pad + 2, body, padding);
-            if (write(fd, req, len) != len) { pub_errors++; goto out; }
+            if (write(fd, req, len) != len) { __sync_fetch_and_add(&pub_errors, 1); goto out; }
             sent++;
         }
         if (sent == done) break; /* out of time */
         int status = http_read_response(fd, resp, cap, &have);
-        if (status < 0) { pub_errors++; goto out; }
-        if (status < 200 || status >= 300) pub_errors++;
+        if (status < 0) { __sync_fetch_and_add(&pub_errors, 1); goto out; }
+        if (status < 200 || status >= 300) __sync_fetch_and_add(&pub_errors, 1);
         done++;
-        published = done;
+        __sync_fetch_and_add(&published, 1);
     }
 out:
+    close(fd);
+    return NULL;
+}
+
+static void *publishers(void *arg) {
+    (void)arg;
+    pthread_t th[MAX_PUBLISHERS];
+    pub_started = now_s();
+    for (long p = 0; p < npubs; p++) pthread_create(&th[p], NULL, publisher, (void *)p);
+    for (int p = 0; p < npubs; p++) pthread_join(th[p], NULL);
     pub_ended = now_s();
     pub_done = 1;
-    close(fd);
     return NULL;
 }
 
@@ -378,6 +394,7 @@ int main(int argc, char **argv) {
         else if (OPT("--max-seconds")) max_seconds = atof(v);
         else if (OPT("--pad")) pad = atoi(v);
         else if (OPT("--pipeline")) pipeline = atoi(v) > 0 ? atoi(v) : 1;
+        else if (OPT("--publishers")) npubs = atoi(v) < 1 ? 1 : atoi(v) > MAX_PUBLISHERS ? MAX_PUBLISHERS : atoi(v);
         else if (OPT("--drain-seconds")) drain_seconds = atof(v);
         else if (OPT("--connect-seconds")) connect_seconds = atof(v);
         else if (OPT("--max-pending")) max_pending = atoi(v);
@@ -424,7 +441,7 @@ int main(int argc, char **argv) {
     double cpu0 = cpu_seconds();
     if (strncmp(cmd, "go", 2) == 0) {
         pthread_t th;
-        pthread_create(&th, NULL, publisher, NULL);
+        pthread_create(&th, NULL, publishers, NULL);
         double last_progress = 0;
         long last_total = -1;
         for (;;) {

@@ -53,6 +53,28 @@ def test_commits_survive_a_reopen_with_the_floor_and_the_newest_id(tmp_path: Pat
 
 
 @pytest.mark.reactor_free
+def test_the_newest_id_survives_a_commit_that_evicts_every_event(tmp_path: Path) -> None:
+    """Commits write the newest id to the meta table only with a deletion; a deletion that empties
+    the events table must still leave it, or ids would start again below what subscribers hold."""
+    path = str(tmp_path / "h.db")
+    store = HistoryFile(path)
+    store.open()
+    store.load(10, 0, 0, now=2000.0)
+    store.commit(frames(3), floor=0)  # the first commit sets the floor (and the newest with it)
+    store.commit([(4, 1004.0, b"frame4"), (5, 1005.0, b"frame5")], floor=0)
+    assert store.connection is not None
+    assert store.connection.execute("SELECT value FROM meta WHERE key = 'newest'").fetchone() == (3,), \
+        "a commit without a deletion leaves the newest id to the events table"
+    store.commit([], floor=5)  # the bounds evicted all five
+    store.close()
+    again = HistoryFile(path)
+    again.open()
+    tail = again.load(10, 0, 0, now=2000.0)
+    assert tail.entries == () and tail.floor == 5 and tail.newest == 5
+    again.close()
+
+
+@pytest.mark.reactor_free
 @pytest.mark.parametrize(("size", "max_age", "max_bytes", "kept", "floor"), [
     (3, 0, 0, [4, 5, 6], 3),  # count
     (10, 0, 12, [5, 6], 4),  # bytes: 6 each

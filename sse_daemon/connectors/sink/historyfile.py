@@ -159,7 +159,9 @@ class HistoryFile:
 
     def commit(self, entries: Sequence[tuple[int, float, bytes]], floor: int | None) -> None:
         """One turn: insert ``entries`` (id, arrival time, frame), delete every id at or below
-        ``floor`` (what the bounds evicted) and keep the floor, in one transaction."""
+        ``floor`` (what the bounds evicted) and keep the floor, in one transaction. The newest id
+        is written to the meta table only with a deletion: until then the newest row says it
+        (``load`` takes the larger of the two), and a commit of one event costs half as much."""
         db = self._db()
         newest, kept_floor = self._known if self._known is not None else (self._meta(db, "newest"), self._meta(db, "floor"))
         try:
@@ -168,11 +170,12 @@ class HistoryFile:
                 if entries:
                     db.executemany("INSERT OR REPLACE INTO events (id, at, frame) VALUES (?, ?, ?)", entries)
                     newest = entries[-1][0] if newest is None else max(newest, entries[-1][0])
-                    self._set(db, "newest", newest)
                 if floor is not None and floor != kept_floor:  # the bounds evicted more since the last commit
                     db.execute("DELETE FROM events WHERE id <= ?", (floor,))
                     self._set(db, "floor", floor)
                     kept_floor = floor
+                    if newest is not None:  # the events table alone may no longer say it (load reads both)
+                        self._set(db, "newest", newest)
                 db.execute("COMMIT")
             except BaseException:
                 self._known = None  # read them again from the file next time
