@@ -391,6 +391,7 @@ BUS_OPTIONS = (
     Option("history.size", "INT", "With `type: redis`: entries each Redis stream keeps, approximately (`XADD MAXLEN ~`); what a subscriber can resume from on any instance.", lambda v: parse_int(v, 1), 1000),
     Option("history.max.age", "FLOAT", "With `type: redis`: seconds an entry is kept at most (trimmed with `XTRIM MINID ~` on publish); 0 keeps entries until `history.size` trims them.", lambda v: parse_number(v, 0), 0.0),
     Option("reconnect.max.delay", "FLOAT", "With `type: redis`: longest wait, in seconds, between attempts to reconnect to Redis (the wait doubles from 0.1 s up to this).", lambda v: parse_number(v, 0.1), 5.0),
+    Option("fanout.max.lag", "FLOAT", "With `type: redis`: seconds the events an instance's ingest published may wait for that instance's own fan-out (Redis acknowledges faster than one process fans out); above it the ingest answers 503 (`fanout-behind`, `Retry-After: 1`) until the fan-out catches up, so subscriber latency stays bounded instead of growing with the backlog. 0 turns the bound off.", lambda v: parse_number(v, 0), 2.0),
     Option("source.lease.ttl", "FLOAT", "With `type: redis`: seconds an instance's lease on an SSE source lasts; one instance reads each upstream, and another takes over within this time when it vanishes (at once when it stops cleanly).", lambda v: parse_number(v, 0.3), 10.0),
 )
 
@@ -657,6 +658,7 @@ class BusOptions(TypedOptions):
     history_size: int
     history_max_age: float
     reconnect_max_delay: float
+    fanout_max_lag: float
     source_lease_ttl: float
 
 

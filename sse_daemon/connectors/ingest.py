@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -53,9 +54,11 @@ class IngestResource(Resource):
     def __init__(
         self, connector: ConnectorDef[HttpSourceOptions], mapper: IMapper, bus: IBus, clock: IReactorTime,
         turns: IReactorTime | None = None, slice_size: int = PUBLISH_SLICE,
+        behind: Callable[[str], float | None] | None = None,
     ) -> None:
         """``turns`` schedules the next slice (the real reactor even when ``clock`` is a test's Clock);
-        ``slice_size`` 0 publishes a body in one call (a shared bus: one transaction, all or nothing)."""
+        ``slice_size`` 0 publishes a body in one call (a shared bus: one transaction, all or nothing);
+        ``behind``: a shared bus's ``ISharedBus.behind``, the fan-out lag over its bound (then 503)."""
         super().__init__()
         self.connector = connector
         self.name = connector.name
@@ -67,6 +70,7 @@ class IngestResource(Resource):
         self.max_events: int = connector.options.max_events_per_request
         self.turns = turns if turns is not None else clock
         self.slice_size = slice_size
+        self.behind = behind
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
 
@@ -87,6 +91,13 @@ class IngestResource(Resource):
             rows = self.mapper.decode(text, self.max_events)
         except MappingError as e:
             return self._reject(request, 413 if e.reason == "too-many-events" else 400, e.reason, str(e))
+        lag = self.behind(self.stream) if self.behind is not None else None
+        if lag is not None:  # Redis would take them, but this instance's subscribers would get them ever later
+            body = self._reject(request, 503, "fanout-behind",
+                                f"this instance's fan-out of stream {self.stream} is {lag:.1f} s behind what it accepted; "
+                                "nothing was published; retry later")
+            request.setHeader(b"Retry-After", b"1")
+            return body
         now = self.clock.seconds()
         if self.slice_size and len(rows) > self.slice_size:
             published: Deferred = Deferred.fromCoroutine(self._publish_in_slices(rows, now))

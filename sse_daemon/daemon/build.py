@@ -170,7 +170,8 @@ class Builder:
     def _ingest(self, connector: ConnectorDef, schema: Schema, source_bus: ConnectorBus) -> BuiltConnector:
         # a shared bus takes a body in one transaction (all or nothing); the in-process one in slices between turns
         ingest = IngestResource(connector, make_mapper(connector.options.mapping, schema), source_bus, self.clock, turns=self.reactor,
-                                slice_size=0 if self.bus.provides_ids else PUBLISH_SLICE)
+                                slice_size=0 if self.bus.provides_ids else PUBLISH_SLICE,
+                                behind=self.bus.behind if ISharedBus.providedBy(self.bus) else None)
         return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, self.clock, self.passwords),
                               source=ingest, bus=source_bus)
 
