@@ -69,7 +69,6 @@ ROWS = [  # (label, key, digits)
     ("latency p99 (ms)", "lat_ms_p99", 2),
     ("server CPU (s)", "server_cpu", 2),
     ("server CPU per published event (µs)", "cpu_us_per_published", 2),
-    ("server CPU share of one core while publishing", "server_cpu_share", 2),
     ("server peak RSS (KiB)", "rss_peak_kib", 0),
     ("client CPU share of one core", "client_cpu_share", 2),
 ]

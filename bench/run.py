@@ -318,9 +318,8 @@ class Daemon(Server):
     #: more options of the sink, as YAML flow-mapping entries (", key: value")
     sink_extra = ""
 
-    def start(self) -> None:
-        config = self.workdir / "daemon.yaml"
-        config.write_text(
+    def config_text(self) -> str:
+        return (
             getattr(self, "extra_config", "") +
             "sources:\n"
             "  In: {type: http, stream: S, schema: 'm string', receiver.url: 'http://127.0.0.1:0/publish'}\n"
@@ -329,6 +328,10 @@ class Daemon(Server):
             "      server.path: /sub, heartbeat.interval: 0, drain.window: 0" + self.sink_extra +
             (f", worker.count: {self.workers}" if self.workers > 1 else "") + "}\n"
         )
+
+    def start(self) -> None:
+        config = self.workdir / "daemon.yaml"
+        config.write_text(self.config_text())
         self.log = self.workdir / "daemon.log"
         self.log.write_text("")
         self.proc = subprocess.Popen(
