@@ -35,7 +35,9 @@ from sse_daemon.connectors.sink.historyfile import HistoryUnavailable
 from sse_daemon.policy.limits import should_log
 from sse_daemon.config.model import ConnectorDef
 from sse_daemon.config.options import HttpSourceOptions
-from sse_daemon.edge.listener import json_error
+from sse_daemon.connectors.ingeststream import NdjsonPublish
+from sse_daemon.edge.bodystream import BodyStream, wants_stream
+from sse_daemon.edge.listener import body_stream, json_error
 from sse_daemon.mapping.mappers import IMapper, MappingError
 from sse_daemon.events.schema import Event
 from sse_daemon.events.validate import InvalidValue
@@ -79,10 +81,18 @@ class IngestResource(Resource):
         raise UnsupportedMethod((b"POST",))
 
     def render_POST(self, request: Request) -> bytes | int:
+        streamed = body_stream(request)
+        if streamed is not None:  # application/x-ndjson on a port that hands its body over as it comes
+            return self._streaming(request, streamed)
         assert request.content is not None, "twisted.web gives a request its body before a resource renders it"
         body = request.content.read(self.max_body_size + 1)
         if len(body) > self.max_body_size:
             return self._reject(request, 413, "too-large", f"the request body is larger than {self.max_body_size} bytes")
+        if wants_stream(b"POST", request.getHeader(b"content-type")):  # NDJSON whose body came whole (HTTP/2, a test)
+            whole = self._ndjson(request, BodyStream(None))
+            whole.chunk(body)
+            whole.end()
+            return NOT_DONE_YET
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -115,6 +125,31 @@ class IngestResource(Resource):
             if start:
                 await deferLater(self.turns, 0, lambda: None)  # other streams and requests are served here
             await self.bus.publish(self.stream, [Event(values, ingress=now) for values in rows[start:start + self.slice_size]])
+
+    def _streaming(self, request: Request, body: BodyStream) -> int:
+        body.attach(self._ndjson(request, body))
+        return NOT_DONE_YET
+
+    def _ndjson(self, request: Request, body: BodyStream) -> NdjsonPublish:
+        """The consumer of an NDJSON body: each line taken or refused on its own; answered once all settled."""
+        stream = self.stream
+        behind = self.behind
+        publish = NdjsonPublish(self.name, stream, body, self.mapper, lambda events: self.bus.publish(stream, events),
+                                self.clock, self.max_body_size, self.max_events, self.rejected, self.counters,
+                                behind=(lambda: behind(stream)) if behind is not None else None)
+        publish.done.addCallback(self._streamed, request)
+        publish.done.addErrback(lambda f: self.log.failure("ingest {source} could not answer a streaming publish", f, source=self.name))
+        return publish
+
+    def _streamed(self, summary: dict, request: Request) -> None:
+        self.counters["requests_accepted"] += 1
+        if request.finished or request_disconnected(request):
+            return
+        body = json.dumps(summary).encode() + b"\n"
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        request.write(body)
+        request.finish()
 
     def _accepted(self, request: IRequest, count: int) -> bytes:
         self.counters["events_in"] += count

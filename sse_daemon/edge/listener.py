@@ -35,10 +35,11 @@ from twisted.web.iweb import IRequest
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource, Resource
 
-from sse_daemon.compat import BadRequestChannel, skip_form_parsing
+from sse_daemon.compat import BadRequestChannel, request_line, skip_form_parsing
 from sse_daemon.config.values import normalise_path
 from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping
 from sse_daemon.policy.limits import should_log
+from sse_daemon.edge.bodystream import BodyStream, wants_stream
 from sse_daemon.edge.safety import internal_error, undecodable_header
 
 #: body limit on a port that only serves sinks (subscribing needs no body)
@@ -194,6 +195,18 @@ class PortChannel(BadRequestChannel):
         super().allHeadersReceived()  # may refuse the body (413): then we are closing
         if not self._closing and self.length != 0:
             self._deadline("body")
+        request = self.requests[-1] if self.requests else None
+        if not self._closing and isinstance(request, LimitedRequest) and request.body_stream is not None:
+            # a streaming publish: its resource gets it now, its body as it comes (bodystream.py);
+            # the connection closes after its answer, whenever that comes (a refusal: at once)
+            self.persistent = False
+            request.setHeader(b"Connection", b"close")
+            request.requestReceived(*request_line(self))
+
+    def streamed(self) -> None:
+        """A chunk of a streaming publish arrived: its body deadline starts again (the longest pause between chunks)."""
+        if not self._closing:
+            self._deadline("body")
 
     def allContentReceived(self) -> None:
         self._deadline(None)  # handled from here on; the resource decides how long
@@ -254,6 +267,9 @@ class PortChannel(BadRequestChannel):
             return
         what = "request head" if phase == "head" else "request body"
         message = f"the whole {what} did not arrive within {seconds:g} seconds"
+        request = self.requests[-1] if self.requests else None
+        if phase == "body" and isinstance(request, LimitedRequest) and request.body_stream is not None:
+            message = f"the streaming request body paused for more than {seconds:g} seconds"
         self.site.resource.note(f"{phase}-timeout", self.peer_host, message)
         self.answer(408, b"Request Timeout", {"error": message, "reason": f"{phase}-timeout"})
 
@@ -276,14 +292,29 @@ class LimitedRequest(server.Request):
         # email package on every POST (7 % of the daemon's CPU under publish load, bench/).
         skip_form_parsing(self)
 
+    #: a streaming publish's body, on its way to the resource (bodystream.py); None for every other request
+    body_stream: BodyStream | None = None
+    _dispatched = False  # a streaming publish handed to its resource already (at its headers)
+
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
+        method = request_line(self.channel)[0]  # the request knows its own only once it is dispatched
+        if wants_stream(method, self.getHeader(b"content-type")) and self.channel.transport is not None:
+            self.body_stream = BodyStream(self.channel.transport)  # no total limit: its consumer bounds a line
+            return
         if length is not None and length > self.channel.site.max_body_size:
             self.requestHeaders.removeHeader(b"Expect")  # no "100 Continue" after our 413
             self._refuse()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
+            return
+        if self.body_stream is not None:
+            if self.channel.site.stopping:  # shutdown: the stream ends here; its answer says how many lines were read
+                self.body_stream.end(complete=False)
+                return
+            self.channel.streamed()
+            self.body_stream.chunk(data)
             return
         self._received += len(data)
         if self._received > self.channel.site.max_body_size:
@@ -292,8 +323,18 @@ class LimitedRequest(server.Request):
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if not self._refused:
-            super().requestReceived(command, path, version)
+        if self._refused:
+            return
+        if self.body_stream is not None and self._dispatched:  # the body's end: the resource has the request already
+            self.body_stream.end()
+            return
+        self._dispatched = True
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.body_stream is not None:
+            self.body_stream.lost(reason)
+        super().connectionLost(reason)
 
     def process(self) -> None:
         site = self.channel.site
@@ -324,6 +365,11 @@ class LimitedRequest(server.Request):
         message = f"the request body is larger than {limit} bytes"
         self.channel.site.resource.note("body-too-large", self.channel.peer_host, message)
         self.channel.answer(413, b"Request Entity Too Large", {"error": message})
+
+
+def body_stream(request: IRequest) -> BodyStream | None:
+    """The body of a streaming publish, as it arrives (bodystream.py); None when twisted.web has the body whole."""
+    return request.body_stream if isinstance(request, LimitedRequest) else None
 
 
 class QuietSite(server.Site):
