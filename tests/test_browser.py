@@ -214,7 +214,8 @@ async def test_charts_show_past_traffic_at_once_then_new_traffic_and_a_subscribe
     assert data["times"][0] < first_start, "the page shows what the daemon sampled before it was opened"
     assert events_between(data, 0, opened) == pytest.approx(3 * RATE, abs=0.01), "every event of the first burst, at once"
     burst = [v for t, v in zip(data["times"], data["values"]) if first_start < t <= first_end + charts.interval and v]
-    assert RATE / 2 <= sum(burst) / len(burst) <= RATE * 2, f"about {RATE}/s while publishing: {burst}"
+    published = 3 * RATE / (first_end - first_start)  # RATE, or less on a loaded machine
+    assert published / 2 <= sum(burst) / len(burst) <= published * 2, f"about {published:.1f}/s while publishing: {burst}"
 
     # New traffic shows up within a few seconds, on the chart already open.
     second_start, second_end = await publish(2.0)
@@ -237,6 +238,10 @@ async def test_charts_show_past_traffic_at_once_then_new_traffic_and_a_subscribe
         const svg = row && row.querySelector('svg.spark');
         return svg ? JSON.parse(svg.dataset.values) : null""")
     assert spark and max(v for v in spark if v is not None) > 0, "the table's sparkline of events out"
+
+    errors = [entry for entry in await in_thread(browser.get_log, "browser")
+              if entry["level"] == "SEVERE" and "/favicon.ico " not in entry["message"]]  # the page has no icon
+    assert errors == [], "no script errors and nothing the Content-Security-Policy refused"
 
     # The picture for docs/operations.md: the daemon's charts over these seconds.
     await in_thread(browser.execute_script, "setHashParam('chart', 'daemon')")

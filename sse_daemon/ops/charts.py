@@ -65,9 +65,8 @@ class Rings:
         elapsed = now - self.at if self.at is not None else 0.0
         rates = {}
         for figure, total in totals.items():
-            before = self.previous.get(figure)
-            ok = before is not None and elapsed > 0 and total >= before
-            rates[figure] = (total - before) / elapsed if ok else NAN  # type: ignore[operator]  # ok: before is set
+            before = self.previous.get(figure, NAN)
+            rates[figure] = (total - before) / elapsed if elapsed > 0 and total >= before else NAN  # NaN >= is False
         self.previous, self.at = dict(totals), now
         return rates
 
