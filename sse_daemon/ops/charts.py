@@ -19,9 +19,8 @@ from array import array
 from typing import Any, Iterable, Mapping
 
 from prometheus_client import Histogram
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 
 from sse_daemon.connectors.interfaces import ISseSinkService
@@ -75,18 +74,20 @@ class Rings:
             ring[slot] = values.get(figure, NAN)
 
 
-class ChartSampler(Service):
-    """Samples every figure once an ``interval`` into rings of ``points`` values (see the module)."""
+class ChartSampler(TimerService):
+    """Samples every figure once an ``interval`` into rings of ``points`` values (see the module),
+    on the daemon's clock (a ``task.Clock`` in tests); the first sample when it starts."""
 
     log = Logger()
 
     def __init__(self, daemon: DaemonFigures, lag: Histogram, clock: IReactorTime, interval: float, points: int) -> None:
+        super().__init__(interval, self.sample)
+        self.clock = self._clock = clock  # TimerService's clock may be None: ours is not
+        self.setName("charts")
         self.daemon = daemon
         self.lag = lag
-        self.clock = clock
         self.interval = interval
         self.points = max(2, points)
-        self.setName("charts")
         self.times = array("d", [NAN]) * self.points
         #: samples taken so far; the next is written at ``taken % points``
         self.taken = 0
@@ -96,24 +97,11 @@ class ChartSampler(Service):
         #: what the daemon's rejections are summed from besides connectors: each port's refusals
         self._listeners = Rings((), self.points)
         self._lag_before: dict[str, LagBuckets] = {}
-        self._loop: LoopingCall | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(self.sample)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
 
     def sample(self) -> None:
         """One tick: every figure's value now, written at the same slot of every ring."""
         with self.log.failuresHandled("sampling the figures for the charts failed", level=LogLevel.error):
-            now = round(self.clock.seconds(), 3)  # as served: a page's ?after= is this number back
+            now = round(self._clock.seconds(), 3)  # as served: a page's ?after= is this number back
             slot = self.taken % self.points
             lag_now = lag_buckets(self.lag)
             lag_since = {sink: buckets.since(self._lag_before.get(sink)) for sink, buckets in lag_now.items()}
