@@ -42,9 +42,14 @@ class StatementSyntaxError(ValueError):
 
     def snippet(self, indent: str = "    ") -> str:
         """The offending line and a caret under the column."""
-        line = self.source_line.expandtabs(1).rstrip()
-        before = redact_urls(line[: self.column - 1])  # URL credentials masked; the caret stays under the column
-        return f"{indent}{redact_urls(line)}\n{indent}{' ' * len(before)}^"
+        return caret_snippet(self.source_line, self.column, indent)
+
+
+def caret_snippet(source_line: str, column: int, indent: str = "    ") -> str:
+    """A line of the file and a caret under its (1-based) column, URL credentials masked."""
+    line = source_line.expandtabs(1).rstrip()
+    before = redact_urls(line[: column - 1])  # URL credentials masked; the caret stays under the column
+    return f"{indent}{redact_urls(line)}\n{indent}{' ' * len(before)}^"
 
 
 @functools.cache
