@@ -143,14 +143,14 @@ class _App:
             same_role = [c for c in found if c.role == connector.role]
             if len(found) == 1:
                 connector.name = stream
-            elif len(same_role) == 1:
-                connector.name = f"{stream}.{connector.role}"
-            else:
-                connector.name = f"{stream}.{connector.role}{same_role.index(connector) + 1}"
+            else:  # the first of its role keeps its name when another one is added
+                index = same_role.index(connector)
+                connector.name = f"{stream}.{connector.role}{index + 1 if index else ''}"
         self.raw.connectors += found
 
-    def annotation(self, node: Tree) -> _Annotation:
-        """An annotation's keyed options (duplicates are problems) and nested annotations."""
+    def annotation(self, node: Tree, positional: bool = False) -> _Annotation:
+        """An annotation's keyed options (duplicates are problems) and nested annotations;
+        values without a key are problems unless ``positional`` (@payload, @attributes)."""
         result = _Annotation(leaf(node.children[0]))
         for element in node.children[1:]:
             if not isinstance(element, Tree):
@@ -164,7 +164,7 @@ class _App:
                     self.problem(key, f"'{key}' is given twice in @{result.name} (first on line {first.line})")
                     continue
                 result.options[str(key)] = _Written(option_value(value), key, _first_token(value))
-            else:
+            elif not positional:
                 self.problem(_first_token(element), f"expected key='value' in @{result.name}")
         return result
 
@@ -200,7 +200,8 @@ class _App:
                 self.problem(kind, f"distributed sinks (@distribution): not supported; {WHAT_RUNS}")
             else:
                 self.problem(kind, f"annotation @{kind} inside @{annotation.name}: not supported; it takes @map")
-        self.urls(role, type_name, annotation, connector, stream)
+        if not self.urls(role, type_name, annotation, connector, stream):
+            return None  # said why; validation would only add that the port is missing
         if type_name == "log":
             prefix = connector.options.get("prefix")
             # Siddhi writes '<prefix> : <event>', its default prefix '<app> : <stream>'
@@ -208,21 +209,22 @@ class _App:
             connector.options["prefix"] = RawValue(f"{text} : ", prefix.location if prefix is not None else connector.location)
         return connector
 
-    def urls(self, role: str, type_name: str, annotation: _Annotation, connector: RawConnector, stream: str) -> None:
-        """Siddhi's ``server.url`` as the daemon's host, port and path; Siddhi's default URLs where none is given."""
+    def urls(self, role: str, type_name: str, annotation: _Annotation, connector: RawConnector, stream: str) -> bool:
+        """Siddhi's ``server.url`` as the daemon's host, port and path; Siddhi's default URLs where none is
+        given. False after a problem."""
         options = annotation.options
         default = DEFAULT_URLS.get((role, type_name))
         if default is None:
-            return
+            return True
         option, port = default
         given_parts = [k for k in SERVER_URL_PARTS if k in options] if type_name == "sse-server" else []
         if option not in options:
             if given_parts or (type_name == "http" and "receiver.url" in options):
-                return  # the Macrometa spelling (server.port, server.path): the daemon's own options
+                return True  # the Macrometa spelling (server.port, server.path): the daemon's own options
             if self.app_name is None:
                 self.problem(annotation.name, f"@{annotation.name}(type='{type_name}') needs {option}: Siddhi's default "
                              "names the app, and this app has no @App:name")
-                return
+                return False
             url, where = f"http://0.0.0.0:{port}/{self.app_name}/{stream}", self.loc(annotation.name)
         else:
             written = options[option]
@@ -230,24 +232,27 @@ class _App:
             if given_parts:
                 self.problem(options[given_parts[0]].key, f"{option} and {given_parts[0]} say the same thing: give one of them "
                              "(server.url as Siddhi writes it, or server.port and server.path as the Macrometa spec does)")
-                return
+                return False
         if type_name == "http":
             connector.options["receiver.url"] = RawValue(url, where)
-            return
-        del connector.options[option]
+            return True
+        connector.options.pop(option, None)
         parts = _server_url(url)
         if isinstance(parts, str):
             self.problem(options[option].at if option in options else annotation.name, f"{option}: {parts}")
-            return
+            return False
         scheme, host, port_number, path = parts
         tls = "server.tls.cert" in options or "server.endpoint" in options
         if scheme == "https" and not tls:
             self.problem(options[option].at, f"an https {option} needs server.tls.cert and server.tls.key (or an ssl: server.endpoint)")
-        elif scheme == "http" and "server.tls.cert" in options:
+            return False
+        if scheme == "http" and "server.tls.cert" in options:
             self.problem(options["server.tls.cert"].key, f"this port is served over TLS: write {option} with https://")
+            return False
         connector.options["server.host"] = RawValue(host, where)
         connector.options["server.port"] = RawValue(port_number, where)
         connector.options["server.path"] = RawValue(path, where)
+        return True
 
     def mapping(self, annotation: _Annotation, connector: RawConnector, attributes: list[str]) -> None:
         """``@map(type='json', <mapper options>, @payload(...), @attributes(...))`` as the ``map.*`` options."""
@@ -268,7 +273,7 @@ class _App:
                 put(f"map.{key}", written.value, written.key)
         for nested in annotation.nested:
             kind = leaf(nested.children[0])
-            inner = self.annotation(nested)
+            inner = self.annotation(nested, positional=True)
             values = [(option_value(e.children[0]), _first_token(e)) for e in nested.children[1:]
                       if isinstance(e, Tree) and e.data == "positional"]
             if kind.lower() == "payload":
@@ -387,7 +392,7 @@ def unsupported_construct(text: str, line: int, column: int) -> str | None:
         return "fault streams (!Stream)"
     if word in _JOIN_WORDS:
         return "joins"
-    if word == "every" or word == "within" or rest.startswith("->"):
+    if "every" in (word, previous) or word == "within" or rest.startswith("->"):
         return "patterns"
     if clause == "from":
         if word == "not" and previous == "from":
