@@ -440,3 +440,94 @@ async def test_real_twistd_reloads_a_siddhi_app_on_sighup(tmp_path: Path) -> Non
         await process.stop("TERM")
     finally:
         await process.kill()
+
+
+# --------------------------------------------------------------------------- what routes and log sinks gained for them
+
+
+def test_a_route_forwards_a_renamed_attribute_under_its_new_name() -> None:
+    from sse_daemon.bus.memory import MemoryBus
+    from sse_daemon.connectors.route import RouteService
+    from sse_daemon.events.schema import Event
+
+    config = load("""\
+        @sink(type='log')
+        define stream A (a string, n int, x double);
+        @sink(type='log')
+        define stream B (n int, b string);
+        from A[n > 1] select a as b, n insert into B;
+        """)
+    bus = MemoryBus()
+    received: list[Event] = []
+    bus.subscribe("B", received.append)
+    route = RouteService(config.routes[0], config.streams["B"].schema.names, bus)
+    route.startService()
+    try:
+        bus.publish("A", [Event({"a": "one", "n": 1, "x": 0.5}), Event({"a": "two", "n": 2, "x": 1.5})])
+    finally:
+        route.stopService()
+    assert [e.values for e in received] == [{"n": 2, "b": "two"}]
+    assert (route.events, route.filtered) == (1, 1)
+
+
+@pytest.mark.reactor_free
+def test_yaml_routes_rename_too() -> None:
+    from sse_daemon.config.yamlfile import load_yaml
+
+    config = validate(load_yaml(textwrap.dedent("""\
+        streams:
+          A: "a string, n int"
+          B: "b string, n int"
+        sinks:
+          L: {type: log, stream: B}
+        routes:
+          - {from: A, to: B, select: [a as b, n]}
+        """), "conf.yaml"))
+    assert str(config.routes[0]) == "A -> B select a as b, n"
+    assert config.routes[0].renames == (("a", "b"),)
+
+
+@pytest.mark.reactor_free
+@pytest.mark.parametrize(("select", "expected"), [
+    ("[a as n, n]", "'n' is selected twice"),
+    ("[a, a as b]", "'a' is selected twice"),
+    ("[a as 1]", "expected attribute names such as [a, b] or '*'"),
+])
+def test_renames_that_cannot_be(select: str, expected: str) -> None:
+    from sse_daemon.config.yamlfile import load_yaml
+
+    with pytest.raises(ConfigError) as caught:
+        validate(load_yaml(textwrap.dedent(f"""\
+            streams:
+              A: "a string, n int"
+              B: "b string, n int"
+            sinks:
+              L: {{type: log, stream: B}}
+            routes:
+              - {{from: A, to: B, select: {select}}}
+            """), "conf.yaml"))
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(("priority", "level"), [("TRACE", "debug"), ("debug", "debug"), ("info", "info"), ("WARN", "warn"),
+                                                  ("error", "error"), ("Fatal", "critical"), ("off", None)])
+def test_a_log_sinks_priority_is_its_level(priority: str, level: str | None, log_events) -> None:
+    from sse_daemon.bus.memory import MemoryBus
+    from sse_daemon.connectors.logsink import LogSinkService
+    from sse_daemon.events.schema import Event
+    from sse_daemon.mapping.mappers import make_mapper
+
+    config = load(f"@App:name('P')\n@sink(type='log', priority='{priority}', prefix='p')\ndefine stream S (a string);\n")
+    (connector,) = config.sinks
+    bus = MemoryBus()
+    sink = LogSinkService(connector, make_mapper(connector.options.mapping, config.streams["S"].schema), bus)
+    sink.startService()
+    try:
+        bus.publish("S", [Event({"a": "x"})])
+    finally:
+        sink.stopService()
+    logged = [e for e in log_events if e.get("sink") == "S"]
+    assert [e["log_level"].name for e in logged] == ([level] if level else [])
+    assert sink.counters["events_in"] == 1
+    if level:
+        assert formatEvent(logged[0]) == 'p : {"event":{"a":"x"}}'
