@@ -300,7 +300,7 @@ def _route_select(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -
             issues.append(ConfigIssue(field_value.location, f"unknown attribute '{name}' of stream {source.name}{did_you_mean(name, source.schema.names)}", "route", "select"))
             ok = False
         elif name in [n for n, _ in entries[:index]] or (alias or name) in outputs:
-            twice = name if name in [n for n, _ in entries[:index]] else alias
+            twice = name if name in [n for n, _ in entries[:index]] else alias or name
             issues.append(ConfigIssue(field_value.location, f"'{twice}' is selected twice", "route", "select"))
             ok = False
         outputs.append(alias or name)
