@@ -201,6 +201,10 @@ UNSUPPORTED = [
     ("from S[str:length(a) > 3] select * insert into T;", "functions (str:length(...))", ":length"),
     ("from S select upper(a) as b insert into T;", "functions (upper(...))", "(a)"),
     ("from S#str:tokenize(a, ',') select * insert into T;", "functions (stream functions", "#str"),
+    ("from not S for 5 sec select * insert into T;", "patterns (absent events", "S for"),
+    ("from S select * output every 5 events insert into T;", "output rate limiting", "output"),
+    ("from S select * order by a insert into T;", "ordering and limits", "order"),
+    ("from S select a + 1 as b insert into T;", "expressions in select", "+ 1"),
 ]
 
 
@@ -244,6 +248,14 @@ def test_other_connector_types_and_annotations_are_named_with_a_caret(annotation
 ])
 def test_a_plain_syntax_error_says_what_was_expected(text: str, expected: str) -> None:
     assert errors(text) == [expected]
+
+
+@pytest.mark.reactor_free
+def test_app_annotations_the_daemon_does_not_read_are_named() -> None:
+    (message,) = errors("@App:name('X')\n@App:statistics(reporter='console')\n@sink(type='log')\ndefine stream S (a string);\n")
+    assert message.startswith("app.siddhi:2:6: annotation @App:statistics is not supported"), message
+    (message,) = errors("@sink(type='log')\ndefine stream S (a string);\n@App:name('late')\n")
+    assert message.startswith("app.siddhi:3:5: syntax error: expected '('"), message
 
 
 @pytest.mark.reactor_free

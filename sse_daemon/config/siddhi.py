@@ -378,6 +378,8 @@ def unsupported_construct(text: str, line: int, column: int) -> str | None:
     previous = previous_match.group(1).lower() if previous_match else ""
     clauses = _CLAUSE.findall(before)
     clause = clauses[-1].lower() if clauses else None
+    if re.search(r"@\s*[A-Za-z_][A-Za-z0-9_]*\s*\Z", before):
+        return None  # an annotation's name: a misplaced @App:..., not a function
     if previous == "define" and word in _DEFINED:
         return _DEFINED[word]
     if word == "partition":
@@ -395,7 +397,7 @@ def unsupported_construct(text: str, line: int, column: int) -> str | None:
     if "every" in (word, previous) or word == "within" or rest.startswith("->"):
         return "patterns"
     if clause == "from":
-        if word == "not" and previous == "from":
+        if (word == "not" and previous == "from") or re.search(r"\bfrom\s+not\s*\Z", before, re.IGNORECASE):
             return "patterns (absent events: not ... for ...)"
         if word == "as":
             return "joins (stream aliases: from A as a join B as b)"
