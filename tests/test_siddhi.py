@@ -347,6 +347,28 @@ def test_a_siddhi_app_mixes_with_yaml_on_one_command_line(tmp_path: Path) -> Non
     assert config.files == (str(app), str(yaml))
 
 
+@pytest.mark.reactor_free
+def test_a_siddhi_app_inside_yaml_keeps_its_real_lines_and_columns() -> None:
+    from sse_daemon.config.yamlfile import load_yaml
+
+    text = textwrap.dedent("""\
+        admin: {port: 9901}
+        siddhi: |
+          @App:name('Inside')
+          @sink(type='log')
+          define stream S (a string);
+          from S#window.length(2) select a insert into T;
+        """)
+    (issue,) = load_yaml(text, "conf.yaml").issues
+    assert str(issue).startswith("conf.yaml:6:9: windows (#window...): not supported"), str(issue)
+    assert str(issue).endswith("    from S#window.length(2) select a insert into T;\n          ^")
+    config = validate(load_yaml(text.replace("#window.length(2)", ""), "conf.yaml"))
+    assert (config.sinks[0].name, config.sinks[0].options.prefix, config.admin is not None) == ("S", "Inside : S : ", True)
+    assert config.sinks[0].location.line == 4
+    with pytest.raises(ConfigError, match=re.escape("conf.yaml:1: siddhi: expected a Siddhi app as text ('siddhi: |' with the app indented below), found a list")):
+        validate(load_yaml("siddhi: [a]\n", "conf.yaml"))
+
+
 # --------------------------------------------------------------------------- over real sockets
 
 

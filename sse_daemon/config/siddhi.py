@@ -47,17 +47,22 @@ WHAT_RUNS = ("this daemon runs 'define stream' with @source and @sink, and queri
              "'from S[condition] select a, b as c insert into T' (see docs/migration.md)")
 
 
-def load_siddhi(text: str, filename: str = "<siddhi>") -> RawConfig:
-    """Siddhi app text -> RawConfig; a syntax error or an unsupported construct is one issue with a caret."""
+def load_siddhi(text: str, filename: str = "<siddhi>", line_offset: int = 0, column_offset: int = 0) -> RawConfig:
+    """Siddhi app text -> RawConfig; a syntax error or an unsupported construct is one issue with a caret.
+
+    ``line_offset`` and ``column_offset`` place an app embedded in another file
+    (YAML's ``siddhi: |``) at its real lines and columns.
+    """
     raw = RawConfig(files=[filename])
     try:
         tree = parse(text, "siddhi_app")
     except StatementSyntaxError as e:
         construct = unsupported_construct(text, e.line, e.column)
         message = e.message if construct is None else f"{construct}: not supported; {WHAT_RUNS}"
-        raw.issues.append(ConfigIssue(Location(filename, e.line, e.column), f"{message}\n{e.snippet()}"))
+        where = Location(filename, e.line + line_offset, e.column + column_offset)
+        raw.issues.append(ConfigIssue(where, f"{message}\n{e.snippet()}"))
         return raw
-    _App(text, filename, raw).run(tree)
+    _App(text, filename, raw, (line_offset, column_offset)).run(tree)
     return raw
 
 
@@ -81,24 +86,29 @@ class _Annotation:
 
 
 class _App:
-    def __init__(self, text: str, filename: str, raw: RawConfig) -> None:
+    def __init__(self, text: str, filename: str, raw: RawConfig, offsets: tuple[int, int] = (0, 0)) -> None:
         self.lines = text.split("\n")
         self.filename = filename
         self.raw = raw
+        self.offsets = offsets  # (lines, columns) before the app's text in its file
         self.app_name: str | None = None
         self.query_names: dict[str, Location] = {}
 
     # ------------------------------------------------------------ positions and problems
 
+    def at(self, line: int | None, column: int | None) -> Location:
+        """Where a (line, column) of the app's text is in its file."""
+        return Location(self.filename, (line or 1) + self.offsets[0], (column or 1) + self.offsets[1])
+
     def loc(self, node: Token | Tree) -> Location:
         if isinstance(node, Token):
-            return Location(self.filename, node.line, node.column)
-        return Location(self.filename, node.meta.line, node.meta.column)
+            return self.at(node.line, node.column)
+        return self.at(node.meta.line, node.meta.column)
 
     def problem(self, node: Token | Tree, message: str) -> None:
-        where = self.loc(node)
-        line = self.lines[where.line - 1] if where.line else ""
-        self.raw.issues.append(ConfigIssue(where, f"{message}\n{caret_snippet(line, where.column or 1)}"))
+        line, column = (node.line, node.column) if isinstance(node, Token) else (node.meta.line, node.meta.column)
+        text = self.lines[line - 1] if line else ""
+        self.raw.issues.append(ConfigIssue(self.at(line, column), f"{message}\n{caret_snippet(text, column or 1)}"))
 
     # ------------------------------------------------------------ the walk
 
@@ -315,7 +325,7 @@ class _App:
         if lsqb is not None and rsqb is not None:
             start, end = leaf(lsqb), leaf(rsqb)
             text = "\n".join(self.lines)[start.end_pos:end.start_pos]
-            fields["where"] = RawValue(text.strip(), Location(self.filename, start.line, (start.column or 0) + 1))
+            fields["where"] = RawValue(text.strip(), self.at(start.line, (start.column or 0) + 1))
         self.raw.routes.append(RawRoute(self.loc(node), fields, infers_target=True))
 
 
