@@ -200,6 +200,7 @@ UNSUPPORTED = [
     ("define function concat[javascript] return string { return data[0]; };", "functions (define function)", "function"),
     ("from S[str:length(a) > 3] select * insert into T;", "functions (str:length(...))", ":length"),
     ("from S select upper(a) as b insert into T;", "functions (upper(...))", "(a)"),
+    ("from S select a, sum (n) as total insert into T;", "aggregations (the aggregate function sum(...))", "(n)"),
     ("from S#str:tokenize(a, ',') select * insert into T;", "functions (stream functions", "#str"),
     ("from not S for 5 sec select * insert into T;", "patterns (absent events", "S for"),
     ("from S select * output every 5 events insert into T;", "output rate limiting", "output"),

@@ -87,6 +87,7 @@ class _Annotation:
 
 class _App:
     def __init__(self, text: str, filename: str, raw: RawConfig, offsets: tuple[int, int] = (0, 0)) -> None:
+        self.text = text
         self.lines = text.split("\n")
         self.filename = filename
         self.raw = raw
@@ -324,8 +325,8 @@ class _App:
             fields["select"] = RawValue(selected, self.loc(projection))
         if lsqb is not None and rsqb is not None:
             start, end = leaf(lsqb), leaf(rsqb)
-            text = "\n".join(self.lines)[start.end_pos:end.start_pos]
-            fields["where"] = RawValue(text.strip(), self.at(start.line, (start.column or 0) + 1))
+            # the condition as written; validate() parses, checks and compiles it as it does a route's `where:`
+            fields["where"] = RawValue(self.text[start.end_pos:end.start_pos].strip(), self.at(start.line, (start.column or 0) + 1))
         self.raw.routes.append(RawRoute(self.loc(node), fields, infers_target=True))
 
 
@@ -415,7 +416,7 @@ def unsupported_construct(text: str, line: int, column: int) -> str | None:
             end = _CLAUSE.search(text, offset)
             input_text = text[offset:end.start() if end else len(text)]
             return "patterns" if "->" in input_text else "sequences" if "," in input_text else "patterns"
-    if previous_match and previous_match.end() == len(before.rstrip()) and previous:
+    if previous_match:  # a name right before: a call
         if rest.startswith("("):
             name = previous_match.group(1)
             if name.lower() in _AGGREGATE_FUNCTIONS:
