@@ -344,6 +344,9 @@ SSE_SOURCE_OPTIONS = (
 
 LOG_SINK_OPTIONS = (
     Option("prefix", "STRING", "Text written before each logged event.", parse_string, ""),
+    Option("priority", "STRING", "The level events are logged at, as Siddhi's log sink names them: `trace` and `debug` (debug), `info`, `warn`, "
+           "`error`, `fatal` (critical), or `off` (nothing is logged; the events are still counted). Case does not matter.",
+           parse_choice("info", "debug", "trace", "warn", "error", "fatal", "off"), "info"),
     SINK_MAP_TYPE,
     *SINK_MAPPING_OPTIONS,
 )
@@ -584,6 +587,7 @@ class LogSinkOptions(SinkMappingOptions):
     TABLE: ClassVar[tuple[Option, ...]] = LOG_SINK_OPTIONS
 
     prefix: str
+    priority: str
 
 
 @dataclass(frozen=True, kw_only=True)
