@@ -179,6 +179,7 @@ class PortChannel(BadRequestChannel):
     _timer: IDelayedCall | None = None
     _served = 0  # responses finished on this connection
     _partial = False  # bytes of a request arrived since the head deadline was set
+    _streaming: "LimitedRequest | None" = None  # a streaming publish, handed to its resource at its headers
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -200,6 +201,7 @@ class PortChannel(BadRequestChannel):
             # a streaming publish: its resource gets it now, its body as it comes (bodystream.py);
             # the connection closes after its answer, whenever that comes (a refusal: at once)
             self.persistent = False
+            self._streaming = request
             request.setHeader(b"Connection", b"close")
             request.requestReceived(*request_line(self))
 
@@ -210,6 +212,8 @@ class PortChannel(BadRequestChannel):
 
     def allContentReceived(self) -> None:
         self._deadline(None)  # handled from here on; the resource decides how long
+        if self._streaming is not None and self._streaming.finished:
+            return  # a streaming publish answered before its body ended (a refusal): the connection is closing
         super().allContentReceived()
 
     def requestDone(self, request: IRequest) -> None:
@@ -299,7 +303,7 @@ class LimitedRequest(server.Request):
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
         method = request_line(self.channel)[0]  # the request knows its own only once it is dispatched
-        if wants_stream(method, self.getHeader(b"content-type")) and self.channel.transport is not None:
+        if length != 0 and wants_stream(method, self.getHeader(b"content-type")) and self.channel.transport is not None:
             self.body_stream = BodyStream(self.channel.transport)  # no total limit: its consumer bounds a line
             return
         if length is not None and length > self.channel.site.max_body_size:
