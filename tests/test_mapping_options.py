@@ -554,3 +554,12 @@ async def test_a_text_source_reads_a_text_sink(daemon) -> None:
     assert b'"accepted": 1' in await post(port, "/lines", b"two\nlines", b"text/plain")
     await wait_for(lambda: received, what="the line at the source")
     assert [e.values for e in received] == [{"text": "two\nlines"}]
+
+
+@pytest.mark.reactor_free
+@pytest.mark.parametrize("value", ["x", "é\u2028\"\\\n\x00\t", "\U0001F600", "", 0, -5, 2**62, -(2**63), 1.5, -0.0, 1e-300,
+                                   1e300, 0.1 + 0.2, True, False, None, {"a": [1, "b", None]}, [1, 2.5, {"c": True}]])
+def test_the_fast_encoding_of_a_value_is_the_encoders_byte_for_byte(value: object) -> None:
+    from sse_daemon.mapping.mappers import _ENCODE, _fast_json
+
+    assert _fast_json(value) == _ENCODE(value)

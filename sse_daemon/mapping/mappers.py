@@ -122,6 +122,26 @@ def _scan_json_strings(text: str, in_string: bool, escaped: bool) -> tuple[bool,
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
+_ENCODE_STRING = json.encoder.encode_basestring  # the C function the encoder itself uses for a str (ensure_ascii off)
+
+
+def _fast_json(value: Any) -> str:
+    """``_ENCODE(value)``, byte for byte, without the encoder's machinery for the scalars an event mostly
+    holds (values are checked on entry: floats are finite, strings have no lone surrogate)."""
+    kind = type(value)
+    if kind is str:
+        return _ENCODE_STRING(value)
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is float:
+        return float.__repr__(value)
+    return _ENCODE(value)
+
+
 def value_text(value: Any) -> str:
     """An attribute as plain text: a string as it is, anything else as its JSON text (null is ``null``)."""
     if isinstance(value, str):
@@ -170,15 +190,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _typed(value: Any, attr_type: AttrType, where: str, name: str, found_at: str) -> Any:
+def _place(where: int | str) -> str:
+    """Where in a payload: an element's index (a message is only written for an error), or a phrase."""
+    return f"element {where}" if isinstance(where, int) else where
+
+
+def _typed(value: Any, attr_type: AttrType, where: int | str, name: str, found_at: str) -> Any:
     """A value found in a payload, checked (every sink must be able to write it) and converted to its type."""
     try:
         check_value(value)
         return convert(value, attr_type)
     except InvalidValue as e:
-        raise MappingError(e.reason, f"{where}: attribute '{name}'{found_at}{e.at}: {e}") from None
+        raise MappingError(e.reason, f"{_place(where)}: attribute '{name}'{found_at}{e.at}: {e}") from None
     except ConversionError as e:
-        raise MappingError(e.reason, f"{where}: attribute '{name}'{found_at}: {e}") from None
+        raise MappingError(e.reason, f"{_place(where)}: attribute '{name}'{found_at}: {e}") from None
 
 
 @implementer(IMapper)
@@ -218,6 +243,8 @@ class JsonMapper:
                 for a in schema.attributes
             )
         self._prefix, self._suffix = _wrapper(self.enclosing)
+        #: each attribute's name and its JSON key as the output writes it ('"name":')
+        self._keys = tuple((name, _ENCODE(name) + ":") for name in schema.names)
         # The default output is valid JSON by construction; only a template needs the check.
         self._validate = validate_json and payload is not None
 
@@ -236,14 +263,14 @@ class JsonMapper:
         if isinstance(document, list):
             if max_events is not None and len(document) > max_events:
                 raise MappingError("too-many-events", f"the payload holds {len(document)} events; at most {max_events} are accepted at once")
-            return [values(item, f"element {index}") for index, item in enumerate(document)]
+            return [values(item, index) for index, item in enumerate(document)]
         return [values(document, "the payload")]
 
-    def _values(self, document: Any, where: str) -> dict[str, Any]:
+    def _values(self, document: Any, where: int | str) -> dict[str, Any]:
         if not isinstance(document, dict):
             raise MappingError(
                 "not-an-object",
-                f"{where}: expected a JSON object such as {{\"event\": {{...}}}}, found {type(document).__name__}",
+                f"{_place(where)}: expected a JSON object such as {{\"event\": {{...}}}}, found {type(document).__name__}",
             )
         if self._unwrap and len(document) == 1 and isinstance(document.get("event"), dict):
             document = document["event"]
@@ -251,19 +278,19 @@ class JsonMapper:
         for attribute in self.schema.attributes:
             if attribute.name not in document:
                 if self.fail_on_missing:
-                    raise MappingError("missing-attribute", f"{where}: attribute '{attribute.name}' is missing")
+                    raise MappingError("missing-attribute", f"{_place(where)}: attribute '{attribute.name}' is missing")
                 values[attribute.name] = None
                 continue
             values[attribute.name] = _typed(document[attribute.name], attribute.type, where, attribute.name, "")
         return values
 
-    def _path_values(self, document: Any, where: str) -> dict[str, Any]:
+    def _path_values(self, document: Any, where: int | str) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for name, attr_type, path in self._paths or ():
             value = path.find(document)
             if value is MISSING:
                 if self.fail_on_missing:
-                    raise MappingError("missing-attribute", f"{where}: attribute '{name}' is missing (nothing at {path})")
+                    raise MappingError("missing-attribute", f"{_place(where)}: attribute '{name}' is missing (nothing at {path})")
                 value = None
             values[name] = _typed(value, attr_type, where, name, f" (at {path})")
         return values
@@ -271,9 +298,9 @@ class JsonMapper:
     def encode(self, event: Event) -> str:
         if self.payload is not None:
             body = _render(self.payload, event.values, as_json=True)
-        else:
-            ordered = {name: event.values.get(name) for name in self.schema.names}
-            body = _json_value({"event": ordered})
+        else:  # {"event": {...}} in the schema's order, its keys encoded once (_keys)
+            values = event.values
+            body = '{"event":{' + ",".join([key + _fast_json(values.get(name)) for name, key in self._keys]) + "}}"
         body = self._prefix + body + self._suffix
         return _validated(body) if self._validate else body
 
