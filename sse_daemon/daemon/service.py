@@ -93,7 +93,7 @@ class DaemonService(MultiService):
 
     def endpoints(self) -> dict[PortKey, str]:
         """The ports bound now, and how: what a plan compares the new configuration's with."""
-        return {key: listener.endpoint or "" for key, listener in self.listeners.items()}
+        return {key: listener.description for key, listener in self.listeners.items()}
 
     def stage(self, new: Config, changes: Plan) -> Staged:
         """Build what ``changes`` adds and restarts, off to the side; nothing running is touched."""
