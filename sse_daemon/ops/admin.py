@@ -122,6 +122,10 @@ class DaemonCollector:
         for listener in (*figures["listeners"], listener_figures(admin.listener)):
             label = [f"{listener['host']}:{listener['port']}"]
             families["listener_connections"].add_metric(label, listener["connections"])
+            for protocol, count in sorted(listener["protocols"].items()):
+                families["listener_protocol_connections"].add_metric(label + [protocol], count)
+            for version, count in sorted(listener["requests"].items()):
+                families["listener_requests"].add_metric(label + [version], count)
             for reason, count in sorted(listener["rejected"].items()):
                 families["listener_requests_rejected"].add_metric(label + [reason], count)
         bus = admin.daemon.bus
