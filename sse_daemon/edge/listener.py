@@ -368,12 +368,18 @@ class PortH2Connection(StreamingH2Connection):
         self.port_site.resource.note("malformed-request", self.peer_host, "a malformed HTTP/2 request or frame: refused")
 
     def end_after_response(self) -> None:
-        """Take no more streams (GOAWAY): the client opens a new connection for its next request;
-        the connection closes once its last stream ends."""
-        if not self._closing:
-            self._closing = True
+        """Close once the open streams are answered, with GOAWAY: the client opens a new connection
+        for its next request (HTTP/2 can send nothing more on any stream after a GOAWAY)."""
+        self._closing = True
+        if not self.streams:
+            self._goaway()
+
+    def _goaway(self) -> None:
+        self._stop_timer()
+        if self._stillProducing:
             self.conn.close_connection()
             self._tryToWriteControlData()
+        abortable(self.transport).loseConnection()
 
     def _requestReceived(self, event: Any) -> None:
         self._stop_timer()  # a head arrived; the stream keeps its own body deadline
@@ -385,7 +391,7 @@ class PortH2Connection(StreamingH2Connection):
         if self.streams or not self._stillProducing:
             return
         if self._closing:
-            abortable(self.transport).loseConnection()
+            self._goaway()
             return
         seconds = self.port_site.policy.head_timeout
         if seconds > 0:
@@ -399,7 +405,6 @@ class PortH2Connection(StreamingH2Connection):
             message = f"no whole request head arrived within {seconds:g} seconds"
             self.port_site.resource.note("head-timeout", self.peer_host, message)
         self.end_after_response()
-        abortable(self.transport).loseConnection()
 
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
