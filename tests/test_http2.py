@@ -6,7 +6,6 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet import threads
 
