@@ -108,9 +108,9 @@ class Peer:
             self.goaway = True
 
     def request(self, path: str, method: str = "GET", headers: tuple[tuple[str, str], ...] = (), body: bytes | None = None,
-                end: bool = True, reading: bool = True) -> int:
+                end: bool = True, reading: bool = True, authority: str = "localhost") -> int:
         stream = self.client.get_next_available_stream_id()
-        head = [(":method", method), (":path", path), (":scheme", "https"), (":authority", "localhost"), *headers]
+        head = [(":method", method), (":path", path), (":scheme", "https"), (":authority", authority), *headers]
         self.client.send_headers(stream, [(k.encode(), v.encode()) for k, v in head], end_stream=end and body is None)
         if body is not None:
             self.client.send_data(stream, body, end_stream=end)
@@ -227,6 +227,17 @@ def test_once_shutdown_began_a_request_is_503_and_the_connection_takes_no_more()
     assert b"connection" not in peer.heads[stream], "a connection-specific header, which HTTP/2 forbids"
     assert peer.goaway and peer.transport.disconnecting
     assert site.resource.rejected["shutting-down"] == 1
+
+
+def test_a_request_for_another_port_over_a_reused_connection_is_421() -> None:
+    """Browsers reuse an HTTP/2 connection for other origins its certificate covers (coalescing)."""
+    site, _ = port()
+    peer = Peer(site)
+    own = peer.request("/plain", authority="localhost:8443")
+    other_name = peer.request("/plain", authority="127.0.0.1:8443")  # the same port: the same listener
+    other_port = peer.request("/plain", authority="localhost:9443")
+    assert (peer.status(own), peer.status(other_name), peer.status(other_port)) == (200, 200, 421)
+    assert site.resource.rejected["misdirected"] == 1 and not peer.goaway
 
 
 # --------------------------------------------------------------------------- flow control

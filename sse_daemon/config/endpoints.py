@@ -49,9 +49,8 @@ def listen_description(host: str, port: int, options: ServerTlsOptions) -> str:
 
 
 def offers_http2(options: ServerTlsOptions) -> bool:
-    """The port offers HTTP/2 through ALPN: TLS from ``server.tls.*`` (an ``ssl:`` ``server.endpoint``
-    is used as written, without ALPN) and ``server.http2`` not turned off."""
-    return bool(options.server_tls_cert) and not options.server_endpoint and options.server_http2
+    """The port offers HTTP/2 through ALPN: it is served over TLS and ``server.http2`` is not turned off."""
+    return is_tls(options) and options.server_http2
 
 
 def port_description(host: str, port: int, options: ServerTlsOptions) -> str:

@@ -222,7 +222,7 @@ TLS_SERVER_OPTIONS = (
     Option("server.tls.cert", "STRING", "A PEM certificate file (with its chain) to serve this port over TLS (https); needs `server.tls.key`. An ingest on a TLS port writes its `receiver.url` with `https://`.", parse_string, reads="file"),
     Option("server.tls.key", "STRING", "The PEM private key file of `server.tls.cert` (unencrypted; readable by the daemon's user only).", parse_string, reads="file"),
     Option("server.endpoint", "STRING", "A Twisted endpoint string that binds this port instead (e.g. `ssl:8443:privateKey=key.pem:certKey=cert.pem:extraCertChain=chain.pem`, `systemd:domain=INET:index=0`); connectors sharing the port must give the same.", parse_string),
-    Option("server.http2", "BOOL", "On a port with `server.tls.*`: offer HTTP/2 through ALPN (clients that do not ask for it get HTTP/1.1); `false` offers HTTP/1.1 only. A plain or `server.endpoint` port speaks HTTP/1.1. Connectors sharing a port must give the same; see [http2.md](http2.md).", parse_bool, True),
+    Option("server.http2", "BOOL", "On a TLS port (`server.tls.*` or an `ssl:` `server.endpoint`): offer HTTP/2 through ALPN (clients that do not ask for it get HTTP/1.1); `false` offers HTTP/1.1 only. A plain port speaks HTTP/1.1. Connectors sharing a port must give the same; see [http2.md](http2.md).", parse_bool, True),
 )
 
 #: what one connection may cost a sink's or an ingest's port (issue 12; connections.py); connectors

@@ -198,7 +198,7 @@ class Builder:
         options = first.options
         listener = ListenerService(self.reactor, host, port, table.policy, self.descriptors, self.stopping,
                                    endpoint=listen_description(host, port, options),
-                                   http2=(options.server_tls_cert, options.server_tls_key) if offers_http2(options) else None)
+                                   http2=offers_http2(options))
         listener.serve(table)
         return listener
 

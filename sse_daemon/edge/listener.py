@@ -26,7 +26,7 @@ from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import (IDelayedCall, IListeningPort, INegotiated, IProtocol, IReactorTime, IStreamServerEndpoint,
+from twisted.internet.interfaces import (IDelayedCall, IListeningPort, INegotiated, IProtocol, IReactorTime,
                                          ITCPTransport, ITransport)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -43,7 +43,7 @@ from sse_daemon.config.values import normalise_path
 from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping
 from sse_daemon.policy.limits import should_log
 from sse_daemon.edge.safety import internal_error, undecodable_header
-from sse_daemon.edge.tls import HTTP2_MARK, alpn_endpoint
+from sse_daemon.edge.tls import HTTP2_MARK
 
 #: body limit on a port that only serves sinks (subscribing needs no body)
 SINK_ONLY_BODY_LIMIT = 64 * 1024
@@ -360,12 +360,26 @@ class PortH2Connection(StreamingH2Connection):
         self._timer: IDelayedCall | None = None
         self._served = 0
         self._closing = False
+        self._port_of_origin: bytes | None = None  # the port the first request's authority names
         seconds = site.policy.head_timeout if head_left is None else head_left
         if head_left is not None or site.policy.head_timeout > 0:
             self._timer = self.clock.callLater(seconds, self._head_expired, site.policy.head_timeout)
 
     def bad_request(self) -> None:
         self.port_site.resource.note("malformed-request", self.peer_host, "a malformed HTTP/2 request or frame: refused")
+
+    def misdirected(self, authority: bytes | None) -> bool:
+        """Whether a request for ``authority`` came over a connection opened for another port.
+
+        A browser reuses an HTTP/2 connection for every origin its certificate and address
+        cover, other ports of this host included (connection coalescing); another port is
+        another listener, with other paths and limits. The first request names the port the
+        connection is for (behind a proxy or NAT that may not be the one bound here).
+        """
+        port = _authority_port(authority)
+        if self._port_of_origin is None:
+            self._port_of_origin = port
+        return port != self._port_of_origin
 
     def end_after_response(self) -> None:
         """Close once the open streams are answered, with GOAWAY: the client opens a new connection
@@ -414,6 +428,12 @@ class PortH2Connection(StreamingH2Connection):
     def connectionLost(self, reason: Failure = connectionDone, _cancelTimeouts: bool = True) -> None:
         self._stop_timer()
         super().connectionLost(reason, _cancelTimeouts)
+
+
+def _authority_port(authority: bytes | None) -> bytes:
+    """The port an HTTP/2 request's ``:authority`` (``Host``) names: ``b""`` for the scheme's default."""
+    host, colon, port = (authority or b"").rpartition(b":")
+    return port if colon and not port.endswith(b"]") else b""
 
 
 class PortStream(H2Stream):
@@ -534,6 +554,12 @@ class LimitedRequest(server.Request):
         if site.stopping:
             self._shutting_down()
             return
+        link = self.link
+        if isinstance(link, PortStream) and link.port.misdirected(self.getHeader(b"host")):
+            message = "this connection serves another port of this host: open a new connection (421)"
+            site.resource.note("misdirected", link.peer_host, message)
+            link.answer(421, b"Misdirected Request", {"error": message, "reason": "misdirected"})
+            return
         if self.path == b"*" and self.method != b"OPTIONS":  # Twisted answers 405 itself; count it too
             site.resource.rejected["method-not-allowed"] += 1
         super().process()
@@ -598,6 +624,11 @@ class QuietSite(server.Site):
 
     def log(self, request: http.Request) -> None:
         pass
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """What a TLS port offers through ALPN (Twisted asks the site: IProtocolNegotiationFactory).
+        Twisted's Site offers ``h2`` whenever the h2 package is installed; here only with ``http2``."""
+        return [HTTP2.encode(), HTTP1.encode()] if self.http2 else [HTTP1.encode()]
 
     def buildProtocol(self, addr: Any) -> Any:
         """Admit a new connection (counted from accept to close) or close it at once.
@@ -694,7 +725,7 @@ class ListenerService(Service):
 
     def __init__(self, reactor: Any, host: str, port: int, policy: PortPolicy = PortPolicy(),
                  descriptors: DescriptorBudget | None = None, stopping: Stopping | None = None,
-                 list_paths: bool = True, endpoint: str | None = None, http2: tuple[str, str] | None = None) -> None:
+                 list_paths: bool = True, endpoint: str | None = None, http2: bool = False) -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
@@ -709,14 +740,14 @@ class ListenerService(Service):
         self.listening: IListeningPort | None = None
         #: the endpoint string to bind with (TLS, server.endpoint; see tls.py); None: plain TCP
         self.endpoint = endpoint
-        #: the TLS certificate and key files of a port that offers HTTP/2 through ALPN (server.http2); None: it does not
+        #: a TLS port that offers HTTP/2 through ALPN (server.http2)
         self.http2 = http2
         self.setName(f"listener:{host}:{port}")
 
     @property
     def description(self) -> str:
         """How the port is bound, as a plan compares ports (config/endpoints.py ``port_description``)."""
-        return (self.endpoint or "") + (HTTP2_MARK if self.http2 is not None else "")
+        return (self.endpoint or "") + (HTTP2_MARK if self.http2 else "")
 
     def add(self, path: str, resource: IResource, label: str, max_body_size: int | None = None) -> None:
         self.router.add(path, resource)
@@ -759,13 +790,9 @@ class ListenerService(Service):
         direct = self.endpoint is None or self.endpoint.partition(":")[0] in DIRECT_ENDPOINTS
         site = self.site = QuietSite(self.router, self.reactor, self.max_body_size or SINK_ONLY_BODY_LIMIT,
                                      self.policy, self.descriptors, self.stopping, direct)
-        site.http2 = self.http2 is not None
+        site.http2 = self.http2
         interface = self.host.replace(":", "\\:")
-        endpoint: IStreamServerEndpoint
-        if self.http2 is not None:
-            endpoint = alpn_endpoint(self.reactor, self.host, self.port, *self.http2)
-        else:
-            endpoint = endpoints.serverFromString(self.reactor, self.endpoint or f"tcp:{self.port}:interface={interface}")
+        endpoint = endpoints.serverFromString(self.reactor, self.endpoint or f"tcp:{self.port}:interface={interface}")
         outcome: list[IListeningPort | Failure] = []
         endpoint.listen(site).addBoth(outcome.append)
         result = outcome[0] if outcome else None  # TCP endpoints answer synchronously

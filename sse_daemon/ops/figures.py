@@ -149,9 +149,9 @@ def listener_figures(listener: "ListenerService") -> dict[str, Any]:
         "bound": listener.listening is not None,
         "serves": list(listener.labels),
         "connections": listener.site.connections.total if listener.site is not None else 0,
-        "http2": listener.http2 is not None,  # offered through ALPN (server.http2 on a TLS port)
+        "http2": listener.http2,  # offered through ALPN (server.http2 on a TLS port)
         # open connections by protocol ("http/1.1", "h2"), requests by HTTP version
-        "protocols": {HTTP1: 0, **({HTTP2: 0} if listener.http2 is not None else {}),
+        "protocols": {HTTP1: 0, **({HTTP2: 0} if listener.http2 else {}),
                       **(dict(listener.site.protocols) if listener.site is not None else {})},
         "requests": dict(listener.site.requests) if listener.site is not None else {},
         "rejected": dict(listener.router.rejected),

@@ -113,7 +113,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("listener_requests_rejected", "counter",
            "Connections and requests a port refused before any sink or ingest saw them (connection budgets, deadlines, shutdown, "
            "malformed requests, unknown paths), by reason.", ("listener", "reason"),
-           notes="Reasons: `too-many-connections-from-address`, `descriptors-low`, `head-timeout`, `body-timeout`, `shutting-down`, "
+           notes="Reasons: `too-many-connections-from-address`, `descriptors-low`, `head-timeout`, `body-timeout`, `shutting-down`, `misdirected` (HTTP/2: a request for another port over a connection "
+                 "a browser reused, answered 421), "
                  "`body-too-large`, `malformed-request` (Twisted's parser, a header line past 16 KiB), `invalid-header` (not UTF-8), "
                  "`not-found`, `method-not-allowed`, or `internal-error` (a bug, answered 500)."),
     Family("admin_requests_rejected", "counter",
