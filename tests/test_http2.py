@@ -48,3 +48,57 @@ async def test_a_tls_port_speaks_http2_to_a_client_that_asks_and_http11_to_one_t
     for body in (body1, body2):
         assert body.startswith(b": sse-daemon stream open\n") and b'"n":7' in body
     assert b"\r\n" not in body2, "HTTP/2 has no chunked framing"
+
+
+def sink_options(pki: dict[str, Path], *options: str) -> str:  # noqa: F811
+    """The TLS sink and ingest, with more options on the sink."""
+    return tls_sink(pki).replace("    server.path: events\n", "    server.path: events\n" + "".join(f"    {o}\n" for o in options), 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ingest_auth_cors_resume_and_heartbeats_work_the_same_over_http2(daemon, pki, tmp_path) -> None:  # noqa: F811
+    tokens = tmp_path / "tokens"
+    tokens.write_text("a-token-of-sixteen-chars-or-more\n")
+    service = await daemon(sink_options(pki, "auth.type: bearer", f"auth.tokens.file: {tokens}", "cors.origins: https://app.example.com",
+                                        "heartbeat.interval: 0.2"))
+    port = service.port_of("Events")
+    events, ingest = f"https://localhost:{port}/events", f"https://localhost:{port}/in"
+    authorised = {"Authorization": "Bearer a-token-of-sixteen-chars-or-more", "Origin": "https://app.example.com"}
+
+    def requests() -> dict[str, Any]:
+        with h2_client(pki["ca"]) as client:
+            refused = client.get(events)
+            posted = [client.post(ingest, json={"n": n}) for n in (1, 2, 3)]
+            with client.stream("GET", events, headers={**authorised, "Last-Event-ID": "0"}) as response:
+                body = b""
+                for part in response.iter_raw():
+                    body += part
+                    if b'"n":3' in body and b": heartbeat" in body:
+                        break
+                return {"refused": (refused.http_version, refused.status_code, refused.headers.get("www-authenticate")),
+                        "posted": [(p.http_version, p.status_code, p.json()) for p in posted],
+                        "stream": (response.http_version, response.status_code, response.headers.get("access-control-allow-origin"), body)}
+
+    result = await deadline(threads.deferToThread(requests))
+    assert result["refused"][:2] == ("HTTP/2", 401) and result["refused"][2].startswith("Bearer")
+    assert result["posted"] == [("HTTP/2", 200, {"accepted": 1})] * 3
+    version, status, allowed, body = result["stream"]
+    assert (version, status, allowed) == ("HTTP/2", 200, "https://app.example.com")
+    assert body.index(b'"n":1') < body.index(b'"n":2') < body.index(b'"n":3'), "resumed from the history, in order"
+    assert b": heartbeat" in body
+    listener = next(iter(service.listeners.values()))
+    assert listener.site.requests["HTTP/2"] == 5 and listener.site.protocols["h2"] == 0, "the connection closed with the client"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_drain_on_shutdown_ends_http2_streams_cleanly_with_the_goodbye(daemon, pki) -> None:  # noqa: F811
+    service = await daemon(sink_options(pki, "drain.window: 0"))
+    port = service.port_of("Events")
+    sink = service.sinks["Events"].sink
+    reading = threads.deferToThread(read_stream, f"https://localhost:{port}/events", pki["ca"], b"never sent")
+    await wait_for(lambda: len(sink.subscribers) == 1, what="the subscriber")
+    await deadline(service.stopService())
+    version, _, body = await deadline(reading)  # the stream ended (END_STREAM): iter_raw returned
+    assert version == "HTTP/2"
+    goodbye = body.rpartition(b": server shutting down; reconnect\n\n")[2]
+    assert goodbye.startswith(b"retry: ") and goodbye.endswith(b"\n\n"), "the goodbye and its own retry: came last"
