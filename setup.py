@@ -48,7 +48,7 @@ setup(
     entry_points={"console_scripts": ["sse-daemon=sse_daemon.cli:main"]},  # `sse-daemon probe URL`
     package_data={
         "sse_daemon.ops.static": ["*"],  # the admin status page (plain HTML and JS, no build step)
-        "sse_daemon.config": ["statements.lark"],  # the grammar of the statement language, read at run time
+        "sse_daemon.config": ["statements.lark", "siddhi.lark"],  # the grammars of the statement language and of Siddhi apps, read at run time
     },
     include_package_data=True,
 )

@@ -3,7 +3,9 @@
 GET /sub subscribes (an ``EventSourceResponse`` over a per-subscriber ``asyncio.Queue``);
 POST /publish puts the request body, as one event's data, into every queue and answers
 200. Unbounded queues, as in the library's examples: this peer does not bound a slow
-subscriber. Run: ``python bench/peer_starlette.py PORT`` (127.0.0.1 only).
+subscriber. Served as uvicorn's users serve it for speed: uvloop and httptools (the
+benchmark installs them; ``uvicorn[standard]`` brings both). Run:
+``python bench/peer_starlette.py PORT`` (127.0.0.1 only).
 """
 
 from __future__ import annotations
@@ -47,4 +49,5 @@ app = Starlette(routes=[Route("/sub", sub), Route("/publish", publish, methods=[
 if __name__ == "__main__":
     port = int(sys.argv[1])
     print(f"peer_starlette listening on 127.0.0.1:{port}", flush=True)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, backlog=4096)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, backlog=4096,
+                loop="uvloop", http="httptools")

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -58,6 +60,7 @@ class Scenario:
     slow: int = 0  # subscribers that read nothing
     pipeline: int = 1  # requests in flight on each publisher connection
     publishers: int = 1  # publisher connections (keep-alive), the events shared between them
+    batch: int = 1  # events per POST (a JSON array when above 1)
     max_seconds: float = 60
     hold: float = 0.5  # idle: seconds to wait before reading memory
     repeat: int = 1  # runs per server; the median one is reported (this VM's figures vary run to run)
@@ -315,9 +318,8 @@ class Daemon(Server):
     #: more options of the sink, as YAML flow-mapping entries (", key: value")
     sink_extra = ""
 
-    def start(self) -> None:
-        config = self.workdir / "daemon.yaml"
-        config.write_text(
+    def config_text(self) -> str:
+        return (
             getattr(self, "extra_config", "") +
             "sources:\n"
             "  In: {type: http, stream: S, schema: 'm string', receiver.url: 'http://127.0.0.1:0/publish'}\n"
@@ -326,6 +328,10 @@ class Daemon(Server):
             "      server.path: /sub, heartbeat.interval: 0, drain.window: 0" + self.sink_extra +
             (f", worker.count: {self.workers}" if self.workers > 1 else "") + "}\n"
         )
+
+    def start(self) -> None:
+        config = self.workdir / "daemon.yaml"
+        config.write_text(self.config_text())
         self.log = self.workdir / "daemon.log"
         self.log.write_text("")
         self.proc = subprocess.Popen(
@@ -410,6 +416,17 @@ class RedisDaemon(Daemon):
             self.redis.terminate()
             self.redis.wait(10)
             self.redis = None
+
+
+def ensure_peer_packages() -> str | None:
+    """uvloop and httptools for the sse-starlette peer (uvicorn as its users run it for speed), installed
+    into this environment when missing; None when they are there, else why not."""
+    missing = [m for m in ("uvloop", "httptools") if importlib.util.find_spec(m) is None]
+    if missing:
+        subprocess.run([PY, "-m", "pip", "install", "--quiet", *missing], check=False)
+        importlib.invalidate_caches()
+    missing = [m for m in missing if importlib.util.find_spec(m) is None]
+    return f"could not install {', '.join(missing)}" if missing else None
 
 
 class Starlette(Server):
@@ -519,7 +536,7 @@ def run_one(server: Server, sc: Scenario, client: Path, pin_client: list[str], p
         args = [*pin_client, str(client), "--port", str(server.port), *pub, "--sub-path", server.sub_path,
                 "--pub-path", server.pub_path, "--subs", str(sc.subs), "--slow", str(sc.slow),
                 "--count", str(sc.count), "--rate", str(sc.rate), "--pad", str(sc.pad),
-                "--pipeline", str(sc.pipeline), "--publishers", str(sc.publishers),
+                "--pipeline", str(sc.pipeline), "--publishers", str(sc.publishers), "--batch", str(sc.batch),
                 "--max-seconds", str(sc.max_seconds), "--connect-seconds", "90",
                 "--max-pending", "40"]  # under Twisted's default listen backlog of 50
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -673,7 +690,13 @@ def machine() -> dict[str, str]:
         import sse_starlette
         import uvicorn
 
-        peers.append(f"sse-starlette {sse_starlette.__version__}, uvicorn {uvicorn.__version__}")
+        served = []
+        for module in ("uvloop", "httptools"):
+            try:
+                served.append(f"{module} {importlib.import_module(module).__version__}")
+            except ImportError:
+                served.append(f"no {module}")
+        peers.append(f"sse-starlette {sse_starlette.__version__}, uvicorn {uvicorn.__version__} ({', '.join(served)})")
     except ImportError:
         pass
     nchan = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}  ", "libnginx-mod-nchan", "nginx"],
@@ -925,8 +948,7 @@ def write_results(path: Path, res: dict[str, dict[str, dict[str, Any]]], scs: li
             lines += ["", reading.read_text().strip()]
     else:
         lines.append("No profile in this run (py-spy missing, `--no-profile`, or `--quick`).")
-    kept = kept_history_section(path)
-    if kept:
+    for kept in kept_sections(path):  # what the other modes wrote (--history, bench/publish.py, ...)
         lines += [kept, ""]
     path.write_text("\n".join(lines))
 
@@ -1052,21 +1074,36 @@ def filesystem(path: Path) -> str:
     return f"{best[0]} on {best[1]}, not tmpfs" if best[0] != "tmpfs" else "tmpfs: in memory, the figures flatter the file"
 
 
-def kept_history_section(path: Path) -> str | None:
-    """The history file's section of an existing results file, for a full run to keep."""
+def kept_section(path: Path, begin_marker: str, end_marker: str) -> str | None:
+    """A section of an existing results file written by another mode (between its markers), for a full run to keep."""
     if not path.exists():
         return None
     text = path.read_text()
-    begin, end = text.find(HISTORY_BEGIN), text.find(HISTORY_END)
-    return text[begin:end + len(HISTORY_END)] if begin >= 0 and end > begin else None
+    begin, end = text.find(begin_marker), text.find(end_marker)
+    return text[begin:end + len(end_marker)] if begin >= 0 and end > begin else None
+
+
+def put_section(path: Path, begin_marker: str, end_marker: str, section: str) -> None:
+    """Writes ``section`` (which starts and ends with the markers) into ``path`` in place of the one there, or at the end."""
+    text = path.read_text() if path.exists() else "# Fan-out benchmark results\n"
+    old = kept_section(path, begin_marker, end_marker)
+    text = text.replace(old, section) if old else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+def kept_sections(path: Path) -> list[str]:
+    """Every section another mode wrote into ``path``: ``<!-- NAME: begin ... -->`` to ``<!-- NAME: end -->``."""
+    if not path.exists():
+        return []
+    return [m.group(0) for m in re.finditer(r"<!-- ([a-z0-9-]+): begin.*?-->.*?<!-- \1: end -->", path.read_text(), re.S)]
+
+
+def kept_history_section(path: Path) -> str | None:
+    return kept_section(path, HISTORY_BEGIN, HISTORY_END)
 
 
 def put_history_section(path: Path, section: str) -> None:
-    """Writes ``section`` into ``path`` in place of the one there, or at the end."""
-    text = path.read_text() if path.exists() else "# Fan-out benchmark results\n"
-    old = kept_history_section(path)
-    text = text.replace(old, section) if old else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
+    put_section(path, HISTORY_BEGIN, HISTORY_END, section)
 
 
 # ---------------------------------------------------------------- main
@@ -1138,6 +1175,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"bench: unknown server {name!r}; one of {', '.join(classes)}")
             if name == "Nchan" and (why := Nchan.available()):
                 notes.append(f"Nchan skipped: {why}.")
+                continue
+            if name == "sse-starlette" and (why := ensure_peer_packages()):
+                notes.append(f"sse-starlette skipped: {why}.")
                 continue
             servers.append(name)
         scs = history_scenarios(args.quick) if args.history else scenarios(args.quick)

@@ -55,6 +55,7 @@ static int pad = 0;            /* padding bytes in each event */
 static int pipeline = 1;       /* requests in flight on each publisher connection */
 #define MAX_PUBLISHERS 64
 static int npubs = 1;          /* publisher connections, one thread each */
+static long batch = 1;         /* events per POST: 1 sends an object, more a JSON array of them */
 static double drain_seconds = 5; /* after the last publish, wait this long at most */
 static double connect_seconds = 120;
 static int max_pending = 200;  /* subscriptions in flight at once: connect to response head */
@@ -326,13 +327,15 @@ static void *publisher(void *arg) {
     if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) { perror("publisher connect"); __sync_fetch_and_add(&pub_errors, 1); return NULL; }
     char *padding = malloc(pad + 1);
     memset(padding, 'x', pad); padding[pad] = 0;
-    size_t cap = 1 << 16;
-    char *resp = malloc(cap), *req = malloc(pad + 1024);
+    size_t cap = 1 << 16, reqcap = (size_t)(pad + 96) * batch + 1024;
+    char *resp = malloc(cap), *req = malloc(reqcap), *body = malloc(reqcap);
+    long *inflight = calloc(pipeline, sizeof *inflight); /* events in each POST in flight, oldest first */
+    int head = 0, nflight = 0;
     size_t have = 0;
     double t0 = pub_started;
-    long sent = 0, done = 0;
+    long sent = 0, done = 0; /* events */
     while (done < mine) {
-        while (sent < mine && sent - done < pipeline) {
+        while (sent < mine && nflight < pipeline) {
             if (my_rate > 0) {
                 double due = t0 + sent / my_rate, t = now_s();
                 if (due > t) {
@@ -342,20 +345,30 @@ static void *publisher(void *arg) {
                 }
             }
             if (now_s() - t0 > max_seconds) break;
-            char body[128];
-            int blen = snprintf(body, sizeof body, "{\"m\":\"@%ld@%lld@", sent * npubs + me, (long long)now_us());
-            int len = snprintf(req, pad + 1024,
+            long n = mine - sent < batch ? mine - sent : batch; /* events in this POST */
+            size_t blen = 0;
+            if (batch > 1) body[blen++] = '[';
+            for (long j = 0; j < n; j++) {
+                blen += snprintf(body + blen, reqcap - blen, "%s{\"m\":\"@%ld@%lld@%s\"}", j ? "," : "",
+                                 (sent + j) * npubs + me, (long long)now_us(), padding);
+            }
+            if (batch > 1) body[blen++] = ']';
+            int len = snprintf(req, reqcap,
                                "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                               "Content-Length: %d\r\n\r\n%s%s\"}", pub_path, blen + pad + 2, body, padding);
-            if (write(fd, req, len) != len) { __sync_fetch_and_add(&pub_errors, 1); goto out; }
-            sent++;
+                               "Content-Length: %zu\r\n\r\n", pub_path, blen);
+            if (write(fd, req, len) != len || write(fd, body, blen) != (ssize_t)blen) { __sync_fetch_and_add(&pub_errors, 1); goto out; }
+            inflight[(head + nflight++) % pipeline] = n;
+            sent += n;
         }
         if (sent == done) break; /* out of time */
         int status = http_read_response(fd, resp, cap, &have);
         if (status < 0) { __sync_fetch_and_add(&pub_errors, 1); goto out; }
+        long n = inflight[head];
+        head = (head + 1) % pipeline;
+        nflight--;
+        done += n;
         if (status < 200 || status >= 300) __sync_fetch_and_add(&pub_errors, 1);
-        done++;
-        __sync_fetch_and_add(&published, 1);
+        else __sync_fetch_and_add(&published, n);
     }
 out:
     close(fd);
@@ -394,6 +407,7 @@ int main(int argc, char **argv) {
         else if (OPT("--max-seconds")) max_seconds = atof(v);
         else if (OPT("--pad")) pad = atoi(v);
         else if (OPT("--pipeline")) pipeline = atoi(v) > 0 ? atoi(v) : 1;
+        else if (OPT("--batch")) batch = atol(v) < 1 ? 1 : atol(v);
         else if (OPT("--publishers")) npubs = atoi(v) < 1 ? 1 : atoi(v) > MAX_PUBLISHERS ? MAX_PUBLISHERS : atoi(v);
         else if (OPT("--drain-seconds")) drain_seconds = atof(v);
         else if (OPT("--connect-seconds")) connect_seconds = atof(v);

@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 from twisted.web import _http2, client as web_client, http, server
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
 
-__all__ = ["BadRequestChannel", "DATA_LOSS", "H2Stream", "STREAM_BUFFER", "StreamingH2Connection", "has_write_buffer", "quiet_connection_pool", "request_disconnected",
-           "skip_form_parsing", "write_buffer_empty"]
+__all__ = ["BadRequestChannel", "DATA_LOSS", "H2Stream", "STREAM_BUFFER", "StreamingH2Connection", "has_write_buffer",
+           "quiet_connection_pool", "request_disconnected", "request_line", "skip_form_parsing", "write_buffer_empty"]
 
 
 # --------------------------------------------------------------------------- the TCP write buffer (connectors/fanout.py)
@@ -76,6 +76,17 @@ class BadRequestChannel(http.HTTPChannel):
 
 
 # --------------------------------------------------------------------------- requests (edge/listener.py, connectors/ingest.py)
+
+def request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes, bytes]:
+    """The method, target and version of the request whose headers ``channel`` has just read.
+
+    A streaming publish is handed to its resource when its headers are in, not
+    when its body has ended (edge/bodystream.py); Twisted keeps the request line
+    on the channel, privately, until then, and has no public way to ask for it.
+    Valid from ``allHeadersReceived`` until ``allContentReceived``.
+    """
+    return channel._command, channel._path, channel._version
+
 
 def skip_form_parsing(request: server.Request) -> None:
     """Turn off the parse of form bodies (urlencoded, multipart) into ``request.args`` for ``request``.

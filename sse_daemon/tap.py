@@ -26,7 +26,7 @@ from sse_daemon.daemon.service import DaemonService, build_service
 class Options(usage.Options):
     synopsis = "--config FILE [--config FILE ...] [--check]"
     longdesc = (
-        "Runs Server-Sent Events sinks and sources defined in YAML files or statement files (.sql). "
+        "Runs Server-Sent Events sinks and sources defined in YAML files, statement files (.sql) or Siddhi apps (.siddhi). "
         "--check validates the configuration, prints a summary and exits."
     )
     optFlags = [["check", None, "Validate the configuration, print a summary and exit (0 valid, 1 invalid)."]]
@@ -43,7 +43,7 @@ class Options(usage.Options):
         self.loaded: Config | None = None
 
     def opt_config(self, path: str) -> None:
-        """A configuration file: YAML, or statements if it ends in .sql (repeat for several files)."""
+        """A configuration file: YAML, statements if it ends in .sql, a Siddhi app if in .siddhi (repeat for several files)."""
         self["config"].append(path)
 
     opt_c = opt_config

@@ -123,11 +123,12 @@ def write_config(tmp_path: Path, text: str, name: str = "sse.yaml") -> Path:
 
 @pytest.fixture
 def daemon(tmp_path: Path):
-    """``await daemon(yaml_text)`` starts a DaemonService on the real reactor; stopped after the test."""
+    """``await daemon(yaml_text)`` starts a DaemonService on the real reactor; stopped after the test.
+    ``name`` chooses the file, so its front end (``app.siddhi``, ``conf.sql``)."""
     started: list[DaemonService] = []
 
-    async def start(text: str, clock: Any = None) -> DaemonService:
-        config = load_files([str(write_config(tmp_path, text))])
+    async def start(text: str, clock: Any = None, name: str = "sse.yaml") -> DaemonService:
+        config = load_files([str(write_config(tmp_path, text, name))])
         service = build_service(config, reactor, clock=clock)
         service.privilegedStartService()
         service.startService()

@@ -197,6 +197,40 @@ def test_a_large_body_is_published_in_slices_one_per_reactor_turn_and_answered_a
     assert request.responseCode in (None, 200) and json.loads(b"".join(request.written)) == {"accepted": 1234}
 
 
+@pytest.mark.reactor_free
+def test_ingest_refuses_the_whole_body_with_503_while_the_shared_bus_fanout_is_behind() -> None:
+    """``behind`` (a shared bus's ISharedBus.behind) says the instance's own fan-out trails what it accepted by more
+    than ``fanout.max.lag``: nothing of the body is published, 503 fanout-behind with Retry-After; a bad body is still
+    the publisher's 400 first; once the fan-out caught up the same body is taken."""
+    connector = validate(load_yaml('sources: {In: {type: http, schema: "n int", receiver.url: "http://127.0.0.1:0/in"}}')).sources[0]
+    bus = MemoryBus()
+    got: list = []
+    bus.subscribe("In", lambda event: got.append(event.values["n"]))
+    lag: list[float | None] = [3.4]
+    clock = Clock()
+    ingest = IngestResource(connector, make_mapper(connector.options.mapping, parse_schema("n int")), bus, clock,
+                            behind=lambda stream: lag[0] if stream == "In" else None)
+
+    def post(body: bytes) -> DummyRequest:
+        request = DummyRequest([b"in"])
+        request.method = b"POST"
+        request.content = io.BytesIO(body)
+        written = ingest.render(request)
+        if isinstance(written, bytes):
+            request.write(written)
+        return request
+
+    refused = post(b'[{"n": 1}, {"n": 2}]')
+    answer = json.loads(b"".join(refused.written))
+    assert refused.responseCode == 503 and answer["reason"] == "fanout-behind" and "3.4 s behind" in answer["error"], answer
+    assert refused.responseHeaders.getRawHeaders(b"Retry-After") == [b"1"]
+    assert got == [] and ingest.rejected["fanout-behind"] == 1
+    assert post(b'{"n": "x"}').responseCode == 400, "a bad body is the publisher's error whatever the lag"
+    lag[0] = None
+    accepted = post(b'[{"n": 1}, {"n": 2}]')
+    assert accepted.responseCode in (None, 200) and got == [1, 2]
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_sse_source_counts_a_bad_upstream_event_and_goes_on(harness, log_events) -> None:  # noqa: F811
     server = harness.server()

@@ -1,4 +1,4 @@
-"""The status page in a real headless Chromium: figures, and live events over the browser's own EventSource.
+"""The status page in a real headless Chromium: figures, charts, and live events over the browser's own EventSource.
 
 Selenium's calls block, so each runs in a thread (``deferToThread``) while
 the reactor thread keeps serving the page, its JSON and its event stream.
@@ -19,7 +19,7 @@ import treq
 from twisted.internet import reactor, threads
 from twisted.web.client import HTTPConnectionPool
 
-from .conftest import deadline, sleep
+from .conftest import deadline, sleep, subscribe, wait_for
 from .system_tools import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,7 +155,102 @@ async def test_status_page_shows_figures_and_live_events_and_resumes_after_a_dro
         return row && row.cells[5].textContent === '5'""", "the figures to catch up")
     png = await in_thread(browser.get_screenshot_as_png)
     assert png.startswith(b"\x89PNG")
+    await in_thread(browser.get, "about:blank")  # closes the page's EventSource before the daemon stops
+
+
+#: the charts sampled twice a second over 20 s (the test's length), so the test sees samples soon
+CHARTS = CONFIG.replace("admin:\n  port: 0\n", "admin:\n  port: 0\n  charts.interval: 0.5\n  charts.window: 20\n")
+RATE = 20  # events per second, published 5 at a time every quarter of a second
+
+
+def chart(figure: str) -> str:
+    """A script reading back one chart of the selected connector: its values and the page's sample times."""
+    return f"""const box = document.querySelector('#charts figure[data-figure="{figure}"]');
+        return box ? {{values: JSON.parse(box.dataset.values), times: charts.times, selected: box.parentNode.dataset.selected}} : null"""
+
+
+def events_between(data: dict, start: float, end: float) -> float:
+    """What a rate chart says was published in (start, end]: each rate times its sample's interval."""
+    times, values = data["times"], data["values"]
+    return sum(values[i] * (times[i] - times[i - 1]) for i in range(1, len(times))
+               if values[i] is not None and start < times[i] <= end)
+
+
+@pytest_twisted.ensureDeferred
+async def test_charts_show_past_traffic_at_once_then_new_traffic_and_a_subscriber_drop(daemon, browser) -> None:
+    service = await daemon(CHARTS)
+    charts = service.admin.charts
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    orders = f"http://127.0.0.1:{service.port_of('Shop')}/shop"
+    batch = b"[" + b",".join(b'{"item":"tea","qty":%d}' % n for n in range(5)) + b"]"
+
+    async def publish(seconds: float) -> tuple[float, float]:
+        """RATE events a second for ``seconds``; when the first and the last were published."""
+        start = reactor.seconds()
+        for n in range(int(seconds * RATE / 5)):
+            response = await deadline(treq.post(orders, data=batch, pool=pool))
+            assert response.code == 200, await treq.content(response)
+            await deadline(treq.content(response))
+            await sleep(max(0.0, start + (n + 1) * 5 / RATE - reactor.seconds()))  # pacing the publisher
+        return start, reactor.seconds()
+
+    async def sampled_after(moment: float) -> None:
+        await wait_for(lambda: charts.taken and charts.times[(charts.taken - 1) % charts.points] > moment + 0.01,
+                       what="a sample after the traffic")
+
+    # Before the page is opened: three subscribers, 60 events in 3 s, then two subscribers drop.
+    subscribers = [await subscribe(service.port_of("OrdersOut"), "/orders") for _ in range(3)]
+    await wait_for(lambda: charts.history()["sinks"]["OrdersOut"]["subscribers"][-1] == 3, what="3 subscribers sampled")
+    first_start, first_end = await publish(3.0)
+    await sampled_after(first_end)
+    for client in subscribers[:2]:
+        client.transport.abortConnection()
+    await wait_for(lambda: charts.history()["sinks"]["OrdersOut"]["subscribers"][-1] == 1, what="the drop sampled")
+
+    opened = reactor.seconds()
+    await in_thread(browser.get, f"http://127.0.0.1:{service.admin.port}/#stream=Orders&chart=source:Shop")
+    data = await until(browser, chart("events_in"), "the source's events chart")
+    assert data["selected"] == "source:Shop"
+    assert data["times"][0] < first_start, "the page shows what the daemon sampled before it was opened"
+    assert events_between(data, 0, opened) == pytest.approx(3 * RATE, abs=0.01), "every event of the first burst, at once"
+    burst = [v for t, v in zip(data["times"], data["values"]) if first_start < t <= first_end + charts.interval and v]
+    published = 3 * RATE / (first_end - first_start)  # RATE, or less on a loaded machine
+    assert published / 2 <= sum(burst) / len(burst) <= published * 2, f"about {published:.1f}/s while publishing: {burst}"
+
+    # New traffic shows up within a few seconds, on the chart already open.
+    second_start, second_end = await publish(2.0)
+    async def second_burst() -> float:
+        return events_between(await in_thread(browser.execute_script, chart("events_in")), second_start, reactor.seconds())
+
+    end = reactor.seconds() + 5
+    while abs(await second_burst() - 2 * RATE) > 0.01:
+        assert reactor.seconds() < end, "the second burst did not show within 5 s"
+        await sleep(0.1)
+
+    # The sink's subscribers chart: 3, then 1 after the drop.
+    await in_thread(browser.execute_script, "setHashParam('chart', 'sink:OrdersOut')")
+    subs = await until(browser, f"const d = (() => {{ {chart('subscribers')} }})(); return d && d.selected === 'sink:OrdersOut' ? d : null",
+                       "the sink's subscribers chart")
+    known = [v for v in subs["values"] if v is not None]
+    assert 3 in known and known[-1] == 1 and known.index(3) < len(known) - 1 - known[::-1].index(1), known
+    spark = await in_thread(browser.execute_script, """
+        const row = [...document.querySelectorAll('#sinks tbody tr')].find(r => r.cells[0].textContent === 'OrdersOut');
+        const svg = row && row.querySelector('svg.spark');
+        return svg ? JSON.parse(svg.dataset.values) : null""")
+    assert spark and max(v for v in spark if v is not None) > 0, "the table's sparkline of events out"
+
+    errors = [entry for entry in await in_thread(browser.get_log, "browser")
+              if entry["level"] == "SEVERE" and "/favicon.ico " not in entry["message"]]  # the page has no icon
+    assert errors == [], "no script errors and nothing the Content-Security-Policy refused"
+
+    # The picture for docs/operations.md: the daemon's charts over these seconds.
+    await in_thread(browser.execute_script, "setHashParam('chart', 'daemon')")
+    await until(browser, "return document.getElementById('charts').dataset.selected === 'daemon'", "the daemon's charts")
+    png = await in_thread(browser.get_screenshot_as_png)
+    assert png.startswith(b"\x89PNG")
     if os.environ.get("UPDATE_SCREENSHOT"):
         (ROOT / "docs").mkdir(exist_ok=True)
         (ROOT / "docs" / "status-page.png").write_bytes(png)
     await in_thread(browser.get, "about:blank")  # closes the page's EventSource before the daemon stops
+    for client in subscribers[2:]:
+        await client.close()

@@ -20,7 +20,8 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
-from sse_daemon.compat import BadRequestChannel, has_write_buffer, request_disconnected, skip_form_parsing, write_buffer_empty
+from sse_daemon.compat import (BadRequestChannel, has_write_buffer, request_disconnected, request_line, skip_form_parsing,
+                               write_buffer_empty)
 
 pytestmark = pytest.mark.reactor_free
 
@@ -172,6 +173,22 @@ def test_a_request_whose_client_left_is_disconnected() -> None:
 
 def test_a_test_double_is_never_disconnected() -> None:
     assert not request_disconnected(DummyRequest([b"in"]))
+
+
+# --------------------------------------------------------------------------- the request line, at the headers
+
+class LineAtHeaders(http.HTTPChannel):
+    seen: tuple[bytes, bytes, bytes] | None = None
+
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        self.seen = request_line(self)
+
+
+def test_the_request_line_is_on_the_channel_when_the_headers_are_in() -> None:
+    channel, _ = connect(LineAtHeaders)
+    channel.dataReceived(b"POST /in?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+    assert isinstance(channel, LineAtHeaders) and channel.seen == (b"POST", b"/in?x=1", b"HTTP/1.1")
 
 
 # --------------------------------------------------------------------------- HTTP/2 (compat.StreamingH2Connection)

@@ -140,6 +140,12 @@ class FakeSharedBus(MemoryBus):
     def readiness(self) -> str:
         return "ok"
 
+    def fanout_lag(self, stream: str) -> float:
+        return 0.0
+
+    def behind(self, stream: str) -> float | None:
+        return None
+
 
 def test_the_fake_shared_bus_keeps_the_contract() -> None:
     assert verifyObject(ISharedBus, FakeSharedBus())

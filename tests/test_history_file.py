@@ -423,6 +423,78 @@ async def test_a_reload_keeps_or_continues_the_file_and_says_so(tmp_path: Path, 
         await stop(service)
 
 
+RELOAD_TWO = """\
+sinks:
+  Events: {{type: sse-server, schema: "n int", server.host: 127.0.0.1, server.port: 0, server.path: events,
+           retry.max: 0, drain.window: 0, history.path: {path}}}
+  Added: {{type: sse-server, schema: "n int", server.host: 127.0.0.1, server.port: {port}, server.path: added,
+          retry.max: 0, drain.window: 0, history.path: {added}}}
+  Third: {{type: sse-server, schema: "n int", server.host: 127.0.0.1, server.port: 0, server.path: third,
+          retry.max: 0, drain.window: 0, history.path: {third}}}
+  Log: {{type: log, stream: Events}}
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_opens_new_files_off_the_reactor_and_closes_them_when_rejected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_events) -> None:
+    """A reload that adds sinks with history files opens them on a thread (a quick_check of a large
+    file must not stall the reactor); a reload rejected after that (a port that cannot be bound, a
+    corrupt file) closes what it opened, and the running sink's file stays open."""
+    import socket
+    import threading
+
+    from sse_daemon.daemon.reload import Reloader
+
+    path, added, third = tmp_path / "events.db", tmp_path / "added.db", tmp_path / "third.db"
+    config = write_config(tmp_path, RELOAD.format(beat=15, path=path))
+    service = await start(tmp_path, RELOAD.format(beat=15, path=path))
+    reloader = Reloader(service, [str(config)])
+    files = service.builder.history_files
+    opened_on: dict[str, str] = {}
+    real_open = HistoryFile.open
+
+    def open_noting_thread(self: HistoryFile) -> None:
+        opened_on[Path(self.path).name] = threading.current_thread().name
+        real_open(self)
+
+    monkeypatch.setattr(HistoryFile, "open", open_noting_thread)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        # 1. the new port is taken: rejected after staging; both new files were opened off the reactor, and are closed again
+        write_config(tmp_path, RELOAD_TWO.format(path=path, port=busy.getsockname()[1], added=added, third=third))
+        assert not await deadline(reloader.reload())
+        assert set(opened_on) == {"added.db", "third.db"}
+        assert all(name != threading.main_thread().name for name in opened_on.values()), opened_on
+        assert files.prepared == {}
+        assert files.stores[str(added)].users == 0 and files.stores[str(added)].file.connection is None
+        assert files.stores[str(third)].file.connection is None
+        assert files.stores[str(path)].users == 1 and files.stores[str(path)].file.connection is not None, \
+            "the running sink keeps its file"
+
+        # 2. a corrupt file with history.on.corrupt: refuse: rejected; the good new file opened meanwhile is closed
+        third.write_bytes(b"not a database at all" * 100)
+        opened_on.clear()
+        write_config(tmp_path, RELOAD_TWO.format(path=path, port=0, added=added, third=third))
+        assert not await deadline(reloader.reload())
+        assert "added.db" in opened_on and files.prepared == {}
+        assert all(store.users == 0 and store.file.connection is None
+                   for name, store in files.stores.items() if name != str(path))
+        assert "Events" in service.sinks and "Added" not in service.sinks
+
+        # 3. the corrupt file gone: the reload is applied with the files it opened
+        third.unlink()
+        assert await deadline(reloader.reload())
+        assert files.stores[str(added)].users == 1 and files.stores[str(third)].users == 1
+        await deadline(service.bus.publish("Added", [Event({"n": 1})]))
+        assert stored_ids(added) != [], "the added sink commits to the file the reload opened"
+    finally:
+        busy.close()
+        await stop(service)
+
+
 # --------------------------------------------------------------------------- the memory bus waits for its subscribers
 
 

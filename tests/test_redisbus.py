@@ -121,7 +121,8 @@ def test_bus_section_defaults_and_values() -> None:
     assert (config.bus.type, url.host, url.port, url.db, url.password) == ("redis", "10.0.0.1", 7000, 3, "pw")
     assert (config.bus.options.key_prefix, config.bus.options.history_size, config.bus.options.history_max_age) == ("x:", 50, 60.0)
     assert "pw" not in str(url) and "pw" not in repr(url) and "bus: redis redis://10.0.0.1:7000/3" in config.summary()
-    assert {o.name for o in BUS_OPTIONS} == {"type", "url", "key.prefix", "history.size", "history.max.age", "reconnect.max.delay", "source.lease.ttl"}
+    assert {o.name for o in BUS_OPTIONS} == {"type", "url", "key.prefix", "history.size", "history.max.age", "reconnect.max.delay", "fanout.max.lag", "source.lease.ttl"}
+    assert config.bus.options.fanout_max_lag == 2.0, "bounded by default"
 
 
 @pytest.mark.reactor_free
@@ -379,6 +380,34 @@ async def test_readyz_shows_the_bus_and_ingest_answers_503_while_redis_is_away(d
     redis_server.start()
     await wait_for(lambda: a.bus.placed, what="the bus back")
     assert (await get_json(admin, "/readyz"))[0] == 200
+    assert (await post(a.port_of("In"), 2))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_ingest_refuses_while_the_fanout_is_behind_and_takes_again_once_it_caught_up(daemon, redis_server) -> None:
+    """Redis acknowledges faster than one process fans out: past ``fanout.max.lag`` of waiting, the
+    instance's ingest answers 503 fanout-behind (Retry-After) instead of letting latency grow, and
+    takes events again once its fan-out has caught up. The slow fan-out is a local subscriber that
+    takes 0.2 ms of the reactor per event (a CPU-bound fan-out, as under overload)."""
+    import time
+
+    text = shared_config(redis_server).replace(  # history.size: Redis keeps every entry until it is read back
+        "  reconnect.max.delay: 0.3\n", "  reconnect.max.delay: 0.3\n  fanout.max.lag: 0.2\n  history.size: 20000\n")
+    a = await instance(daemon, text + "admin: {port: 0}\n")
+    a.bus.subscribe("S", lambda event: time.sleep(0.0002))
+    for _ in range(10):  # 10,000 events acknowledged at once: about 2 s of fan-out, read 1,000 at a time
+        await deadline(a.bus.publish("S", [Event({"n": i}) for i in range(1000)]))
+    await wait_for(lambda: a.bus.counters["events_delivered"] >= 1000, what="the first thousand read back")
+    code, answer = await post(a.port_of("In"), 1)
+    assert code == 503 and json.loads(answer)["reason"] == "fanout-behind", answer
+    assert b"is " in answer and b"s behind" in answer
+    assert a.sources["In"].rejected["fanout-behind"] == 1 and a.sources["In"].counters["events_in"] == 0
+    metrics = await raw_request(a.admin.port, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    await deadline(metrics.closed)
+    assert b'sse_daemon_bus_fanout_lag_seconds{stream="S"}' in metrics.received
+    assert b'sse_daemon_source_events_rejected_total{reason="fanout-behind",source="In"} 1.0' in metrics.received
+    await wait_for(lambda: a.bus.fanout_lag("S") == 0.0, timeout=60, what="the fan-out to catch up")
+    assert a.bus.counters["events_delivered"] >= 10000
     assert (await post(a.port_of("In"), 2))[0] == 200
 
 

@@ -94,3 +94,11 @@ class ISharedBus(IDeliveringBus):
 
     def readiness() -> str:
         """For ``/readyz``: "ok", or why the bus cannot take events now."""
+
+    def fanout_lag(stream: str) -> float:
+        """Seconds the oldest publish the bus acknowledged to this instance has waited for this instance's
+        own fan-out of ``stream`` (0 when none waits, or nobody here reads it)."""
+
+    def behind(stream: str) -> float | None:
+        """``fanout_lag(stream)`` when it is over the bus's bound (``fanout.max.lag``): this instance's
+        ingest refuses publishes to ``stream`` then; None otherwise."""

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sse_daemon.bus.fanoutlag import FanoutLag
 from sse_daemon.bus.interfaces import ISharedBus, ISubscription, Subscriber
 from sse_daemon.bus.memory import subscriber_failed
 from sse_daemon.bus.streamids import STREAM_IDS, entry_key, key_below, show_key
@@ -206,6 +207,8 @@ class _Subscription:
         subscriptions = self._bus._subscriptions.get(self.stream, [])
         if self in subscriptions:
             subscriptions.remove(self)
+        if not subscriptions:
+            self._bus.lags.forget(self.stream)  # not read here any more: nothing waits for this fan-out
 
 
 @implementer(ISharedBus)
@@ -223,6 +226,9 @@ class RedisBus(Service):
         self.max_age: float = definition.options.history_max_age
         self.max_delay: float = definition.options.reconnect_max_delay
         self.lease_ttl: float = definition.options.source_lease_ttl
+        #: seconds this instance's publishes may wait for its own fan-out before its ingest refuses more (0: no bound)
+        self.max_lag: float = definition.options.fanout_max_lag
+        self.lags = FanoutLag()
         self.reactor = reactor
         self.setName("bus")
         #: "connecting" (not yet, or again), "up", "down" (waiting to reconnect)
@@ -271,8 +277,17 @@ class RedisBus(Service):
         calls.append(writer.execute_command("EXEC"))
         d = self._track(gatherResults(calls, consumeErrors=True).addTimeout(COMMAND_TIMEOUT, self.reactor))
         d.addCallback(lambda replies: exec_ids(replies[-1], len(events)))
-        d.addCallbacks(self._published, self._publish_failed)
+        d.addCallbacks(self._published, self._publish_failed, (stream,))
         return d
+
+    def fanout_lag(self, stream: str) -> float:
+        """Seconds the oldest publish Redis acknowledged to this instance has waited for its fan-out (fanoutlag.py)."""
+        return self.lags.lag(stream, self.reactor.seconds())
+
+    def behind(self, stream: str) -> float | None:
+        """The fan-out lag of ``stream`` when it is over ``fanout.max.lag`` (the ingest refuses then), else None."""
+        lag = self.fanout_lag(stream)
+        return lag if self.max_lag and lag > self.max_lag else None
 
     def subscriber_count(self, stream: str) -> int:
         return len(self._subscriptions.get(stream, ()))
@@ -328,8 +343,10 @@ class RedisBus(Service):
         await self._disconnect()
 
     # -- internals
-    def _published(self, ids: list[str]) -> list[str]:
+    def _published(self, ids: list[str], stream: str) -> list[str]:
         self.counters["events_published"] += len(ids)
+        if ids and self._subscriptions.get(stream) and self._positions.get(stream) is not None:  # read back here: it waits
+            self.lags.accepted(stream, entry_key(ids[-1]), self.reactor.seconds())
         return ids
 
     def _publish_failed(self, failure: Failure) -> Failure:
@@ -417,6 +434,8 @@ class RedisBus(Service):
             for entry_id, fields in entries:
                 self._positions[stream] = entry_id
                 self._deliver(stream, entry_id, fields)
+            if entries:
+                self.lags.delivered(stream, entry_key(entries[-1][0]))
 
     def _deliver(self, stream: str, entry_id: str, fields: Sequence[Any]) -> None:
         events, skipped = decode_entries([(entry_id, fields)])

@@ -1,7 +1,8 @@
 """The Lark parser for statements and conditions, and readable syntax errors. Pure.
 
-The grammar is package data (``statements.lark``) so it can be read and
-reviewed as a grammar; this module loads it once and turns Lark's exceptions
+The grammars are package data (``statements.lark``, and ``siddhi.lark``, which
+imports the conditions from it) so they can be read and reviewed as grammars;
+this module loads each once and turns Lark's exceptions
 into :class:`StatementSyntaxError`, which names the line and column, says what
 was expected and what was found, and shows the line with a caret.
 """
@@ -9,13 +10,14 @@ was expected and what was found, and shows the line with a caret.
 from __future__ import annotations
 
 import functools
-from importlib.resources import files
 
 from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from sse_daemon.policy.redact import redact_urls
 
-START_RULES = ("statements", "condition")
+#: each start rule and the grammar file (package data) it is in
+GRAMMARS = {"statements": "statements.lark", "condition": "statements.lark", "siddhi_app": "siddhi.lark"}
+START_RULES = tuple(GRAMMARS)
 
 #: how a regexp terminal is described in "expected ..."; string terminals show their text
 _TERMINAL_NAMES = {
@@ -40,17 +42,21 @@ class StatementSyntaxError(ValueError):
 
     def snippet(self, indent: str = "    ") -> str:
         """The offending line and a caret under the column."""
-        line = self.source_line.expandtabs(1).rstrip()
-        before = redact_urls(line[: self.column - 1])  # URL credentials masked; the caret stays under the column
-        return f"{indent}{redact_urls(line)}\n{indent}{' ' * len(before)}^"
+        return caret_snippet(self.source_line, self.column, indent)
+
+
+def caret_snippet(source_line: str, column: int, indent: str = "    ") -> str:
+    """A line of the file and a caret under its (1-based) column, URL credentials masked."""
+    line = source_line.expandtabs(1).rstrip()
+    before = redact_urls(line[: column - 1])  # URL credentials masked; the caret stays under the column
+    return f"{indent}{redact_urls(line)}\n{indent}{' ' * len(before)}^"
 
 
 @functools.cache
 def parser(start: str) -> Lark:
     """One LALR parser per start rule: shared parse states would make a
     condition's error list terminals only a statement can take (such as ';')."""
-    grammar = files("sse_daemon.config").joinpath("statements.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", start=start, propagate_positions=True)
+    return Lark.open_from_package("sse_daemon.config", GRAMMARS[start], parser="lalr", start=start, propagate_positions=True)
 
 
 def parse(text: str, start: str) -> Tree:

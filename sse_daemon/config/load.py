@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 from sse_daemon.config.errors import ConfigIssue, Location
 from sse_daemon.config.model import Config, RawConfig
+from sse_daemon.config.siddhi import load_siddhi
 from sse_daemon.config.statements import load_statements
 from sse_daemon.config.validate import validate
 from sse_daemon.config.yamlfile import load_yaml
@@ -17,7 +18,8 @@ def load_files(paths: Iterable[str]) -> Config:
     """Read and validate every file; raise ConfigError with all problems.
 
     The front-end is chosen by extension: ``.sql`` files hold statements
-    (``sse_daemon.config.statements``), anything else is YAML.
+    (``sse_daemon.config.statements``), ``.siddhi`` files Siddhi apps
+    (``sse_daemon.config.siddhi``), anything else is YAML.
     """
     raw = RawConfig()
     for path in paths:
@@ -30,5 +32,11 @@ def load_files(paths: Iterable[str]) -> Config:
         except UnicodeDecodeError as e:
             raw.issues.append(ConfigIssue(Location(path), f"the file is not UTF-8 text: {e}"))
             continue
-        raw.extend(load_statements(text, path) if path.lower().endswith(".sql") else load_yaml(text, path))
+        raw.extend(_front_end(path)(text, path))
     return validate(raw)
+
+
+def _front_end(path: str) -> Callable[[str, str], RawConfig]:
+    """``.sql``: statements; ``.siddhi``: a Siddhi app; anything else: YAML."""
+    suffix = path.lower().rsplit(".", 1)[-1]
+    return {"sql": load_statements, "siddhi": load_siddhi}.get(suffix, load_yaml)

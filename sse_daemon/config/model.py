@@ -57,6 +57,9 @@ class RawStream:
 class RawRoute:
     location: Location
     fields: dict[str, RawValue]
+    #: a Siddhi query: a target stream no one declares takes the query's output as its schema,
+    #: as Siddhi defines it (YAML and statements routes need a declared target)
+    infers_target: bool = False
 
 
 @dataclass(slots=True)
@@ -133,11 +136,18 @@ class RouteDef:
     location: Location = field(compare=False)
     select: tuple[str, ...] | None = None  # the attributes kept; None is SELECT *
     where: Condition | None = None  # checked against the source's schema; None passes all
+    renames: tuple[tuple[str, str], ...] = ()  # (source attribute, target attribute) of `select b as c`
+
+    def outputs(self, target_names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        """(target attribute, the source attribute it takes its value from), for each of the target's attributes."""
+        renamed = {target: source for source, target in self.renames}
+        return tuple((name, renamed.get(name, name)) for name in target_names)
 
     def __str__(self) -> str:
         text = f"{self.source} -> {self.target}"
         if self.select is not None:
-            text += f" select {', '.join(self.select)}"
+            renamed = dict(self.renames)
+            text += " select " + ", ".join(f"{n} as {renamed[n]}" if n in renamed else n for n in self.select)
         return text + (f" where {self.where}" if self.where is not None else "")
 
 

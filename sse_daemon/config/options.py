@@ -345,6 +345,9 @@ SSE_SOURCE_OPTIONS = (
 
 LOG_SINK_OPTIONS = (
     Option("prefix", "STRING", "Text written before each logged event.", parse_string, ""),
+    Option("priority", "STRING", "The level events are logged at, as Siddhi's log sink names them: `trace` and `debug` (debug), `info`, `warn`, "
+           "`error`, `fatal` (critical), or `off` (nothing is logged; the events are still counted). Case does not matter.",
+           parse_choice("info", "debug", "trace", "warn", "error", "fatal", "off"), "info"),
     SINK_MAP_TYPE,
     *SINK_MAPPING_OPTIONS,
 )
@@ -372,6 +375,8 @@ ADMIN_OPTIONS = (
     Option("port", "INT", "Port of the admin listener (`/metrics`, `/healthz`, `/readyz`, the status page); 0 picks a free port. It may not be a connector's port.", _port, required=True),
     Option("host", "STRING", "Address the admin listener binds; keep it local or firewalled, or set `auth.type` (see 'Admin access').", parse_string, "127.0.0.1"),
     Option("ready.grace", "FLOAT", "Seconds an SSE source may be down (reconnecting, or not yet connected since start) before `/readyz` answers 503.", lambda v: parse_number(v, 0), 10.0),
+    Option("charts.interval", "FLOAT", "Seconds between two samples of the figures the status page charts.", lambda v: parse_number(v, 0.05), 1.0),
+    Option("charts.window", "FLOAT", "Seconds of figures the status page's charts show, kept by the daemon: `charts.window / charts.interval` values of 8 bytes per figure (see 'The status page').", lambda v: parse_number(v, 1), 900.0),
     Option("live.history", "INT", "Events of each stream the status page's live view keeps, for a browser that reconnects.", lambda v: parse_int(v, 1), 100),
     Option("allowed.hosts", "LIST", "Names the `Host` header may carry besides `localhost`, `*.localhost`, `127.0.0.1`, `::1`, `host` and the address the request came in on; any other gets 421 (this defeats DNS rebinding). `*` turns the check off (only behind a proxy that checks `Host` itself).", _host_names, ()),
     Option("auth.type", "STRING", "Who may use the admin listener (all but `/healthz` and `/readyz`): `none`, `basic` (users of `auth.users.file`), `bearer` (static tokens) or `basic, bearer` (either); see 'Admin access'.", _admin_auth_types, (), default_doc="`none`"),
@@ -392,6 +397,7 @@ BUS_OPTIONS = (
     Option("history.size", "INT", "With `type: redis`: entries each Redis stream keeps, approximately (`XADD MAXLEN ~`); what a subscriber can resume from on any instance.", lambda v: parse_int(v, 1), 1000),
     Option("history.max.age", "FLOAT", "With `type: redis`: seconds an entry is kept at most (trimmed with `XTRIM MINID ~` on publish); 0 keeps entries until `history.size` trims them.", lambda v: parse_number(v, 0), 0.0),
     Option("reconnect.max.delay", "FLOAT", "With `type: redis`: longest wait, in seconds, between attempts to reconnect to Redis (the wait doubles from 0.1 s up to this).", lambda v: parse_number(v, 0.1), 5.0),
+    Option("fanout.max.lag", "FLOAT", "With `type: redis`: seconds the events an instance's ingest published may wait for that instance's own fan-out (Redis acknowledges faster than one process fans out); above it the ingest answers 503 (`fanout-behind`, `Retry-After: 1`) until the fan-out catches up, so subscriber latency stays bounded instead of growing with the backlog. 0 turns the bound off.", lambda v: parse_number(v, 0), 2.0),
     Option("source.lease.ttl", "FLOAT", "With `type: redis`: seconds an instance's lease on an SSE source lasts; one instance reads each upstream, and another takes over within this time when it vanishes (at once when it stops cleanly).", lambda v: parse_number(v, 0.3), 10.0),
 )
 
@@ -583,6 +589,7 @@ class LogSinkOptions(SinkMappingOptions):
     TABLE: ClassVar[tuple[Option, ...]] = LOG_SINK_OPTIONS
 
     prefix: str
+    priority: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -631,6 +638,8 @@ class AdminOptions(TypedOptions):
     port: int
     host: str
     ready_grace: float
+    charts_interval: float
+    charts_window: float
     live_history: int
     allowed_hosts: tuple[str, ...]
     auth_type: tuple[str, ...]  # the schemes accepted (``basic``, ``bearer``); empty: no auth
@@ -659,6 +668,7 @@ class BusOptions(TypedOptions):
     history_size: int
     history_max_age: float
     reconnect_max_delay: float
+    fanout_max_lag: float
     source_lease_ttl: float
 
 

@@ -67,7 +67,7 @@ class _Compiler:
 
     def create_stream(self, node: Tree) -> None:
         name, attributes = node.children[2], node.children[3]
-        self.raw.streams.append(RawStream(str(name), RawValue(_schema_text(attributes), self.loc(attributes))))
+        self.raw.streams.append(RawStream(str(name), RawValue(schema_text(attributes), self.loc(attributes))))
 
     def create_source(self, node: Tree) -> None:
         self._connector("source", node)
@@ -88,12 +88,12 @@ class _Compiler:
                 first = connector.options[str(key)].location.line
                 self.raw.issues.append(ConfigIssue(where, f"'{key}' is given twice (first on line {first})", label))
                 continue
-            value = _value(value_node)
+            value = option_value(value_node)
             if role == "source" and key == "type" and isinstance(value, str) and value.strip().lower() == "sse-server":
                 value = "sse"  # the spec's source syntax line says sse-server; its example and the original say sse
             connector.options[str(key)] = RawValue(value, where)
         if attributes is not None:
-            connector.options["schema"] = RawValue(_schema_text(attributes), self.loc(attributes))
+            connector.options["schema"] = RawValue(schema_text(attributes), self.loc(attributes))
         self.raw.connectors.append(connector)
 
     def insert(self, node: Tree) -> None:
@@ -108,16 +108,20 @@ class _Compiler:
         self.raw.routes.append(RawRoute(self.loc(node), fields))
 
 
-def _schema_text(attributes: Tree) -> str:
+def schema_text(attributes: Tree) -> str:
     """``(a STRING, b int)`` -> ``a string, b int``: the schema option's text, type names as the YAML form writes them."""
     return ", ".join(f"{a.children[0]} {str(a.children[1]).lower()}" for a in attributes.children)
 
 
-def _value(node: Tree) -> object:
-    """An option value: quoted text as a string; a bare number or true/false as itself."""
-    if node.data == "string":
+def option_value(node: Tree) -> object:
+    """An option value: quoted text as a string; a bare number or true/false as itself.
+
+    The Siddhi grammar imports ``value`` from this one, so its nodes arrive
+    namespaced (``statements__string``): the kind is the name's last part."""
+    kind = str(node.data).rsplit("__", 1)[-1]
+    if kind == "string":
         return string_value(leaf(node.children[0]))
-    if node.data == "number":
+    if kind == "number":
         number = number_value(leaf(node.children[-1]))
         return -number if len(node.children) == 2 else number
-    return node.data == "true"
+    return kind == "true"

@@ -11,6 +11,7 @@ was found.
 from __future__ import annotations
 
 import os
+import re
 
 from typing import Any, Iterable, Literal, Mapping
 
@@ -53,7 +54,7 @@ from sse_daemon.config.options import (
     SseSourceOptions,
 )
 from sse_daemon.config.values import OptionError, found, normalise_path, parse_list
-from sse_daemon.events.schema import Schema, SchemaError, did_you_mean, parse_schema
+from sse_daemon.events.schema import Attribute, Schema, SchemaError, did_you_mean, parse_schema
 from sse_daemon.mapping.mappers import MapperConfigError, make_mapper
 
 __all__ = ["validate"]
@@ -85,6 +86,7 @@ def validate(raw: RawConfig) -> Config:
         if connector is not None:
             connectors.append(connector)
 
+    _infer_targets(raw.routes, schemas)
     streams = {name: StreamDef(name, schema, where) for name, (schema, where, _) in schemas.items()}
     first_raw: dict[str, RawConnector] = {}
     for raw_connector in raw.connectors:
@@ -218,63 +220,121 @@ def _routes(raw_routes: list[RawRoute], streams: Mapping[str, StreamDef], issues
                 continue
             name = str(raw.fields[key].value)
             if name not in streams:
-                issues.append(ConfigIssue(raw.fields[key].location, unknown_message(name, streams, "stream"), "route", key))
+                message = unknown_message(name, streams, "stream")
+                if key == "to" and raw.infers_target:
+                    message = f"stream '{name}' is not defined, and the query cannot define it: its input stream is unknown"
+                issues.append(ConfigIssue(raw.fields[key].location, message, "route", key))
                 continue
             ends[key] = name
         if len(ends) != 2:
             continue
         source, target = streams[ends["from"]], streams[ends["to"]]
-        select = _route_select(raw, source, issues)
+        selected = _route_select(raw, source, issues)
         where = _route_where(raw, source, issues)
-        if select is False or where is False:
+        if selected is False or where is False:
             continue
+        select, renames = selected
+        outputs = {output: name for name, output in renames}  # target attribute -> source attribute
+        outputs.update((name, name) for name in select or () if name not in dict(renames))
         problems = []
         for attribute in target.schema.attributes:
-            source_type = source.schema.type_of(attribute.name)
+            name = attribute.name if select is None else outputs.get(attribute.name, attribute.name)
+            source_type = source.schema.type_of(name)
+            renamed = f" (as '{attribute.name}')" if name != attribute.name else ""
             if source_type is None:
                 problems.append(f"'{attribute.name}' is missing from {source.name}")
-            elif select is not None and attribute.name not in select:
+            elif select is not None and attribute.name not in outputs:
                 problems.append(f"'{attribute.name}' is not selected")
             elif source_type is not attribute.type:
-                problems.append(f"'{attribute.name}' is {source_type.value} in {source.name} but {attribute.type.value} in {target.name}")
-        for name in select or ():
-            if target.schema.type_of(name) is None:
-                problems.append(f"'{name}' is selected but {target.name} has no attribute '{name}'")
+                problems.append(f"'{name}'{renamed} is {source_type.value} in {source.name} but {attribute.type.value} in {target.name}")
+        for output in outputs:
+            if target.schema.type_of(output) is None:
+                problems.append(f"'{output}' is selected but {target.name} has no attribute '{output}'")
         if source.name == target.name:
             problems.append("a route from a stream to itself would loop forever")
         if problems:
             issues.append(ConfigIssue(raw.location, f"stream {target.name} ({target.schema}) cannot take events of {source.name} ({source.schema}): " + "; ".join(problems), "route"))
             continue
-        routes.append(RouteDef(source.name, target.name, raw.location, select, where))
+        routes.append(RouteDef(source.name, target.name, raw.location, select, where, renames))
     cycle = _find_cycle(routes)
     if cycle:
         issues.append(ConfigIssue(cycle[0].location, "routes form a loop: " + " -> ".join([r.source for r in cycle] + [cycle[0].source]), "route"))
     return routes
 
 
-def _route_select(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -> tuple[str, ...] | None | Literal[False]:
-    """The selected attribute names, None for all (no ``select`` or ``*``), False after an issue."""
-    field_value = raw.fields.get("select")
+#: one entry of a route's ``select``: an attribute, or ``b as c`` (kept under another name)
+_SELECTED = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?:\s+[aA][sS]\s+([A-Za-z_][A-Za-z0-9_]*))?\s*")
+
+Selection = tuple[tuple[str, ...] | None, tuple[tuple[str, str], ...]]
+
+
+def _select_entries(field_value: RawValue | None) -> list[tuple[str, str | None]] | None | Literal[False]:
+    """``select`` as (attribute, new name or None) pairs; None for every attribute (none or ``*``), False if unreadable."""
     if field_value is None:
         return None
     try:
         names = parse_list(field_value.value)
     except OptionError:
         names = ()
-    if not names:
-        issues.append(ConfigIssue(field_value.location, f"expected attribute names such as [a, b] or '*', found {found(field_value.value)}", "route", "select"))
-        return False
     if names == ("*",):
         return None
+    matches = [_SELECTED.fullmatch(name) for name in names]
+    if not names or None in matches:
+        return False
+    return [(m.group(1), m.group(2)) for m in matches if m is not None]
+
+
+def _route_select(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -> Selection | Literal[False]:
+    """The selected attribute names (None for all: no ``select`` or ``*``) and their renames; False after an issue."""
+    field_value = raw.fields.get("select")
+    entries = _select_entries(field_value)
+    if entries is None or field_value is None:
+        return None, ()
+    if entries is False:
+        issues.append(ConfigIssue(field_value.location, f"expected attribute names such as [a, b] or '*', found {found(field_value.value)}", "route", "select"))
+        return False
     ok = True
-    for index, name in enumerate(names):
+    outputs: list[str] = []
+    for index, (name, alias) in enumerate(entries):
         if source.schema.type_of(name) is None:
             issues.append(ConfigIssue(field_value.location, f"unknown attribute '{name}' of stream {source.name}{did_you_mean(name, source.schema.names)}", "route", "select"))
             ok = False
-        elif name in names[:index]:
-            issues.append(ConfigIssue(field_value.location, f"'{name}' is selected twice", "route", "select"))
+        elif name in [n for n, _ in entries[:index]] or (alias or name) in outputs:
+            twice = name if name in [n for n, _ in entries[:index]] else alias or name
+            issues.append(ConfigIssue(field_value.location, f"'{twice}' is selected twice", "route", "select"))
             ok = False
-    return names if ok else False
+        outputs.append(alias or name)
+    if not ok:
+        return False
+    return tuple(name for name, _ in entries), tuple((name, alias) for name, alias in entries if alias and alias != name)
+
+
+def _infer_targets(routes: list[RawRoute], schemas: dict[str, tuple[Schema, Location, str]]) -> None:
+    """Siddhi defines a query's output stream when no one else does: its schema is what the query
+    selects (renamed, in order), typed as in its input stream. Queries feeding queries are followed."""
+    pending = [r for r in routes if r.infers_target and "from" in r.fields and "to" in r.fields]
+    progress = True
+    while pending and progress:
+        progress = False
+        for route in list(pending):
+            source, target = str(route.fields["from"].value), str(route.fields["to"].value)
+            if target in schemas or source not in schemas:
+                if target in schemas:
+                    pending.remove(route)
+                continue
+            pending.remove(route)
+            progress = True
+            schema = schemas[source][0]
+            entries = _select_entries(route.fields.get("select"))
+            if entries is False:
+                continue  # _routes says what is wrong with the select
+            if entries is not None:
+                types = [schema.type_of(name) for name, _ in entries]
+                outputs = [alias or name for name, alias in entries]
+                if None in types or len(set(outputs)) != len(outputs):
+                    continue
+                schema = Schema(tuple(Attribute(output, t) for output, t in zip(outputs, types) if t is not None))
+            schemas[target] = (schema, route.fields["to"].location, f"the query at {route.location}")
 
 
 def _route_where(raw: RawRoute, source: StreamDef, issues: list[ConfigIssue]) -> Condition | None | Literal[False]:

@@ -2,7 +2,8 @@
 
 ``streams:``, ``sources:``, ``sinks:``, ``routes:``, ``admin:`` and ``bus:``
 become the Raw* objects of :mod:`sse_daemon.config.model`; a ``statements: |``
-block is handed to the statement front end, placed at its real lines. Nothing
+block is handed to the statement front end, and a ``siddhi: |`` block to the
+Siddhi front end, placed at their real lines. Nothing
 is checked here beyond the file's shape: :mod:`sse_daemon.config.validate` does that.
 """
 
@@ -14,9 +15,10 @@ import yaml
 
 from sse_daemon.config.errors import ConfigIssue, Location, unknown_message
 from sse_daemon.config.model import RawConfig, RawConnector, RawRoute, RawSection, RawStream, RawValue
+from sse_daemon.config.siddhi import load_siddhi
 from sse_daemon.config.statements import load_statements
 
-TOP_LEVEL_KEYS = ("streams", "sources", "sinks", "routes", "admin", "bus", "statements")
+TOP_LEVEL_KEYS = ("streams", "sources", "sinks", "routes", "admin", "bus", "statements", "siddhi")
 ROUTE_KEYS = ("from", "to", "select", "where")
 
 
@@ -82,12 +84,14 @@ def load_yaml(text: str, filename: str = "<config>") -> RawConfig:
                         reader.loc(item),
                         {k: RawValue(reader.value(v), reader.loc(v)) for k, v in fields.items()},
                     ))
-    if "statements" in top:
-        node = top["statements"]
+    for key, what, load in (("statements", "statements", load_statements), ("siddhi", "a Siddhi app", load_siddhi)):
+        if key not in top:
+            continue
+        node = top[key]
         if not isinstance(node, yaml.ScalarNode) or not isinstance(reader.value(node), str):
-            raw.issues.append(ConfigIssue(reader.loc(node), f"expected statements as text ('statements: |' with the statements indented below), found {_node_kind(node)}", "statements"))
+            raw.issues.append(ConfigIssue(reader.loc(node), f"expected {what} as text ('{key}: |' with the {what.split()[-1]} indented below), found {_node_kind(node)}", key))
         else:
-            inner = load_statements(reader.value(node), filename, *_text_offsets(node, text))
+            inner = load(reader.value(node), filename, *_text_offsets(node, text))
             inner.files = []  # the same file
             raw.extend(inner)
     return raw

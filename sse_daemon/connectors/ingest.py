@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -34,7 +35,9 @@ from sse_daemon.connectors.sink.historyfile import HistoryUnavailable
 from sse_daemon.policy.limits import should_log
 from sse_daemon.config.model import ConnectorDef
 from sse_daemon.config.options import HttpSourceOptions
-from sse_daemon.edge.listener import json_error
+from sse_daemon.connectors.ingeststream import NdjsonPublish
+from sse_daemon.edge.bodystream import BodyStream, wants_stream
+from sse_daemon.edge.listener import body_stream, json_error
 from sse_daemon.mapping.mappers import IMapper, MappingError
 from sse_daemon.events.schema import Event
 from sse_daemon.events.validate import InvalidValue
@@ -53,9 +56,11 @@ class IngestResource(Resource):
     def __init__(
         self, connector: ConnectorDef[HttpSourceOptions], mapper: IMapper, bus: IBus, clock: IReactorTime,
         turns: IReactorTime | None = None, slice_size: int = PUBLISH_SLICE,
+        behind: Callable[[str], float | None] | None = None,
     ) -> None:
         """``turns`` schedules the next slice (the real reactor even when ``clock`` is a test's Clock);
-        ``slice_size`` 0 publishes a body in one call (a shared bus: one transaction, all or nothing)."""
+        ``slice_size`` 0 publishes a body in one call (a shared bus: one transaction, all or nothing);
+        ``behind``: a shared bus's ``ISharedBus.behind``, the fan-out lag over its bound (then 503)."""
         super().__init__()
         self.connector = connector
         self.name = connector.name
@@ -67,6 +72,7 @@ class IngestResource(Resource):
         self.max_events: int = connector.options.max_events_per_request
         self.turns = turns if turns is not None else clock
         self.slice_size = slice_size
+        self.behind = behind
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
 
@@ -75,10 +81,18 @@ class IngestResource(Resource):
         raise UnsupportedMethod((b"POST",))
 
     def render_POST(self, request: Request) -> bytes | int:
+        streamed = body_stream(request)
+        if streamed is not None:  # application/x-ndjson on a port that hands its body over as it comes
+            return self._streaming(request, streamed)
         assert request.content is not None, "twisted.web gives a request its body before a resource renders it"
         body = request.content.read(self.max_body_size + 1)
         if len(body) > self.max_body_size:
             return self._reject(request, 413, "too-large", f"the request body is larger than {self.max_body_size} bytes")
+        if wants_stream(b"POST", request.getHeader(b"content-type")):  # NDJSON whose body came whole (HTTP/2, a test)
+            whole = self._ndjson(request, BodyStream(None))
+            whole.chunk(body)
+            whole.end()
+            return NOT_DONE_YET
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -87,6 +101,13 @@ class IngestResource(Resource):
             rows = self.mapper.decode(text, self.max_events)
         except MappingError as e:
             return self._reject(request, 413 if e.reason == "too-many-events" else 400, e.reason, str(e))
+        lag = self.behind(self.stream) if self.behind is not None else None
+        if lag is not None:  # Redis would take them, but this instance's subscribers would get them ever later
+            body = self._reject(request, 503, "fanout-behind",
+                                f"this instance's fan-out of stream {self.stream} is {lag:.1f} s behind what it accepted; "
+                                "nothing was published; retry later")
+            request.setHeader(b"Retry-After", b"1")
+            return body
         now = self.clock.seconds()
         if self.slice_size and len(rows) > self.slice_size:
             published: Deferred = Deferred.fromCoroutine(self._publish_in_slices(rows, now))
@@ -104,6 +125,31 @@ class IngestResource(Resource):
             if start:
                 await deferLater(self.turns, 0, lambda: None)  # other streams and requests are served here
             await self.bus.publish(self.stream, [Event(values, ingress=now) for values in rows[start:start + self.slice_size]])
+
+    def _streaming(self, request: Request, body: BodyStream) -> int:
+        body.attach(self._ndjson(request, body))
+        return NOT_DONE_YET
+
+    def _ndjson(self, request: Request, body: BodyStream) -> NdjsonPublish:
+        """The consumer of an NDJSON body: each line taken or refused on its own; answered once all settled."""
+        stream = self.stream
+        behind = self.behind
+        publish = NdjsonPublish(self.name, stream, body, self.mapper, lambda events: self.bus.publish(stream, events),
+                                self.clock, self.max_body_size, self.max_events, self.rejected, self.counters,
+                                behind=(lambda: behind(stream)) if behind is not None else None)
+        publish.done.addCallback(self._streamed, request)
+        publish.done.addErrback(lambda f: self.log.failure("ingest {source} could not answer a streaming publish", f, source=self.name))
+        return publish
+
+    def _streamed(self, summary: dict, request: Request) -> None:
+        self.counters["requests_accepted"] += 1
+        if request.finished or request_disconnected(request):
+            return
+        body = json.dumps(summary).encode() + b"\n"
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        request.write(body)
+        request.finish()
 
     def _accepted(self, request: IRequest, count: int) -> bytes:
         self.counters["events_in"] += count

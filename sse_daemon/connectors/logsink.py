@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from twisted.application.service import Service
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from zope.interface import implementer
 
@@ -18,6 +18,11 @@ from sse_daemon.mapping.mappers import IMapper, MappingError
 from sse_daemon.events.schema import Event
 
 
+#: the ``priority`` option (Siddhi's log levels) as twisted.logger levels; ``off`` logs nothing
+LEVELS = {"trace": LogLevel.debug, "debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
+          "error": LogLevel.error, "fatal": LogLevel.critical}
+
+
 @implementer(ILogSinkService)
 class LogSinkService(Service):
     log = Logger()
@@ -27,6 +32,7 @@ class LogSinkService(Service):
         self.mapper = mapper
         self.bus = bus
         self.prefix: str = connector.options.prefix
+        self.level = LEVELS.get(connector.options.priority)  # None: priority off
         self.counters: Counter[str] = Counter()
         self._subscription: ISubscription | None = None
         self.setName(f"sink:{connector.name}")
@@ -55,7 +61,9 @@ class LogSinkService(Service):
             else:
                 self.log.failure("sink {sink} could not encode an event ({count} so far); it is dropped", sink=self.connector.name, count=count)
             return
-        self.log.info(
-            "{prefix}{payload}", prefix=self.prefix, payload=payload,
+        if self.level is None:
+            return
+        self.log.emit(
+            self.level, "{prefix}{payload}", prefix=self.prefix, payload=payload,
             sink=self.connector.name, stream=self.connector.stream,
         )

@@ -19,13 +19,14 @@ from sse_daemon.policy.limits import should_log
 
 class RouteService(Service):
     """Sends the events of one stream that pass the route's ``where`` into
-    another, keeping the target's attributes (the ``select`` ones, checked at load)."""
+    another, keeping the target's attributes (the ``select`` ones, renamed by ``as``, checked at load)."""
 
     log = Logger()
 
     def __init__(self, route: RouteDef, names: tuple[str, ...], bus: IBus) -> None:
         self.route = route
         self.names = names
+        self._outputs = route.outputs(names)  # (target attribute, source attribute): `select b as c` renames
         self.bus = bus
         self.events = 0  # forwarded
         self.filtered = 0  # held back by the route's where (false or null)
@@ -49,7 +50,7 @@ class RouteService(Service):
         if self.route.where is not None and not self.route.where.matches(event.values):
             self.filtered += 1
             return None
-        values = {name: event.values[name] for name in self.names}
+        values = {name: event.values[source] for name, source in self._outputs}
         try:  # what enters a stream is checked, whoever puts it there (validate.py); a route only narrows events
             check_values(values)
         except InvalidValue as e:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 
@@ -30,7 +30,7 @@ from sse_daemon.connectors.logsink import LogSinkService
 from sse_daemon.connectors.route import RouteService
 from sse_daemon.connectors.history import History
 from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService, sink_for_bus
-from sse_daemon.connectors.sink.durable import HistoryFiles, HistoryStore  # history.path: one store per file in the process
+from sse_daemon.connectors.sink.durable import HistoryFiles, HistoryRefused, HistoryStore  # history.path: one store per file in the process
 from sse_daemon.daemon.plan import Plan, PortKey
 from sse_daemon.edge.guard import ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
 from sse_daemon.edge.listener import BindError, ListenerService, PortRoute, RouteTable
@@ -56,6 +56,9 @@ class BuiltConnector:
     bus: ConnectorBus | None = None  # a source's view of the bus (notes when it last published)
     #: an SSE sink's (or its workers'): closes its subscribers in stages (drain.window), on shutdown and reload
     drain: Callable[[Any], Deferred] | None = None
+    #: the history file an SSE sink took (history.path): its service gives it back when it stops, a
+    #: discarded stage (a reload rejected after building) when it never started
+    history_store: HistoryStore | None = None
 
 
 def make_bus(config: Config, reactor: Any) -> IDeliveringBus:
@@ -91,6 +94,12 @@ class Staged:
             return e, [maybeDeferred(listener.stopService) for listener in bound]
         return None, []
 
+    def discard(self) -> Deferred:
+        """Give back what this stage took and never started (a reload rejected after building it):
+        the history files of its sinks, so a file it opened is closed again."""
+        return DeferredList([built.history_store.release() for built in self.connectors.values()
+                             if built.history_store is not None], consumeErrors=True)
+
 
 class Builder:
     """Builds connectors, routes and ports with the daemon's shared collaborators."""
@@ -111,17 +120,19 @@ class Builder:
 
     # -- connectors
 
-    def sink(self, connector: ConnectorDef, schema: Schema, history: History | None = None) -> SseSink:
+    def sink(self, connector: ConnectorDef, schema: Schema, history: History | None = None,
+             history_store: HistoryStore | None = None) -> SseSink:
         """An SSE sink's state (subscribers, history, ids: the bus's on a shared bus), its lag measured
-        when there is an admin. ``history``: one given whole (a worker process's copy of the daemon's)."""
+        when there is an admin. ``history``: one given whole (a worker process's copy of the daemon's);
+        ``history_store``: its history file (:meth:`history_store`)."""
         lag = self.lag(connector.name) if self.lag is not None else None
         return sink_for_bus(self.bus, connector.stream, connector, make_mapper(connector.options.mapping, schema), self.clock,
-                            turns=self.reactor, lag_observer=lag, history=history,
-                            history_store=self.history_store(connector) if history is None else None)
+                            turns=self.reactor, lag_observer=lag, history=history, history_store=history_store)
 
     def history_store(self, connector: ConnectorDef) -> HistoryStore | None:
-        """The sink's history file (``history.path``), opened now unless this process has it open already
-        (HistoryRefused: it is corrupt and ``history.on.corrupt`` is ``refuse``)."""
+        """The sink's history file (``history.path``): the one this process has open, one a reload opened
+        off the reactor (:meth:`prepare`), or opened now (at start-up, before the reactor serves anyone).
+        HistoryRefused: it is corrupt and ``history.on.corrupt`` is ``refuse``."""
         if connector.options.history_path is None:
             return None
         return self.history_files.acquire(connector.options, self.clock.seconds())
@@ -146,17 +157,21 @@ class Builder:
 
             if self.lag is not None:
                 self.lag(connector.name)  # its series is shown (empty: lag is not measured across processes)
+            store = self.history_store(connector)
             workers = SinkWorkers(connector, make_mapper(connector.options.mapping, schema), schema, self.bus, self.clock, self.reactor,
-                                  history_store=self.history_store(connector))
-            return BuiltConnector(service=workers, drain=workers.drain)
-        sink = self.sink(connector, schema)
+                                  history_store=store)
+            return BuiltConnector(service=workers, drain=workers.drain, history_store=store)
+        store = self.history_store(connector)
+        sink = self.sink(connector, schema, history_store=store)
         service = SseSinkService(sink, self.bus, connector.stream, self.clock)
-        return BuiltConnector(service=service, resource=self.guarded_sink(connector, sink), drain=service.drain)
+        return BuiltConnector(service=service, resource=self.guarded_sink(connector, sink), drain=service.drain,
+                              history_store=store)
 
     def _ingest(self, connector: ConnectorDef, schema: Schema, source_bus: ConnectorBus) -> BuiltConnector:
         # a shared bus takes a body in one transaction (all or nothing); the in-process one in slices between turns
         ingest = IngestResource(connector, make_mapper(connector.options.mapping, schema), source_bus, self.clock, turns=self.reactor,
-                                slice_size=0 if self.bus.provides_ids else PUBLISH_SLICE)
+                                slice_size=0 if self.bus.provides_ids else PUBLISH_SLICE,
+                                behind=self.bus.behind if ISharedBus.providedBy(self.bus) else None)
         return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, self.clock, self.passwords),
                               source=ingest, bus=source_bus)
 
@@ -204,13 +219,27 @@ class Builder:
 
     # -- a plan
 
+    def prepare(self, new: Config, plan: Plan) -> Deferred:
+        """Open, on a thread, the history files that staging ``plan`` would otherwise open on the
+        reactor (a reload: a quick_check of a large file takes a while). HistoryRefused as ``stage``."""
+        fresh = set(plan.fresh)
+        return self.history_files.prepare([sink.options for sink in new.sinks if sink.name in fresh
+                                           and sink.type == "sse-server" and sink.options.history_path is not None],
+                                          self.clock.seconds())
+
     def stage(self, new: Config, plan: Plan, running: Mapping[str, BuiltConnector]) -> Staged:
-        """Build what ``plan`` adds and restarts; ``running`` are the connectors it keeps."""
+        """Build what ``plan`` adds and restarts; ``running`` are the connectors it keeps. A sink's
+        history file refused half way (HistoryRefused) gives back the files taken so far."""
         staged = Staged(new, plan)
         fresh = set(plan.fresh)
-        for connector in (*new.sinks, *new.sources):
-            if connector.name in fresh:
-                staged.connectors[connector.name] = self.connector(connector, new.streams[connector.stream].schema)
+        try:
+            for connector in (*new.sinks, *new.sources):
+                if connector.name in fresh:
+                    staged.connectors[connector.name] = self.connector(connector, new.streams[connector.stream].schema)
+        except HistoryRefused:
+            staged.discard()  # nothing of it started: each release is done when it returns
+            self.history_files.discard_prepared()
+            raise
 
         def resource(connector: ConnectorDef) -> IResource:
             built = staged.connectors.get(connector.name) or running[connector.name]

@@ -117,14 +117,20 @@ class Reloader:
             self._ignored()
             return False
         try:
-            staged = daemon.stage(new, changes)
+            await daemon.prepare(new, changes)  # new history files are opened and checked on a thread
+            staged = None if self.stopping else daemon.stage(new, changes)
         except HistoryRefused as e:  # a sink's new history file is corrupt and history.on.corrupt is refuse
+            daemon.discard_prepared()
             self.counters["rejected"] += 1
             log.error("reload rejected: {message}; the running configuration is unchanged", message=str(e))
             return False
+        if staged is None:  # shutdown began while the files were opened
+            daemon.discard_prepared()
+            self._ignored()
+            return False
         error, released = staged.bind()
         if error is not None:
-            await DeferredList(released, consumeErrors=True)
+            await DeferredList([*released, staged.discard()], consumeErrors=True)
             self.counters["rejected"] += 1
             log.error("reload rejected: {message}; the running configuration is unchanged", message=str(error))
             return False

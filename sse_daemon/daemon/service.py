@@ -95,6 +95,14 @@ class DaemonService(MultiService):
         """The ports bound now, and how: what a plan compares the new configuration's with."""
         return {key: listener.description for key, listener in self.listeners.items()}
 
+    def prepare(self, new: Config, changes: Plan) -> Deferred:
+        """What staging ``changes`` must read from disk, read off the reactor first (history files)."""
+        return self.builder.prepare(new, changes)
+
+    def discard_prepared(self) -> None:
+        """Close what :meth:`prepare` opened for a reload that was then rejected."""
+        self.builder.history_files.discard_prepared()
+
     def stage(self, new: Config, changes: Plan) -> Staged:
         """Build what ``changes`` adds and restarts, off to the side; nothing running is touched."""
         return self.builder.stage(new, changes, self.built)

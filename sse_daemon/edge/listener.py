@@ -38,10 +38,11 @@ from twisted.web.resource import IResource, Resource
 
 from zope.interface import implementer
 
-from sse_daemon.compat import BadRequestChannel, H2Stream, StreamingH2Connection, skip_form_parsing
+from sse_daemon.compat import BadRequestChannel, H2Stream, StreamingH2Connection, request_line, skip_form_parsing
 from sse_daemon.config.values import normalise_path
 from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping
 from sse_daemon.policy.limits import should_log
+from sse_daemon.edge.bodystream import BodyStream, wants_stream
 from sse_daemon.edge.safety import internal_error, undecodable_header
 from sse_daemon.edge.tls import HTTP2_MARK
 
@@ -202,6 +203,18 @@ class PortChannel(BadRequestChannel):
         super().allHeadersReceived()  # may refuse the body (413): then we are closing
         if not self._closing and self.length != 0:
             self._deadline("body")
+        request = self.requests[-1] if self.requests else None
+        if not self._closing and isinstance(request, LimitedRequest) and request.body_stream is not None:
+            # a streaming publish: its resource gets it now, its body as it comes (bodystream.py);
+            # the connection closes after its answer, whenever that comes (a refusal: at once)
+            self.persistent = False
+            request.setHeader(b"Connection", b"close")
+            request.requestReceived(*request_line(self))
+
+    def streamed(self) -> None:
+        """A chunk of a streaming publish arrived: its body deadline starts again (the longest pause between chunks)."""
+        if not self._closing:
+            self._deadline("body")
 
     def allContentReceived(self) -> None:
         self._deadline(None)  # handled from here on; the resource decides how long
@@ -273,6 +286,9 @@ class PortChannel(BadRequestChannel):
             return
         what = "request head" if phase == "head" else "request body"
         message = f"the whole {what} did not arrive within {seconds:g} seconds"
+        request = self.requests[-1] if self.requests else None
+        if phase == "body" and isinstance(request, LimitedRequest) and request.body_stream is not None:
+            message = f"the streaming request body paused for more than {seconds:g} seconds"
         self.site.resource.note(f"{phase}-timeout", self.peer_host, message)
         self.answer(408, b"Request Timeout", {"error": message, "reason": f"{phase}-timeout"})
 
@@ -529,14 +545,30 @@ class LimitedRequest(server.Request):
         """The request's channel: a PortChannel (HTTP/1.1) or a PortStream (HTTP/2), both under the port's policy."""
         return cast("PortChannel | PortStream", self.channel)
 
+    #: a streaming publish's body, on its way to the resource (bodystream.py); None for every other request
+    body_stream: BodyStream | None = None
+    _dispatched = False  # a streaming publish handed to its resource already (at its headers)
+
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
-        if length is not None and length > self.link.site.max_body_size:
+        link = self.link
+        # a streaming publish over HTTP/1.1; over HTTP/2 its body comes whole (the ingest takes it so too)
+        if isinstance(link, PortChannel) and link.transport is not None and wants_stream(request_line(link)[0], self.getHeader(b"content-type")):
+            self.body_stream = BodyStream(link.transport)  # no total limit: its consumer bounds a line
+            return
+        if length is not None and length > link.site.max_body_size:
             self.requestHeaders.removeHeader(b"Expect")  # no "100 Continue" after our 413
             self._refuse()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
+            return
+        if self.body_stream is not None:
+            if self.link.site.stopping:  # shutdown: the stream ends here; its answer says how many lines were read
+                self.body_stream.end(complete=False)
+                return
+            cast(PortChannel, self.link).streamed()  # a body stream is HTTP/1.1's only (gotLength)
+            self.body_stream.chunk(data)
             return
         self._received += len(data)
         if self._received > self.link.site.max_body_size:
@@ -545,8 +577,18 @@ class LimitedRequest(server.Request):
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if not self._refused:
-            super().requestReceived(command, path, version)
+        if self._refused:
+            return
+        if self.body_stream is not None and self._dispatched:  # the body's end: the resource has the request already
+            self.body_stream.end()
+            return
+        self._dispatched = True
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.body_stream is not None:
+            self.body_stream.lost(reason)
+        super().connectionLost(reason)
 
     def process(self) -> None:
         site = self.link.site
@@ -586,6 +628,11 @@ class LimitedRequest(server.Request):
         message = f"the request body is larger than {limit} bytes"
         self.link.site.resource.note("body-too-large", self.link.peer_host, message)
         self.link.answer(413, b"Request Entity Too Large", {"error": message})
+
+
+def body_stream(request: IRequest) -> BodyStream | None:
+    """The body of a streaming publish, as it arrives (bodystream.py); None when twisted.web has the body whole."""
+    return request.body_stream if isinstance(request, LimitedRequest) else None
 
 
 class QuietSite(server.Site):

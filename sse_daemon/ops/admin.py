@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
@@ -51,7 +52,8 @@ from sse_daemon.config.errors import Location
 from sse_daemon.config.model import AdminDef, Config, ConnectorDef
 from sse_daemon.config.options import AccessOptions, SseServerOptions
 from sse_daemon.config.values import normalise_path
-from sse_daemon.ops.figures import SINK_COUNTERS, SourceWatch, listener_figures, snapshot, source_of
+from sse_daemon.ops.charts import ChartSampler, ring_points
+from sse_daemon.ops.figures import SINK_COUNTERS, SourceWatch, lag_buckets, listener_figures, snapshot, source_of
 from sse_daemon.ops.metrics import LAG, scraped
 from sse_daemon.ops.view import RunningDaemon
 from sse_daemon.edge.guard import Guard, build_access
@@ -136,6 +138,8 @@ class DaemonCollector:
             families["bus_reconnects"].add_metric([], bus.counters["reconnects"])
             families["bus_events_invalid"].add_metric([], bus.counters["publish_invalid"])
             families["bus_entries_skipped"].add_metric([], bus.counters["entries_skipped"])
+            for stream in sorted(admin.daemon.config.streams):
+                families["bus_fanout_lag_seconds"].add_metric([stream], bus.fanout_lag(stream))
         return iter(families.values())
 
 
@@ -159,6 +163,9 @@ class AdminService(MultiService):
         self.registry = CollectorRegistry()
         self.lag = Histogram(LAG.metric_name, LAG.help, LAG.labels, registry=self.registry, buckets=LAG_BUCKETS)
         self.registry.register(DaemonCollector(self))
+        options = definition.options
+        self.charts = ChartSampler(daemon, self.lag, self.clock, options.charts_interval,
+                                   ring_points(options.charts_interval, options.charts_window))
         ProcessCollector(registry=self.registry)  # open fds against LimitNOFILE, memory, CPU
 
         #: admin requests refused, by reason (a wrong Host, a protected stream, credentials)
@@ -180,6 +187,8 @@ class AdminService(MultiService):
         self.listener.add("/healthz", self._gate(HealthResource(self), open_=True), "admin health")
         self.listener.add("/readyz", self._gate(ReadyResource(self), open_=True), "admin readiness")
         self.listener.add("/status.json", self._gate(StatusResource(self)), "admin status")
+        self.listener.add("/charts.json", self._gate(ChartsResource(self.charts)), "admin charts")
+        self.listener.add("/charts.js", self._gate(PageResource("charts.js", b"text/javascript; charset=utf-8")), "admin charts script")
         self.live: dict[str, SseSink] = {}
         # stream -> (schema and protection it was built for, service or None for a refused view)
         self._live_services: dict[str, tuple[tuple[str, bool], SseSinkService | None]] = {}
@@ -187,6 +196,7 @@ class AdminService(MultiService):
         # one label for the bind message and error, not one per path
         self.listener.labels[:] = ["the admin listener (status page, /metrics, /healthz, /readyz, /events/<stream>)"]
         self.listener.setServiceParent(self)
+        self.charts.setServiceParent(self)
 
     def _gate(self, resource: Resource, open_: bool = False) -> "AdminGate":
         """``resource`` behind the Host check and (unless ``open_``) the admin's auth: one Guard
@@ -446,26 +456,13 @@ def _live_connector(stream: str, history: int) -> ConnectorDef[SseServerOptions]
 
 def _lag_summaries(histogram: Histogram) -> dict[str, dict[str, float]]:
     """Count, mean and bucket-estimated p50/p99 per sink, for the status page."""
-    buckets: dict[str, list[tuple[float, float]]] = {}
-    totals: dict[str, dict[str, float]] = {}
-    for metric in histogram.collect():
-        for sample in metric.samples:
-            sink = sample.labels["sink"]  # every sample of the histogram is one sink's
-            if sample.name.endswith("_bucket"):
-                buckets.setdefault(sink, []).append((float(sample.labels["le"]), sample.value))
-            elif sample.name.endswith("_count"):
-                totals.setdefault(sink, {})["count"] = sample.value
-            elif sample.name.endswith("_sum"):
-                totals.setdefault(sink, {})["sum"] = sample.value
     out: dict[str, dict[str, float]] = {}
-    for sink, total in totals.items():
-        count = total.get("count", 0)
-        summary: dict[str, float] = {"count": count}
-        if count:
-            summary["mean"] = total.get("sum", 0.0) / count
-            ordered = sorted(buckets.get(sink, []))
-            for name, q in (("p50", 0.5), ("p99", 0.99)):
-                summary[name] = next((le for le, n in ordered if n >= q * count), float("inf"))
+    for sink, lag in lag_buckets(histogram).items():
+        summary: dict[str, float] = {"count": lag.count}
+        if lag.count:
+            summary["mean"] = lag.sum / lag.count
+            summary["p50"] = lag.quantile(0.5)
+            summary["p99"] = lag.quantile(0.99)
         out[sink] = summary
     return out
 
@@ -541,6 +538,24 @@ class StatusResource(_Leaf):
 
     def render_GET(self, request: IRequest) -> bytes:
         return _json(request, 200, _finite(self.admin.status()))
+
+
+class ChartsResource(_Leaf):
+    """The charts' rings (``?after=<time>``: only the samples since, for a page that has the rest)."""
+
+    def __init__(self, charts: ChartSampler) -> None:
+        super().__init__()
+        self.charts = charts
+
+    def render_GET(self, request: IRequest) -> bytes:
+        raw = (request.args or {}).get(b"after", [b""])[0]
+        try:
+            after = float(raw.decode("ascii")) if raw else None
+        except (UnicodeDecodeError, ValueError):
+            after = float("nan")
+        if after is not None and not math.isfinite(after):
+            return _json(request, 400, {"error": "after must be a time in seconds", "reason": "bad-query"})
+        return _json(request, 200, self.charts.history(after))
 
 
 def _finite(value: Any) -> Any:

@@ -8,8 +8,10 @@ so the hot path pays for one dict increment, not for a metrics library.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Histogram
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -155,6 +157,56 @@ def listener_figures(listener: "ListenerService") -> dict[str, Any]:
                       **(dict(listener.site.protocols) if listener.site is not None else {})},
         "requests": dict(listener.site.requests) if listener.site is not None else {},
         "rejected": dict(listener.router.rejected),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class LagBuckets:
+    """One sink's lag histogram as counted so far: cumulative counts by upper bound."""
+
+    #: (upper bound in seconds, events at or below it), by bound; the last bound is +Inf
+    buckets: tuple[tuple[float, float], ...]
+    count: float
+    sum: float
+
+    def quantile(self, q: float) -> float:
+        """The upper bound of the bucket holding the q-quantile (+Inf past the last finite one)."""
+        return next((le for le, n in self.buckets if n >= q * self.count), float("inf"))
+
+    def since(self, earlier: "LagBuckets | None") -> "LagBuckets":
+        """The events observed after ``earlier`` (all of them without it)."""
+        if earlier is None:
+            return self
+        before = dict(earlier.buckets)
+        return LagBuckets(tuple((le, n - before.get(le, 0.0)) for le, n in self.buckets),
+                          self.count - earlier.count, self.sum - earlier.sum)
+
+    @staticmethod
+    def merged(parts: "list[LagBuckets]") -> "LagBuckets":
+        """Several sinks' buckets as one (they share their bounds)."""
+        totals: dict[float, float] = {}
+        for part in parts:
+            for le, n in part.buckets:
+                totals[le] = totals.get(le, 0.0) + n
+        return LagBuckets(tuple(sorted(totals.items())), sum(p.count for p in parts), sum(p.sum for p in parts))
+
+
+def lag_buckets(histogram: Histogram) -> dict[str, LagBuckets]:
+    """Every sink's series of the lag histogram (``/metrics``' ``sse_daemon_sink_lag_seconds``)."""
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    totals: dict[str, dict[str, float]] = {}
+    for metric in histogram.collect():
+        for sample in metric.samples:
+            sink = sample.labels["sink"]  # every sample of the histogram is one sink's
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(sink, []).append((float(sample.labels["le"]), sample.value))
+            elif sample.name.endswith("_count"):
+                totals.setdefault(sink, {})["count"] = sample.value
+            elif sample.name.endswith("_sum"):
+                totals.setdefault(sink, {})["sum"] = sample.value
+    return {
+        sink: LagBuckets(tuple(sorted(buckets.get(sink, []))), total.get("count", 0.0), total.get("sum", 0.0))
+        for sink, total in totals.items()
     }
 
 

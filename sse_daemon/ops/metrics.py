@@ -92,7 +92,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("source_events_in", "counter", "Events a source published into its stream.", SOURCE),
     Family("source_events_rejected", "counter", "Messages or requests a source refused, by reason.", ("source", "reason"),
            notes="Requests (ingest) or messages (SSE source): `invalid-json`, `too-large`, `event-too-large`, ...; "
-                 "`bus-unavailable`: events an SSE source read that a shared bus that was down did not take."),
+                 "`bus-unavailable`: events an SSE source read that a shared bus that was down did not take; "
+                 "`fanout-behind`: requests refused while this instance's fan-out of a shared bus's stream was over "
+                 "`fanout.max.lag`."),
     Family("source_connected", "gauge", "1 while an SSE source has a stream open.", SOURCE),
     Family("source_reconnects", "counter", "Times an SSE source connected again after a stream ended or failed.", SOURCE),
     Family("source_last_event_age_seconds", "gauge", "Seconds since the source's last event (since the start if it had none).", SOURCE,
@@ -127,6 +129,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("bus_events_invalid", "counter",
            "Events the shared bus refused to write because Redis could not take a value in them (their publisher got 400; "
            "the connection stayed up).", shared_bus=True),
+    Family("bus_fanout_lag_seconds", "gauge",
+           "Seconds the oldest publish Redis acknowledged to this instance has waited for this instance's own fan-out, "
+           "by stream; above `fanout.max.lag` the instance's ingest answers 503 `fanout-behind`.", ("stream",), shared_bus=True,
+           notes="0 when nothing waits, or nobody on this instance reads the stream."),
     Family("bus_entries_skipped", "counter",
            "Redis entries this instance could not decode, skipped on live reads and resume replays (logged, sampled).", shared_bus=True),
 )

@@ -94,16 +94,44 @@ class HistoryFiles:
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.stores: dict[str, HistoryStore] = {}
+        #: files a reload opened off the reactor (:meth:`prepare`), for :meth:`acquire` to take
+        self.prepared: dict[str, tuple[HistoryFile, Tail]] = {}
+
+    def _open_now(self, path: str) -> bool:
+        store = self.stores.get(path)
+        return store is not None and store.users > 0
+
+    async def _prepare(self, options: list[SseServerOptions], now: float) -> None:
+        pool = self.reactor.getThreadPool()
+        for each in options:
+            path = each.history_path
+            assert path is not None
+            if self._open_now(path) or path in self.prepared:
+                continue
+            self.prepared[path] = await deferToThreadPool(self.reactor, pool, self._open, each, now)
+
+    def prepare(self, options: list[SseServerOptions], now: float) -> Deferred:
+        """Open the files of ``options`` that this process has not got open, on the reactor's thread
+        pool: a reload opens them so, and its staging then takes them from here. A corrupt file fails
+        it with :class:`HistoryRefused` (or is moved aside there), as :meth:`acquire` would."""
+        return Deferred.fromCoroutine(self._prepare(options, now))
+
+    def discard_prepared(self) -> None:
+        """Close the files prepared and not taken (the reload that prepared them was rejected)."""
+        for file, _ in self.prepared.values():
+            file.close()
+        self.prepared.clear()
 
     def acquire(self, options: SseServerOptions, now: float) -> HistoryStore:
-        """The store of ``options.history_path``, opened now if this process has not got it open
-        (synchronously: at start-up, or when a reload adds a file). A corrupt file is refused
+        """The store of ``options.history_path``; opened now if this process has not got it open nor
+        prepared it (at start-up, before the reactor serves anyone). A corrupt file is refused
         (:class:`HistoryRefused`) or moved aside, as ``history.on.corrupt`` says."""
         path = options.history_path
         assert path is not None, "a sink without history.path keeps its history in memory"
         store = self.stores.get(path)
         if store is None or store.users <= 0:
-            file, tail = self._open(options, now)
+            prepared = self.prepared.pop(path, None)
+            file, tail = prepared if prepared is not None else self._open(options, now)
             store = self.stores[path] = HistoryStore(file, self.reactor, tail)
             log.info("history file {path} opened: {count} events, resume from id {floor}",
                      path=path, count=len(store.tail.entries), floor=store.tail.floor)

@@ -1,0 +1,210 @@
+"""The relay benchmark: an upstream SSE server -> this daemon's `sse` source -> its sink -> subscribers.
+
+    .venv/bin/python bench/relay.py           # about 4 minutes: its section of bench/RESULTS.md
+    .venv/bin/python bench/relay.py --quick   # tiny versions (seconds), printed, nothing written
+
+The spec's own pair of connectors as a relay (issue 17, part 4). The upstream is Nchan
+(Debian's nginx + libnginx-mod-nchan) on CPU 1 beside the load client; the daemon, alone on
+CPU 0, reads it with one `sse` source and re-serves the stream on an `sse-server` sink to 100
+subscribers. The same load is also read from the upstream directly (the same Nchan, on the
+same CPU), so the latency the hop adds is the difference at each rate. Offered rates step up;
+each step is a fresh upstream and a fresh daemon. CPU per relayed event is the daemon's user +
+system time while publishing over the events it delivered to one subscriber.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run  # noqa: E402  (bench/run.py: the servers, the client, the formatting)
+
+BEGIN = "<!-- relay: begin (written by bench/relay.py; a full run of bench/run.py keeps it) -->"
+END = "<!-- relay: end -->"
+SUBSCRIBERS = 100
+SECONDS = 5
+
+
+class Upstream(run.Nchan):
+    """Nchan as the upstream, on the client's CPU: read directly, it is the baseline."""
+
+    name = "upstream read directly"
+
+
+class Relay(run.Daemon):
+    """The daemon relaying the upstream: its `sse` source reads Nchan, its sink serves the subscribers;
+    the publishers POST to Nchan."""
+
+    name = "relayed by sse-daemon"
+
+    def __init__(self, workdir: Path, pin: list[str], upstream_pin: list[str]) -> None:
+        super().__init__(workdir, pin)
+        self.upstream = Upstream(workdir, upstream_pin)
+
+    def config_text(self) -> str:
+        return (
+            "sources:\n"
+            f"  Up: {{type: sse, stream: S, schema: 'm string', receiver.url: 'http://127.0.0.1:{self.upstream.port}/sub'}}\n"
+            "sinks:\n"
+            "  S: {type: sse-server, stream: S, schema: 'm string', server.host: 127.0.0.1, server.port: 0,\n"
+            "      server.path: /sub, heartbeat.interval: 0, drain.window: 0}\n"
+        )
+
+    def start(self) -> None:
+        self.upstream.start()
+        super().start()
+        self.pub_port = self.upstream.port
+        end = time.monotonic() + 30
+        while "source Up connected to" not in self.log.read_text(errors="replace"):
+            if time.monotonic() > end or (self.proc is not None and self.proc.poll() is not None):
+                raise RuntimeError(f"the source did not connect:\n{self.log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+
+    def _listening(self, log: str) -> bool:
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+) for sink 'S'", log)
+        if m:
+            self.port = int(m.group(1))
+        return bool(m)
+
+    def stop(self) -> None:
+        super().stop()
+        self.upstream.stop()
+
+
+def rates(quick: bool) -> list[int]:
+    return [500] if quick else [1_000, 5_000, 10_000, 20_000, 50_000]
+
+
+def scenario(rate: int, quick: bool) -> run.Scenario:
+    seconds = 1 if quick else SECONDS
+    subs = 10 if quick else SUBSCRIBERS
+    return run.Scenario(f"R{rate}", f"{rate:,} events/s offered for {seconds} s to {subs} subscribers", subs,
+                        count=rate * seconds, rate=rate, publishers=16, max_seconds=seconds * 2)
+
+
+def relayed_without_loss(results: dict[int, dict[str, Any]]) -> int | None:
+    """The highest offered rate the relay carried whole: nothing lost, and the publishers kept the rate."""
+    best = None
+    for rate, r in sorted(results.items()):
+        if r.get("error") or run.get(r, "loss") != 0 or (r.get("publish_rate") or 0) < 0.95 * rate:
+            break
+        best = rate
+    return best
+
+
+def section(res: dict[str, dict[int, dict[str, Any]]], info: dict[str, Any], notes: list[str]) -> str:
+    m = info["machine"]
+    direct, relay = res.get(Upstream.name, {}), res.get(Relay.name, {})
+    best = relayed_without_loss(relay)
+    lines = [
+        BEGIN,
+        "## Relaying: an upstream SSE server, this daemon's `sse` source, its sink, 100 subscribers",
+        "",
+        f"Written by `bench/relay.py{' --quick' if info['quick'] else ''}` on {info['date']} (took {info['seconds']:.0f} s)"
+        f"{' (QUICK run: tiny scenarios, figures are not meaningful)' if info['quick'] else ''}.",
+        "",
+        f"- Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; Python {m['python']}, Twisted {m['twisted']}; "
+        f"load average before: {info['load_before']}, after: {m['load']}. Peers installed: {m['peers']}.",
+        "- The upstream (one nginx worker with Nchan) and the load client (`bench/sseload.c`, 16 publisher connections "
+        "POSTing to Nchan at the offered rate) share CPU 1; the daemon has CPU 0 to itself. The direct rows read the "
+        "same upstream on the same CPU without the daemon: the hop's added latency is relayed minus direct.",
+        *[f"- {note}" for note in notes],
+        "",
+        "| target | figure | verdict |",
+        "|---|---|---|",
+    ]
+    if relay:
+        top = relay.get(best) if best else None
+        lines.append(f"| ≥ 50,000 events/s relayed on one core without loss | "
+                     f"{run.fmt(best, 0) + '/s (the highest step carried whole)' if best else 'none of the steps'} | "
+                     f"{'met' if best and best >= 50_000 else 'NOT met'} |")
+        if top and (direct.get(best) or {}).get("lat_ms_p99") is not None:
+            added = top["lat_ms_p99"] - direct[best]["lat_ms_p99"]
+            lines.append(f"| p99 added latency ≤ 2 ms (at {run.fmt(best, 0)}/s) | {added:.2f} ms "
+                         f"({top['lat_ms_p99']:.2f} against {direct[best]['lat_ms_p99']:.2f} ms direct) | "
+                         f"{'met' if added <= 2 else 'NOT met'} |")
+    lines += ["", "| offered events/s | published /s | direct p50 / p99 (ms) | relayed p50 / p99 (ms) | added p50 / p99 (ms) "
+              "| relayed: lost | daemon CPU per relayed event (µs) | daemon CPU share of one core |",
+              "|---|---|---|---|---|---|---|---|"]
+    for rate in sorted(set(direct) | set(relay)):
+        d, r = direct.get(rate) or {}, relay.get(rate) or {}
+
+        def pair(x: dict[str, Any]) -> str:
+            return f"{x['lat_ms_p50']:.2f} / {x['lat_ms_p99']:.2f}" if x.get("lat_ms_p99") is not None and x.get("lat_ms_p99", -1) >= 0 else "—"
+
+        added = (f"{r['lat_ms_p50'] - d['lat_ms_p50']:.2f} / {r['lat_ms_p99'] - d['lat_ms_p99']:.2f}"
+                 if pair(d) != "—" and pair(r) != "—" else "—")
+        per_event = r.get("server_cpu") / (r["delivered"] / max(r.get("subscribers", SUBSCRIBERS), 1)) * 1e6 \
+            if r.get("server_cpu") is not None and r.get("delivered") else None
+        share = r["server_cpu"] / r["publish_seconds"] if r.get("server_cpu") is not None and r.get("publish_seconds") else None
+        lines.append(f"| {rate:,} | {run.fmt(r.get('publish_rate'), 0)} | {pair(d)} | {pair(r)} | {added} | "
+                     f"{run.fmt(run.get(r, 'loss'), 0)} | {run.fmt(per_event, 1)} | {run.fmt(share, 2)} |")
+        for who, x in (("direct", d), ("relayed", r)):
+            if x.get("error"):
+                lines.append(f"\n{rate:,}/s {who}: failed: {x['error']}")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a tiny version; prints, writes nothing")
+    ap.add_argument("--out", type=Path, default=run.BENCH / "RESULTS.md", help="the results file whose section is written")
+    args = ap.parse_args(argv)
+    if why := run.Nchan.available():
+        raise SystemExit(f"bench: the relay benchmark needs Nchan as its upstream: {why}")
+    started = time.monotonic()
+    load_before = " ".join(open("/proc/loadavg").read().split()[:3])
+    run.raise_nofile()
+    work = Path(tempfile.mkdtemp(prefix="sse-bench-relay-"))
+    two = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+    pin_server, pin_client = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if two else ([], [])
+    notes: list[str] = [] if two else ["not pinned: taskset or a second CPU is missing"]
+    try:
+        client = run.build_client(work)
+        res: dict[str, dict[int, dict[str, Any]]] = {Upstream.name: {}, Relay.name: {}}
+        for rate in rates(args.quick):
+            sc = scenario(rate, args.quick)
+            for name, make in ((Upstream.name, lambda: Upstream(work, pin_client)),
+                               (Relay.name, lambda: Relay(work, pin_server, pin_client))):
+                print(f"bench: {rate}/s {name} ...", file=sys.stderr, flush=True)
+                server = make()
+                try:
+                    result = run.run_one(server, sc, client, pin_client)
+                    result["subscribers"] = sc.subs
+                except (Exception, subprocess.SubprocessError) as e:
+                    result = {"error": f"{type(e).__name__}: {e}"}
+                finally:
+                    server.stop()
+                res[name][rate] = result
+                print("bench:   " + json.dumps({k: result.get(k) for k in ("publish_rate", "loss", "lat_ms_p50", "lat_ms_p99",
+                                                                            "server_cpu", "error")}), file=sys.stderr, flush=True)
+        info = {"machine": run.machine(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "quick": args.quick, "seconds": time.monotonic() - started, "load_before": load_before}
+        text = section(res, info, notes)
+        if args.quick:
+            sys.stdout.write(text + "\n")
+        else:
+            run.put_section(args.out, BEGIN, END, text)
+            args.out.with_name(args.out.stem + "-relay.json").write_text(
+                json.dumps({"info": info, "results": {k: {str(r): v for r, v in rs.items()} for k, rs in res.items()}}, indent=1))
+            print(f"bench: wrote {args.out}", file=sys.stderr)
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
