@@ -6,6 +6,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import threads
 
@@ -106,3 +107,28 @@ async def test_a_drain_on_shutdown_ends_http2_streams_cleanly_with_the_goodbye(d
     assert version == "HTTP/2"
     goodbye = body.rpartition(b": server shutting down; reconnect\n\n")[2]
     assert goodbye.startswith(b"retry: ") and goodbye.endswith(b"\n\n"), "the goodbye and its own retry: came last"
+
+
+@pytest.mark.reactor_free
+def test_connectors_sharing_a_port_must_agree_on_http2_and_a_change_rebinds_the_port(pki) -> None:  # noqa: F811
+    from sse_daemon.config.errors import ConfigError
+    from sse_daemon.config.validate import validate
+    from sse_daemon.config.yamlfile import load_yaml
+    from sse_daemon.daemon.plan import plan, port_endpoints
+
+    tls = f"server.tls.cert: {pki['cert']}, server.tls.key: {pki['key']}"
+
+    def config(a: str, b: str = "") -> Any:
+        return validate(load_yaml(f"""\
+streams: {{S: "n int"}}
+sinks:
+  A: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 8443, server.path: a, {tls}{a}}}
+  B: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 8443, server.path: b, {tls}{b}}}
+""", "c.yaml"))
+
+    with pytest.raises(ConfigError) as e:
+        config("", ", server.http2: false")
+    assert "sink 'B': option 'server.http2': port 8443 offers HTTP/2 for sink 'A'" in str(e.value)
+    on, off = config(""), config(", server.http2: false", ", server.http2: false")
+    assert port_endpoints(on)[("127.0.0.1", 8443)].endswith(" +h2") and not port_endpoints(off)[("127.0.0.1", 8443)].endswith(" +h2")
+    assert plan(on, off).ports_rebind == [("127.0.0.1", 8443)]

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,8 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from sse_daemon.events.schema import Event
 
 from .conftest import wait_for
-from .system_tools import require
-from .test_browser import CHROMEDRIVER, CHROMIUM, FLAGS, in_thread, until
+from .test_browser import chromium, in_thread, until
 from .test_tls import pki, tls_sink  # noqa: F401 (the throwaway CA and its server certificate)
 
 EVENT_SOURCES = 10
@@ -53,28 +49,7 @@ def spki_hash(cert: Path) -> str:
 
 @pytest.fixture
 def https_browser(pki):  # noqa: F811
-    require(CHROMIUM, "chromium")
-    require(CHROMEDRIVER, "chromium-driver")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:  # pragma: no cover - the test extra installs it
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("selenium is not installed (pip install -e '.[test]')")
-    profile = tempfile.mkdtemp(prefix="sse-daemon-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
-    options.add_argument(f"--ignore-certificate-errors-spki-list={spki_hash(pki['cert'])}")
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+    yield from chromium(f"--ignore-certificate-errors-spki-list={spki_hash(pki['cert'])}")
 
 
 async def ten_event_sources(browser, service, http2: bool) -> list[int]:

@@ -310,10 +310,6 @@ class AlpnSwitch:
         self.http2: PortH2Connection | None = None
         self._decided = False
 
-    @property
-    def protocol(self) -> str:
-        return HTTP1 if self.http2 is None else HTTP2
-
     def makeConnection(self, transport: ITransport) -> None:
         self.http1.makeConnection(transport)
 
