@@ -132,3 +132,31 @@ sinks:
     on, off = config(""), config(", server.http2: false", ", server.http2: false")
     assert port_endpoints(on)[("127.0.0.1", 8443)].endswith(" +h2") and not port_endpoints(off)[("127.0.0.1", 8443)].endswith(" +h2")
     assert plan(on, off).ports_rebind == [("127.0.0.1", 8443)]
+    with pytest.raises(ConfigError) as e:
+        validate(load_yaml(f'sinks: {{S: {{type: sse-server, schema: "n int", server.port: 8001}}}}\n'
+                           f"admin: {{port: 9100, server.tls.cert: {pki['cert']}}}\n", "c.yaml"))
+    assert "option 'server.tls.key': server.tls.cert and server.tls.key go together" in str(e.value), "the admin's TLS is checked"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_admin_listener_over_tls_speaks_http2_metrics_status_and_live_views(daemon, pki) -> None:  # noqa: F811
+    service = await daemon(tls_sink(pki, f"admin:\n  port: 0\n  server.tls.cert: {pki['cert']}\n  server.tls.key: {pki['key']}\n"))
+    base = f"https://localhost:{service.admin.port}"
+    live = threads.deferToThread(read_stream, f"{base}/events/Events", pki["ca"], b'"n":5')
+    await wait_for(lambda: service.admin.live.get("Events") is not None and service.admin.live["Events"].subscribers, what="the live view")
+    service.bus.publish("Events", [Event({"n": 5})])  # through the bus: the live view is a subscriber of the stream
+    version, _, body = await deadline(live)
+    assert version == "HTTP/2" and b'"n":5' in body
+
+    def scrape() -> tuple[Any, ...]:
+        with h2_client(pki["ca"]) as client:
+            metrics, status = client.get(f"{base}/metrics"), client.get(f"{base}/status.json")
+            return metrics.http_version, metrics.text, status.http_version, status.json()
+
+    metrics_version, metrics, status_version, status = await deadline(threads.deferToThread(scrape))
+    assert (metrics_version, status_version) == ("HTTP/2", "HTTP/2")
+    admin_label = f'listener="127.0.0.1:{service.admin.port}"'
+    assert f'sse_daemon_listener_requests_total{{{admin_label},version="HTTP/2"}}' in metrics
+    assert f'sse_daemon_listener_protocol_connections{{{admin_label},protocol="h2"}} 1.0' in metrics
+    (sink_port,) = status["listeners"]
+    assert sink_port["http2"] and set(sink_port["protocols"]) == {"http/1.1", "h2"}

@@ -427,6 +427,10 @@ def _admin(sections: list[RawSection], connectors: list[ConnectorDef[Any]], issu
         if name in first.options and not admin.auth_type:
             issues.append(ConfigIssue(first.options[name].location, f"'{name}' has no effect without 'auth.type'", "admin", name))
             ok = False
+    for name, message in check_server_tls(admin):  # TLS on the admin listener, checked as on a connector's port
+        raw = first.options.get(name)
+        issues.append(ConfigIssue(raw.location if raw is not None else first.location, message, "admin", name))
+        ok = False
     if not ok:
         return None
     port = admin.port
