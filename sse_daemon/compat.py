@@ -161,8 +161,11 @@ class StreamingH2Connection(H2Connection):
       as a lost TCP connection does, so the request's ``notifyFinish`` fires;
     - frames for a stream already ended (data the client goes on sending
       after our 413 or 408) are dropped, not a ``KeyError`` that kills the connection;
-    - the streams are of :attr:`stream_factory`; a malformed request or a
-      protocol error calls :meth:`bad_request`.
+    - the streams are of :attr:`stream_factory`; subclasses hear of a
+      malformed request or protocol error (:meth:`bad_request`), a stream's
+      head (:meth:`stream_opened`) and its end (:meth:`stream_closed`), and
+      may close the connection with :meth:`goaway`, without naming Twisted's
+      private attributes.
     """
 
     #: builds each stream: ``(streamID, connection, headers, requestFactory, site, factory)``
@@ -178,8 +181,32 @@ class StreamingH2Connection(H2Connection):
     def bad_request(self) -> None:
         """Called when a request or the connection is refused as malformed (400, or GOAWAY)."""
 
+    def stream_opened(self) -> None:
+        """Called when a request's head arrived, before its stream is built."""
+
+    def stream_closed(self) -> None:
+        """Called when a stream is over (its end sent, or reset) and forgotten."""
+
+    @property
+    def open(self) -> bool:
+        """The connection is not lost."""
+        return bool(self._stillProducing)
+
+    def goaway(self) -> None:
+        """Refuse new streams (GOAWAY, when the connection is still open) and close once what is queued is sent."""
+        if self._stillProducing:
+            self.conn.close_connection()
+            self._tryToWriteControlData()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _requestDone(self, streamID: int) -> None:
+        super()._requestDone(streamID)
+        self.stream_closed()
+
     # -- streams of our own class (Twisted's _requestReceived, with stream_factory)
     def _requestReceived(self, event: RequestReceived) -> None:
+        self.stream_opened()
         # the stream's queue and place in the priority tree first: its request may answer
         # while the stream is built (a 413 on its Content-Length)
         self._streamCleanupCallbacks[event.stream_id] = Deferred()

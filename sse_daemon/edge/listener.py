@@ -402,19 +402,14 @@ class PortH2Connection(StreamingH2Connection):
 
     def _goaway(self) -> None:
         self._stop_timer()
-        if self._stillProducing:
-            self.conn.close_connection()
-            self._tryToWriteControlData()
-        abortable(self.transport).loseConnection()
+        self.goaway()
 
-    def _requestReceived(self, event: Any) -> None:
+    def stream_opened(self) -> None:
         self._stop_timer()  # a head arrived; the stream keeps its own body deadline
-        super()._requestReceived(event)
 
-    def _requestDone(self, streamID: int) -> None:
-        super()._requestDone(streamID)
+    def stream_closed(self) -> None:
         self._served += 1
-        if self.streams or not self._stillProducing:
+        if self.streams or not self.open:
             return
         if self._closing:
             self._goaway()
@@ -460,7 +455,12 @@ class PortStream(H2Stream):
         self.peer_host = connection.peer_host
         self._closing = False
         self._timer: IDelayedCall | None = None
-        super().__init__(streamID, connection, headers, requestFactory, site, factory)
+
+        def build_request(channel: "PortStream", queued: bool) -> "LimitedRequest":
+            self.request = requestFactory(channel, queued=queued)  # the stream's one request, kept to answer it
+            return self.request
+
+        super().__init__(streamID, connection, headers, build_request, site, factory)
         seconds = connection.port_site.policy.body_timeout
         if seconds > 0 and not self._closing:
             self._timer = connection.clock.callLater(seconds, self._body_expired, seconds)
@@ -492,7 +492,7 @@ class PortStream(H2Stream):
         """A whole response of our own on this stream (no response has started), which ends it."""
         self._closing = True
         self._stop_timer()
-        request = self._request
+        request = self.request
         if request.startedWriting or request.finished:
             self.abortConnection()
             return
