@@ -60,7 +60,8 @@ class Scenario:
     slow: int = 0  # subscribers that read nothing
     pipeline: int = 1  # requests in flight on each publisher connection
     publishers: int = 1  # publisher connections (keep-alive), the events shared between them
-    batch: int = 1  # events per POST (a JSON array when above 1)
+    batch: int = 1  # events per POST (a JSON array when above 1); with ndjson, lines per chunk
+    ndjson: bool = False  # each publisher streams its events as NDJSON lines of one chunked POST
     max_seconds: float = 60
     hold: float = 0.5  # idle: seconds to wait before reading memory
     repeat: int = 1  # runs per server; the median one is reported (this VM's figures vary run to run)
@@ -537,6 +538,7 @@ def run_one(server: Server, sc: Scenario, client: Path, pin_client: list[str], p
                 "--pub-path", server.pub_path, "--subs", str(sc.subs), "--slow", str(sc.slow),
                 "--count", str(sc.count), "--rate", str(sc.rate), "--pad", str(sc.pad),
                 "--pipeline", str(sc.pipeline), "--publishers", str(sc.publishers), "--batch", str(sc.batch),
+                *(["--ndjson"] if sc.ndjson else []),
                 "--max-seconds", str(sc.max_seconds), "--connect-seconds", "90",
                 "--max-pending", "40"]  # under Twisted's default listen backlog of 50
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -55,7 +55,8 @@ static int pad = 0;            /* padding bytes in each event */
 static int pipeline = 1;       /* requests in flight on each publisher connection */
 #define MAX_PUBLISHERS 64
 static int npubs = 1;          /* publisher connections, one thread each */
-static long batch = 1;         /* events per POST: 1 sends an object, more a JSON array of them */
+static long batch = 1;         /* events per POST: 1 sends an object, more a JSON array of them; --ndjson: lines per chunk */
+static int ndjson = 0;         /* --ndjson: each publisher streams its events as lines of one chunked POST */
 static double drain_seconds = 5; /* after the last publish, wait this long at most */
 static double connect_seconds = 120;
 static int max_pending = 200;  /* subscriptions in flight at once: connect to response head */
@@ -280,8 +281,9 @@ static int epoll_round(int timeout_ms) {
 }
 
 /* ---- publisher ---- */
-static int http_read_response(int fd, char *buf, size_t cap, size_t *have) {
-    /* reads one response from a keep-alive connection; leaves what follows in buf */
+static int http_read_response(int fd, char *buf, size_t cap, size_t *have, char *body_out, size_t body_cap) {
+    /* reads one response from a keep-alive connection; leaves what follows in buf; with body_out,
+     * copies the start of its body there (NUL-terminated) */
     for (;;) {
         char *end = *have >= 4 ? memmem(buf, *have, "\r\n\r\n", 4) : NULL;
         if (end) {
@@ -303,6 +305,11 @@ static int http_read_response(int fd, char *buf, size_t cap, size_t *have) {
                 total = headlen + clen;
                 if (*have < total) goto more;
             }
+            if (body_out && body_cap) {
+                size_t n = total - headlen < body_cap - 1 ? total - headlen : body_cap - 1;
+                memcpy(body_out, buf + headlen, n);
+                body_out[n] = 0;
+            }
             memmove(buf, buf + total, *have - total);
             *have -= total;
             return status;
@@ -313,6 +320,51 @@ static int http_read_response(int fd, char *buf, size_t cap, size_t *have) {
         if (n <= 0) { if (n < 0 && errno == EINTR) continue; return -1; }
         *have += n;
     }
+}
+
+/* --ndjson: one chunked POST of NDJSON lines, `batch` lines a chunk, written as fast as TCP takes them
+ * (or at the rate); the answer's "accepted" is what counts as published. */
+static void streaming_publish(int fd, long me, long mine, double my_rate, const char *padding, char *body,
+                              size_t bodycap, char *resp, size_t cap) {
+    char head[512];
+    int hlen = snprintf(head, sizeof head, "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\n"
+                        "Transfer-Encoding: chunked\r\n\r\n", pub_path);
+    if (write(fd, head, hlen) != hlen) { __sync_fetch_and_add(&pub_errors, 1); return; }
+    double t0 = pub_started;
+    long sent = 0;
+    while (sent < mine && now_s() - t0 <= max_seconds) {
+        if (my_rate > 0) {
+            double due = t0 + sent / my_rate, t = now_s();
+            if (due > t) {
+                struct timespec d = {(time_t)(due - t), (long)((due - t - (time_t)(due - t)) * 1e9)};
+                nanosleep(&d, NULL);
+            }
+        }
+        long n = mine - sent < batch ? mine - sent : batch;
+        size_t blen = 16; /* room for the chunk size line, written in front once the size is known */
+        for (long j = 0; j < n; j++)
+            blen += snprintf(body + blen, bodycap - blen, "{\"m\":\"@%ld@%lld@%s\"}\n", (sent + j) * npubs + me,
+                             (long long)now_us(), padding);
+        char size[16];
+        int slen = snprintf(size, sizeof size, "%zx\r\n", blen - 16);
+        memcpy(body + 16 - slen, size, slen);
+        memcpy(body + blen, "\r\n", 2);
+        size_t total = blen + 2 - (16 - slen), off = 0;
+        const char *from = body + 16 - slen;
+        while (off < total) { /* blocking: a daemon that reads slower holds this thread here (TCP backpressure) */
+            ssize_t w = write(fd, from + off, total - off);
+            if (w <= 0) { if (w < 0 && errno == EINTR) continue; __sync_fetch_and_add(&pub_errors, 1); return; }
+            off += w;
+        }
+        sent += n;
+    }
+    if (write(fd, "0\r\n\r\n", 5) != 5) { __sync_fetch_and_add(&pub_errors, 1); return; }
+    size_t have = 0;
+    char answer[4096];
+    int status = http_read_response(fd, resp, cap, &have, answer, sizeof answer);
+    if (status < 200 || status >= 300) { __sync_fetch_and_add(&pub_errors, 1); return; }
+    char *accepted = strstr(answer, "\"accepted\": ");
+    if (accepted) __sync_fetch_and_add(&published, atol(accepted + 12));
 }
 
 static void *publisher(void *arg) {
@@ -332,6 +384,10 @@ static void *publisher(void *arg) {
     long *inflight = calloc(pipeline, sizeof *inflight); /* events in each POST in flight, oldest first */
     int head = 0, nflight = 0;
     size_t have = 0;
+    if (ndjson) {
+        streaming_publish(fd, me, mine, my_rate, padding, body, reqcap, resp, cap);
+        goto out;
+    }
     double t0 = pub_started;
     long sent = 0, done = 0; /* events */
     while (done < mine) {
@@ -361,7 +417,7 @@ static void *publisher(void *arg) {
             sent += n;
         }
         if (sent == done) break; /* out of time */
-        int status = http_read_response(fd, resp, cap, &have);
+        int status = http_read_response(fd, resp, cap, &have, NULL, 0);
         if (status < 0) { __sync_fetch_and_add(&pub_errors, 1); goto out; }
         long n = inflight[head];
         head = (head + 1) % pipeline;
@@ -408,6 +464,7 @@ int main(int argc, char **argv) {
         else if (OPT("--pad")) pad = atoi(v);
         else if (OPT("--pipeline")) pipeline = atoi(v) > 0 ? atoi(v) : 1;
         else if (OPT("--batch")) batch = atol(v) < 1 ? 1 : atol(v);
+        else if (strcmp(k, "--ndjson") == 0) ndjson = 1;
         else if (OPT("--publishers")) npubs = atoi(v) < 1 ? 1 : atoi(v) > MAX_PUBLISHERS ? MAX_PUBLISHERS : atoi(v);
         else if (OPT("--drain-seconds")) drain_seconds = atof(v);
         else if (OPT("--connect-seconds")) connect_seconds = atof(v);

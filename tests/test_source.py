@@ -778,3 +778,30 @@ async def test_before_shutdown_an_ended_stream_is_reconnected_and_said_so(harnes
         delay = await next_timer(clocked, source)
     assert delay == 2.41
     assert any("stream ended" in formatEvent(e) and "reconnecting in 2.41s" in formatEvent(e) for e in logged)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bug_past_the_mapper_is_counted_logged_sampled_and_the_stream_goes_on(harness) -> None:
+    """The source's own safety net (a bus that raises instead of failing its Deferred): counted as an
+    internal error, its traceback logged for the first ones only, and the next message still taken."""
+    server = harness.server()
+    source, events = harness.source(server.url())
+    await wait_for(lambda: source.connected and server.streams, what="a stream")
+    real_publish = source.bus.publish
+    calls = []
+
+    def broken(stream: str, batch: list) -> Any:
+        calls.append(batch)
+        if len(calls) <= 30:
+            raise RuntimeError("bug in the bus")
+        return real_publish(stream, batch)
+
+    source.bus.publish = broken  # type: ignore[method-assign]
+    with capturedLogs() as logged:
+        for n in range(31):
+            server.publish(payload(f"m{n}"))
+        await wait_for(lambda: len(events) == 1, what="the message after the failing ones")
+    assert values(events) == ["m30"] and source.connected
+    assert source.counters["internal_errors"] == 30
+    tracebacks = [e for e in logged if e.get("log_failure") is not None]
+    assert 0 < len(tracebacks) < 30, "sampled, not one per message"

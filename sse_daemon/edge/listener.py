@@ -187,10 +187,19 @@ class PortChannel(BadRequestChannel):
     _timer: IDelayedCall | None = None
     _served = 0  # responses finished on this connection
     _partial = False  # bytes of a request arrived since the head deadline was set
+    _streaming: "LimitedRequest | None" = None  # a streaming publish, handed to its resource at its headers
+    _host: Any = None  # getHost, once
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._deadline("head")
+
+    def getHost(self) -> Any:
+        """The connection's own address, asked of the socket once: twisted.web asks for every request
+        (a ``getsockname`` call each, 3 % of a small publish)."""
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -208,6 +217,7 @@ class PortChannel(BadRequestChannel):
             # a streaming publish: its resource gets it now, its body as it comes (bodystream.py);
             # the connection closes after its answer, whenever that comes (a refusal: at once)
             self.persistent = False
+            self._streaming = request
             request.setHeader(b"Connection", b"close")
             request.requestReceived(*request_line(self))
 
@@ -218,6 +228,8 @@ class PortChannel(BadRequestChannel):
 
     def allContentReceived(self) -> None:
         self._deadline(None)  # handled from here on; the resource decides how long
+        if self._streaming is not None and self._streaming.finished:
+            return  # a streaming publish answered before its body ended (a refusal): the connection is closing
         super().allContentReceived()
 
     def requestDone(self, request: IRequest) -> None:
@@ -549,7 +561,8 @@ class LimitedRequest(server.Request):
         super().gotLength(length)
         link = self.link
         # a streaming publish over HTTP/1.1; over HTTP/2 its body comes whole (the ingest takes it so too)
-        if isinstance(link, PortChannel) and link.transport is not None and wants_stream(request_line(link)[0], self.getHeader(b"content-type")):
+        if (isinstance(link, PortChannel) and length != 0 and link.transport is not None
+                and wants_stream(request_line(link)[0], self.getHeader(b"content-type"))):
             self.body_stream = BodyStream(link.transport)  # no total limit: its consumer bounds a line
             return
         if length is not None and length > link.site.max_body_size:

@@ -117,15 +117,20 @@ def _scan_json_strings(text: str, in_string: bool, escaped: bool) -> tuple[bool,
     return in_string, escaped
 
 
+#: one encoder for every value: ``json.dumps`` with options builds a new one per call (a third of
+#: the cost of encoding a small event)
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def value_text(value: Any) -> str:
     """An attribute as plain text: a string as it is, anything else as its JSON text (null is ``null``)."""
     if isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODE(value)
 
 
 def _json_value(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODE(value)
 
 
 def _render(template: Template, values: Mapping[str, Any], as_json: bool) -> str:
