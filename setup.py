@@ -14,7 +14,7 @@ setup(
     python_requires=">=3.11",
     packages=find_namespace_packages(include=["sse_daemon", "sse_daemon.*"], exclude=["*.__pycache__"]) + ["twisted.plugins"],
     install_requires=[
-        "twisted>=24.7",  # reactor, twisted.web sinks, twistd, twisted.logger
+        "twisted[http2]>=24.7",  # reactor, twisted.web sinks, twistd, twisted.logger; [http2]: h2 and priority, HTTP/2 on TLS ports (docs/http2.md)
         "treq>=23.11",  # streaming HTTP client for SSE sources
         "pyyaml>=6.0",  # connector definitions
         "lark>=1.2",  # the statement language (CREATE SOURCE/SINK/STREAM, INSERT INTO, WHERE): sse_daemon/config/statements.lark
@@ -32,7 +32,7 @@ setup(
             "pytest-twisted>=1.14",  # runs the real reactor under pytest
             "pytest-timeout>=2.3",  # no test may hang CI
             "hypothesis>=6.100",  # property tests of the parser
-            "httpx>=0.27",
+            "httpx[http2]>=0.27",  # [http2]: a real HTTP/2 client for the TLS ports' ALPN (tests/test_http2.py)
             "httpx-sse>=0.4",  # an SSE client nobody here wrote
             "sse-starlette>=2.1",  # an SSE server nobody here wrote
             "uvicorn>=0.30",

@@ -12,13 +12,19 @@ No other module names a private attribute of Twisted.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
+from h2.events import DataReceived, RequestReceived, StreamEnded
 from twisted.internet.abstract import FileDescriptor
-from twisted.web import client as web_client, http, server
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionAborted
+from twisted.python.failure import Failure
+from twisted.web import _http2, client as web_client, http, server
+from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
 
-__all__ = ["BadRequestChannel", "DATA_LOSS", "has_write_buffer", "quiet_connection_pool", "request_disconnected",
-           "request_line", "skip_form_parsing", "write_buffer_empty"]
+__all__ = ["BadRequestChannel", "DATA_LOSS", "H2Stream", "STREAM_BUFFER", "StreamingH2Connection", "has_write_buffer",
+           "quiet_connection_pool", "request_disconnected", "request_line", "skip_form_parsing", "write_buffer_empty"]
 
 
 # --------------------------------------------------------------------------- the TCP write buffer (connectors/fanout.py)
@@ -128,3 +134,155 @@ def quiet_connection_pool(reactor: Any, persistent: bool = False) -> web_client.
     pool = web_client.HTTPConnectionPool(reactor, persistent=persistent)
     pool._factory = _QuietClientFactory
     return pool
+
+
+# --------------------------------------------------------------------------- HTTP/2 (edge/listener.py)
+
+
+#: bytes of one stream Twisted may hold while its window is open but the connection does not
+#: drain; past them the stream's producer is paused, as a TCP transport pauses past its buffer
+STREAM_BUFFER = 64 * 1024
+
+
+class StreamingH2Connection(H2Connection):
+    """Twisted's HTTP/2 connection, made to keep a subscriber's flow-control promise.
+
+    Twisted's ``H2Connection`` pauses a stream's producer only when the
+    stream's send window is used up, counting what it queued; with the large
+    windows browsers grant (megabytes) a stream whose connection does not
+    drain would queue that much before its subscriber noticed. Here a stream
+    pauses past :data:`STREAM_BUFFER` queued bytes too, and resumes once its
+    queue is sent. Also:
+
+    - a stream whose window is closed while it has data queued leaves the
+      send loop (Twisted's keeps picking it, one ``callLater(0)`` after
+      another, until a ``WINDOW_UPDATE``), and the loop wakes when a window opens;
+    - a stream we reset (a subscriber cut for being slow) tells its request,
+      as a lost TCP connection does, so the request's ``notifyFinish`` fires;
+    - frames for a stream already ended (data the client goes on sending
+      after our 413 or 408) are dropped, not a ``KeyError`` that kills the connection;
+    - the streams are of :attr:`stream_factory`; subclasses hear of a
+      malformed request or protocol error (:meth:`bad_request`), a stream's
+      head (:meth:`stream_opened`) and its end (:meth:`stream_closed`), and
+      may close the connection with :meth:`goaway`, without naming Twisted's
+      private attributes.
+    """
+
+    #: builds each stream: ``(streamID, connection, headers, requestFactory, site, factory)``
+    stream_factory: Any = H2Stream
+    #: builds each stream's request (the site's), set by whoever makes the connection
+    requestFactory: Any = None
+
+    def __init__(self, reactor: Any = None) -> None:
+        super().__init__(reactor)
+        #: streams paused because their queue passed STREAM_BUFFER
+        self._held: set[int] = set()
+
+    def bad_request(self) -> None:
+        """Called when a request or the connection is refused as malformed (400, or GOAWAY)."""
+
+    def stream_opened(self) -> None:
+        """Called when a request's head arrived, before its stream is built."""
+
+    def stream_closed(self) -> None:
+        """Called when a stream is over (its end sent, or reset) and forgotten."""
+
+    @property
+    def open(self) -> bool:
+        """The connection is not lost."""
+        return bool(self._stillProducing)
+
+    def goaway(self) -> None:
+        """Refuse new streams (GOAWAY, when the connection is still open) and close once what is queued is sent."""
+        if self._stillProducing:
+            self.conn.close_connection()
+            self._tryToWriteControlData()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _requestDone(self, streamID: int) -> None:
+        super()._requestDone(streamID)
+        self.stream_closed()
+
+    # -- streams of our own class (Twisted's _requestReceived, with stream_factory)
+    def _requestReceived(self, event: RequestReceived) -> None:
+        self.stream_opened()
+        # the stream's queue and place in the priority tree first: its request may answer
+        # while the stream is built (a 413 on its Content-Length)
+        self._streamCleanupCallbacks[event.stream_id] = Deferred()
+        self._outboundStreamQueues[event.stream_id] = deque()
+        try:
+            self.priority.insert_stream(event.stream_id)
+        except _http2.priority.DuplicateStreamError:
+            pass  # a PRIORITY frame came first: _handlePriorityUpdate set the stream up
+        else:
+            self.priority.block(event.stream_id)
+        self.streams[event.stream_id] = self.stream_factory(event.stream_id, self, event.headers, self.requestFactory,
+                                                            self.site, self.factory)
+
+    def _requestDataReceived(self, event: DataReceived) -> None:
+        if event.stream_id in self.streams:
+            super()._requestDataReceived(event)
+            return
+        try:  # an ended stream: drop the data, give its room back to the connection's window
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        except Exception:
+            pass
+        self._tryToWriteControlData()
+
+    def _requestEnded(self, event: StreamEnded) -> None:
+        if event.stream_id in self.streams:
+            super()._requestEnded(event)
+
+    def _respondToBadRequestAndDisconnect(self, streamID: int) -> None:
+        self.bad_request()
+        super()._respondToBadRequestAndDisconnect(streamID)
+
+    def _terminate(self, reason: Failure) -> None:
+        self.bad_request()
+        super()._terminate(reason)
+
+    # -- writes
+    def writeDataToStream(self, streamID: int, data: bytes) -> None:
+        if streamID not in self._outboundStreamQueues:
+            return  # the stream is gone: like a write to a closed socket, dropped
+        super().writeDataToStream(streamID, data)
+        if streamID in self.streams and self.queued(streamID) >= STREAM_BUFFER:
+            self._held.add(streamID)
+            self.streams[streamID].flowControlBlocked()
+
+    def endRequest(self, streamID: int) -> None:
+        if streamID in self._outboundStreamQueues:
+            super().endRequest(streamID)
+
+    def abortRequest(self, streamID: int) -> None:
+        stream = self.streams.get(streamID)
+        if stream is None:
+            return
+        super().abortRequest(streamID)
+        stream.connectionLost(Failure(ConnectionAborted("the stream was reset")))
+
+    def queued(self, streamID: int) -> int:
+        """Bytes queued on the stream, not sent yet."""
+        return sum(len(chunk) for chunk in self._outboundStreamQueues.get(streamID, ()) if chunk is not _END_STREAM_SENTINEL)
+
+    # -- the send loop
+    def _sendPrioritisedData(self, *args: object) -> None:
+        super()._sendPrioritisedData(*args)
+        queues = self._outboundStreamQueues
+        for streamID, queue in queues.items():
+            if queue and queue[0] is not _END_STREAM_SENTINEL and self.conn.local_flow_control_window(streamID) <= 0:
+                self.priority.block(streamID)  # nothing can go until a WINDOW_UPDATE unblocks it
+        for streamID in tuple(self._held):
+            if streamID not in self.streams:
+                self._held.discard(streamID)
+            elif self.queued(streamID) < STREAM_BUFFER // 2:
+                self._held.discard(streamID)
+                self.streams[streamID].windowUpdated()  # resumes its producer if its window is open
+
+    def _handleWindowUpdate(self, event: Any) -> None:
+        super()._handleWindowUpdate(event)
+        if self._sendingDeferred is not None and any(
+                queue and self.conn.local_flow_control_window(streamID) > 0 for streamID, queue in self._outboundStreamQueues.items()):
+            d, self._sendingDeferred = self._sendingDeferred, None
+            d.callback(None)

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import pytest_twisted
@@ -56,6 +56,11 @@ admin:
 
 @pytest.fixture
 def browser():
+    yield from chromium()
+
+
+def chromium(*extra_flags: str) -> Iterator[Any]:
+    """A headless Chromium under chromedriver (skipped where it is not installed), quit after use."""
     require(CHROMIUM, "chromium")
     require(CHROMEDRIVER, "chromium-driver")
     try:
@@ -71,6 +76,8 @@ def browser():
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
+    for flag in extra_flags:
+        options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     try:
         yield driver

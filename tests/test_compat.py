@@ -189,3 +189,52 @@ def test_the_request_line_is_on_the_channel_when_the_headers_are_in() -> None:
     channel, _ = connect(LineAtHeaders)
     channel.dataReceived(b"POST /in?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
     assert isinstance(channel, LineAtHeaders) and channel.seen == (b"POST", b"/in?x=1", b"HTTP/1.1")
+
+
+# --------------------------------------------------------------------------- HTTP/2 (compat.StreamingH2Connection)
+
+def test_twisteds_http2_connection_keeps_what_the_streaming_connection_overrides_and_reads() -> None:
+    from twisted.web import _http2
+
+    from sse_daemon.compat import StreamingH2Connection
+
+    for name in ("_requestReceived", "_requestDataReceived", "_requestEnded", "_respondToBadRequestAndDisconnect", "_terminate",
+                 "_sendPrioritisedData", "_handleWindowUpdate", "_requestDone", "_tryToWriteControlData",
+                 "writeDataToStream", "endRequest", "abortRequest", "remainingOutboundWindow"):
+        assert callable(getattr(_http2.H2Connection, name)), name
+    assert hasattr(_http2, "_END_STREAM_SENTINEL") and hasattr(_http2.priority, "DuplicateStreamError")
+    connection = StreamingH2Connection(Clock())
+    for name in ("streams", "_outboundStreamQueues", "_streamCleanupCallbacks", "priority", "_sendingDeferred", "_stillProducing", "conn"):
+        assert hasattr(connection, name), name
+    for name in ("flowControlBlocked", "windowUpdated", "requestComplete", "receiveDataChunk", "connectionLost"):
+        assert callable(getattr(_http2.H2Stream, name)), name
+
+
+def test_a_stream_is_built_by_the_stream_factory_with_its_queue_and_place_in_the_send_order() -> None:
+    import h2.config
+    import h2.connection
+    from twisted.web import _http2
+
+    from sse_daemon.compat import StreamingH2Connection
+
+    built: list[object] = []
+
+    class Stream(_http2.H2Stream):
+        def __init__(self, *args: object) -> None:
+            built.append(self)
+            super().__init__(*args)
+
+    site = server.Site(Resource(), reactor=Clock())
+    connection = StreamingH2Connection(site.reactor)
+    connection.stream_factory = Stream
+    connection.requestFactory = server.Request
+    connection.site = connection.factory = site
+    connection.makeConnection(StringTransport())
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, [(":method", "POST"), (":path", "/"), (":scheme", "https"), (":authority", "x")])
+    connection.dataReceived(client.data_to_send())
+    assert built == [connection.streams[1]]
+    assert 1 in connection._outboundStreamQueues and 1 in connection._streamCleanupCallbacks
+    connection.abortRequest(1)  # reset by us: the request hears of it, as of a lost connection
+    assert built[0]._request._disconnected and 1 not in connection.streams

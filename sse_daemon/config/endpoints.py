@@ -19,7 +19,11 @@ import re
 from sse_daemon.config.options import ServerTlsOptions
 from sse_daemon.policy.connections import LISTEN_BACKLOG  # noqa: F401 (re-exported for the listeners)
 
-__all__ = ["LISTEN_BACKLOG", "quote_argument", "listen_description", "is_tls", "check_server_tls", "check_ca_file", "ca_certificates"]
+__all__ = ["LISTEN_BACKLOG", "HTTP2_MARK", "quote_argument", "listen_description", "offers_http2", "port_description", "is_tls",
+           "check_server_tls", "check_ca_file", "ca_certificates"]
+
+#: how a port description says that the port offers HTTP/2 (ALPN); not part of Twisted's endpoint syntax
+HTTP2_MARK = " +h2"
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
@@ -42,6 +46,17 @@ def listen_description(host: str, port: int, options: ServerTlsOptions) -> str:
         return (f"ssl:{port}:interface={interface}:{backlog}:certKey={quote_argument(options.server_tls_cert)}"
                 f":privateKey={quote_argument(options.server_tls_key or '')}")
     return f"tcp:{port}:interface={interface}:{backlog}"
+
+
+def offers_http2(options: ServerTlsOptions) -> bool:
+    """The port offers HTTP/2 through ALPN: it is served over TLS and ``server.http2`` is not turned off."""
+    return is_tls(options) and options.server_http2
+
+
+def port_description(host: str, port: int, options: ServerTlsOptions) -> str:
+    """How a port is bound, as a plan and validation compare ports: the endpoint string, and
+    whether it offers HTTP/2 (which a reload changes only by binding the port again)."""
+    return listen_description(host, port, options) + (HTTP2_MARK if offers_http2(options) else "")
 
 
 def is_tls(options: ServerTlsOptions) -> bool:

@@ -222,6 +222,7 @@ TLS_SERVER_OPTIONS = (
     Option("server.tls.cert", "STRING", "A PEM certificate file (with its chain) to serve this port over TLS (https); needs `server.tls.key`. An ingest on a TLS port writes its `receiver.url` with `https://`.", parse_string, reads="file"),
     Option("server.tls.key", "STRING", "The PEM private key file of `server.tls.cert` (unencrypted; readable by the daemon's user only).", parse_string, reads="file"),
     Option("server.endpoint", "STRING", "A Twisted endpoint string that binds this port instead (e.g. `ssl:8443:privateKey=key.pem:certKey=cert.pem:extraCertChain=chain.pem`, `systemd:domain=INET:index=0`); connectors sharing the port must give the same.", parse_string),
+    Option("server.http2", "BOOL", "On a TLS port (`server.tls.*` or an `ssl:` `server.endpoint`): offer HTTP/2 through ALPN (clients that do not ask for it get HTTP/1.1); `false` offers HTTP/1.1 only. A plain port speaks HTTP/1.1. Connectors sharing a port must give the same; see [http2.md](http2.md).", parse_bool, True),
 )
 
 #: what one connection may cost a sink's or an ingest's port (issue 12; connections.py); connectors
@@ -383,6 +384,11 @@ ADMIN_OPTIONS = (
     Option("auth.users.file", "STRING", "For `basic`: a file of `name:hash` lines (bcrypt or Argon2 hashes), as for sinks.", parse_string, reads="file"),
     Option("auth.tokens.file", "STRING", "For `bearer`: a file of static tokens, one a line (at least 16 characters each).", parse_string, reads="file"),
     Option("auth.tokens.env", "STRING", "For `bearer`: the name of an environment variable holding static tokens, comma-separated.", parse_string, reads="env"),
+    # TLS on the admin listener: the connectors' options of the same names, with the admin's own words
+    Option("server.tls.cert", "STRING", "A PEM certificate file to serve the admin listener over TLS (https); needs `server.tls.key`.", parse_string, reads="file"),
+    Option("server.tls.key", "STRING", "The PEM private key file of `server.tls.cert` (unencrypted; readable by the daemon's user only).", parse_string, reads="file"),
+    Option("server.endpoint", "STRING", "A Twisted endpoint string that binds the admin listener instead (e.g. `ssl:9443:privateKey=key.pem:certKey=cert.pem`).", parse_string),
+    Option("server.http2", "BOOL", "Over TLS: offer HTTP/2 through ALPN as well as HTTP/1.1; `false` offers HTTP/1.1 only. See [http2.md](http2.md).", parse_bool, True),
 )
 
 
@@ -489,6 +495,7 @@ class ServerTlsOptions(TypedOptions):
     server_tls_cert: str | None
     server_tls_key: str | None
     server_endpoint: str | None
+    server_http2: bool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -628,8 +635,8 @@ ADMIN_AUTH_OPTIONS = ("auth.realm", "auth.users.file", "auth.tokens.file", "auth
 
 
 @dataclass(frozen=True, kw_only=True)
-class AdminOptions(TypedOptions):
-    """The ``admin:`` section."""
+class AdminOptions(ServerTlsOptions):
+    """The ``admin:`` section (with TLS as a connector's port has it)."""
 
     TABLE: ClassVar[tuple[Option, ...]] = ADMIN_OPTIONS
 

@@ -16,7 +16,7 @@ import re
 from typing import Any, Iterable, Literal, Mapping
 
 from sse_daemon.config.credentials import AuthConfigError, load_access
-from sse_daemon.config.endpoints import check_ca_file, check_server_tls, is_tls, listen_description
+from sse_daemon.config.endpoints import HTTP2_MARK, check_ca_file, check_server_tls, is_tls, port_description
 from sse_daemon.config.errors import ConfigError, ConfigIssue, Location, unknown_message
 from sse_daemon.config.expressions import Condition, ExpressionError, compile_condition
 from sse_daemon.config.grammar import StatementSyntaxError
@@ -427,6 +427,10 @@ def _admin(sections: list[RawSection], connectors: list[ConnectorDef[Any]], issu
         if name in first.options and not admin.auth_type:
             issues.append(ConfigIssue(first.options[name].location, f"'{name}' has no effect without 'auth.type'", "admin", name))
             ok = False
+    for name, message in check_server_tls(admin):  # TLS on the admin listener, checked as on a connector's port
+        raw = first.options.get(name)
+        issues.append(ConfigIssue(raw.location if raw is not None else first.location, message, "admin", name))
+        ok = False
     if not ok:
         return None
     port = admin.port
@@ -503,9 +507,15 @@ def _check_tls(connectors: list[ConnectorDef[Any]], raws: Mapping[str, RawConnec
         if problems:
             continue
         host, port, _ = address
-        description = listen_description(host, port, options)
+        description = port_description(host, port, options)
         first = bound.setdefault((host, port), (description, connector))
-        if first[0] != description:
+        if first[0] == description:
+            continue
+        if first[0].removesuffix(HTTP2_MARK) == description.removesuffix(HTTP2_MARK):
+            issue(connector, "server.http2",
+                  f"port {port} {'offers' if first[0].endswith(HTTP2_MARK) else 'does not offer'} HTTP/2 for {first[1].label}: "
+                  "connectors sharing a port must give the same server.http2")
+        else:
             issue(connector, "server.endpoint" if options.server_endpoint else "server.tls.cert",
                   f"port {port} is already bound differently by {first[1].label}: connectors sharing a port must agree on TLS and server.endpoint")
 

@@ -35,7 +35,7 @@ from sse_daemon.daemon.plan import Plan, PortKey
 from sse_daemon.edge.guard import ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
 from sse_daemon.edge.listener import BindError, ListenerService, PortRoute, RouteTable
 from sse_daemon.edge.passwords import PasswordPool
-from sse_daemon.edge.tls import client_policy, listen_description
+from sse_daemon.edge.tls import client_policy, listen_description, offers_http2
 from sse_daemon.events.schema import Schema
 from sse_daemon.mapping.mappers import make_mapper
 from sse_daemon.policy.connections import DescriptorBudget, Stopping, port_policy
@@ -210,8 +210,10 @@ class Builder:
     def listener(self, key: PortKey, first: ConnectorDef, table: RouteTable) -> ListenerService:
         """A port, not bound yet, bound the way its first connector says (TLS, server.endpoint)."""
         host, port = key
+        options = first.options
         listener = ListenerService(self.reactor, host, port, table.policy, self.descriptors, self.stopping,
-                                   endpoint=listen_description(host, port, first.options))
+                                   endpoint=listen_description(host, port, options),
+                                   http2=offers_http2(options))
         listener.serve(table)
         return listener
 

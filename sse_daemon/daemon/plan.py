@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from sse_daemon.config.endpoints import listen_description
+from sse_daemon.config.endpoints import port_description
 from sse_daemon.config.model import Config, ConnectorDef, RouteDef, listen_address, served_by_workers
 from sse_daemon.config.values import Url
 
@@ -84,8 +84,8 @@ def port_layout(config: Config) -> dict[PortKey, list[tuple[str, ConnectorDef]]]
 
 
 def port_endpoints(config: Config) -> dict[PortKey, str]:
-    """How each port is bound (the endpoint string of its first connector; tls.py)."""
-    return {key: listen_description(key[0], key[1], entries[0][1].options) for key, entries in port_layout(config).items()}
+    """How each port is bound (the endpoint string of its first connector, and whether it offers HTTP/2; tls.py)."""
+    return {key: port_description(key[0], key[1], entries[0][1].options) for key, entries in port_layout(config).items()}
 
 
 @dataclass

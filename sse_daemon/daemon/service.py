@@ -93,7 +93,7 @@ class DaemonService(MultiService):
 
     def endpoints(self) -> dict[PortKey, str]:
         """The ports bound now, and how: what a plan compares the new configuration's with."""
-        return {key: listener.endpoint or "" for key, listener in self.listeners.items()}
+        return {key: listener.description for key, listener in self.listeners.items()}
 
     def prepare(self, new: Config, changes: Plan) -> Deferred:
         """What staging ``changes`` must read from disk, read off the reactor first (history files)."""

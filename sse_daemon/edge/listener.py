@@ -26,7 +26,8 @@ from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, ITCPTransport, ITransport
+from twisted.internet.interfaces import (IDelayedCall, IListeningPort, INegotiated, IProtocol, IReactorTime,
+                                         ITCPTransport, ITransport)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,12 +36,15 @@ from twisted.web.iweb import IRequest
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource, Resource
 
-from sse_daemon.compat import BadRequestChannel, request_line, skip_form_parsing
+from zope.interface import implementer
+
+from sse_daemon.compat import BadRequestChannel, H2Stream, StreamingH2Connection, request_line, skip_form_parsing
 from sse_daemon.config.values import normalise_path
 from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping
 from sse_daemon.policy.limits import should_log
 from sse_daemon.edge.bodystream import BodyStream, wants_stream
 from sse_daemon.edge.safety import internal_error, undecodable_header
+from sse_daemon.edge.tls import HTTP2_MARK
 
 #: body limit on a port that only serves sinks (subscribing needs no body)
 SINK_ONLY_BODY_LIMIT = 64 * 1024
@@ -54,6 +58,10 @@ DIRECT_ENDPOINTS = ("tcp", "tcp6", "unix", "systemd")
 
 #: ``Retry-After`` of a request answered 503 because the daemon is shutting down
 SHUTDOWN_RETRY_AFTER = 5
+
+#: the ALPN names of the two protocols a port speaks, as the port's figures count open connections
+HTTP1 = "http/1.1"
+HTTP2 = "h2"
 
 
 class BindError(Exception):
@@ -232,8 +240,19 @@ class PortChannel(BadRequestChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._deadline(None)
-        self.site.release(self.peer_host)
+        self.site.release(self.peer_host, HTTP1)
         super().connectionLost(reason)
+
+    def hand_over(self) -> float | None:
+        """ALPN chose HTTP/2 and the connection goes to a :class:`PortH2Connection`: stop this
+        channel's timers and producer; the seconds left of its head deadline (None: none runs)."""
+        left = None
+        if self._timer is not None and self._timer.active() and self._phase == "head":
+            left = max(0.0, self._timer.getTime() - self.site.reactor.seconds())
+        self._deadline(None)
+        self.setTimeout(None)
+        cast(Any, self.transport).unregisterProducer()  # TLS transports take producers (not declared IConsumer)
+        return left
 
     def bad_request(self) -> None:
         """Twisted's parser refused the request (400; a header line past 16 KiB too): count it like every other refusal."""
@@ -286,6 +305,228 @@ class PortChannel(BadRequestChannel):
         self.answer(408, b"Request Timeout", {"error": message, "reason": f"{phase}-timeout"})
 
 
+@implementer(IProtocol)
+class AlpnSwitch:
+    """The protocol of a connection to a port that offers HTTP/2: its :class:`PortChannel`
+    until the first bytes, then, if ALPN chose ``h2``, a :class:`PortH2Connection`.
+
+    The TLS transport knows only this object, so it stays in between (as
+    Twisted's own switch, ``_GenericHTTPChannelProtocol``, does). Unlike that
+    switch it registers the HTTP/2 connection as the TLS transport's
+    producer, so a peer that does not read pauses the connection's sending
+    (and, stream by stream, its subscribers: compat.StreamingH2Connection).
+    """
+
+    def __init__(self, channel: PortChannel) -> None:
+        self.http1 = channel
+        self.http2: PortH2Connection | None = None
+        self._decided = False
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self.http1.makeConnection(transport)
+
+    def connectionMade(self) -> None:
+        pass  # makeConnection passed it on
+
+    def logPrefix(self) -> str:
+        return "PortChannel"
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._decided:
+            self._decided = True
+            negotiated = INegotiated(self.http1.transport, None)
+            if negotiated is not None and negotiated.negotiatedProtocol == b"h2":
+                self._switch()
+        if self.http2 is not None:
+            self.http2.dataReceived(data)
+        else:
+            self.http1.dataReceived(data)
+
+    def _switch(self) -> None:
+        channel = self.http1
+        site = channel.site
+        head_left = channel.hand_over()
+        connection = self.http2 = PortH2Connection(site, channel.peer_host, head_left)
+        site.switched(HTTP1, HTTP2)
+        transport = abortable(channel.transport)
+        connection.makeConnection(transport)
+        cast(Any, transport).registerProducer(connection, True)  # TLS transports take producers (not declared IConsumer)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.http2 is None:
+            self.http1.connectionLost(reason)
+            return
+        self.http2.connectionLost(reason)
+        self.http1.site.release(self.http1.peer_host, HTTP2)
+
+
+class PortH2Connection(StreamingH2Connection):
+    """An HTTP/2 connection under the port's policy, as :class:`PortChannel` is for HTTP/1.1.
+
+    HTTP/2 carries requests side by side, so the deadlines are split: while
+    no stream is open, the next request head must arrive within the head
+    deadline (counted from the accept for the first, from the end of the
+    last stream for the next; an idle connection that served requests then
+    just closes, with GOAWAY); each stream's body must arrive within the
+    body deadline of its head (:class:`PortStream`). Twisted's idle timeout
+    is off: as over HTTP/1.1, an open stream has no deadline, heartbeats find dead peers.
+    """
+
+    def __init__(self, site: "QuietSite", peer_host: str, head_left: float | None) -> None:
+        super().__init__(site.reactor)
+        self.stream_factory = PortStream
+        self.port_site = site
+        self.site = self.factory = cast(Any, site)
+        self.requestFactory = site.requestFactory
+        self.timeOut = None
+        self.clock = site.reactor
+        self.peer_host = peer_host
+        self._timer: IDelayedCall | None = None
+        self._served = 0
+        self._closing = False
+        self._port_of_origin: bytes | None = None  # the port the first request's authority names
+        seconds = site.policy.head_timeout if head_left is None else head_left
+        if head_left is not None or site.policy.head_timeout > 0:
+            self._timer = self.clock.callLater(seconds, self._head_expired, site.policy.head_timeout)
+
+    def bad_request(self) -> None:
+        self.port_site.resource.note("malformed-request", self.peer_host, "a malformed HTTP/2 request or frame: refused")
+
+    def misdirected(self, authority: bytes | None) -> bool:
+        """Whether a request for ``authority`` came over a connection opened for another port.
+
+        A browser reuses an HTTP/2 connection for every origin its certificate and address
+        cover, other ports of this host included (connection coalescing); another port is
+        another listener, with other paths and limits. The first request names the port the
+        connection is for (behind a proxy or NAT that may not be the one bound here).
+        """
+        port = _authority_port(authority)
+        if self._port_of_origin is None:
+            self._port_of_origin = port
+        return port != self._port_of_origin
+
+    def end_after_response(self) -> None:
+        """Close once the open streams are answered, with GOAWAY: the client opens a new connection
+        for its next request (HTTP/2 can send nothing more on any stream after a GOAWAY)."""
+        self._closing = True
+        if not self.streams:
+            self._goaway()
+
+    def _goaway(self) -> None:
+        self._stop_timer()
+        self.goaway()
+
+    def stream_opened(self) -> None:
+        self._stop_timer()  # a head arrived; the stream keeps its own body deadline
+
+    def stream_closed(self) -> None:
+        self._served += 1
+        if self.streams or not self.open:
+            return
+        if self._closing:
+            self._goaway()
+            return
+        seconds = self.port_site.policy.head_timeout
+        if seconds > 0:
+            self._timer = self.clock.callLater(seconds, self._head_expired, seconds)
+
+    def _head_expired(self, seconds: float) -> None:
+        self._timer = None
+        if self.streams:
+            return
+        if not self._served:
+            message = f"no whole request head arrived within {seconds:g} seconds"
+            self.port_site.resource.note("head-timeout", self.peer_host, message)
+        self.end_after_response()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def connectionLost(self, reason: Failure = connectionDone, _cancelTimeouts: bool = True) -> None:
+        self._stop_timer()
+        super().connectionLost(reason, _cancelTimeouts)
+
+
+def _authority_port(authority: bytes | None) -> bytes:
+    """The port an HTTP/2 request's ``:authority`` (``Host``) names: ``b""`` for the scheme's default."""
+    host, colon, port = (authority or b"").rpartition(b":")
+    return port if colon and not port.endswith(b"]") else b""
+
+
+class PortStream(H2Stream):
+    """One request of a :class:`PortH2Connection`: what :class:`LimitedRequest` asks of its
+    channel (the site, the client's address, an answer of our own, closing after the
+    response), and the stream's body deadline."""
+
+    def __init__(self, streamID: int, connection: PortH2Connection, headers: Any, requestFactory: Any, site: Any,
+                 factory: Any) -> None:
+        self.port_site = connection.port_site
+        self.port = connection  # before Twisted's __init__: the request it builds may answer at once (413)
+        self.peer_host = connection.peer_host
+        self._closing = False
+        self._timer: IDelayedCall | None = None
+
+        def build_request(channel: "PortStream", queued: bool) -> "LimitedRequest":
+            self.request = requestFactory(channel, queued=queued)  # the stream's one request, kept to answer it
+            return self.request
+
+        super().__init__(streamID, connection, headers, build_request, site, factory)
+        seconds = connection.port_site.policy.body_timeout
+        if seconds > 0 and not self._closing:
+            self._timer = connection.clock.callLater(seconds, self._body_expired, seconds)
+
+    @property
+    def disconnected(self) -> bool:
+        """The stream is over (its end sent, or reset): what a drain waits for (sink/drain.py ``flushed``)."""
+        return self.streamID not in self.port.streams
+
+    def requestComplete(self) -> None:
+        self._stop_timer()
+        if not self._closing:
+            super().requestComplete()
+
+    def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
+        if self._closing:  # answered already: the rest of the body is dropped
+            self.port.openStreamWindow(self.streamID, flowControlledLength)
+            return
+        super().receiveDataChunk(data, flowControlledLength)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stop_timer()
+        super().connectionLost(reason)
+
+    def end_after_response(self) -> None:
+        self.port.end_after_response()
+
+    def answer(self, code: int, phrase: bytes, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        """A whole response of our own on this stream (no response has started), which ends it."""
+        self._closing = True
+        self._stop_timer()
+        request = self.request
+        if request.startedWriting or request.finished:
+            self.abortConnection()
+            return
+        data = json.dumps(body).encode() + b"\n"
+        request.setResponseCode(code, phrase)
+        for name, value in {"Content-Type": "application/json", **(headers or {}), "Content-Length": str(len(data))}.items():
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        request.write(data)
+        request.finish()
+
+    def _body_expired(self, seconds: float) -> None:
+        self._timer = None
+        message = f"the whole request body did not arrive within {seconds:g} seconds"
+        self.port_site.resource.note("body-timeout", self.peer_host, message)
+        self.answer(408, b"Request Timeout", {"error": message, "reason": "body-timeout"})
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
 class LimitedRequest(server.Request):
     """A request whose body is refused with 413 as soon as it passes the port's limit.
 
@@ -294,7 +535,6 @@ class LimitedRequest(server.Request):
     Once the daemon is shutting down, every request is answered 503 here.
     """
 
-    channel: PortChannel
     _refused = False
     _received = 0
 
@@ -303,6 +543,15 @@ class LimitedRequest(server.Request):
         # Nothing here reads form fields: skip Twisted's Content-Type parse through the
         # email package on every POST (7 % of the daemon's CPU under publish load, bench/).
         skip_form_parsing(self)
+        if isinstance(self.link, PortStream):
+            # Twisted gives an HTTP/2 request no transport; its stream is one (write, loseConnection
+            # and abortConnection act on this stream alone), so a subscriber writes and is cut alike
+            self.transport = self.channel
+
+    @property
+    def link(self) -> "PortChannel | PortStream":
+        """The request's channel: a PortChannel (HTTP/1.1) or a PortStream (HTTP/2), both under the port's policy."""
+        return cast("PortChannel | PortStream", self.channel)
 
     #: a streaming publish's body, on its way to the resource (bodystream.py); None for every other request
     body_stream: BodyStream | None = None
@@ -310,11 +559,13 @@ class LimitedRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
-        method = request_line(self.channel)[0]  # the request knows its own only once it is dispatched
-        if length != 0 and wants_stream(method, self.getHeader(b"content-type")) and self.channel.transport is not None:
-            self.body_stream = BodyStream(self.channel.transport)  # no total limit: its consumer bounds a line
+        link = self.link
+        # a streaming publish over HTTP/1.1; over HTTP/2 its body comes whole (the ingest takes it so too)
+        if (isinstance(link, PortChannel) and length != 0 and link.transport is not None
+                and wants_stream(request_line(link)[0], self.getHeader(b"content-type"))):
+            self.body_stream = BodyStream(link.transport)  # no total limit: its consumer bounds a line
             return
-        if length is not None and length > self.channel.site.max_body_size:
+        if length is not None and length > link.site.max_body_size:
             self.requestHeaders.removeHeader(b"Expect")  # no "100 Continue" after our 413
             self._refuse()
 
@@ -322,14 +573,14 @@ class LimitedRequest(server.Request):
         if self._refused:
             return
         if self.body_stream is not None:
-            if self.channel.site.stopping:  # shutdown: the stream ends here; its answer says how many lines were read
+            if self.link.site.stopping:  # shutdown: the stream ends here; its answer says how many lines were read
                 self.body_stream.end(complete=False)
                 return
-            self.channel.streamed()
+            cast(PortChannel, self.link).streamed()  # a body stream is HTTP/1.1's only (gotLength)
             self.body_stream.chunk(data)
             return
         self._received += len(data)
-        if self._received > self.channel.site.max_body_size:
+        if self._received > self.link.site.max_body_size:
             self._refuse()
             return
         super().handleContentChunk(data)
@@ -349,9 +600,16 @@ class LimitedRequest(server.Request):
         super().connectionLost(reason)
 
     def process(self) -> None:
-        site = self.channel.site
+        site = self.link.site
+        site.requests[self.clientproto.decode("latin-1")] += 1
         if site.stopping:
             self._shutting_down()
+            return
+        link = self.link
+        if isinstance(link, PortStream) and link.port.misdirected(self.getHeader(b"host")):
+            message = "this connection serves another port of this host: open a new connection (421)"
+            site.resource.note("misdirected", link.peer_host, message)
+            link.answer(421, b"Misdirected Request", {"error": message, "reason": "misdirected"})
             return
         if self.path == b"*" and self.method != b"OPTIONS":  # Twisted answers 405 itself; count it too
             site.resource.rejected["method-not-allowed"] += 1
@@ -361,22 +619,24 @@ class LimitedRequest(server.Request):
         """503 with ``Retry-After`` and ``Connection: close``: nothing is accepted that the drain
         would not deliver, and a kept-alive client goes elsewhere."""
         message = "the daemon is shutting down; retry later"
-        self.channel.site.resource.note("shutting-down", self.channel.peer_host, message)
+        self.link.site.resource.note("shutting-down", self.link.peer_host, message)
         body = json.dumps({"error": message, "reason": "shutting-down"}).encode() + b"\n"
         self.setResponseCode(503)
         for name, value in ((b"Content-Type", b"application/json"), (b"Retry-After", b"%d" % SHUTDOWN_RETRY_AFTER),
-                            (b"Connection", b"close"), (b"Content-Length", b"%d" % len(body))):
+                            (b"Content-Length", b"%d" % len(body))):
             self.setHeader(name, value)
-        self.channel.end_after_response()
+        if isinstance(self.link, PortChannel):
+            self.setHeader(b"Connection", b"close")  # a connection-specific header, which HTTP/2 forbids (GOAWAY says it there)
+        self.link.end_after_response()
         self.write(body)
         self.finish()
 
     def _refuse(self) -> None:
         self._refused = True
-        limit = self.channel.site.max_body_size
+        limit = self.link.site.max_body_size
         message = f"the request body is larger than {limit} bytes"
-        self.channel.site.resource.note("body-too-large", self.channel.peer_host, message)
-        self.channel.answer(413, b"Request Entity Too Large", {"error": message})
+        self.link.site.resource.note("body-too-large", self.link.peer_host, message)
+        self.link.answer(413, b"Request Entity Too Large", {"error": message})
 
 
 def body_stream(request: IRequest) -> BodyStream | None:
@@ -412,9 +672,19 @@ class QuietSite(server.Site):
         self.direct = direct
         self.stopping = stopping if stopping is not None else Stopping()
         self.connections = AddressCounts()
+        #: offer HTTP/2 (a TLS port whose endpoint offers it through ALPN): connections go through an AlpnSwitch
+        self.http2 = False
+        #: open connections by the protocol they speak (HTTP1, HTTP2), and requests by HTTP version
+        self.protocols: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
 
     def log(self, request: http.Request) -> None:
         pass
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """What a TLS port offers through ALPN (Twisted asks the site: IProtocolNegotiationFactory).
+        Twisted's Site offers ``h2`` whenever the h2 package is installed; here only with ``http2``."""
+        return [HTTP2.encode(), HTTP1.encode()] if self.http2 else [HTTP1.encode()]
 
     def buildProtocol(self, addr: Any) -> Any:
         """Admit a new connection (counted from accept to close) or close it at once.
@@ -434,15 +704,22 @@ class QuietSite(server.Site):
             self.descriptors.opened()
         channel = super().buildProtocol(addr)
         channel.peer_host = host  # Site.buildProtocol sets the channel's site the same way
-        return channel
+        self.protocols[HTTP1] += 1
+        return AlpnSwitch(channel) if self.http2 else channel
 
     def _refuse(self, host: str, reason: str, message: str) -> Protocol | None:
         self.resource.note(reason, host, message + ": connection closed at accept")
         return None if self.direct else AbortAtOnce()
 
-    def release(self, host: str) -> None:
+    def switched(self, old: str, new: str) -> None:
+        """An open connection speaks ``new`` from now on (ALPN chose HTTP/2)."""
+        self.protocols[old] -= 1
+        self.protocols[new] += 1
+
+    def release(self, host: str, protocol: str = HTTP1) -> None:
         """A channel is gone: its address's slot and its descriptor."""
         self.connections.release(host)
+        self.protocols[protocol] -= 1
         if self.descriptors is not None:
             self.descriptors.closed()
 
@@ -504,7 +781,7 @@ class ListenerService(Service):
 
     def __init__(self, reactor: Any, host: str, port: int, policy: PortPolicy = PortPolicy(),
                  descriptors: DescriptorBudget | None = None, stopping: Stopping | None = None,
-                 list_paths: bool = True, endpoint: str | None = None) -> None:
+                 list_paths: bool = True, endpoint: str | None = None, http2: bool = False) -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
@@ -519,7 +796,14 @@ class ListenerService(Service):
         self.listening: IListeningPort | None = None
         #: the endpoint string to bind with (TLS, server.endpoint; see tls.py); None: plain TCP
         self.endpoint = endpoint
+        #: a TLS port that offers HTTP/2 through ALPN (server.http2)
+        self.http2 = http2
         self.setName(f"listener:{host}:{port}")
+
+    @property
+    def description(self) -> str:
+        """How the port is bound, as a plan compares ports (config/endpoints.py ``port_description``)."""
+        return (self.endpoint or "") + (HTTP2_MARK if self.http2 else "")
 
     def add(self, path: str, resource: IResource, label: str, max_body_size: int | None = None) -> None:
         self.router.add(path, resource)
@@ -562,6 +846,7 @@ class ListenerService(Service):
         direct = self.endpoint is None or self.endpoint.partition(":")[0] in DIRECT_ENDPOINTS
         site = self.site = QuietSite(self.router, self.reactor, self.max_body_size or SINK_ONLY_BODY_LIMIT,
                                      self.policy, self.descriptors, self.stopping, direct)
+        site.http2 = self.http2
         interface = self.host.replace(":", "\\:")
         endpoint = endpoints.serverFromString(self.reactor, self.endpoint or f"tcp:{self.port}:interface={interface}")
         outcome: list[IListeningPort | Failure] = []

@@ -59,6 +59,7 @@ from sse_daemon.ops.view import RunningDaemon
 from sse_daemon.edge.guard import Guard, build_access
 from sse_daemon.policy.limits import should_log
 from sse_daemon.edge.listener import ListenerService
+from sse_daemon.edge.tls import is_tls, listen_description, offers_http2
 from sse_daemon.mapping.mappers import make_mapper
 from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService, sink_for_bus
 
@@ -124,6 +125,10 @@ class DaemonCollector:
         for listener in (*figures["listeners"], listener_figures(admin.listener)):
             label = [f"{listener['host']}:{listener['port']}"]
             families["listener_connections"].add_metric(label, listener["connections"])
+            for protocol, count in sorted(listener["protocols"].items()):
+                families["listener_protocol_connections"].add_metric(label + [protocol], count)
+            for version, count in sorted(listener["requests"].items()):
+                families["listener_requests"].add_metric(label + [version], count)
             for reason, count in sorted(listener["rejected"].items()):
                 families["listener_requests_rejected"].add_metric(label + [reason], count)
         bus = admin.daemon.bus
@@ -174,8 +179,10 @@ class AdminService(MultiService):
         # what a Guard needs to know of its connector: the admin section's access options
         self._access = ConnectorDef("admin", "listener", "admin", "", definition.options.access("none"), definition.location)
 
+        options = definition.options
         self.listener = ListenerService(daemon.reactor, definition.host, definition.port, descriptors=daemon.descriptors,
-                                        list_paths=False)
+                                        list_paths=False, http2=offers_http2(options),  # over TLS, as a connector's port
+                                        endpoint=listen_description(definition.host, definition.port, options) if is_tls(options) else None)
         self.listener.add("/", self._gate(PageResource("status.html", b"text/html; charset=utf-8")), "admin status page")
         self.listener.add("/status.js", self._gate(PageResource("status.js", b"text/javascript; charset=utf-8")), "admin status script")
         self.listener.add("/metrics", self._gate(MetricsResource(self.registry)), "admin metrics")

@@ -21,6 +21,7 @@ from sse_daemon.bus.connector import ConnectorBus
 from sse_daemon.bus.lease import ILeasedService
 from sse_daemon.config.model import listen_address
 from sse_daemon.connectors.interfaces import ILogSinkService, ISource, ISseSinkService, IUpstreamSource
+from sse_daemon.edge.listener import HTTP1, HTTP2
 from sse_daemon.ops.view import DaemonFigures
 
 if TYPE_CHECKING:
@@ -150,6 +151,11 @@ def listener_figures(listener: "ListenerService") -> dict[str, Any]:
         "bound": listener.listening is not None,
         "serves": list(listener.labels),
         "connections": listener.site.connections.total if listener.site is not None else 0,
+        "http2": listener.http2,  # offered through ALPN (server.http2 on a TLS port)
+        # open connections by protocol ("http/1.1", "h2"), requests by HTTP version
+        "protocols": {HTTP1: 0, **({HTTP2: 0} if listener.http2 else {}),
+                      **(dict(listener.site.protocols) if listener.site is not None else {})},
+        "requests": dict(listener.site.requests) if listener.site is not None else {},
         "rejected": dict(listener.router.rejected),
     }
 

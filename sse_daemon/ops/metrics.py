@@ -107,10 +107,16 @@ FAMILIES: tuple[Family, ...] = (
            notes="A bug; logged sampled: the first ten, then every thousandth."),
     Family("listener_connections", "gauge", "Connections open on a port (the admin listener's too), counted from accept.", ("listener",),
            notes="The label is `host:port`."),
+    Family("listener_protocol_connections", "gauge",
+           "Connections open on a port by the protocol they speak: `http/1.1`, or `h2` once ALPN chose HTTP/2 on a TLS port.",
+           ("listener", "protocol"), notes="A connection counts as `http/1.1` until its first bytes show which."),
+    Family("listener_requests", "counter", "Requests a port received (every stream of an HTTP/2 connection is one), by HTTP version.",
+           ("listener", "version"), notes="Versions: `HTTP/1.1`, `HTTP/1.0`, `HTTP/2`."),
     Family("listener_requests_rejected", "counter",
            "Connections and requests a port refused before any sink or ingest saw them (connection budgets, deadlines, shutdown, "
            "malformed requests, unknown paths), by reason.", ("listener", "reason"),
-           notes="Reasons: `too-many-connections-from-address`, `descriptors-low`, `head-timeout`, `body-timeout`, `shutting-down`, "
+           notes="Reasons: `too-many-connections-from-address`, `descriptors-low`, `head-timeout`, `body-timeout`, `shutting-down`, `misdirected` (HTTP/2: a request for another port over a connection "
+                 "a browser reused, answered 421), "
                  "`body-too-large`, `malformed-request` (Twisted's parser, a header line past 16 KiB), `invalid-header` (not UTF-8), "
                  "`not-found`, `method-not-allowed`, or `internal-error` (a bug, answered 500)."),
     Family("admin_requests_rejected", "counter",

@@ -96,6 +96,7 @@ function render(status) {
   ]));
   fillTable("listeners", status.listeners.map((l) => [
     l.host + ":" + l.port, l.bound ? badge("bound", "ok") : badge("not bound", "bad"), l.serves.join("; "),
+    Object.entries(l.protocols).map(([p, n]) => (p === "h2" ? "HTTP/2" : "HTTP/1.1") + ": " + fmtNum(n)).join(", "),
   ]));
 
   streams = status.admin.live;
