@@ -172,8 +172,11 @@ async def test_a_stream_the_subscriber_may_not_read_is_refused_by_name(daemon, t
     messages = await count_messages(client, 2)
     assert [m.event for m in messages] == ["Secret", "News"]
     assert service.sinks["Secret"].sink.hub_readers == 1
+    assert service.sinks["Secret"].sink.counters["hub_subscribers"] == 1, "the sink_hub_subscribers gauge"
+    assert len(service.sinks["Secret"].sink.subscribers) == 0, "a hub connection is not one of the sink's own subscribers"
     await client.close()
     await wait_for(lambda: service.sinks["Secret"].sink.hub_readers == 0, what="the hub connection to be forgotten")
+    assert service.sinks["Secret"].sink.counters["hub_subscribers"] == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -196,6 +196,7 @@ class Hub:
             sink = self.sinks[name]
             sink.hubs.add(self)
             sink.counters["connections_opened"] += 1
+            sink.counters["hub_subscribers"] += 1
         self.log.debug("hub subscriber {peer} connected to {path} for {streams}", peer=subscriber.peer, path=self.path,
                        streams=", ".join(streams))
         return server.NOT_DONE_YET
@@ -277,6 +278,7 @@ class Hub:
         if not group:
             del self.groups[connection.streams]
         for name in connection.streams:
+            self.sinks[name].counters["hub_subscribers"] -= 1
             if not self.readers(name):
                 self.sinks[name].hubs.discard(self)
         return True
