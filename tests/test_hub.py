@@ -269,3 +269,37 @@ sinks:
     with pytest.raises(ConfigError) as e:
         load_files([str(write_config(tmp_path, text))])
     assert wanted in str(e.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hub_connection_ends_cleanly_when_the_daemon_stops(daemon, tokens) -> None:
+    from twisted.internet import defer
+
+    from .conftest import deadline
+
+    service = await daemon(CONFIG.format(size=10))
+    client = await subscribe(service.port_of("Prices"), "/hub?stream=Prices&stream=News")
+    await deadline(defer.maybeDeferred(service.stopService))
+    await deadline(client.closed)
+    assert client.received.endswith(b"0\r\n\r\n"), "the response ended with its last chunk"
+    assert service.sinks["Prices"].sink.hub_readers == 0
+
+
+@pytest.mark.reactor_free
+@pytest.mark.parametrize("op", ["==", "!=", "<", "<=", ">", ">="])
+def test_the_one_closure_comparisons_keep_the_three_valued_logic(op: str) -> None:
+    """``attribute <op> literal`` compiles to one closure (filters.py's cost); it answers as the general path does."""
+    from sse_daemon.config.expressions import _BINARY, compile_expr, parse_condition
+    from sse_daemon.events.schema import parse_schema
+
+    schema = parse_schema("n int, s string")
+    for text, name, literal in ((f"n {op} 3", "n", 3), (f"s {op} 'b'", "s", "b")):
+        evaluate = compile_expr(parse_condition(text))
+        for value in ([1, 3, 5, None] if name == "n" else ["a", "b", "c", None]):
+            expected = None if value is None else _BINARY[op](value, literal)
+            assert evaluate({name: value}) == expected, (text, value)
+    both = compile_expr(parse_condition(f"n {op} 3 and s is not null"))
+    assert both({"n": None, "s": "x"}) is None and both({"n": 3, "s": None}) is False
+    either = compile_expr(parse_condition(f"n {op} 3 or s is null"))
+    assert either({"n": None, "s": None}) is True and either({"n": None, "s": "x"}) is None
+    assert schema.type_of("n") is not None

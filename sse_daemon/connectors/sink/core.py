@@ -263,11 +263,16 @@ class SseSink:
     def _deliver_filtered(self, frames: list[bytes], data: bytes, chunked: bytes, ids: list[Any]) -> None:
         """A turn with filtered subscribers: each filter picks from the shared frames (nothing is encoded again)."""
         values = [self.values.get(event_id) for event_id in ids]
+        only = values[0] if len(values) == 1 else None  # a turn of one event (the usual): one test, no list
         events = size = filtered = 0
         for subscriber in tuple(self.subscribers):
             select = subscriber.select
             mine, my_data, my_chunked = frames, data, chunked
-            if select is not None:
+            if select is not None and only is not None:
+                if not select(only):
+                    filtered += 1
+                    continue
+            elif select is not None:
                 mine = chosen(frames, values, select)
                 filtered += len(frames) - len(mine)
                 if not mine:
