@@ -28,7 +28,7 @@ from sse_daemon.connectors.interfaces import ISubscriberSink
 from sse_daemon.connectors.sink.batching import TurnBatch, wire
 from sse_daemon.connectors.sink.durable import DurableHistory, HistoryStore  # history.path: acknowledged means durable
 from sse_daemon.connectors.sink.encoding import FrameEncoder
-from sse_daemon.connectors.sink.filtering import EventValues, Filters, chosen  # subscriber.where
+from sse_daemon.connectors.sink.filtering import EventValues, Filters, chosen, deliver_filtered  # subscriber.where
 from sse_daemon.connectors.sink.http import last_event_id as _last_event_id, peer_of
 from sse_daemon.connectors.sink.ids import EventIds
 from sse_daemon.connectors.sink.replay import BusReplayer, BusResumes
@@ -263,25 +263,8 @@ class SseSink:
     def _deliver_filtered(self, frames: list[bytes], data: bytes, chunked: bytes, ids: list[Any]) -> None:
         """A turn with filtered subscribers: each filter picks from the shared frames (nothing is encoded again)."""
         values = [self.values.get(event_id) for event_id in ids]
-        only = values[0] if len(values) == 1 else None  # a turn of one event (the usual): one test, no list
-        events = size = filtered = 0
-        for subscriber in tuple(self.subscribers):
-            select = subscriber.select
-            mine, my_data, my_chunked = frames, data, chunked
-            if select is not None and only is not None:
-                if not select(only):
-                    filtered += 1
-                    continue
-            elif select is not None:
-                mine = chosen(frames, values, select)
-                filtered += len(frames) - len(mine)
-                if not mine:
-                    continue
-                if len(mine) < len(frames):
-                    my_data, my_chunked = b"".join(mine), self.wire(mine)
-            if subscriber.deliver(mine, my_data, my_chunked):
-                events += len(mine)
-                size += len(my_data)
+        targets = [(subscriber, subscriber.select) for subscriber in self.subscribers]
+        events, size, filtered = deliver_filtered(targets, frames, data, chunked, values, self.wire)
         self.counters["events_out"] += events
         self.counters["bytes_written"] += size
         self.counters["events_filtered"] += filtered
@@ -296,12 +279,7 @@ class SseSink:
     def subscribe(self, request: Request, select: Select | None = None) -> None:
         """Serve ``request`` the stream: every event, or those ``select`` (the subscriber's filter) passes."""
         subscriber = Subscriber(self, request, peer_of(request), select)
-        request.setResponseCode(200)
-        for name, value in self.headers:
-            request.responseHeaders.setRawHeaders(name, [value])
-        if hasattr(subscriber.transport, "setTcpKeepAlive"):  # a TCP transport (not a test's fake)
-            subscriber.transport.setTcpKeepAlive(True)
-        request.registerProducer(subscriber, True)
+        subscriber.attach(self.headers)
         request.notifyFinish().addBoth(self._finished, subscriber)
         last_event_id = None if self.raw else _last_event_id(request)
         if last_event_id is not None and self.bus_replay is not None and not self.history.covers(last_event_id):
@@ -319,11 +297,8 @@ class SseSink:
         if resume is not None and resume.after is not None:  # honest resume: say where replay continues (docs/sink.md, "Resume, honestly")
             request.setHeader(b"SSE-Replay-From", show(resume.after).encode())
         self.flush()  # this turn's events went to the others; this one gets them from history
-        # the head at once (proxies flush on the comment), then this subscriber's own retry: hint
-        request.write(b"" if self.raw else OPENING + retry_frame(retry_hint(self.retry_min, self.retry_max, self.jitter)))
-        subscriber.head_written()
-        if hasattr(subscriber.transport, "setTcpNoDelay"):  # a TCP transport (not a test's fake)
-            subscriber.transport.setTcpNoDelay(True)  # writes are whole turns already: no Nagle delay
+        # the head at once, then this subscriber's own retry: hint
+        subscriber.open(b"" if self.raw else OPENING + retry_frame(retry_hint(self.retry_min, self.retry_max, self.jitter)))
         if resume is not None:
             if resume.reset is not None:
                 self.counters["resume_reset_" + resume.reset.replace("-", "_")] += 1

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter, OrderedDict
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import parse_qs
 
 from twisted.web.iweb import IRequest
 
 from sse_daemon.config.expressions import Condition
 from sse_daemon.config.filters import FilterError, subscriber_filter
-from sse_daemon.connectors.sink.subscriber import Select
+from sse_daemon.connectors.sink.subscriber import Select, Subscriber
 from sse_daemon.events.schema import Schema
 
 #: compiled filters a sink remembers by their text (reconnects of one page send the same one)
@@ -109,3 +109,29 @@ def chosen(frames: Iterable[bytes], values: Iterable[Mapping[str, Any] | None], 
     """The frames whose event the filter passes. An event whose values are not known (held in a
     history file from before a restart) passes: better once too many than silently missing."""
     return [frame for frame, known in zip(frames, values) if known is None or select(known)]
+
+
+def deliver_filtered(targets: Sequence[tuple[Subscriber, Select | None]], frames: list[bytes], data: bytes, chunked: bytes,
+                     values: Sequence[Mapping[str, Any] | None], wire: Callable[[list[bytes]], bytes]) -> tuple[int, int, int]:
+    """A turn's shared frames to each subscriber, through its filter (None: all of them). ``data`` and
+    ``chunked`` are the frames joined and as HTTP chunks, shared; only a subscriber that gets some of the
+    frames has its own join. (events written, bytes written, frames filtered out)."""
+    only = values[0] if len(values) == 1 else None  # a turn of one event (the usual): one test, no list
+    events = size = filtered = 0
+    for subscriber, select in targets:
+        mine, my_data, my_chunked = frames, data, chunked
+        if select is not None and only is not None:
+            if not select(only):
+                filtered += 1
+                continue
+        elif select is not None:
+            mine = chosen(frames, values, select)
+            filtered += len(frames) - len(mine)
+            if not mine:
+                continue
+            if len(mine) < len(frames):
+                my_data, my_chunked = b"".join(mine), wire(mine)
+        if subscriber.deliver(mine, my_data, my_chunked):
+            events += len(mine)
+            size += len(my_data)
+    return events, size, filtered

@@ -34,7 +34,7 @@ from sse_daemon.config.filters import FilterError
 from sse_daemon.connectors.history import reset_payload
 from sse_daemon.connectors.sink.batching import wire
 from sse_daemon.connectors.sink.core import OPENING, SseSink
-from sse_daemon.connectors.sink.filtering import bad_filter, chosen, query_values
+from sse_daemon.connectors.sink.filtering import bad_filter, chosen, deliver_filtered, query_values
 from sse_daemon.connectors.sink.http import last_event_id, peer_of
 from sse_daemon.connectors.sink.subscriber import Select, Subscriber
 from sse_daemon.edge.guard import EXPIRED, Guard, Passage
@@ -123,24 +123,10 @@ class Hub:
             for body, event_id in zip(bodies, ids):
                 positions[name] = sink.history.show(event_id)
                 hub_frames.append(body + b"id: " + hub_id(streams, positions).encode() + b"\n\n")
-            data = b"".join(hub_frames)
-            chunked = self._wire(hub_frames)
-            events = size = filtered = 0
-            for connection in tuple(connections):
-                select = connection.selects.get(name)
-                mine, my_data, my_chunked = hub_frames, data, chunked
-                if select is not None:
-                    if values is None:
-                        values = [sink.values.get(event_id) for event_id in ids]
-                    mine = chosen(hub_frames, values, select)
-                    filtered += len(hub_frames) - len(mine)
-                    if not mine:
-                        continue
-                    if len(mine) < len(hub_frames):
-                        my_data, my_chunked = b"".join(mine), self._wire(mine)
-                if connection.subscriber.deliver(mine, my_data, my_chunked):
-                    events += len(mine)
-                    size += len(my_data)
+            if values is None:
+                values = [sink.values.get(event_id) for event_id in ids] if sink.filters is not None else [None] * len(ids)
+            targets = [(connection.subscriber, connection.selects.get(name)) for connection in connections]
+            events, size, filtered = deliver_filtered(targets, hub_frames, b"".join(hub_frames), self._wire(hub_frames), values, self._wire)
             sink.counters["events_out"] += events
             sink.counters["bytes_written"] += size
             sink.counters["events_filtered"] += filtered
@@ -176,20 +162,11 @@ class Hub:
         connection = HubConnection(self, request, streams, selects)
         subscriber = connection.subscriber
         first = self.sinks[streams[0]]
-        request.setResponseCode(200)
-        for sink in (self.sinks[name] for name in streams):
-            for header, value in sink.headers:
-                request.responseHeaders.setRawHeaders(header, [value])
-        if hasattr(subscriber.transport, "setTcpKeepAlive"):  # a TCP transport (not a test's fake)
-            subscriber.transport.setTcpKeepAlive(True)
-        request.registerProducer(subscriber, True)
+        subscriber.attach([header for name in streams for header in self.sinks[name].headers])
         request.notifyFinish().addBoth(self._finished, connection)
         for name in streams:
             self.sinks[name].flush()  # this turn's events went to the others; this one gets them from history
-        request.write(OPENING + retry_frame(retry_hint(first.retry_min, first.retry_max, first.jitter)))
-        subscriber.head_written()
-        if hasattr(subscriber.transport, "setTcpNoDelay"):
-            subscriber.transport.setTcpNoDelay(True)
+        subscriber.open(OPENING + retry_frame(retry_hint(first.retry_min, first.retry_max, first.jitter)))
         self._replay(connection, last_event_id(request))
         self.groups.setdefault(streams, set()).add(connection)
         for name in streams:

@@ -121,6 +121,23 @@ class Subscriber:
         self.paused = False
         self.pump()
 
+    def attach(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Take over the response: 200 with ``headers``, TCP keep-alive, and the transport's flow control."""
+        self.request.setResponseCode(200)
+        for name, value in headers:
+            self.request.responseHeaders.setRawHeaders(name, [value])
+        if hasattr(self.transport, "setTcpKeepAlive"):  # a TCP transport (not a test's fake)
+            self.transport.setTcpKeepAlive(True)
+        self.request.registerProducer(self, True)
+
+    def open(self, opening: bytes) -> None:
+        """Write the head at once, with ``opening`` (proxies flush on the comment); then no Nagle delay:
+        writes are whole turns already."""
+        self.request.write(opening)
+        self.head_written()
+        if hasattr(self.transport, "setTcpNoDelay"):  # a TCP transport (not a test's fake)
+            self.transport.setTcpNoDelay(True)
+
     def head_written(self) -> None:
         """The response's head is out: whether its body is chunked is known now."""
         self.chunked = bool(getattr(self.request, "chunked", False))  # Twisted's Request sets it with the head (a test's fake may not)
