@@ -293,9 +293,9 @@ def test_the_one_closure_comparisons_keep_the_three_valued_logic(op: str) -> Non
     from sse_daemon.events.schema import parse_schema
 
     schema = parse_schema("n int, s string")
-    for text, name, literal in ((f"n {op} 3", "n", 3), (f"s {op} 'b'", "s", "b")):
+    for text, name, literal in ((f"n {op} 3", "n", 3), (f"n {op} -3", "n", -3), (f"s {op} 'b'", "s", "b")):
         evaluate = compile_expr(parse_condition(text))
-        for value in ([1, 3, 5, None] if name == "n" else ["a", "b", "c", None]):
+        for value in ([-5, -3, 1, 3, 5, None] if name == "n" else ["a", "b", "c", None]):
             expected = None if value is None else _BINARY[op](value, literal)
             assert evaluate({name: value}) == expected, (text, value)
     both = compile_expr(parse_condition(f"n {op} 3 and s is not null"))

@@ -230,11 +230,24 @@ Values = Mapping[str, Any]
 Evaluator = Callable[[Values], Any]
 
 
+def _constant(expr: Expr) -> Literal | None:
+    """``expr`` as a literal when it is one: a literal, or a negated number (``-5`` parses as ``-(5)``)."""
+    if isinstance(expr, Literal):
+        return expr
+    if isinstance(expr, Unary) and expr.op == "-" and isinstance(expr.operand, Literal) and expr.operand.kind == "number":
+        return Literal("number", -expr.operand.value)
+    return None
+
+
 def compile_expr(expr: Expr) -> Evaluator:
     """A closure computing ``expr`` over an event's values (None is null)."""
     if isinstance(expr, Literal):
         value = expr.value
         return lambda values: value
+    constant = _constant(expr)
+    if constant is not None:
+        folded = constant.value
+        return lambda values: folded
     if isinstance(expr, Attr):
         name = expr.name
         return lambda values: values.get(name)
@@ -248,8 +261,9 @@ def compile_expr(expr: Expr) -> Evaluator:
         if expr.op == "not":
             return lambda values: _not(operand(values))
         return lambda values: _negate(operand(values))
-    if expr.op in _COMPARE and isinstance(expr.left, Attr) and isinstance(expr.right, Literal) and expr.right.value is not None:
-        return _attr_compared(expr.left.name, _COMPARE[expr.op], expr.right.value)
+    literal = _constant(expr.right)
+    if expr.op in _COMPARE and isinstance(expr.left, Attr) and literal is not None and literal.value is not None:
+        return _attr_compared(expr.left.name, _COMPARE[expr.op], literal.value)
     left, right = compile_expr(expr.left), compile_expr(expr.right)
     if expr.op == "and":
         return _and_of(left, right)

@@ -154,6 +154,8 @@ class SseSink:
         self.values = EventValues()
         #: subscribers with a filter now (0: every subscriber takes the turn's shared bytes, the plain loop)
         self.filtered = 0
+        #: (subscriber, its filter) for the filtered loop, kept while no subscriber comes or goes
+        self._targets: list[tuple[Subscriber, Select | None]] | None = None
         #: the ids of this turn's frames, kept only when filters or a hub need them
         self.tracking = self.filters is not None or (connector.options.hub_path is not None and not self.raw)
         self.turn_ids: list[Any] = []
@@ -263,8 +265,9 @@ class SseSink:
     def _deliver_filtered(self, frames: list[bytes], data: bytes, chunked: bytes, ids: list[Any]) -> None:
         """A turn with filtered subscribers: each filter picks from the shared frames (nothing is encoded again)."""
         values = [self.values.get(event_id) for event_id in ids]
-        targets = [(subscriber, subscriber.select) for subscriber in self.subscribers]
-        events, size, filtered = deliver_filtered(targets, frames, data, chunked, values, self.wire)
+        if self._targets is None:  # built again only after a subscriber came or went
+            self._targets = [(subscriber, subscriber.select) for subscriber in self.subscribers]
+        events, size, filtered = deliver_filtered(self._targets, frames, data, chunked, values, self.wire)
         self.counters["events_out"] += events
         self.counters["bytes_written"] += size
         self.counters["events_filtered"] += filtered
@@ -315,6 +318,7 @@ class SseSink:
             self.counters["events_replayed"] += len(frames)
             subscriber.pump()
         self.subscribers.add(subscriber)
+        self._targets = None
         if subscriber.select is not None:
             self.filtered += 1
         self.counters["connections_opened"] += 1
@@ -377,6 +381,7 @@ class SseSink:
     def _discard(self, subscriber: Subscriber) -> None:
         if subscriber in self.subscribers:
             self.subscribers.discard(subscriber)
+            self._targets = None
             if subscriber.select is not None:
                 self.filtered -= 1
 
