@@ -272,7 +272,8 @@ def section(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"**The plain path.** `sseload`: {plain['subs']:,} subscribers, {plain['count']} events at {plain['rate']:g}/s, "
-            "no filter, against the main checkout's daemon and this one's in the same run.",
+            f"no filter, against the main checkout's daemon (at {plain['main_commit']}) and this one's in the same run, "
+            f"{len(before)} rounds each, in turn (main, this, this, main, ...): medians.",
             "",
             "| daemon | deliveries | CPU per delivery | latency p50 | latency p99 |",
             "|---|---|---|---|---|",
@@ -298,7 +299,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: fewer subscribers and events; RESULTS.md untouched")
     ap.add_argument("--main", type=Path, default=Path("/work/main"), help="the checkout to compare the plain path with")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the filter scenarios")
+    ap.add_argument("--plain-rounds", type=int, default=4, help="rounds of the plain path, main and this checkout in turn (ABBA)")
     ap.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
     args = ap.parse_args()
     subs, count, rate = (100, 40, 20.0) if args.quick else (1000, 300, 25.0)
@@ -323,8 +325,9 @@ def main() -> int:
         if (args.main / ".venv" / "bin" / "twistd").exists():
             sseload = build_sseload(work)
             plain: dict[str, list[dict[str, Any]]] = {"main": [], "branch": []}
-            for n in range(args.rounds):
-                for name, checkout in (("main", args.main), ("branch", ROOT)):
+            for n in range(args.plain_rounds):
+                pair = (("main", args.main), ("branch", ROOT))
+                for name, checkout in (pair if n % 4 in (0, 3) else pair[::-1]):  # main, this, this, main, ...: drift falls on both
                     daemon = Daemon(checkout, work / f"plain-{name}-{n}", "m string")
                     try:
                         result = sseload_round(sseload, daemon, plain_subs, plain_count, plain_rate)
@@ -332,7 +335,9 @@ def main() -> int:
                         daemon.stop()
                     plain[name].append(result)
                     print(f"plain {name} round {n + 1}: {json.dumps(result)}", flush=True)
-            results["plain"] = {"subs": plain_subs, "count": plain_count, "rate": plain_rate, "rounds": plain}
+            results["plain"] = {"subs": plain_subs, "count": plain_count, "rate": plain_rate, "rounds": plain,
+                                "main_commit": subprocess.run(["git", "-C", str(args.main), "rev-parse", "--short", "HEAD"],
+                                                              capture_output=True, text=True).stdout.strip()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["load_after"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())

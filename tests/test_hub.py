@@ -159,6 +159,16 @@ async def test_a_stream_the_subscriber_may_not_read_is_refused_by_name(daemon, t
     assert body["stream"] == "Secret" and "Secret" in body["error"]
     await refused.close()
 
+    head = await raw_request(port, b"HEAD /hub?stream=News&stream=Secret HTTP/1.1\r\nHost: x\r\n\r\n")
+    raw = await head.wait_for(b"\r\n\r\n")
+    assert status(raw) == 401 and header(raw, "SSE-Refused-Stream") == "Secret"
+    await head.close()
+    head = await raw_request(port, f"HEAD /hub?stream=News&stream=Secret HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+    raw = await head.wait_for(b"\r\n\r\n")
+    assert status(raw) == 200 and header(raw, "Content-Type").startswith("text/event-stream")
+    await head.close()
+    assert service.sinks["Secret"].sink.hub_readers == 0, "a HEAD opens no stream"
+
     unknown = await raw_request(port, b"GET /hub?stream=News&stream=Nope HTTP/1.1\r\nHost: x\r\n\r\n")
     raw = await unknown.wait_for(b"}\n")
     assert status(raw) == 404 and header(raw, "SSE-Refused-Stream") == "Nope"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -278,6 +278,20 @@ class HubResource(Resource):
         self.hub = hub
 
     def render_GET(self, request: server.Request) -> Any:
+        return self._through_guards(request, self.hub.start)
+
+    def render_HEAD(self, request: server.Request) -> Any:
+        """The head a GET would get (after the same checks), without opening a stream."""
+
+        def head(request: server.Request, streams: tuple[str, ...], wheres: Mapping[str, str]) -> bytes:
+            for name in streams:
+                for header, value in self.hub.sinks[name].headers:
+                    request.responseHeaders.setRawHeaders(header, [value])
+            return b""
+
+        return self._through_guards(request, head)
+
+    def _through_guards(self, request: server.Request, answer: Callable[[server.Request, tuple[str, ...], Mapping[str, str]], Any]) -> Any:
         streams = tuple(dict.fromkeys(name.strip() for value in query_values(request, "stream") for name in value.split(",") if name.strip()))
         known = self.hub.sinks
         if not streams:
@@ -295,7 +309,7 @@ class HubResource(Resource):
         def through(index: int) -> Any:
             def proceed(request: server.Request) -> Any:
                 if index == len(streams):
-                    return self.hub.start(request, streams, wheres)
+                    return answer(request, streams, wheres)
                 name = streams[index]
                 return self.hub.guards[name].pass_through(request, Passage(through(index + 1), name, self.hub.expired))
             return proceed
