@@ -302,10 +302,23 @@ def put_section(path: Path, text: str) -> None:
     path.write_text(new.rstrip("\n") + "\n")
 
 
+def main_worktree() -> Path:
+    """The worktree of this repository that has the main branch checked out (or a path that does not exist)."""
+    listing = subprocess.run(["git", "-C", str(ROOT), "worktree", "list", "--porcelain"], capture_output=True, text=True).stdout
+    path = None
+    for line in listing.splitlines():
+        if line.startswith("worktree "):
+            path = line.partition(" ")[2]
+        elif line == "branch refs/heads/main" and path is not None:
+            return Path(path)
+    return ROOT / "no-main-worktree"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: fewer subscribers and events; RESULTS.md untouched")
-    ap.add_argument("--main", type=Path, default=Path("/work/main"), help="the checkout to compare the plain path with")
+    ap.add_argument("--main", type=Path, default=main_worktree(), help="the checkout to compare the plain path with "
+                    "(default: this repository's worktree of the main branch)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of the filter scenarios")
     ap.add_argument("--plain-rounds", type=int, default=4, help="rounds of the plain path, main and this checkout in turn (ABBA)")
     ap.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
