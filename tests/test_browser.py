@@ -261,3 +261,71 @@ async def test_charts_show_past_traffic_at_once_then_new_traffic_and_a_subscribe
     await in_thread(browser.get, "about:blank")  # closes the page's EventSource before the daemon stops
     for client in subscribers[2:]:
         await client.close()
+
+
+HUB_CONFIG = """\
+sinks:
+  Prices:
+    type: sse-server
+    schema: "symbol string, price double"
+    server.host: 127.0.0.1
+    server.port: 0
+    server.path: prices
+    hub.path: /hub
+    retry.min: 300
+    retry.max: 300
+  News:
+    type: sse-server
+    schema: "title string"
+    server.host: 127.0.0.1
+    server.port: 0
+    server.path: news
+    hub.path: /hub
+"""
+
+HUB_PAGE = """
+window.got = []; window.opens = 0;
+const source = new EventSource('/hub?stream=Prices&stream=News');
+source.onopen = () => { window.opens += 1; };
+for (const name of ['Prices', 'News']) {
+  source.addEventListener(name, e => window.got.push([e.type, JSON.parse(e.data).event, e.lastEventId]));
+}
+source.onmessage = e => window.got.push(['message', e.data, e.lastEventId]);
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_eventsource_reads_two_streams_and_its_own_reconnect_resumes_both(daemon, browser) -> None:
+    from sse_daemon.events.schema import Event
+
+    service = await daemon(HUB_CONFIG)
+    port = service.port_of("Prices")
+    hub = service.sinks["Prices"].sink
+
+    def publish(prices: list[float], titles: list[str]) -> None:
+        service.bus.publish("Prices", [Event({"symbol": "ACME", "price": p}) for p in prices])
+        service.bus.publish("News", [Event({"title": t}) for t in titles])
+
+    await in_thread(browser.get, f"http://127.0.0.1:{port}/page")  # any page of the origin: the hub is same-origin
+    await in_thread(browser.execute_script, HUB_PAGE)
+    await until(browser, "return window.opens === 1", "the EventSource to open")
+    await wait_for(lambda: hub.hub_readers == 1, what="the hub connection")
+    publish([1.0, 2.0], ["first"])
+    await until(browser, "return window.got.length === 3", "three events through addEventListener")
+
+    # the daemon drops the connection; what is published meanwhile arrives after the browser's own
+    # reconnect (its Last-Event-ID carries both streams' positions): once each, in order per stream
+    for hubs in list(hub.hubs):
+        for connection in hubs.readers("Prices"):
+            connection.subscriber.request.transport.abortConnection()
+    publish([3.0, 4.0], ["second", "third"])
+    await until(browser, "return window.opens === 2 && window.got.length === 7", "the missed events after the reconnect")
+    publish([5.0], [])
+    await until(browser, "return window.got.length === 8", "a live event after the resume")
+    got = await in_thread(browser.execute_script, "return window.got")
+    assert [g[1]["price"] for g in got if g[0] == "Prices"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [g[1]["title"] for g in got if g[0] == "News"] == ["first", "second", "third"]
+    assert all(set(part.split(":")[0] for part in g[2].split(",")) == {"Prices", "News"} for g in got)
+    assert service.sinks["Prices"].sink.counters["events_replayed"] == 2
+    assert service.sinks["News"].sink.counters["events_replayed"] == 2
+    await in_thread(browser.get, "about:blank")

@@ -272,6 +272,9 @@ SSE_SERVER_OPTIONS = (
     Option("history.on.corrupt", "STRING", "What the daemon does at start when `history.path` is not a readable history file: `refuse` (it does not start, and says why) or `move-aside` (the file is renamed `<path>.corrupt-<UTC time>`, a warning is logged and the sink starts with an empty history).", parse_choice("refuse", "move-aside"), "refuse"),
     Option("subscriber.queue.size", "INT", "Events queued for a subscriber that cannot keep up; past this it is disconnected (it may resume from history).", lambda v: parse_int(v, 1), 1000),
     Option("subscriber.queue.bytes", "INT", "Bytes queued for a subscriber that cannot keep up; past this it is disconnected.", lambda v: parse_int(v, 1), 4 * MIB),
+    # issue 16: subscribers that choose what they receive, several streams on one connection
+    Option("subscriber.where", "BOOL", "Let each subscriber send a filter, `?where=price > 100` in the condition language of routes, checked against the stream's schema; it then gets only the events the filter passes, resume included. A bad filter gets 400 with the message and a caret; length and complexity are bounded (see [subscribing.md](subscribing.md#filters-where)). Not with `sse.format: raw`.", parse_bool, False),
+    Option("hub.path", "STRING", "A path on this sink's port at which one connection may subscribe to several sinks of the port, `GET /hub?stream=A&stream=B` (each sink that names the same path takes part, under its own auth, CORS and limits; see [subscribing.md](subscribing.md#several-streams-on-one-connection)); unset: the sink takes part in no hub. Not with `sse.format: raw` or `worker.count` above 1.", parse_path, None),
     *SINK_HARDENING_OPTIONS,
     *ACCESS_OPTIONS,
     *TLS_SERVER_OPTIONS,
@@ -574,6 +577,8 @@ class SseServerOptions(SinkMappingOptions, ListenOptions):
     history_on_corrupt: str
     subscriber_queue_size: int
     subscriber_queue_bytes: int
+    subscriber_where: bool
+    hub_path: str | None
     history_max_age: float
     history_max_bytes: int
     resume_reset_event: str

@@ -99,6 +99,7 @@ def validate(raw: RawConfig) -> Config:
 
     routes = _routes(raw.routes, streams, issues)
     _check_listeners(connectors, issues)
+    _check_hubs(connectors, first_raw, issues)
     _check_worker_sinks(connectors, first_raw, issues)
     _check_access(connectors, first_raw, issues)
     _check_tls(connectors, first_raw, issues)
@@ -632,3 +633,28 @@ def _check_listeners(connectors: list[ConnectorDef[Any]], issues: list[ConfigIss
             issues.append(ConfigIssue(connector.location, f"port {port} path {path} is already served by {other.label} (at {other.location})", connector.label, option))
             continue
         by_path[(port, path)] = connector
+
+
+def _check_hubs(connectors: list[ConnectorDef[Any]], raws: Mapping[str, RawConnector], issues: list[ConfigIssue]) -> None:
+    """hub.path and subscriber.where (issue 16): a hub path is no connector's path on its port, and neither
+    option goes with a raw sink; a hub reads sinks served in the daemon's own process."""
+    paths = {(address[1], address[2]): connector for connector in connectors
+             if (address := listen_address(connector)) is not None and not served_by_workers(connector)}
+    for connector in connectors:
+        options = connector.options
+        if not isinstance(options, SseServerOptions):
+            continue
+        for name, wanted in (("hub.path", options.hub_path is not None), ("subscriber.where", options.subscriber_where)):
+            raw = raws[connector.name].options.get(name)
+            location = raw.location if raw is not None else connector.location
+            if wanted and options.sse_format == "raw":
+                issues.append(ConfigIssue(location, f"{name} needs sse.format sse: a raw sink writes bare payloads, without ids or event types", connector.label, name))
+            elif wanted and name == "hub.path" and served_by_workers(connector):
+                issues.append(ConfigIssue(location, "hub.path is not available with worker.count above 1: a hub reads sinks served by the daemon's own process", connector.label, name))
+        if options.hub_path is not None:
+            other = paths.get((options.server_port, options.hub_path))
+            if other is not None:
+                raw = raws[connector.name].options.get("hub.path")
+                issues.append(ConfigIssue(raw.location if raw is not None else connector.location,
+                                          f"port {options.server_port} path {options.hub_path} is already served by {other.label}; a hub needs a path of its own",
+                                          connector.label, "hub.path"))

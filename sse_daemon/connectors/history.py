@@ -36,6 +36,7 @@ class Resume:
     reset: str | None = None  # why the client lost events: None, "unparseable", "too-old", "unknown"
     requested: str = ""
     oldest: Any = None  # oldest id still held, for the reset event
+    keys: tuple[Any, ...] = ()  # the ids of ``frames``, in order (a filtered resume looks up their events)
 
 
 def reset_payload(resume: Resume, show: Callable[[Any], str] = str) -> str:
@@ -143,10 +144,11 @@ class History:
         elif requested > self.newest:
             reason = "unknown"  # never given out here: another server, or a clock gone back
         else:
-            frames = tuple(frame for event_id, frame in self._entries if event_id > requested)
-            return Resume(frames, requested, None, last_event_id, oldest)
+            held = [(event_id, frame) for event_id, frame in self._entries if event_id > requested]
+            return Resume(tuple(frame for _, frame in held), requested, None, last_event_id, oldest,
+                          tuple(event_id for event_id, _ in held))
         frames = tuple(frame for _, frame in self._entries)
-        return Resume(frames, self.floor, reason, last_event_id, oldest)
+        return Resume(frames, self.floor, reason, last_event_id, oldest, tuple(event_id for event_id, _ in self._entries))
 
     def _evict(self) -> None:
         event_id, frame = self._entries.popleft()

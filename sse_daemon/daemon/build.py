@@ -31,8 +31,9 @@ from sse_daemon.connectors.route import RouteService
 from sse_daemon.connectors.history import History
 from sse_daemon.connectors.sink import SseSink, SseSinkResource, SseSinkService, sink_for_bus
 from sse_daemon.connectors.sink.durable import HistoryFiles, HistoryRefused, HistoryStore  # history.path: one store per file in the process
+from sse_daemon.connectors.sink.hub import Hub, HubResource  # hub.path: several streams on one connection
 from sse_daemon.daemon.plan import Plan, PortKey
-from sse_daemon.edge.guard import ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
+from sse_daemon.edge.guard import Guard, ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
 from sse_daemon.edge.listener import BindError, ListenerService, PortRoute, RouteTable
 from sse_daemon.edge.passwords import PasswordPool
 from sse_daemon.edge.tls import client_policy, listen_description, offers_http2
@@ -59,6 +60,8 @@ class BuiltConnector:
     #: the history file an SSE sink took (history.path): its service gives it back when it stops, a
     #: discarded stage (a reload rejected after building) when it never started
     history_store: HistoryStore | None = None
+    #: an SSE sink served in this process, with its guard: what a hub of its port (hub.path) reads
+    hub_member: tuple[SseSink, Guard] | None = None
 
 
 def make_bus(config: Config, reactor: Any) -> IDeliveringBus:
@@ -127,7 +130,8 @@ class Builder:
         ``history_store``: its history file (:meth:`history_store`)."""
         lag = self.lag(connector.name) if self.lag is not None else None
         return sink_for_bus(self.bus, connector.stream, connector, make_mapper(connector.options.mapping, schema), self.clock,
-                            turns=self.reactor, lag_observer=lag, history=history, history_store=history_store)
+                            turns=self.reactor, lag_observer=lag, history=history, history_store=history_store,
+                            schema=schema)
 
     def history_store(self, connector: ConnectorDef) -> HistoryStore | None:
         """The sink's history file (``history.path``): the one this process has open, one a reload opened
@@ -137,7 +141,7 @@ class Builder:
             return None
         return self.history_files.acquire(connector.options, self.clock.seconds())
 
-    def guarded_sink(self, connector: ConnectorDef, sink: SseSink) -> IResource:
+    def guarded_sink(self, connector: ConnectorDef, sink: SseSink) -> Guard:
         """A sink's resource behind its guard (CORS, limits, auth)."""
         return sink_guard(connector, SseSinkResource(sink), sink, self.clock, self.passwords)
 
@@ -164,8 +168,9 @@ class Builder:
         store = self.history_store(connector)
         sink = self.sink(connector, schema, history_store=store)
         service = SseSinkService(sink, self.bus, connector.stream, self.clock)
-        return BuiltConnector(service=service, resource=self.guarded_sink(connector, sink), drain=service.drain,
-                              history_store=store)
+        guard = self.guarded_sink(connector, sink)
+        return BuiltConnector(service=service, resource=guard, drain=service.drain, history_store=store,
+                              hub_member=(sink, guard))
 
     def _ingest(self, connector: ConnectorDef, schema: Schema, source_bus: ConnectorBus) -> BuiltConnector:
         # a shared bus takes a body in one transaction (all or nothing); the in-process one in slices between turns
@@ -199,12 +204,23 @@ class Builder:
 
     # -- ports
 
-    def route_table(self, entries: Iterable[tuple[str, ConnectorDef]], resource: Callable[[ConnectorDef], IResource]) -> RouteTable:
-        """A port's paths; the deadlines and cap are the same for the whole port (its first connector's)."""
+    def route_table(self, entries: Iterable[tuple[str, ConnectorDef]], resource: Callable[[ConnectorDef], IResource],
+                    hub_member: Callable[[ConnectorDef], tuple[SseSink, Guard] | None] | None = None) -> RouteTable:
+        """A port's paths; the deadlines and cap are the same for the whole port (its first connector's).
+        With ``hub_member``: a hub at each ``hub.path`` its sinks name, reading those sinks."""
         entries = list(entries)
         routes = tuple(PortRoute(path, resource(connector), connector.label,
                                  connector.options.max_body_size if connector.type == "http" else None)
                        for path, connector in entries)
+        hubs: dict[str, dict[str, tuple[SseSink, Guard]]] = {}
+        for _, connector in entries:
+            if hub_member is None or connector.type != "sse-server" or connector.options.hub_path is None:
+                continue
+            member = hub_member(connector)
+            if member is not None:
+                hubs.setdefault(connector.options.hub_path, {})[connector.name] = member
+        routes += tuple(PortRoute(path, HubResource(Hub(path, members, self.clock)), f"hub of {', '.join(members)}")
+                        for path, members in hubs.items())
         return RouteTable(routes, port_policy(entries[0][1].options))
 
     def listener(self, key: PortKey, first: ConnectorDef, table: RouteTable) -> ListenerService:
@@ -246,8 +262,11 @@ class Builder:
             assert built.resource is not None, f"{connector.name} serves no path"
             return built.resource
 
+        def hub_member(connector: ConnectorDef) -> tuple[SseSink, Guard] | None:
+            return (staged.connectors.get(connector.name) or running[connector.name]).hub_member
+
         for key, entries in plan.layout.items():
-            staged.tables[key] = self.route_table(entries, resource)
+            staged.tables[key] = self.route_table(entries, resource, hub_member)
         for key in plan.ports_new:
             staged.listeners[key] = self.listener(key, plan.layout[key][0][1], staged.tables[key])
         for key in plan.ports_rebind:

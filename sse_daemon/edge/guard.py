@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
@@ -55,7 +56,21 @@ from sse_daemon.wire.eventstream import encode_comment
 
 EXPIRED = encode_comment("access token expired; reconnect with a new one")
 
-__all__ = ["Guard", "sink_guard", "ingest_guard", "build_access", "client_host"]
+__all__ = ["Guard", "Passage", "sink_guard", "ingest_guard", "build_access", "client_host"]
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """Where a request goes once a guard let it through, when that is not the guard's own resource:
+    a hub (connectors/sink/hub.py) passes one request through the guard of every stream it names.
+
+    ``proceed(request)`` renders it (bytes, or NOT_DONE_YET); ``stream`` is named in every refusal
+    (``SSE-Refused-Stream`` and the JSON body) so a subscriber knows which stream it may not read;
+    ``on_expiry`` ends the stream when a token expires (the guard's own otherwise)."""
+
+    proceed: Callable[[Request], Any]
+    stream: str | None = None
+    on_expiry: Callable[[IRequest], None] | None = None
 
 
 def credentials(request: IRequest, cookie: str = "", query_token: bool = False) -> Credentials:
@@ -150,6 +165,10 @@ class Guard(Resource):
         self.query_token: bool = access.auth_query_token
 
     def render(self, request: Request) -> Any:
+        return self.pass_through(request, Passage(self.inner.render))
+
+    def pass_through(self, request: Request, passage: Passage) -> Any:
+        """Every check, in order; then ``passage.proceed`` (instead of the resource) renders the request."""
         host = client_host(request)
         method = request.method
         origin = request.getHeader("origin")
@@ -159,12 +178,12 @@ class Guard(Resource):
             raise UnsupportedMethod(self.methods)  # the router's 405, before anything is spent
         if self.cors.enabled and origin is not None:
             if not self.cors.allows(origin):
-                return self.refuse(request, 403, Refusal("origin-not-allowed", f"origin {origin[:100]} may not use this endpoint", 0), host)
+                return self.refuse(request, 403, Refusal("origin-not-allowed", f"origin {origin[:100]} may not use this endpoint", 0), host, passage.stream)
             if preflight:  # answered here, no credentials needed
                 wanted = request.getHeader("access-control-request-method") or ""
                 granted = self.cors.preflight(origin, wanted, request.getHeader("access-control-request-headers") or "")
                 if granted is None:
-                    return self.refuse(request, 403, Refusal("preflight-not-allowed", f"{wanted[:20]} or a requested header is not allowed here", 0), host)
+                    return self.refuse(request, 403, Refusal("preflight-not-allowed", f"{wanted[:20]} or a requested header is not allowed here", 0), host, passage.stream)
                 for name, value in granted:
                     request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
                 request.setResponseCode(204)
@@ -173,16 +192,16 @@ class Guard(Resource):
                 request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
         limited = self._address_limits(request, host)
         if limited is not None:
-            return self.refuse(request, *limited, host)
+            return self.refuse(request, *limited, host, passage.stream)
         presented = credentials(request, self.cookie, self.query_token)
         if presented.bearer_from == "cookie" and method not in SAFE_METHODS and cross_site_risk(request, self.cors):
             return self.refuse(request, 403, Refusal(
                 "cross-site-request", "a POST authenticated by a cookie must come from an origin listed in cors.origins "
-                "or carry a non-simple Content-Type such as application/json", 0), host)
+                "or carry a non-simple Content-Type such as application/json", 0), host, passage.stream)
         decision = self.authenticator.check(presented, self.clock.seconds())
         if isinstance(decision, PasswordCheck):
-            return self._check_password(request, host, decision)
-        return self._admit(request, host, decision)
+            return self._check_password(request, host, decision, passage)
+        return self._admit(request, host, decision, passage)
 
     def _address_limits(self, request: IRequest, host: str) -> tuple[int, Refusal] | None:
         """The client address's own budgets: a flood from one address spends only its own.
@@ -200,46 +219,47 @@ class Guard(Resource):
         failures = self.passwords.failures.check(host) if self.passwords is not None else None
         return (429, failures) if failures is not None else None
 
-    def _admit(self, request: Request, host: str, decision: Allowed | Denied) -> Any:
+    def _admit(self, request: Request, host: str, decision: Allowed | Denied, passage: Passage) -> Any:
         """After the credentials: the limits every client shares, then the resource."""
         if isinstance(decision, Denied):
-            return self.deny(request, decision, host)
+            return self.deny(request, decision, host, passage.stream)
         if self.admission is not None and request.method == b"GET":
             # the address's cap again: a password check may have let others from it in meanwhile
             refusal = self.admission.check_address(host) or self.admission.check_global()
             if refusal is not None:
-                return self.refuse(request, 503, refusal, host)
+                return self.refuse(request, 503, refusal, host, passage.stream)
             self.admission.opened(host)
             request.notifyFinish().addBoth(self._stream_ended, host)
-        result = self.inner.render(request)
-        if result is NOT_DONE_YET and decision.expires is not None and self.on_expiry is not None:
-            self._close_at_expiry(request, decision)
+        result = passage.proceed(request)
+        on_expiry = passage.on_expiry or self.on_expiry
+        if result is NOT_DONE_YET and decision.expires is not None and on_expiry is not None:
+            self._close_at_expiry(request, decision, on_expiry)
         return result
 
-    def _check_password(self, request: Request, host: str, check: PasswordCheck) -> object:
+    def _check_password(self, request: Request, host: str, check: PasswordCheck, passage: Passage) -> object:
         """Hash off the reactor (passwords.py); the request is answered when the check is done."""
         if self.passwords is None:  # a BasicAuth is always built with its gate (sink_guard, ingest_guard)
             raise RuntimeError(f"{self.connector.label} has no password pool")
         left: list[bool] = []
         request.notifyFinish().addBoth(lambda _: left.append(True))  # before our answer: the client left
         decided = self.passwords.decide(check, host, lambda: bool(left))
-        decided.addCallback(self._decided, request, host, left)
-        decided.addErrback(self._failed, request, host, left)
+        decided.addCallback(self._decided, request, host, left, passage)
+        decided.addErrback(self._failed, request, host, left, passage)
         return NOT_DONE_YET
 
-    def _decided(self, decision: Allowed | Denied | None, request: Request, host: str, left: list[bool]) -> None:
+    def _decided(self, decision: Allowed | Denied | None, request: Request, host: str, left: list[bool], passage: Passage) -> None:
         if decision is None or left:  # the client left: it costs nothing more
             return
-        body = self._admit(request, host, decision)
+        body = self._admit(request, host, decision, passage)
         if body is not NOT_DONE_YET:
             finish(request, body)
 
-    def _failed(self, failure: Failure, request: Request, host: str, left: list[bool]) -> None:
+    def _failed(self, failure: Failure, request: Request, host: str, left: list[bool], passage: Passage) -> None:
         if left:
             return
         body: bytes | int
         if failure.check(PoolStopped):
-            body = self.refuse(request, 503, Refusal("shutting-down", "the server is shutting down; retry later", 1), host)
+            body = self.refuse(request, 503, Refusal("shutting-down", "the server is shutting down; retry later", 1), host, passage.stream)
         else:
             body = internal_error(request, failure, self.rejected, self.log, self.connector.label)
         if isinstance(body, bytes):  # else NOT_DONE_YET: the connection was closed
@@ -249,13 +269,13 @@ class Guard(Resource):
         assert self.admission is not None
         self.admission.closed(host)
 
-    def _close_at_expiry(self, request: Request, decision: Allowed) -> None:
+    def _close_at_expiry(self, request: Request, decision: Allowed, on_expiry: Callable[[IRequest], None]) -> None:
         """A stream may not outlive its token: end it at ``exp`` (on the injected clock)."""
-        assert decision.expires is not None and self.on_expiry is not None
-        timer = self.clock.callLater(max(0.0, decision.expires - self.clock.seconds()), self.on_expiry, request)
+        assert decision.expires is not None
+        timer = self.clock.callLater(max(0.0, decision.expires - self.clock.seconds()), on_expiry, request)
         request.notifyFinish().addBoth(lambda _: timer.cancel() if timer.active() else None)
 
-    def deny(self, request: IRequest, denied: Denied, host: str) -> bytes:
+    def deny(self, request: IRequest, denied: Denied, host: str, stream: str | None = None) -> bytes:
         headers = {}
         challenge = self.authenticator.challenge
         if denied.status == 401 and challenge:
@@ -264,9 +284,10 @@ class Guard(Resource):
             headers["WWW-Authenticate"] = challenge
         elif denied.status == 403 and challenge and challenge.startswith("Bearer"):
             headers["WWW-Authenticate"] = challenge + ', error="insufficient_scope"'
-        return self.refuse(request, denied.status, Refusal(denied.reason, denied.message, denied.retry_after), host, **headers)
+        return self.refuse(request, denied.status, Refusal(denied.reason, denied.message, denied.retry_after), host, stream, **headers)
 
-    def refuse(self, request: IRequest, code: int, refusal: Refusal, host: str, **headers: str) -> bytes:
+    def refuse(self, request: IRequest, code: int, refusal: Refusal, host: str, stream: str | None = None, **headers: str) -> bytes:
+        """Answer a refusal; ``stream``: the one a hub request may not read, named in the answer."""
         self.rejected[refusal.reason] += 1
         count = self.rejected[refusal.reason]
         if should_log(count):
@@ -281,7 +302,10 @@ class Guard(Resource):
             request.setHeader(b"Retry-After", str(refusal.retry_after).encode())
         for name, value in headers.items():
             request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
-        return json.dumps({"error": refusal.message, "reason": refusal.reason}).encode() + b"\n"
+        if stream is None:
+            return json.dumps({"error": refusal.message, "reason": refusal.reason}).encode() + b"\n"
+        request.setHeader(b"SSE-Refused-Stream", stream.encode("latin-1", "replace"))
+        return json.dumps({"error": f"stream {stream}: {refusal.message}", "reason": refusal.reason, "stream": stream}).encode() + b"\n"
 
 
 def finish(request: IRequest, body: bytes) -> None:

@@ -101,6 +101,7 @@ class DaemonCollector:
             for outcome, count in sorted(sink["resumes"].items()):
                 families["sink_resumes"].add_metric([sink["name"], outcome], count)
             families["sink_subscribers"].add_metric(name, sink["subscribers"])
+            families["sink_hub_subscribers"].add_metric(name, sink["hub_subscribers"])
             families["sink_history_events"].add_metric(name, sink["history"])
             for key in SINK_COUNTERS:
                 if key not in ("events_in", "events_out"):

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 #: sink counters shown everywhere, in this order (missing ones read 0)
 SINK_COUNTERS = (
     "connections_opened", "connections_closed", "events_in", "events_out",
-    "bytes_written", "dropped_slow", "events_replayed", "worker_restarts", "history_commit_failures",
+    "bytes_written", "dropped_slow", "events_replayed", "worker_restarts", "history_commit_failures", "events_filtered",
 )
 
 
@@ -92,6 +92,7 @@ def sink_figures(service: ISseSinkService | ILogSinkService) -> dict[str, Any]:
         sink = service.sink
         figures["path"] = connector.options.server_path
         figures["subscribers"] = len(sink.subscribers)
+        figures["hub_subscribers"] = sink.counters.get("hub_subscribers", 0)  # hub.path connections that read it
         figures.update({key: sink.counters.get(key, 0) for key in SINK_COUNTERS})
         figures["history"] = len(sink.history)
         # requests refused before they became subscribers (limits, access), by reason

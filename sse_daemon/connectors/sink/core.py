@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -28,11 +28,12 @@ from sse_daemon.connectors.interfaces import ISubscriberSink
 from sse_daemon.connectors.sink.batching import TurnBatch, wire
 from sse_daemon.connectors.sink.durable import DurableHistory, HistoryStore  # history.path: acknowledged means durable
 from sse_daemon.connectors.sink.encoding import FrameEncoder
+from sse_daemon.connectors.sink.filtering import EventValues, Filters, chosen, deliver_filtered  # subscriber.where
 from sse_daemon.connectors.sink.http import last_event_id as _last_event_id, peer_of
 from sse_daemon.connectors.sink.ids import EventIds
 from sse_daemon.connectors.sink.replay import BusReplayer, BusResumes
-from sse_daemon.connectors.sink.subscriber import Subscriber
-from sse_daemon.events.schema import Event
+from sse_daemon.connectors.sink.subscriber import Select, Subscriber
+from sse_daemon.events.schema import Event, Schema
 from sse_daemon.mapping.mappers import IMapper
 from sse_daemon.policy.limits import LogRate  # routine lines, bounded in a reconnect storm
 from sse_daemon.policy.storms import retry_frame, retry_hint  # jittered retry: against reconnect storms
@@ -48,6 +49,18 @@ OPENING = encode_comment("sse-daemon stream open")
 Forward = Callable[[str | None, bytes], None]
 #: ``lag_observer(seconds)``: from an event's ingress to its hand-off to every subscriber's socket
 LagObserver = Callable[[float], None]
+
+
+class HubTap(Protocol):
+    """A hub (hub.py) with connections that read this sink: it gets each turn's frames with their ids."""
+
+    def turn(self, sink: "SseSink", frames: list[bytes], ids: list[Any]) -> None: ...
+
+    def heartbeat(self, sink: "SseSink") -> None: ...
+
+    def close_readers(self, sink: "SseSink", final: bytes) -> None: ...
+
+    def readers(self, name: str) -> list[Any]: ...
 
 
 def response_headers(connector: ConnectorDef[SseServerOptions], content_type: bytes) -> list[tuple[bytes, bytes]]:
@@ -96,7 +109,7 @@ class SseSink:
         jitter: Callable[[], float] = random.random, turns: IReactorTime | None = None,
         forward: Forward | None = None, lag_observer: LagObserver | None = None,
         history: History | None = None, bus_replay: BusReplayer | None = None,
-        history_store: HistoryStore | None = None,
+        history_store: HistoryStore | None = None, schema: Schema | None = None,
     ) -> None:
         self.connector = connector
         self.name = connector.name
@@ -135,6 +148,21 @@ class SseSink:
         self.batch = TurnBatch(turns if turns is not None else clock, self.flush)
         #: connect and leave lines: at most CONNECT_LOG_BURST per CONNECT_LOG_WINDOW (a reconnect storm)
         self.routine_lines = LogRate(clock.seconds, CONNECT_LOG_BURST, CONNECT_LOG_WINDOW)
+        #: subscriber.where: filters by text, and the values of held events (None: the sink takes no filters)
+        self.filters = (Filters(schema, connector.stream, self.counters)
+                        if connector.options.subscriber_where and schema is not None and not self.raw else None)
+        self.values = EventValues()
+        #: subscribers with a filter now (0: every subscriber takes the turn's shared bytes, the plain loop)
+        self.filtered = 0
+        #: (subscriber, its filter) for the filtered loop, kept while no subscriber comes or goes
+        self._targets: list[tuple[Subscriber, Select | None]] | None = None
+        #: the ids of this turn's frames, kept only when filters or a hub need them
+        self.tracking = self.filters is not None or (connector.options.hub_path is not None and not self.raw)
+        self.turn_ids: list[Any] = []
+        #: the id of the newest frame written to subscribers: a hub connection's position in this stream
+        self.sent: Any = self.history.newest
+        #: hubs with connections that read this sink now (hub.py)
+        self.hubs: set[HubTap] = set()
 
     # -- the history file
     def start_writing(self) -> None:
@@ -168,6 +196,8 @@ class SseSink:
             id_text = str(event_id)
         frame = self.encode(event, id_text)
         if frame is not None:
+            if self.filters is not None:
+                self.values.add(event_id, event.values)
             return self.deliver(event_id, frame, event.ingress)
         return None
 
@@ -193,6 +223,10 @@ class SseSink:
         if event_id is not None:
             self.history.append(event_id, frame, at)
             self.resumes.live(event_id, frame)
+            if self.tracking:
+                self.turn_ids.append(event_id)
+                if self.filters is not None:
+                    self.values.prune(self.history.floor)
         if self.forward is not None:
             self.forward(None if event_id is None else self.history.show(event_id), frame)
         self.counters["events_in"] += 1
@@ -205,32 +239,50 @@ class SseSink:
     def flush(self) -> None:
         """Write this turn's events: encoded and chunk-framed once, the same bytes to everyone."""
         frames, ingress = self.batch.take()
+        ids: list[Any] = []
+        if self.tracking:
+            ids, self.turn_ids = self.turn_ids, []
         if frames and self.subscribers:  # no subscribers: a sink whose workers serve it, or an idle one
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             chunked = self.wire(frames)
-            written = 0
-            for subscriber in tuple(self.subscribers):
-                written += subscriber.deliver(frames, data, chunked)
-            self.counters["events_out"] += written * len(frames)
-            self.counters["bytes_written"] += written * len(data)
+            if self.filtered:
+                self._deliver_filtered(frames, data, chunked, ids)
+            else:
+                written = 0
+                for subscriber in tuple(self.subscribers):
+                    written += subscriber.deliver(frames, data, chunked)
+                self.counters["events_out"] += written * len(frames)
+                self.counters["bytes_written"] += written * len(data)
+        if self.tracking and frames:
+            for hub in tuple(self.hubs):
+                hub.turn(self, frames, ids)
+            self.sent = ids[-1]
         if self.lag_observer is not None:
             now = self.clock.seconds()
             for at in ingress:
                 self.lag_observer(now - at)
 
+    def _deliver_filtered(self, frames: list[bytes], data: bytes, chunked: bytes, ids: list[Any]) -> None:
+        """A turn with filtered subscribers: each filter picks from the shared frames (nothing is encoded again)."""
+        values = [self.values.get(event_id) for event_id in ids]
+        if self._targets is None:  # built again only after a subscriber came or went
+            self._targets = [(subscriber, subscriber.select) for subscriber in self.subscribers]
+        events, size, filtered = deliver_filtered(self._targets, frames, data, chunked, values, self.wire)
+        self.counters["events_out"] += events
+        self.counters["bytes_written"] += size
+        self.counters["events_filtered"] += filtered
+
     def heartbeat(self) -> None:
         for subscriber in tuple(self.subscribers):
             subscriber.heartbeat()
+        for hub in tuple(self.hubs):
+            hub.heartbeat(self)
 
     # -- from the resource
-    def subscribe(self, request: Request) -> None:
-        subscriber = Subscriber(self, request, peer_of(request))
-        request.setResponseCode(200)
-        for name, value in self.headers:
-            request.responseHeaders.setRawHeaders(name, [value])
-        if hasattr(subscriber.transport, "setTcpKeepAlive"):  # a TCP transport (not a test's fake)
-            subscriber.transport.setTcpKeepAlive(True)
-        request.registerProducer(subscriber, True)
+    def subscribe(self, request: Request, select: Select | None = None) -> None:
+        """Serve ``request`` the stream: every event, or those ``select`` (the subscriber's filter) passes."""
+        subscriber = Subscriber(self, request, peer_of(request), select)
+        subscriber.attach(self.headers)
         request.notifyFinish().addBoth(self._finished, subscriber)
         last_event_id = None if self.raw else _last_event_id(request)
         if last_event_id is not None and self.bus_replay is not None and not self.history.covers(last_event_id):
@@ -248,11 +300,8 @@ class SseSink:
         if resume is not None and resume.after is not None:  # honest resume: say where replay continues (docs/sink.md, "Resume, honestly")
             request.setHeader(b"SSE-Replay-From", show(resume.after).encode())
         self.flush()  # this turn's events went to the others; this one gets them from history
-        # the head at once (proxies flush on the comment), then this subscriber's own retry: hint
-        request.write(b"" if self.raw else OPENING + retry_frame(retry_hint(self.retry_min, self.retry_max, self.jitter)))
-        subscriber.head_written()
-        if hasattr(subscriber.transport, "setTcpNoDelay"):  # a TCP transport (not a test's fake)
-            subscriber.transport.setTcpNoDelay(True)  # writes are whole turns already: no Nagle delay
+        # the head at once, then this subscriber's own retry: hint
+        subscriber.open(b"" if self.raw else OPENING + retry_frame(retry_hint(self.retry_min, self.retry_max, self.jitter)))
         if resume is not None:
             if resume.reset is not None:
                 self.counters["resume_reset_" + resume.reset.replace("-", "_")] += 1
@@ -260,11 +309,18 @@ class SseSink:
                                              id=None if resume.after is None else show(resume.after)), 1, live=False)
             else:
                 self.counters["resume_exact"] += 1
-            for frame in resume.frames:
+            frames = list(resume.frames)
+            if subscriber.select is not None:  # the history through the same filter
+                frames = chosen(frames, [self.values.get(event_id) for event_id in resume.keys], subscriber.select)
+                self.counters["events_filtered"] += len(resume.frames) - len(frames)
+            for frame in frames:
                 subscriber.hold(frame, 1, live=False)
-            self.counters["events_replayed"] += len(resume.frames)
+            self.counters["events_replayed"] += len(frames)
             subscriber.pump()
         self.subscribers.add(subscriber)
+        self._targets = None
+        if subscriber.select is not None:
+            self.filtered += 1
         self.counters["connections_opened"] += 1
         log, held = self.routine_lines.allow()
         if log:
@@ -282,13 +338,13 @@ class SseSink:
             hint="" if self.raw else "; it may resume with Last-Event-ID",
         )
         subscriber.stopProducing()
-        self.subscribers.discard(subscriber)
+        self._discard(subscriber)
         subscriber.transport.abortConnection()
 
     def _finished(self, result: object, subscriber: Subscriber) -> None:
         self.resumes.forget(subscriber)
         subscriber.stopProducing()
-        self.subscribers.discard(subscriber)
+        self._discard(subscriber)
         self.counters["connections_closed"] += 1
         log, held = self.routine_lines.allow()
         if log:
@@ -303,13 +359,31 @@ class SseSink:
         self.flush()
         for subscriber in (*self.subscribers, *self.resumes.waiting):  # and those waiting for a bus replay
             self.close(subscriber)
+        self.close_hub_readers()
+
+    @property
+    def hub_readers(self) -> int:
+        """Hub connections that read this sink now (hub.path)."""
+        return sum(len(hub.readers(self.name)) for hub in self.hubs)
+
+    def close_hub_readers(self, final: bytes = b"") -> None:
+        """End the hub connections that read this sink (they resume the others on reconnect)."""
+        for hub in tuple(self.hubs):
+            hub.close_readers(self, final)
 
     def close(self, subscriber: Subscriber, final: bytes = b"") -> None:
         """End one stream cleanly, after ``final`` (a last comment or ``retry:``; not in raw format)."""
         self.flush()  # what was published before the close reaches it
-        self.subscribers.discard(subscriber)
+        self._discard(subscriber)
         self.resumes.forget(subscriber)
         subscriber.end(final)
+
+    def _discard(self, subscriber: Subscriber) -> None:
+        if subscriber in self.subscribers:
+            self.subscribers.discard(subscriber)
+            self._targets = None
+            if subscriber.select is not None:
+                self.filtered -= 1
 
 
 def _held_back(count: int) -> str:

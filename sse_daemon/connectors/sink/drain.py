@@ -64,6 +64,8 @@ def drain_sink(sink: SseSink, window: float, batch_min: int, clock: IReactorTime
                 hint = retry_hint(sink.retry_min, sink.retry_max, jitter)
                 closed_transports.append(subscriber.request.transport)
                 sink.close(subscriber, GOODBYE + retry_frame(hint))
+            if last:  # hub connections that read this sink too (they resume its other streams on reconnect)
+                sink.close_hub_readers(GOODBYE + retry_frame(retry_hint(sink.retry_min, sink.retry_max, jitter)))
         if last and not done.called:
             if io is None:
                 done.callback(None)

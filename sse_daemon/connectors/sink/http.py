@@ -9,6 +9,10 @@ from twisted.web import server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
+from sse_daemon.config.filters import FilterError
+from sse_daemon.connectors.sink.filtering import bad_filter, query_values
+from sse_daemon.connectors.sink.subscriber import Select
+
 if TYPE_CHECKING:
     from sse_daemon.connectors.sink.core import SseSink
 
@@ -40,7 +44,18 @@ class SseSinkResource(Resource):
         self.sink = sink
 
     def render_GET(self, request: server.Request) -> object:  # twisted.web hands a server.Request
-        self.sink.subscribe(request)
+        wheres = query_values(request, "where")
+        select: Select | None = None
+        if wheres:
+            if self.sink.filters is None:
+                return bad_filter(request, FilterError(
+                    f"sink {self.sink.name} takes no filters (its subscriber.where option is off)", wheres[-1]))
+            try:
+                select = self.sink.filters.compile(wheres[-1])
+            except FilterError as e:
+                self.sink.rejected["bad-filter"] += 1
+                return bad_filter(request, e)
+        self.sink.subscribe(request, select)
         return server.NOT_DONE_YET
 
     def render_HEAD(self, request: IRequest) -> bytes:

@@ -75,17 +75,21 @@ class BusResumes:
             return None
         key = history.key
         frames: list[bytes] = []
+        keys: list[Any] = []
         newest = key(replay.after) if replay.after else None
         for event in replay.events:
             newest = key(event.bus_id)
             frame = self.encode(event, event.bus_id)
             if frame is not None:
                 frames.append(frame)
+                keys.append(newest)
         # live events that arrived while the bus answered, minus those the answer had already
-        frames += [frame for event_id, frame in live if newest is None or event_id > newest]
+        later = [(event_id, frame) for event_id, frame in live if newest is None or event_id > newest]
+        frames += [frame for _, frame in later]
+        keys += [event_id for event_id, _ in later]
         after = key(replay.after) if replay.after else None
         oldest = key(replay.oldest) if replay.oldest else None
-        return Resume(tuple(frames), after, replay.reset, last_event_id, oldest)
+        return Resume(tuple(frames), after, replay.reset, last_event_id, oldest, tuple(keys))
 
     def _failed(self, failure: Failure, history: History, subscriber: "Subscriber", last_event_id: str) -> Resume | None:
         self.waiting.pop(subscriber, None)

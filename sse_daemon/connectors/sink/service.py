@@ -17,13 +17,14 @@ from sse_daemon.connectors.sink.core import Forward, LagObserver, SseSink, bus_h
 from sse_daemon.connectors.sink.drain import drain_sink  # staged close on shutdown
 from sse_daemon.connectors.sink.durable import HistoryStore
 from sse_daemon.connectors.sink.replay import BusReplayer
+from sse_daemon.events.schema import Schema
 from sse_daemon.mapping.mappers import IMapper
 
 
 def sink_for_bus(
     bus: IBus, stream: str, connector: ConnectorDef[SseServerOptions], mapper: IMapper, clock: IReactorTime,
     turns: IReactorTime | None = None, forward: Forward | None = None, lag_observer: LagObserver | None = None,
-    history: History | None = None, history_store: HistoryStore | None = None,
+    history: History | None = None, history_store: HistoryStore | None = None, schema: Schema | None = None,
 ) -> SseSink:
     """An SseSink of ``stream`` on ``bus``. On a shared bus (unless raw) it sends the bus's ids, the
     same on every instance, and asks the bus what follows an id its history does not cover (another
@@ -38,7 +39,7 @@ def sink_for_bus(
             return bus.replay(stream, after, limit)
 
     return SseSink(connector, mapper, clock, turns=turns, forward=forward, lag_observer=lag_observer,
-                   history=history, bus_replay=bus_replay, history_store=history_store)
+                   history=history, bus_replay=bus_replay, history_store=history_store, schema=schema)
 
 
 @implementer(ISseSinkService)

@@ -7,20 +7,34 @@ of growing memory (``request.write`` alone would buffer without limit).
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any, TYPE_CHECKING
+from collections import Counter, deque
+from typing import Any, Callable, Mapping, Protocol
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.web.server import Request
 from zope.interface import implementer
 
 from sse_daemon.connectors.fanout import PUMP_BYTES, direct_socket, write_now  # one send() per subscriber per turn
 from sse_daemon.wire.eventstream import encode_comment
 
-if TYPE_CHECKING:
-    from sse_daemon.connectors.sink.core import SseSink
-
 HEARTBEAT = encode_comment("heartbeat")
+
+#: a subscriber's filter (``?where=``): True for the values of an event it wants
+Select = Callable[[Mapping[str, Any]], bool]
+
+
+class SubscriberHost(Protocol):
+    """What a subscriber reads of what serves it: a sink (core.py), or a hub connection (hub.py)."""
+
+    clock: IReactorTime
+    raw: bool
+    queue_size: int
+    queue_bytes: int
+    counters: Counter[str]
+
+    def wire(self, frames: list[bytes]) -> bytes: ...
+
+    def drop_slow(self, subscriber: "Subscriber") -> None: ...
 
 
 @implementer(IPushProducer)
@@ -29,8 +43,10 @@ class Subscriber:
     given a bounded backlog while it does not (``request.write`` alone would
     buffer without limit)."""
 
-    def __init__(self, sink: "SseSink", request: Request, peer: str) -> None:
+    def __init__(self, sink: SubscriberHost, request: Request, peer: str, select: Select | None = None) -> None:
         self.sink = sink
+        #: its own filter (``?where=``, filtering.py): None takes every event
+        self.select = select
         self.request = request
         #: Twisted's TCP or TLS transport (tests may pass a fake): typed loosely on purpose
         self.transport: Any = request.transport
@@ -104,6 +120,23 @@ class Subscriber:
     def resumeProducing(self) -> None:
         self.paused = False
         self.pump()
+
+    def attach(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Take over the response: 200 with ``headers``, TCP keep-alive, and the transport's flow control."""
+        self.request.setResponseCode(200)
+        for name, value in headers:
+            self.request.responseHeaders.setRawHeaders(name, [value])
+        if hasattr(self.transport, "setTcpKeepAlive"):  # a TCP transport (not a test's fake)
+            self.transport.setTcpKeepAlive(True)
+        self.request.registerProducer(self, True)
+
+    def open(self, opening: bytes) -> None:
+        """Write the head at once, with ``opening`` (proxies flush on the comment); then no Nagle delay:
+        writes are whole turns already."""
+        self.request.write(opening)
+        self.head_written()
+        if hasattr(self.transport, "setTcpNoDelay"):  # a TCP transport (not a test's fake)
+            self.transport.setTcpNoDelay(True)
 
     def head_written(self) -> None:
         """The response's head is out: whether its body is chunked is known now."""
