@@ -54,3 +54,13 @@ def test_a_clock_that_steps_back_reads_no_negative_lag() -> None:
     lags = FanoutLag()
     lags.accepted("S", (1, 0), now=10.0)
     assert lags.lag("S", now=9.0) == 0.0
+
+
+def test_the_events_waiting_are_counted_by_the_publish_they_came_in() -> None:
+    lags = FanoutLag()
+    lags.accepted("S", (1, 0), now=1.0, count=100)
+    lags.accepted("S", (1, 99), now=1.0 + COALESCE / 2, count=50)  # merged into the first mark
+    lags.accepted("S", (2, 0), now=2.0, count=10)
+    assert lags.waiting("S") == 160 and lags.waiting("T") == 0
+    lags.delivered("S", (1, 99))
+    assert lags.waiting("S") == 10

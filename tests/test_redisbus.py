@@ -180,6 +180,27 @@ def test_redis_bus_provides_ibus() -> None:
     verifyObject(IBus, MemoryBus())
 
 
+@pytest.mark.reactor_free
+def test_the_ingest_is_held_back_by_time_or_by_what_redis_would_trim_unread() -> None:
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    bus = RedisBus(validate(load_yaml(BASE + "bus: {type: redis, history.size: 1000, fanout.max.lag: 2}\n")).bus, clock)
+    bus.lags.accepted("S", entry_key("5-0"), clock.seconds(), 400)
+    assert bus.behind("S") is None, "400 waiting, at once: within both bounds"
+    clock.advance(0.1)  # a mark of its own
+    bus.lags.accepted("S", entry_key("6-0"), clock.seconds(), 200)
+    assert bus.behind("S") == pytest.approx(0.1), "600 waiting: more than half of history.size, however young"
+    bus.lags.delivered("S", entry_key("5-0"))
+    assert bus.behind("S") is None
+    clock.advance(2.5)
+    assert bus.behind("S") == pytest.approx(2.5), "200 waiting for 2.5 s: past fanout.max.lag"
+    off = RedisBus(validate(load_yaml(BASE + "bus: {type: redis, fanout.max.lag: 0}\n")).bus, clock)
+    off.lags.accepted("S", entry_key("5-0"), clock.seconds(), 10_000)
+    clock.advance(60)
+    assert off.behind("S") is None, "0 turns both bounds off"
+
+
 # --------------------------------------------------------------------------- daemons sharing a real Redis
 
 SHARED = """\

@@ -29,6 +29,7 @@ COALESCE = 0.01
 class _Mark:
     newest: Key  # the newest entry id acknowledged by then
     at: float  # when the first publish of this mark was acknowledged
+    count: int  # events acknowledged in this mark
 
 
 class FanoutLag:
@@ -37,13 +38,14 @@ class FanoutLag:
     def __init__(self) -> None:
         self._marks: dict[str, deque[_Mark]] = {}
 
-    def accepted(self, stream: str, newest: Key, now: float) -> None:
-        """Redis acknowledged a publish whose newest entry is ``newest``, at ``now``."""
+    def accepted(self, stream: str, newest: Key, now: float, count: int = 1) -> None:
+        """Redis acknowledged a publish of ``count`` events whose newest entry is ``newest``, at ``now``."""
         marks = self._marks.setdefault(stream, deque())
         if marks and now - marks[-1].at < COALESCE:
             marks[-1].newest = max(marks[-1].newest, newest)
+            marks[-1].count += count
         else:
-            marks.append(_Mark(newest, now))
+            marks.append(_Mark(newest, now, count))
 
     def delivered(self, stream: str, position: Key) -> None:
         """The reader has fanned out every entry of ``stream`` up to ``position``."""
@@ -59,6 +61,10 @@ class FanoutLag:
         """Seconds the oldest acknowledged publish of ``stream`` has waited for this fan-out; 0 when none waits."""
         marks = self._marks.get(stream)
         return max(0.0, now - marks[0].at) if marks else 0.0
+
+    def waiting(self, stream: str) -> int:
+        """Events of ``stream`` acknowledged and not yet read back (counted by the publish they came in)."""
+        return sum(mark.count for mark in self._marks.get(stream, ()))
 
     def streams(self) -> list[str]:
         return sorted(self._marks)

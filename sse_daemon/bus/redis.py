@@ -285,9 +285,14 @@ class RedisBus(Service):
         return self.lags.lag(stream, self.reactor.seconds())
 
     def behind(self, stream: str) -> float | None:
-        """The fan-out lag of ``stream`` when it is over ``fanout.max.lag`` (the ingest refuses then), else None."""
+        """The fan-out lag of ``stream`` when it is over ``fanout.max.lag``, or when more of this instance's
+        events wait than half of ``history.size`` (Redis trims a stream to about that many entries: what it
+        trims before this instance read it would never reach its subscribers); None otherwise (the ingest
+        takes events then)."""
+        if not self.max_lag:
+            return None
         lag = self.fanout_lag(stream)
-        return lag if self.max_lag and lag > self.max_lag else None
+        return lag if lag > self.max_lag or self.lags.waiting(stream) > self.size // 2 else None
 
     def subscriber_count(self, stream: str) -> int:
         return len(self._subscriptions.get(stream, ()))
@@ -346,7 +351,7 @@ class RedisBus(Service):
     def _published(self, ids: list[str], stream: str) -> list[str]:
         self.counters["events_published"] += len(ids)
         if ids and self._subscriptions.get(stream) and self._positions.get(stream) is not None:  # read back here: it waits
-            self.lags.accepted(stream, entry_key(ids[-1]), self.reactor.seconds())
+            self.lags.accepted(stream, entry_key(ids[-1]), self.reactor.seconds(), len(ids))
         return ids
 
     def _publish_failed(self, failure: Failure) -> Failure:
