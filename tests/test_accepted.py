@@ -209,7 +209,7 @@ def test_ingest_refuses_the_whole_body_with_503_while_the_shared_bus_fanout_is_b
     lag: list[float | None] = [3.4]
     clock = Clock()
     ingest = IngestResource(connector, make_mapper(connector.options.mapping, parse_schema("n int")), bus, clock,
-                            behind=lambda stream: lag[0] if stream == "In" else None)
+                            behind=lambda stream, incoming: lag[0] if stream == "In" else None)
 
     def post(body: bytes) -> DummyRequest:
         request = DummyRequest([b"in"])
@@ -222,7 +222,7 @@ def test_ingest_refuses_the_whole_body_with_503_while_the_shared_bus_fanout_is_b
 
     refused = post(b'[{"n": 1}, {"n": 2}]')
     answer = json.loads(b"".join(refused.written))
-    assert refused.responseCode == 503 and answer["reason"] == "fanout-behind" and "3.4 s behind" in answer["error"], answer
+    assert refused.responseCode == 503 and answer["reason"] == "fanout-behind" and "waited 3.4 s" in answer["error"], answer
     assert refused.responseHeaders.getRawHeaders(b"Retry-After") == [b"1"]
     assert got == [] and ingest.rejected["fanout-behind"] == 1
     assert post(b'{"n": "x"}').responseCode == 400, "a bad body is the publisher's error whatever the lag"

@@ -117,6 +117,7 @@ class FakeSharedBus(MemoryBus):
     prefix = "p:"
     lease_ttl = 1.0
     state = "up"
+    history_size = 1000
 
     def __init__(self, refuse: bool = False) -> None:
         super().__init__()
@@ -143,7 +144,7 @@ class FakeSharedBus(MemoryBus):
     def fanout_lag(self, stream: str) -> float:
         return 0.0
 
-    def behind(self, stream: str) -> float | None:
+    def behind(self, stream: str, incoming: int = 0) -> float | None:
         return None
 
 

@@ -186,19 +186,19 @@ def test_the_ingest_is_held_back_by_time_or_by_what_redis_would_trim_unread() ->
 
     clock = Clock()
     bus = RedisBus(validate(load_yaml(BASE + "bus: {type: redis, history.size: 1000, fanout.max.lag: 2}\n")).bus, clock)
-    bus.lags.accepted("S", entry_key("5-0"), clock.seconds(), 400)
-    assert bus.behind("S") is None, "400 waiting, at once: within both bounds"
+    bus.lags.accepted("S", entry_key("5-0"), clock.seconds(), 600)
+    assert bus.behind("S", 400) is None, "600 waiting and 400 coming: what the stream keeps, at once: within both bounds"
+    assert bus.behind("S", 401) == 0.0, "one more would be trimmed before it was read back, however young"
     clock.advance(0.1)  # a mark of its own
     bus.lags.accepted("S", entry_key("6-0"), clock.seconds(), 200)
-    assert bus.behind("S") == pytest.approx(0.1), "600 waiting: more than half of history.size, however young"
     bus.lags.delivered("S", entry_key("5-0"))
-    assert bus.behind("S") is None
+    assert bus.behind("S", 800) is None and bus.behind("S", 801) == pytest.approx(0.0)
     clock.advance(2.5)
     assert bus.behind("S") == pytest.approx(2.5), "200 waiting for 2.5 s: past fanout.max.lag"
     off = RedisBus(validate(load_yaml(BASE + "bus: {type: redis, fanout.max.lag: 0}\n")).bus, clock)
     off.lags.accepted("S", entry_key("5-0"), clock.seconds(), 10_000)
     clock.advance(60)
-    assert off.behind("S") is None, "0 turns both bounds off"
+    assert off.behind("S", 10_000) is None, "0 turns both bounds off"
 
 
 # --------------------------------------------------------------------------- daemons sharing a real Redis
@@ -430,6 +430,23 @@ async def test_ingest_refuses_while_the_fanout_is_behind_and_takes_again_once_it
     await wait_for(lambda: a.bus.fanout_lag("S") == 0.0, timeout=60, what="the fan-out to catch up")
     assert a.bus.counters["events_delivered"] >= 10000
     assert (await post(a.port_of("In"), 2))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_larger_than_what_a_stream_keeps_is_413_and_one_that_fits_reaches_everyone(daemon, redis_server) -> None:
+    """Redis trims a stream to about history.size entries as the body's own XADDs go in: a larger body
+    would lose its first events before anyone read them. It is refused whole (413, too-many-events);
+    one of history.size events is taken and every event reaches the subscriber."""
+    text = shared_config(redis_server).replace("  reconnect.max.delay: 0.3\n", "  reconnect.max.delay: 0.3\n  history.size: 50\n")
+    a = await instance(daemon, text)
+    live = await subscribe(a.port_of("Out"), "/events")
+    code, answer = await post_body(a.port_of("In"), json.dumps([{"n": i} for i in range(51)]).encode())
+    assert code == 413 and json.loads(answer)["reason"] == "too-many-events", answer
+    code, answer = await post_body(a.port_of("In"), json.dumps([{"n": i} for i in range(50)]).encode())
+    assert (code, json.loads(answer)) == (200, {"accepted": 50})
+    await live.wait_for(b'"n":49')
+    assert [n for _, n in ids_and_numbers(bytes(live.received))] == list(range(50))
+    await live.close()
 
 
 @pytest_twisted.ensureDeferred

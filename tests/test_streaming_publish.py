@@ -152,7 +152,7 @@ def test_a_shared_bus_whose_fanout_is_behind_holds_the_stream_instead_of_refusin
     lag: list[float | None] = [3.0]
     sent: list[int] = []
     publishing, body, producer, clock, _ = consumer(lambda events: sent.extend(e.values["n"] for e in events) or succeed(None),
-                                                    behind=lambda: lag[0])
+                                                    behind=lambda incoming: lag[0])
     body.chunk(b'{"n": 1}\n')
     body.chunk(b'{"n": 2}\n')  # what was read meanwhile is held too, in order
     assert sent == [] and producer.paused
@@ -169,7 +169,7 @@ def test_a_shared_bus_whose_fanout_is_behind_holds_the_stream_instead_of_refusin
 def test_a_client_that_leaves_gets_no_answer_and_what_it_sent_stays_published() -> None:
     sent: list[int] = []
     publishing, body, _, clock, _ = consumer(lambda events: sent.extend(e.values["n"] for e in events) or succeed(None),
-                                             behind=lambda: None)
+                                             behind=lambda incoming: None)
     body.chunk(b'{"n": 1}\n{"n": 2')
     body.lost(Failure(ConnectionError("gone")))
     body.chunk(b'}\n')

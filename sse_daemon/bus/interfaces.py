@@ -83,6 +83,8 @@ class ISharedBus(IDeliveringBus):
     ids = Attribute("The bus's IEventIds: how its ids (``Event.bus_id``) read and order.")
     prefix = Attribute("The key prefix of everything this bus keeps (leases and cursors live under it too).")
     lease_ttl = Attribute("Seconds a source's lease lasts (``source.lease.ttl``): one instance at a time reads an upstream.")
+    history_size = Attribute("Entries each stream keeps, about (``history.size``): a body may not hold more (they would be "
+                             "trimmed before anyone read them).")
     state = Attribute('"connecting", "up" or "down".')
     counters = Attribute("The bus's own figures (a Counter): events_published, publish_refused, reconnects, ...")
 
@@ -99,6 +101,7 @@ class ISharedBus(IDeliveringBus):
         """Seconds the oldest publish the bus acknowledged to this instance has waited for this instance's
         own fan-out of ``stream`` (0 when none waits, or nobody here reads it)."""
 
-    def behind(stream: str) -> float | None:
-        """``fanout_lag(stream)`` when it is over the bus's bound (``fanout.max.lag``): this instance's
-        ingest refuses publishes to ``stream`` then; None otherwise."""
+    def behind(stream: str, incoming: int = 0) -> float | None:
+        """``fanout_lag(stream)`` when it is over the bus's bound (``fanout.max.lag``), or when the events
+        waiting for this instance's fan-out and ``incoming`` more would be more than ``history_size``: this
+        instance's ingest refuses (or holds) publishes to ``stream`` then; None otherwise."""

@@ -222,7 +222,8 @@ class RedisBus(Service):
     def __init__(self, definition: BusDef, reactor: Any) -> None:
         self.url = definition.options.url
         self.prefix: str = definition.options.key_prefix
-        self.size: int = definition.options.history_size
+        #: entries each Redis stream keeps, about (XADD MAXLEN ~): what resumes reach, and what an unread backlog may be
+        self.history_size: int = definition.options.history_size
         self.max_age: float = definition.options.history_max_age
         self.max_delay: float = definition.options.reconnect_max_delay
         self.lease_ttl: float = definition.options.source_lease_ttl
@@ -270,7 +271,7 @@ class RedisBus(Service):
                 return fail(InvalidValue(e.reason, f"element {index}: {e}", e.path))
         # One MULTI/EXEC: Redis takes the whole batch or none of it, so a 503 never leaves half a body published.
         calls = [writer.execute_command("MULTI")]
-        calls += [writer.execute_command("XADD", key, "MAXLEN", "~", str(self.size), "*", *fields) for fields in args]
+        calls += [writer.execute_command("XADD", key, "MAXLEN", "~", str(self.history_size), "*", *fields) for fields in args]
         if self.max_age > 0:
             min_id = int((self.reactor.seconds() - self.max_age) * 1000)
             calls.append(writer.execute_command("XTRIM", key, "MINID", "~", str(max(min_id, 0))))
@@ -284,15 +285,15 @@ class RedisBus(Service):
         """Seconds the oldest publish Redis acknowledged to this instance has waited for its fan-out (fanoutlag.py)."""
         return self.lags.lag(stream, self.reactor.seconds())
 
-    def behind(self, stream: str) -> float | None:
-        """The fan-out lag of ``stream`` when it is over ``fanout.max.lag``, or when more of this instance's
-        events wait than half of ``history.size`` (Redis trims a stream to about that many entries: what it
-        trims before this instance read it would never reach its subscribers); None otherwise (the ingest
-        takes events then)."""
+    def behind(self, stream: str, incoming: int = 0) -> float | None:
+        """The fan-out lag of ``stream`` when it is over ``fanout.max.lag``, or when this instance's events
+        waiting to be read back and the ``incoming`` ones would be more than ``history.size`` (Redis trims a
+        stream to about that many entries: what it trims before this instance read it would never reach its
+        subscribers); None otherwise (the ingest takes events then)."""
         if not self.max_lag:
             return None
         lag = self.fanout_lag(stream)
-        return lag if lag > self.max_lag or self.lags.waiting(stream) > self.size // 2 else None
+        return lag if lag > self.max_lag or self.lags.waiting(stream) + incoming > self.history_size else None
 
     def subscriber_count(self, stream: str) -> int:
         return len(self._subscriptions.get(stream, ()))

@@ -287,7 +287,7 @@ HTTP_SOURCE_OPTIONS = (
     FAIL_ON_MISSING,
     *SOURCE_MAPPING_OPTIONS,
     Option("max.body.size", "INT", "Largest request body accepted, in bytes; larger bodies get 413.", lambda v: parse_int(v, 1), MIB),
-    Option("max.events.per.request", "INT", "Most events one request may carry (an array body); more get 413 before any is mapped. A body is checked in one go and published in slices of 500 events, other streams served between them (see 'HTTP ingest').", lambda v: parse_int(v, 1), 10_000),
+    Option("max.events.per.request", "INT", "Most events one request may carry (an array body); more get 413 before any is mapped. A body is checked in one go and published in slices of 500 events, other streams served between them (see 'HTTP ingest'). On the Redis bus, at most the bus's `history.size` (a stream keeps no more: a larger body would be trimmed before anyone read it).", lambda v: parse_int(v, 1), 10_000),
     *INGEST_HARDENING_OPTIONS,
     *ACCESS_OPTIONS,
     *TLS_SERVER_OPTIONS,
@@ -405,7 +405,7 @@ BUS_OPTIONS = (
     Option("history.size", "INT", "With `type: redis`: entries each Redis stream keeps, approximately (`XADD MAXLEN ~`); what a subscriber can resume from on any instance.", lambda v: parse_int(v, 1), 1000),
     Option("history.max.age", "FLOAT", "With `type: redis`: seconds an entry is kept at most (trimmed with `XTRIM MINID ~` on publish); 0 keeps entries until `history.size` trims them.", lambda v: parse_number(v, 0), 0.0),
     Option("reconnect.max.delay", "FLOAT", "With `type: redis`: longest wait, in seconds, between attempts to reconnect to Redis (the wait doubles from 0.1 s up to this).", lambda v: parse_number(v, 0.1), 5.0),
-    Option("fanout.max.lag", "FLOAT", "With `type: redis`: seconds the events an instance's ingest published may wait for that instance's own fan-out (Redis acknowledges faster than one process fans out); above it the ingest answers 503 (`fanout-behind`, `Retry-After: 1`) until the fan-out catches up, so subscriber latency stays bounded instead of growing with the backlog. The ingest also refuses while more of the instance's events wait than half of `history.size` (Redis would trim unread ones). 0 turns both bounds off.", lambda v: parse_number(v, 0), 2.0),
+    Option("fanout.max.lag", "FLOAT", "With `type: redis`: seconds the events an instance's ingest published may wait for that instance's own fan-out (Redis acknowledges faster than one process fans out); above it the ingest answers 503 (`fanout-behind`, `Retry-After: 1`) until the fan-out catches up, so subscriber latency stays bounded instead of growing with the backlog. The ingest also refuses while the instance's waiting events and the new ones would be more than `history.size` (Redis would trim unread ones). 0 turns both bounds off.", lambda v: parse_number(v, 0), 2.0),
     Option("source.lease.ttl", "FLOAT", "With `type: redis`: seconds an instance's lease on an SSE source lasts; one instance reads each upstream, and another takes over within this time when it vanishes (at once when it stops cleanly).", lambda v: parse_number(v, 0.3), 10.0),
 )
 

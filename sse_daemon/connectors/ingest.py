@@ -56,11 +56,12 @@ class IngestResource(Resource):
     def __init__(
         self, connector: ConnectorDef[HttpSourceOptions], mapper: IMapper, bus: IBus, clock: IReactorTime,
         turns: IReactorTime | None = None, slice_size: int = PUBLISH_SLICE,
-        behind: Callable[[str], float | None] | None = None,
+        behind: Callable[[str, int], float | None] | None = None, max_events: int | None = None,
     ) -> None:
         """``turns`` schedules the next slice (the real reactor even when ``clock`` is a test's Clock);
         ``slice_size`` 0 publishes a body in one call (a shared bus: one transaction, all or nothing);
-        ``behind``: a shared bus's ``ISharedBus.behind``, the fan-out lag over its bound (then 503)."""
+        ``behind``: a shared bus's ``ISharedBus.behind``, the fan-out lag over its bound (then 503);
+        ``max_events``: fewer events a body than ``max.events.per.request`` (a shared bus's history.size)."""
         super().__init__()
         self.connector = connector
         self.name = connector.name
@@ -69,7 +70,7 @@ class IngestResource(Resource):
         self.bus = bus
         self.clock = clock
         self.max_body_size: int = connector.options.max_body_size
-        self.max_events: int = connector.options.max_events_per_request
+        self.max_events: int = connector.options.max_events_per_request if max_events is None else max_events
         self.turns = turns if turns is not None else clock
         self.slice_size = slice_size
         self.behind = behind
@@ -101,11 +102,11 @@ class IngestResource(Resource):
             rows = self.mapper.decode(text, self.max_events)
         except MappingError as e:
             return self._reject(request, 413 if e.reason == "too-many-events" else 400, e.reason, str(e))
-        lag = self.behind(self.stream) if self.behind is not None else None
-        if lag is not None:  # Redis would take them, but this instance's subscribers would get them ever later
+        lag = self.behind(self.stream, len(rows)) if self.behind is not None else None
+        if lag is not None:  # Redis would take them, but this instance's subscribers would get them late, or not at all
             body = self._reject(request, 503, "fanout-behind",
-                                f"this instance's fan-out of stream {self.stream} is {lag:.1f} s behind what it accepted; "
-                                "nothing was published; retry later")
+                                f"this instance's fan-out of stream {self.stream} is behind what it accepted (the oldest "
+                                f"has waited {lag:.1f} s); nothing was published; retry later")
             request.setHeader(b"Retry-After", b"1")
             return body
         now = self.clock.seconds()
@@ -136,7 +137,7 @@ class IngestResource(Resource):
         behind = self.behind
         publish = NdjsonPublish(self.name, stream, body, self.mapper, lambda events: self.bus.publish(stream, events),
                                 self.clock, self.max_body_size, self.max_events, self.rejected, self.counters,
-                                behind=(lambda: behind(stream)) if behind is not None else None)
+                                behind=(lambda incoming: behind(stream, incoming)) if behind is not None else None)
         publish.done.addCallback(self._streamed, request)
         publish.done.addErrback(lambda f: self.log.failure("ingest {source} could not answer a streaming publish", f, source=self.name))
         return publish

@@ -52,7 +52,7 @@ class NdjsonPublish:
 
     def __init__(self, name: str, stream: str, body: BodyStream, mapper: IMapper, publish: Callable[[list[Event]], Deferred],
                  clock: IReactorTime, max_line: int, max_events: int, rejected: Counter[str], counters: Counter[str],
-                 behind: Callable[[], float | None] | None = None) -> None:
+                 behind: Callable[[int], float | None] | None = None) -> None:
         """``rejected`` and ``counters``: the ingest's (refusals by reason; ``events_in`` as each publish is acknowledged)."""
         self.name = name
         self.stream = stream
@@ -119,11 +119,11 @@ class NdjsonPublish:
                 continue
             events.extend(Event(values, ingress=now) for values in rows)
             numbers.extend([number] * len(rows))
-        if events:
-            self._send(events, numbers)
+        for start in range(0, len(events), self.max_events):  # a publish no larger than a body may be (a shared bus trims beyond)
+            self._send(events[start:start + self.max_events], numbers[start:start + self.max_events])
 
     def _send(self, events: list[Event], numbers: list[int]) -> None:
-        if self._held or (self.behind is not None and self.behind() is not None):
+        if self._held or (self.behind is not None and self.behind(len(events)) is not None):
             self._held.append((events, numbers))  # after those held already: in order
             self._hold_for_fanout()
             return
@@ -167,7 +167,7 @@ class NdjsonPublish:
         self._retry = None
         if self._gone:
             return
-        if self.behind is not None and self.behind() is not None:
+        if self.behind is not None and self.behind(sum(len(events) for events, _ in self._held)) is not None:
             self._retry = self.clock.callLater(BEHIND_RETRY, self._look_again)
             return
         held, self._held = self._held, []

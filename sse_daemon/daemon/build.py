@@ -104,6 +104,14 @@ class Staged:
                              if built.history_store is not None], consumeErrors=True)
 
 
+def shared_bus_bounds(bus: IBus, max_events: int) -> dict[str, Any]:
+    """What a shared bus adds to an ingest's bounds: its backpressure, and no more events a body than a
+    stream keeps (more would be trimmed before anyone read them)."""
+    if not ISharedBus.providedBy(bus):
+        return {}
+    return {"behind": bus.behind, "max_events": min(max_events, bus.history_size)}
+
+
 class Builder:
     """Builds connectors, routes and ports with the daemon's shared collaborators."""
 
@@ -176,7 +184,7 @@ class Builder:
         # a shared bus takes a body in one transaction (all or nothing); the in-process one in slices between turns
         ingest = IngestResource(connector, make_mapper(connector.options.mapping, schema), source_bus, self.clock, turns=self.reactor,
                                 slice_size=0 if self.bus.provides_ids else PUBLISH_SLICE,
-                                behind=self.bus.behind if ISharedBus.providedBy(self.bus) else None)
+                                **shared_bus_bounds(self.bus, connector.options.max_events_per_request))
         return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, self.clock, self.passwords),
                               source=ingest, bus=source_bus)
 
