@@ -318,3 +318,20 @@ async def test_at_shutdown_an_open_stream_ends_and_its_answer_says_how_many_line
     assert (answer["accepted"], answer["refused"], answer["lines"]) == (2, 0, 2), \
         "the third line, half read when the stream was cut, was not taken: the publisher resends from line 3"
     assert service.sources["In"].counters["events_in"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_streaming_publish_with_a_content_length_is_taken_as_it_arrives_too(daemon) -> None:
+    service = await daemon(INGEST.format(extra="", sink_extra=""))
+    live = await subscribe(service.port_of("Out"), "/events")
+    first, rest = b'{"n": 1}\n', b'{"n": 2}\n{"n": 3}'
+    publisher = await raw_request(service.port_of("In"), b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+                                  b"Content-Length: %d\r\n\r\n%s" % (len(first) + len(rest), first))
+    await live.wait_for(b'"n":1')  # before the rest of the body was sent
+    assert publisher.received == b""
+    publisher.transport.write(rest)
+    await wait_for(lambda: publisher.is_closed, what="the answer")
+    answer = json.loads(bytes(publisher.received).partition(b"\r\n\r\n")[2])
+    assert (answer["accepted"], answer["refused"], answer["lines"]) == (3, 0, 3)
+    await live.wait_for(b'"n":3')
+    await live.close()
