@@ -335,3 +335,31 @@ async def test_a_streaming_publish_with_a_content_length_is_taken_as_it_arrives_
     assert (answer["accepted"], answer["refused"], answer["lines"]) == (3, 0, 3)
     await live.wait_for(b'"n":3')
     await live.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_the_daemon_holds_longer_than_the_body_timeout_is_not_cut(daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body deadline bounds the client's pauses, not the daemon's: while publishes wait for their
+    acknowledgement the stream is not read, and its deadline stops meanwhile."""
+    from twisted.internet import reactor
+
+    monkeypatch.setattr(ingeststream, "MAX_UNSETTLED", 1)
+    service = await daemon(INGEST.format(extra=", server.body.timeout: 0.3", sink_extra=", server.body.timeout: 0.3"))
+    ingest = service.sources["In"]
+    real_publish = ingest.bus.publish
+    waiting: list[Deferred] = []
+
+    def slow_publish(stream: str, events: list) -> Deferred:  # an acknowledgement that takes a second (a slow disk)
+        done: Deferred = Deferred()
+        waiting.append(done)
+        reactor.callLater(1.0, lambda: real_publish(stream, events).chainDeferred(done))
+        return done
+
+    monkeypatch.setattr(ingest.bus, "publish", slow_publish)
+    publisher = await raw_request(service.port_of("In"), HEAD + chunk(b'{"n": 1}\n{"n": 2}\n'))
+    await wait_for(lambda: waiting, what="the first publish")
+    publisher.transport.write(chunk(b'{"n": 3}\n') + b"0\r\n\r\n")  # sent while the stream is held
+    await wait_for(lambda: publisher.is_closed, timeout=10, what="the answer")
+    raw = bytes(publisher.received)
+    assert status(raw) == 200, raw
+    assert json.loads(raw.partition(b"\r\n\r\n")[2])["accepted"] == 3

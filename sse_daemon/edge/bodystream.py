@@ -11,8 +11,9 @@ Backpressure is the transport's: a consumer that cannot keep up pauses the strea
 which stops reading from the socket, so a publisher faster than the daemon is
 slowed by TCP and nothing is buffered without bound. The body has no total size
 limit (the consumer bounds what it holds, a line), but it must keep coming: the
-port's ``server.body.timeout`` is the longest pause between two chunks. The
-connection closes after the response.
+port's ``server.body.timeout`` is the longest pause between two chunks, not
+counting the time the daemon itself holds the stream. The connection closes
+after the response.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import (IDelayedCall, IListeningPort, INegotiated, IProtocol, IReactorTime,
+from twisted.internet.interfaces import (IDelayedCall, IListeningPort, INegotiated, IProtocol, IPushProducer, IReactorTime,
                                          ITCPTransport, ITransport)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -189,6 +189,7 @@ class PortChannel(BadRequestChannel):
     _partial = False  # bytes of a request arrived since the head deadline was set
     _streaming: "LimitedRequest | None" = None  # a streaming publish, handed to its resource at its headers
     _host: Any = None  # getHost, once
+    _body_held = False  # a streaming publish's reading held by the daemon (no body deadline meanwhile)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -223,8 +224,21 @@ class PortChannel(BadRequestChannel):
 
     def streamed(self) -> None:
         """A chunk of a streaming publish arrived: its body deadline starts again (the longest pause between chunks)."""
+        if not self._closing and not self._body_held:
+            self._deadline("body")
+
+    def hold_body(self) -> None:
+        """Stop reading a streaming publish (the daemon is behind, bodystream.py): a pause that is ours is no
+        reason for its body deadline, which stops until :meth:`release_body`."""
+        self._body_held = True
+        self._deadline(None)
+        cast(IPushProducer, self.transport).pauseProducing()  # TCP and TLS transports are push producers
+
+    def release_body(self) -> None:
+        self._body_held = False
         if not self._closing:
             self._deadline("body")
+            cast(IPushProducer, self.transport).resumeProducing()
 
     def allContentReceived(self) -> None:
         self._deadline(None)  # handled from here on; the resource decides how long
@@ -563,7 +577,7 @@ class LimitedRequest(server.Request):
         # a streaming publish over HTTP/1.1; over HTTP/2 its body comes whole (the ingest takes it so too)
         if (isinstance(link, PortChannel) and length != 0 and link.transport is not None
                 and wants_stream(request_line(link)[0], self.getHeader(b"content-type"))):
-            self.body_stream = BodyStream(link.transport)  # no total limit: its consumer bounds a line
+            self.body_stream = BodyStream(_BodyHold(link))  # no total limit: its consumer bounds a line
             return
         if length is not None and length > link.site.max_body_size:
             self.requestHeaders.removeHeader(b"Expect")  # no "100 Continue" after our 413
@@ -637,6 +651,19 @@ class LimitedRequest(server.Request):
         message = f"the request body is larger than {limit} bytes"
         self.link.site.resource.note("body-too-large", self.link.peer_host, message)
         self.link.answer(413, b"Request Entity Too Large", {"error": message})
+
+
+class _BodyHold:
+    """What a streaming publish's BodyStream pauses: its connection's reading, with the body deadline."""
+
+    def __init__(self, channel: PortChannel) -> None:
+        self.channel = channel
+
+    def pauseProducing(self) -> None:
+        self.channel.hold_body()
+
+    def resumeProducing(self) -> None:
+        self.channel.release_body()
 
 
 def body_stream(request: IRequest) -> BodyStream | None:
