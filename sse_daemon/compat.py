@@ -13,7 +13,7 @@ No other module names a private attribute of Twisted.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 from h2.events import DataReceived, RequestReceived, StreamEnded
 from twisted.internet.abstract import FileDescriptor
@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web import _http2, client as web_client, http, server
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
 
-__all__ = ["BadRequestChannel", "DATA_LOSS", "H2Stream", "STREAM_BUFFER", "StreamingH2Connection", "has_write_buffer",
+__all__ = ["BadRequestChannel", "between_requests", "DATA_LOSS", "H2Stream", "STREAM_BUFFER", "StreamingH2Connection", "has_write_buffer",
            "quiet_connection_pool", "request_disconnected", "request_line", "skip_form_parsing", "write_buffer_empty"]
 
 
@@ -86,6 +86,19 @@ def request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes, bytes]:
     Valid from ``allHeadersReceived`` until ``allContentReceived``.
     """
     return channel._command, channel._path, channel._version
+
+
+def between_requests(channel: http.HTTPChannel) -> bool:
+    """Whether ``channel``'s parser waits for the first byte of a request line, holding nothing.
+
+    The publish fast lane (edge/leanrequest.py) takes a whole plain request
+    only then; any other time the bytes belong to twisted.web's parser (a
+    head half read, a body, a request in progress). Twisted keeps that state
+    privately: the request queue, LineReceiver's buffer and mode, the
+    channel's first-line flag and the buffer of bytes read during a request.
+    """
+    return bool(not channel.requests and channel.line_mode and not channel._buffer
+                and cast(Any, channel)._HTTPChannel__first_line and not channel._dataBuffer and channel.persistent)
 
 
 def skip_form_parsing(request: server.Request) -> None:

@@ -20,7 +20,7 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
-from sse_daemon.compat import (BadRequestChannel, has_write_buffer, request_disconnected, request_line, skip_form_parsing,
+from sse_daemon.compat import (BadRequestChannel, between_requests, has_write_buffer, request_disconnected, request_line, skip_form_parsing,
                                write_buffer_empty)
 
 pytestmark = pytest.mark.reactor_free
@@ -189,6 +189,29 @@ def test_the_request_line_is_on_the_channel_when_the_headers_are_in() -> None:
     channel, _ = connect(LineAtHeaders)
     channel.dataReceived(b"POST /in?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
     assert isinstance(channel, LineAtHeaders) and channel.seen == (b"POST", b"/in?x=1", b"HTTP/1.1")
+
+
+def test_a_channel_is_between_requests_only_when_its_parser_holds_nothing() -> None:
+    recorder = Recorder()
+    channel, transport = connect(http.HTTPChannel, resource=recorder)
+    assert between_requests(channel), "a new connection"
+    channel.dataReceived(b"POST /in HTTP/1.1\r\nHost: x\r\n")
+    assert not between_requests(channel), "half a head read"
+    channel.dataReceived(b"Content-Length: 4\r\n\r\nab")
+    assert not between_requests(channel), "half a body read"
+    channel.dataReceived(b"cd")
+    assert not between_requests(channel), "a request in progress"
+    channel.dataReceived(b"GET")
+    (request,) = recorder.requests
+    request.write(b"ok")
+    request.finish()
+    assert not between_requests(channel), "the next request's first bytes, read while the first was answered"
+    channel.dataReceived(b" / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert not between_requests(channel), "a connection that closes after its answer takes nothing more"
+    fresh, _ = connect(http.HTTPChannel, resource=recorder)
+    fresh.dataReceived(b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz")
+    recorder.requests[-1].finish()
+    assert between_requests(fresh), "answered in full, nothing buffered: the next request's first byte is awaited"
 
 
 # --------------------------------------------------------------------------- HTTP/2 (compat.StreamingH2Connection)

@@ -1,23 +1,15 @@
 """Writing the same bytes to many sockets cheaply (the sink's fast path).
 
-Twisted's ``transport.write`` only buffers: it asks epoll to report the
-socket writable, sends on a later reactor turn and then unregisters, so every
-write costs two ``epoll_ctl`` calls and one reactor dispatch besides the
-``send()`` (bench/RESULTS.md, "Profile"). A subscriber's socket is nearly
-always drained, so ``write_now`` sends at once when the transport holds
-nothing and leaves everything else (a partial send, a busy buffer, a closing
-connection) to Twisted, which keeps byte order and flow control intact. TLS
-connections never take the shortcut: their transport is not a plain socket.
+Each subscriber's bytes go out with one ``send()`` a reactor turn when its
+socket is drained (edge/sendnow.py); what the socket does not take waits in
+the subscriber's backlog, written ``PUMP_BYTES`` at a time.
 """
 
 from __future__ import annotations
 
-import socket
-from typing import Any
+from sse_daemon.edge.sendnow import direct_socket, write_now
 
-from twisted.internet.tcp import Connection
-
-from sse_daemon.compat import has_write_buffer, write_buffer_empty
+__all__ = ["PUMP_BYTES", "chunk", "direct_socket", "write_now"]
 
 #: the most bytes one write of a subscriber's backlog joins together
 PUMP_BYTES = 64 * 1024
@@ -26,31 +18,3 @@ PUMP_BYTES = 64 * 1024
 def chunk(data: bytes) -> bytes:
     """``data`` as one HTTP/1.1 chunk (``Transfer-Encoding: chunked``)."""
     return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def direct_socket(transport: Any) -> socket.socket | None:
-    """The socket under a plain TCP transport (None for TLS, or anything else): what ``write_now`` may send on.
-
-    None too if this Twisted keeps its write buffer differently: every write then goes
-    through ``transport.write`` (slower, still correct), and tests/test_compat.py fails.
-    """
-    if isinstance(transport, Connection) and not transport.TLS and has_write_buffer(transport):
-        return transport.socket
-    return None
-
-
-def write_now(transport: Any, sock: socket.socket | None, data: bytes) -> None:
-    """Send ``data`` at once if the socket takes it; whatever it does not take, Twisted sends later.
-
-    The shortcut is taken only while Twisted holds nothing for this transport
-    (so bytes stay in order) and the connection is open and not closing.
-    """
-    if sock is not None and write_buffer_empty(transport) and transport.connected and not transport.disconnecting:
-        try:
-            sent = sock.send(data)
-        except OSError:  # EAGAIN: nothing taken; anything else: Twisted's next write finds the loss
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)

@@ -156,7 +156,7 @@ class IngestResource(Resource):
         self.counters["events_in"] += count
         self.counters["requests_accepted"] += 1
         request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps({"accepted": count}).encode() + b"\n"
+        return b'{"accepted": %d}\n' % count  # json.dumps's bytes, without its cost on every small publish
 
     def _published(self, ids: object, request: Request, count: int) -> None:
         body = self._accepted(request, count)

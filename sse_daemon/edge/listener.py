@@ -38,13 +38,17 @@ from twisted.web.resource import IResource, Resource
 
 from zope.interface import implementer
 
-from sse_daemon.compat import BadRequestChannel, H2Stream, StreamingH2Connection, request_line, skip_form_parsing
+from sse_daemon.compat import (BadRequestChannel, H2Stream, StreamingH2Connection, between_requests, request_line,
+                               skip_form_parsing)
 from sse_daemon.config.values import normalise_path
 from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping
 from sse_daemon.policy.limits import should_log
 from sse_daemon.edge.bodystream import BodyStream, wants_stream
+from sse_daemon.edge.leanrequest import LeanRequest
+from sse_daemon.edge.sendnow import direct_socket, write_now
 from sse_daemon.edge.safety import internal_error, undecodable_header
 from sse_daemon.edge.tls import HTTP2_MARK
+from sse_daemon.wire.httphead import plain_post
 
 #: body limit on a port that only serves sinks (subscribing needs no body)
 SINK_ONLY_BODY_LIMIT = 64 * 1024
@@ -55,6 +59,10 @@ CLOSE_GRACE = 2.0
 #: endpoint types whose port hands connections to the Site itself (nothing wraps it, as TLS does),
 #: so that a connection refused at accept can be closed inside the accept loop
 DIRECT_ENDPOINTS = ("tcp", "tcp6", "unix", "systemd")
+
+#: bytes a pipelining client may send while a fast-lane request awaits its answer, before its reading is paused
+#: (twisted.web's own ``HTTPChannel._optimisticEagerReadSize``)
+LEAN_BACKLOG = 0x4000
 
 #: ``Retry-After`` of a request answered 503 because the daemon is shutting down
 SHUTDOWN_RETRY_AFTER = 5
@@ -89,6 +97,9 @@ class PathRouter(Resource):
         self.list_paths = list_paths
         #: requests refused here, by reason ("not-found", "method-not-allowed", "body-too-large")
         self.rejected: Counter[str] = Counter()
+        #: the request targets whose POSTs may take the fast lane (an ingest's path, with and without its
+        #: trailing slash): a plain POST to one of them is answered without twisted.web's Request (leanrequest.py)
+        self.lean_targets: frozenset[bytes] = frozenset()
 
     def reject(self, request: IRequest, code: int, reason: str, message: str, **fields: object) -> bytes:
         self.rejected[reason] += 1
@@ -109,8 +120,21 @@ class PathRouter(Resource):
             self.log.info("refused {peer}: {message} ({reason}, {count} so far)",
                           peer=peer, message=message, reason=reason, count=count)
 
-    def add(self, path: str, resource: IResource) -> None:
-        self.routes[normalise_path(path)] = resource
+    def add(self, path: str, resource: IResource, takes_posts: bool = False) -> None:
+        """``takes_posts``: an ingest's path, whose plain POSTs take the fast lane."""
+        path = normalise_path(path)
+        self.routes[path] = resource
+        targets = set(self.lean_targets) - {path.encode(), path.encode() + b"/"}
+        if takes_posts:
+            targets |= {path.encode(), path.encode() + b"/"}
+        self.lean_targets = frozenset(targets)
+
+    def retarget(self, routes: "tuple[PortRoute, ...]") -> None:
+        """Serve ``routes`` from now on, in place of every path served before."""
+        self.routes = {}
+        self.lean_targets = frozenset()
+        for route in routes:
+            self.add(route.path, route.resource, route.max_body_size is not None)
 
     def render(self, request: server.Request) -> object:
         body = self._dispatch(request)
@@ -190,6 +214,11 @@ class PortChannel(BadRequestChannel):
     _streaming: "LimitedRequest | None" = None  # a streaming publish, handed to its resource at its headers
     _host: Any = None  # getHost, once
     _body_held = False  # a streaming publish's reading held by the daemon (no body deadline meanwhile)
+    _lean: LeanRequest | None = None  # a fast-lane request awaiting its answer
+    _lean_backlog = b""  # bytes that arrived meanwhile
+    _lean_paused = False  # reading paused for them
+    _send: Any = None  # the socket a fast-lane answer is sent on directly (False: none; sendnow.py)
+    _peer: Any = None  # getPeer, once
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -202,12 +231,72 @@ class PortChannel(BadRequestChannel):
             self._host = super().getHost()
         return self._host
 
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._lean is not None:  # a fast-lane request awaits its answer: what follows waits (answers go in order)
+            self._lean_backlog += data
+            if len(self._lean_backlog) > LEAN_BACKLOG and not self._lean_paused:
+                self._lean_paused = True  # as twisted.web holds a pipelining client
+                cast(IPushProducer, self.transport).pauseProducing()
+            return
+        if self.site.resource.lean_targets and between_requests(self):
+            data = self._lean_requests(data)
+            if not data or self._closing:
+                return
         if self._phase == "head":
             self._partial = True
         super().dataReceived(data)
+
+    def _lean_requests(self, data: bytes) -> bytes:
+        """Answer the plain POSTs to an ingest at the front of ``data`` on the fast lane (leanrequest.py);
+        what is left (none, part of a request, or one twisted.web must parse) is returned for twisted.web."""
+        site = self.site
+        router = site.resource
+        start = 0
+        while start < len(data) and not self._closing and not site.stopping:
+            post = plain_post(data, start)
+            if (post is None or post.path not in router.lean_targets or len(post.body) > site.max_body_size
+                    or wants_stream(b"POST", post.headers.get(b"content-type"))):
+                break  # twisted.web's: its parser, its refusals, a streaming publish
+            start = post.end
+            site.requests["HTTP/1.1"] += 1
+            request = self._lean = LeanRequest(self, post)
+            request.render(router)
+            if self._lean is not None:  # answered later (a shared bus, a history file, a password check)
+                self._deadline(None)
+                self._lean_backlog = data[start:]
+                return b""
+        return data[start:]
+
+    def lean_answer(self, request: LeanRequest, response: bytes) -> None:
+        """A fast-lane request's whole answer: sent at once if the socket takes it; then the next request."""
+        self._lean = None
+        self._served += 1
+        if self._send is None:
+            self._send = direct_socket(self.transport) or False
+        write_now(self.transport, self._send or None, response)
+        if request.close or self._closing:
+            self.persistent = False
+            self._closing_now()
+            abortable(self.transport).loseConnection()
+            return
+        if self._phase == "head" and self._timer is not None and self._timer.active():
+            self._timer.reset(self.site.policy.head_timeout)  # cheaper than a new timer, a request at a time
+            self._partial = False
+        else:
+            self._deadline("head")
+        backlog, self._lean_backlog = self._lean_backlog, b""
+        if self._lean_paused:
+            self._lean_paused = False
+            cast(IPushProducer, self.transport).resumeProducing()
+        if backlog:
+            self.dataReceived(backlog)
 
     def allHeadersReceived(self) -> None:
         super().allHeadersReceived()  # may refuse the body (413): then we are closing
@@ -255,6 +344,9 @@ class PortChannel(BadRequestChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._deadline(None)
         self.site.release(self.peer_host, HTTP1)
+        if self._lean is not None:
+            self._lean.lost(reason)
+            self._lean = None
         super().connectionLost(reason)
 
     def hand_over(self) -> float | None:
@@ -684,6 +776,7 @@ class QuietSite(server.Site):
     """
 
     requestFactory = LimitedRequest
+    resource: "PathRouter"
     # Twisted types HTTPFactory.protocol as its private ALPN proxy's factory, though its
     # buildProtocol sets up any HTTPChannel subclass alike (callLater, timeOut): the stub is narrower than the class.
     protocol = PortChannel  # type: ignore[assignment]
@@ -797,7 +890,7 @@ class RouteTable:
         """A Site serving the table on a socket bound elsewhere (a worker process's)."""
         router = PathRouter()
         for route in self.routes:
-            router.add(route.path, route.resource)
+            router.add(route.path, route.resource, route.max_body_size is not None)
         return QuietSite(router, reactor, self.max_body_size or SINK_ONLY_BODY_LIMIT, self.policy, descriptors, stopping)
 
 
@@ -833,7 +926,7 @@ class ListenerService(Service):
         return (self.endpoint or "") + (HTTP2_MARK if self.http2 else "")
 
     def add(self, path: str, resource: IResource, label: str, max_body_size: int | None = None) -> None:
-        self.router.add(path, resource)
+        self.router.add(path, resource, max_body_size is not None)
         self.labels.append(f"{label} at {normalise_path(path)}")
         if max_body_size is not None:
             self.max_body_size = max(self.max_body_size or 0, max_body_size)
@@ -847,7 +940,7 @@ class ListenerService(Service):
     def retarget(self, table: "RouteTable") -> None:
         """Point the port, bound or not, at ``table``: its paths (a path not in it answers 404 from
         now on), labels, body limit and policy (deadlines and cap), also for open connections."""
-        self.router.routes = {normalise_path(route.path): route.resource for route in table.routes}
+        self.router.retarget(table.routes)
         self.labels = [f"{route.label} at {route.path}" for route in table.routes]
         self.max_body_size = table.max_body_size
         self.policy = table.policy
