@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +33,20 @@ import run  # noqa: E402  (bench/run.py: the servers, the client, the formatting
 
 BEGIN = "<!-- publish: begin (written by bench/publish.py; a full run of bench/run.py keeps it) -->"
 END = "<!-- publish: end -->"
-PEERS = ("sse-starlette", "Nchan")
+PEERS = ("sse-starlette", "Nchan", "Twisted floor")
+
+
+class TwistedFloor(run.Server):
+    """bench/floor_twisted.py: a bare Twisted protocol that checks nothing (the floor under the daemon's P1)."""
+
+    name = "Twisted floor"
+
+    def start(self) -> None:
+        self.port = run.free_port()
+        self.proc = subprocess.Popen([*self.pin, run.PY, str(run.BENCH / "floor_twisted.py"), str(self.port)],
+                                         cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        run.wait_port(self.port, self.proc)
 
 
 def scenarios(quick: bool) -> list[run.Scenario]:
@@ -91,6 +105,11 @@ def targets(res: dict[str, dict[str, dict[str, Any]]]) -> list[tuple[str, str, s
     nchan = (res.get("Nchan", {}).get("P1") or {}).get("publish_rate")
     if ours and nchan:
         out.append(("(for reading) P1 against Nchan", f"{ours / nchan:.2f}× ({run.fmt(nchan, 0)}/s)", "—"))
+    floor = (res.get("Twisted floor", {}).get("P1") or {}).get("publish_rate")
+    if ours and floor:
+        out.append(("(for reading) P1 against the Twisted floor (bench/floor_twisted.py: checks nothing)",
+                    f"{ours / floor:.2f}× ({run.fmt(floor, 0)}/s)" + (f"; the floor is {floor / theirs:.2f}× sse-starlette"
+                                                                         if theirs else ""), "—"))
     batched = (daemon.get("B1") or {}).get("publish_rate")
     if batched:
         out.append(("bodies of 100 events (B1): ≥ 300,000 events/s with one subscriber", f"{run.fmt(batched, 0)}/s",
@@ -150,14 +169,15 @@ def section(res: dict[str, dict[str, dict[str, Any]]], scs: list[run.Scenario], 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny versions of each scenario; prints, writes nothing")
-    ap.add_argument("--servers", default="sse-daemon,sse-starlette,Nchan", help="comma-separated")
+    ap.add_argument("--servers", default="sse-daemon,sse-starlette,Nchan,Twisted floor", help="comma-separated")
     ap.add_argument("--out", type=Path, default=run.BENCH / "RESULTS.md", help="the results file whose section is written")
     args = ap.parse_args(argv)
     started = time.monotonic()
     load_before = " ".join(open("/proc/loadavg").read().split()[:3])
     run.raise_nofile()
     work = Path(tempfile.mkdtemp(prefix="sse-bench-publish-"))
-    classes: dict[str, type[run.Server]] = {"sse-daemon": run.Daemon, "sse-starlette": run.Starlette, "Nchan": run.Nchan}
+    classes: dict[str, type[run.Server]] = {"sse-daemon": run.Daemon, "sse-starlette": run.Starlette, "Nchan": run.Nchan,
+                                            "Twisted floor": TwistedFloor}
     notes: list[str] = []
     try:
         client = run.build_client(work)

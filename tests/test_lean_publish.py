@@ -14,6 +14,13 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+
+from sse_daemon.edge.listener import PathRouter, QuietSite
+from sse_daemon.policy.connections import PortPolicy
 from sse_daemon.wire.httphead import MAX_HEAD, plain_post
 
 from .conftest import deadline, header, next_response, raw_request, status, subscribe, wait_for
@@ -62,6 +69,35 @@ def _fields(post: object) -> dict:
 ])
 def test_anything_unusual_is_left_to_twisted_web(request_bytes: bytes, why: str) -> None:
     assert plain_post(request_bytes) is None, why
+
+
+# --------------------------------------------------------------------------- on a clock
+
+
+class Taken(Resource):
+    isLeaf = True
+
+    def render_POST(self, request: object) -> bytes:
+        return b"taken\n"
+
+
+@pytest.mark.reactor_free
+def test_twisted_webs_idle_timeout_does_not_cut_a_connection_busy_on_the_fast_lane() -> None:
+    """twisted.web restarts its idle timeout (the site's ``timeOut``, 60 s) with every read; the lane reads for it."""
+    clock = Clock()
+    router = PathRouter()
+    router.add("/in", Taken(), takes_posts=True)
+    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=0, body_timeout=0))
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    for _ in range(30):  # 25 minutes, a publish every 50 s
+        clock.advance(site.timeOut - 10)
+        channel.dataReceived(request_bytes("/in", "", b"{}"))
+    assert transport.value().count(b"HTTP/1.1 200 OK") == 30 and not transport.disconnecting
+    clock.advance(site.timeOut + 1)
+    assert transport.disconnecting, "an idle one is still timed out"
 
 
 # --------------------------------------------------------------------------- over sockets

@@ -100,15 +100,16 @@ class History:
         """Keep an event; ``at`` is when it arrived (now by default; a worker copying the daemon's history gives it)."""
         if self.floor is None:
             self.floor = self.newest = self._below(event_id)
-        self.newest = max(self.newest, event_id)
-        self._entries.append((event_id, frame))
+        if event_id > self.newest:
+            self.newest = event_id
+        entries = self._entries
+        entries.append((event_id, frame))
         self._times.append(self._now() if at is None else at)
         self.bytes += len(frame)
-        while self._entries and (
-            len(self._entries) > self.size or (self.max_bytes and self.bytes > self.max_bytes)
-        ):
+        while entries and (len(entries) > self.size or (self.max_bytes and self.bytes > self.max_bytes)):
             self._evict()
-        self._expire()
+        if self.max_age > 0:
+            self._expire()
 
     def entries(self) -> list[tuple[Any, bytes, float]]:
         """What is held, oldest first, with arrival times (a sink's workers get a copy)."""
@@ -154,7 +155,8 @@ class History:
         event_id, frame = self._entries.popleft()
         self._times.popleft()
         self.bytes -= len(frame)
-        self.floor = max(self.floor, event_id)  # set by the first append
+        if event_id > self.floor:  # the floor was set by the first append
+            self.floor = event_id
         self.evicted += 1
 
     def _expire(self) -> None:

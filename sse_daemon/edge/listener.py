@@ -240,12 +240,14 @@ class PortChannel(BadRequestChannel):
         if self._closing:
             return
         if self._lean is not None:  # a fast-lane request awaits its answer: what follows waits (answers go in order)
+            self.resetTimeout()  # as twisted.web's dataReceived does: its idle timeout must not cut a busy connection
             self._lean_backlog += data
             if len(self._lean_backlog) > LEAN_BACKLOG and not self._lean_paused:
                 self._lean_paused = True  # as twisted.web holds a pipelining client
                 cast(IPushProducer, self.transport).pauseProducing()
             return
         if self.site.resource.lean_targets and between_requests(self):
+            self.resetTimeout()
             data = self._lean_requests(data)
             if not data or self._closing:
                 return

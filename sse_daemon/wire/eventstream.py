@@ -243,6 +243,11 @@ def encode_event(
     space survives the parser's removal of one space. Empty data still gives
     one ``data:`` line, so the client dispatches an event with data ``""``.
     """
+    if retry is None and event is None and "\n" not in data and "\r" not in data:  # the common frame, at once
+        if id is None:
+            return ("data: " + data + "\n\n").encode("utf-8")
+        if "\r" not in id and "\n" not in id and "\0" not in id:
+            return ("id: " + id + "\ndata: " + data + "\n\n").encode("utf-8")
     head: list[str] = []
     if retry is not None:
         if not isinstance(retry, int) or isinstance(retry, bool):

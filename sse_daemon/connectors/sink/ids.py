@@ -31,7 +31,8 @@ class EventIds:
         self._last = max(self._last, event_id)
 
     def next(self) -> int:
-        self._last = max(self._last + 1, int(self._clock.seconds() * 1_000_000))
+        now = int(self._clock.seconds() * 1_000_000)
+        self._last = now if now > self._last else self._last + 1
         return self._last
 
 
