@@ -252,30 +252,9 @@ def section(results: dict[str, Any]) -> str:
         f"{results['load_before']} before, {results['load_after']} after (a shared machine: the rounds are "
         f"interleaved so its load falls on every row alike; medians of {results['rounds']} rounds).",
         "",
-        f"**Filters.** One sink, {f['subs']:,} subscribers, {f['count']} events published at {f['rate']:g}/s, one POST each. "
-        "Each filtered subscriber has a filter of its own (its text differs from every other's). The daemon's CPU per "
-        "published event and per delivery; latency from publish to the subscriber's read (the Python client, one clock).",
-        "",
-        "| subscribers' filters | deliveries | daemon CPU per event | CPU per delivery | latency p50 | latency p99 |",
-        "|---|---|---|---|---|---|",
     ]
-    names = {"none": "none", "all": f"{f['subs']:,} different, each passes every event",
-             "tenth": f"{f['subs']:,} different, each passes 1 in 10"}
-    for kind in ("none", "all", "tenth"):
-        rounds = f["rounds"][kind]
-        lines.append(f"| {names[kind]} | {median(rounds, 'delivered'):,.0f} of {rounds[0]['expected']:,} | "
-                     f"{median(rounds, 'cpu_per_event_ms'):.2f} ms | {median(rounds, 'cpu_per_delivery_us'):.1f} µs | "
-                     f"{median(rounds, 'lat_p50_ms'):.1f} ms | {median(rounds, 'lat_p99_ms'):.1f} ms |")
-    none, every, tenth = (median(f["rounds"][k], "cpu_per_event_ms") for k in ("none", "all", "tenth"))
-    lines += [
-        "",
-        f"Reading: a filter on each of {f['subs']:,} subscribers costs {every / none:.2f}x the CPU per event of no filters when "
-        f"every event passes (the same deliveries: {(every - none) / f['subs'] * 1000:.1f} µs per subscriber per event for "
-        f"the filter and the subscriber's own join), and {tenth / none:.2f}x when one in ten passes (a tenth of the writes). "
-        "The latencies are read by a Python client that handles every delivery itself on the same two busy cores: "
-        "they show no filter delay (the rows with filters are not slower), not the daemon's own latency; "
-        "the plain path's below come from sseload (C).",
-    ]
+    if f["rounds"]["none"]:  # --rounds 0: the plain path alone
+        lines += _filter_table(f)
     plain = results.get("plain")
     if plain:
         before, after = plain["rounds"]["main"], plain["rounds"]["branch"]
@@ -304,6 +283,35 @@ def section(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _filter_table(f: dict[str, Any]) -> list[str]:
+    lines = [
+        f"**Filters.** One sink, {f['subs']:,} subscribers, {f['count']} events published at {f['rate']:g}/s, one POST each. "
+        "Each filtered subscriber has a filter of its own (its text differs from every other's). The daemon's CPU per "
+        "published event and per delivery; latency from publish to the subscriber's read (the Python client, one clock).",
+        "",
+        "| subscribers' filters | deliveries | daemon CPU per event | CPU per delivery | latency p50 | latency p99 |",
+        "|---|---|---|---|---|---|",
+    ]
+    names = {"none": "none", "all": f"{f['subs']:,} different, each passes every event",
+             "tenth": f"{f['subs']:,} different, each passes 1 in 10"}
+    for kind in ("none", "all", "tenth"):
+        rounds = f["rounds"][kind]
+        lines.append(f"| {names[kind]} | {median(rounds, 'delivered'):,.0f} of {rounds[0]['expected']:,} | "
+                     f"{median(rounds, 'cpu_per_event_ms'):.2f} ms | {median(rounds, 'cpu_per_delivery_us'):.1f} µs | "
+                     f"{median(rounds, 'lat_p50_ms'):.1f} ms | {median(rounds, 'lat_p99_ms'):.1f} ms |")
+    none, every, tenth = (median(f["rounds"][k], "cpu_per_event_ms") for k in ("none", "all", "tenth"))
+    lines += [
+        "",
+        f"Reading: a filter on each of {f['subs']:,} subscribers costs {every / none:.2f}x the CPU per event of no filters when "
+        f"every event passes (the same deliveries: {(every - none) / f['subs'] * 1000:.1f} µs per subscriber per event for "
+        f"the filter and the subscriber's own join), and {tenth / none:.2f}x when one in ten passes (a tenth of the writes). "
+        "The latencies are read by a Python client that handles every delivery itself on the same two busy cores: "
+        "they show no filter delay (the rows with filters are not slower), not the daemon's own latency; "
+        "the plain path's below come from sseload (C).",
+    ]
+    return lines
+
+
 def put_section(path: Path, text: str) -> None:
     old = path.read_text() if path.exists() else "# Fan-out benchmark results\n"
     begin, end = old.find(BEGIN), old.find(END)
@@ -328,7 +336,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a smoke run: fewer subscribers and events; RESULTS.md untouched")
     ap.add_argument("--main", type=Path, default=main_worktree(), help="the checkout to compare the plain path with "
                     "(default: this repository's worktree of the main branch)")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of the filter scenarios")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the filter scenarios (0: the plain path alone, printed)")
     ap.add_argument("--plain-rounds", type=int, default=6, help="rounds of the plain path, main and this checkout in turn (ABBA)")
     ap.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
     ap.add_argument("--render", action="store_true", help="write the section again from bench/RESULTS-filters.json, without running")
@@ -376,7 +384,7 @@ def main() -> int:
     results["load_after"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     text = section(results)
     print(text)
-    if not args.quick:
+    if not args.quick and args.rounds:  # --rounds 0 (the plain path alone) prints, and keeps the filter rows written
         put_section(args.out, text)
         (BENCH / "RESULTS-filters.json").write_text(json.dumps(results, indent=1) + "\n")
     return 0

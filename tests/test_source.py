@@ -35,6 +35,8 @@ from sse_daemon.config.validate import validate
 from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.mapping.mappers import make_mapper
 from sse_daemon.events.schema import Event, parse_schema
+from sse_daemon.connectors import source as source_module
+from sse_daemon.connectors.ingeststream import BEHIND_RETRY
 from sse_daemon.connectors.source import (
     BodyReceiver,
     RecentIds,
@@ -363,6 +365,84 @@ async def test_pause_stops_reading_and_the_read_timeout_until_resumed(harness: H
     assert [c.getTime() for c in clocked.clock.getDelayedCalls() if c.active()] == [70.0]
     await wait_for(lambda: len(events) == 1, what="the event held while paused")
     assert values(events) == ["held"]
+
+
+async def sleep_turns(turns: int) -> None:
+    """Let the real reactor run ``turns`` times (what a held connection would have read by then, it would have)."""
+    for _ in range(turns):
+        waiting: defer.Deferred = defer.Deferred()
+        reactor.callLater(0, waiting.callback, None)
+        await waiting
+
+
+def slow_acknowledging_source(harness: Harness, server: ScriptedServer, clocked: ClockedReactor,
+                              behind: Callable[[str, int], float | None] | None = None) -> tuple[SseSourceService, list]:
+    """A source over a real socket whose bus acknowledges each event only when the test fires its
+    Deferred (a history file, Redis); its timers on ``clocked``'s Clock."""
+    connector = source_def(server.url())
+    bus = MemoryBus()
+    waiting: list[tuple[Event, defer.Deferred]] = []
+
+    def acknowledged_later(event: Event) -> defer.Deferred:
+        waiting.append((event, defer.Deferred()))
+        return waiting[-1][1]
+
+    bus.subscribe("Src", acknowledged_later)
+    mapper = make_mapper(connector.options.mapping, parse_schema("param1 string"))
+    service = SseSourceService(connector, mapper, bus, clocked, http_client(reactor), jitter=lambda: 0.0, behind=behind)
+    service.startService()
+    harness.sources.append(service)
+    return service, waiting
+
+
+@pytest_twisted.ensureDeferred
+async def test_reading_is_held_while_too_many_events_await_acknowledgement(harness: Harness, monkeypatch) -> None:
+    monkeypatch.setattr(source_module, "MAX_UNSETTLED", 4)
+    server = harness.server()
+    source, waiting = slow_acknowledging_source(harness, server, ClockedReactor())
+    await wait_for(lambda: source.connected and server.streams, what="a stream")
+    for n in range(5):
+        server.publish(payload(f"e{n}"))
+    await wait_for(lambda: len(waiting) == 5, what="five events read")
+    assert source._holds == {"acknowledgements"}, "more than 4 unacknowledged: the upstream is not read"
+    for n in range(5, 8):
+        server.publish(payload(f"e{n}"))
+    await sleep_turns(20)  # bytes on their way would be read within a few turns; none are
+    assert len(waiting) == 5, "held: what the upstream sends waits in TCP buffers"
+    for _, acknowledged in waiting[:2]:  # 3 left: more than half the bound
+        acknowledged.callback(None)
+    assert source._holds == {"acknowledgements"}
+    for _, acknowledged in waiting[2:4]:  # 1 left: read again
+        acknowledged.callback(None)
+    assert not source._holds
+    await wait_for(lambda: len(waiting) == 8, what="the held events read once acknowledgements caught up")
+    assert [event.values["param1"] for event, _ in waiting] == [f"e{n}" for n in range(8)]
+    for _, acknowledged in waiting[4:]:
+        acknowledged.callback(None)
+    assert source._unsettled == 0 and source.counters["reading_held"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_reading_is_held_while_a_shared_buss_fanout_is_behind(harness: Harness) -> None:
+    lag: list[float] = [3.0]
+    server = harness.server()
+    clocked = ClockedReactor()
+    source, waiting = slow_acknowledging_source(harness, server, clocked, behind=lambda stream, incoming: lag[0] or None)
+    await wait_for(lambda: source.connected and server.streams, what="a stream")
+    server.publish(payload("first"))
+    await wait_for(lambda: len(waiting) == 1, what="the first event")
+    assert source._holds == {"fan-out"}
+    server.publish(payload("second"))
+    clocked.clock.advance(BEHIND_RETRY)  # looked at again: still behind
+    await sleep_turns(20)
+    assert source._holds == {"fan-out"} and len(waiting) == 1
+    lag[0] = 0.0
+    clocked.clock.advance(BEHIND_RETRY)
+    assert not source._holds
+    await wait_for(lambda: len(waiting) == 2, what="the second event, once the fan-out caught up")
+    for _, acknowledged in waiting:
+        acknowledged.callback(None)
+    assert source.counters["events_in"] == 2
 
 
 @pytest_twisted.ensureDeferred

@@ -7,6 +7,8 @@ found. :class:`Url` and :class:`RedisUrl` never show their credentials.
 
 from __future__ import annotations
 
+import math
+
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -56,6 +58,8 @@ def parse_number(value: Any, minimum: float | None = None) -> float:
             raise OptionError(f"expected a number, found {found(value)}") from None
     if not isinstance(value, (int, float)) or value != value:
         raise OptionError(f"expected a number, found {found(value)}")
+    if value in (math.inf, -math.inf):  # a deadline or a limit of infinity is 0 here ("off"), and no timer takes it
+        raise OptionError(f"expected a finite number (0 turns a limit or a deadline off), found {found(value)}")
     if minimum is not None and value < minimum:
         raise OptionError(f"expected a number of at least {minimum:g}, found {value:g}")
     return float(value)

@@ -17,7 +17,7 @@ from typing import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
@@ -31,6 +31,7 @@ from sse_daemon.client.decisions import RETRY_AFTER_MAX, SERVER_WAIT_MAX, Verdic
 from sse_daemon.client.failures import MAX_REDIRECTS, describe_failure
 from sse_daemon.config.model import ConnectorDef
 from sse_daemon.config.options import SseSourceOptions
+from sse_daemon.connectors.ingeststream import BEHIND_RETRY, MAX_UNSETTLED  # the same bounds as a streaming publish's
 from sse_daemon.connectors.interfaces import IUpstreamSource
 from sse_daemon.events.schema import Event
 from sse_daemon.mapping.mappers import IMapper, MappingError
@@ -143,6 +144,14 @@ class SseSourceService(Service):
     reason); ``mapping_errors`` counts unmappable messages by reason.
     ``stopping`` is the daemon's shutdown flag: a stream that ends once it is
     set is not reconnected (the daemon's own sinks close streams while it drains).
+
+    Backpressure: on the in-process bus a message is delivered while it is read,
+    so a daemon slower than its upstream reads slower (the upstream's bytes wait
+    in TCP buffers, never here). Where publishes are acknowledged later (a sink's
+    history file, a shared bus) reading is held while more than
+    :data:`MAX_UNSETTLED` events await acknowledgement, until half have it; on a
+    shared bus it is held too while this instance's fan-out is behind (``behind``,
+    the bus's ``fanout.max.lag``), looked at again every :data:`BEHIND_RETRY` s.
     """
 
     log = Logger()
@@ -157,6 +166,7 @@ class SseSourceService(Service):
         *,
         jitter: Callable[[], float] = random.random,
         stopping: Stopping | None = None,
+        behind: Callable[[str, int], float | None] | None = None,
     ) -> None:
         self.connector = connector
         self.source_name = connector.name
@@ -180,7 +190,11 @@ class SseSourceService(Service):
         self.mapping_errors: Counter[str] = Counter()
         self.stopped_reason: str | None = None  # set when the server told us to stop (204)
         self.recent_ids = RecentIds()
-        self.paused = False
+        self.paused = False  # by pause() (a caller's), apart from the holds of backpressure below
+        self.behind = behind
+        self._unsettled = 0  # events published and not acknowledged yet
+        self._holds: set[str] = set()  # why reading is held: "acknowledgements", "fan-out"
+        self._retry: IDelayedCall | None = None
         self._connections = [_Connection(self, i, self.options.client, http, clock) for i in range(self.workers)]
 
     # -- figures
@@ -228,6 +242,9 @@ class SseSourceService(Service):
     def stopService(self) -> Deferred:
         """Close every connection and timer at once; fires when all are closed."""
         super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         d: Deferred = DeferredList([conn.client.stop() for conn in self._connections], consumeErrors=True)
         d.addCallback(lambda _: self.log.info("source {source} stopped", source=self.source_name))
         return d
@@ -247,8 +264,43 @@ class SseSourceService(Service):
 
     def resume(self) -> None:
         self.paused = False
-        for conn in self._connections:
-            conn.client.resume()
+        if not self._holds:
+            for conn in self._connections:
+                conn.client.resume()
+
+    def _hold(self, why: str) -> None:
+        """Stop reading the upstream until :meth:`_release` of every reason (backpressure, see the class)."""
+        if why in self._holds:
+            return
+        if not self._holds and not self.paused:
+            for conn in self._connections:
+                conn.client.pause()
+        self._holds.add(why)
+        self._counters["reading_held"] += 1
+        if should_log(self._counters["reading_held"]):
+            self.log.info("source {source}: reading held until the daemon catches up ({why}; {count} times so far)",
+                          source=self.source_name, why=why, count=self._counters["reading_held"])
+
+    def _release(self, why: str) -> None:
+        if why not in self._holds:
+            return
+        self._holds.discard(why)
+        if not self._holds and not self.paused:
+            for conn in self._connections:
+                conn.client.resume()
+
+    def _settled(self, result: object, count: int) -> object:
+        self._unsettled -= count
+        if self._unsettled <= MAX_UNSETTLED // 2:
+            self._release("acknowledgements")
+        return result
+
+    def _look_again(self) -> None:
+        self._retry = None
+        if self.behind is not None and self.behind(self.stream, 0) is not None:
+            self._retry = self.clock.callLater(BEHIND_RETRY, self._look_again)
+            return
+        self._release("fan-out")
 
     def _halt(self) -> None:
         for conn in self._connections:
@@ -351,7 +403,16 @@ class SseSourceService(Service):
         events = [Event(v, id=item.id or None, type=item.event, ingress=now) for v in values]
         # no log line per message: even filtered out, one cost an eighth of a relayed event's CPU
         self._counters["events_in"] += len(events)
-        self.bus.publish(self.stream, events).addErrback(self._not_published, len(events))
+        published = self.bus.publish(self.stream, events)
+        if not published.called:  # acknowledged later (a history file, a shared bus): bounded, see the class
+            self._unsettled += len(events)
+            published.addBoth(self._settled, len(events))
+            if self._unsettled > MAX_UNSETTLED:
+                self._hold("acknowledgements")
+        published.addErrback(self._not_published, len(events))
+        if self.behind is not None and self._retry is None and self.behind(self.stream, 0) is not None:
+            self._hold("fan-out")
+            self._retry = self.clock.callLater(BEHIND_RETRY, self._look_again)
 
     def _not_published(self, failure: Failure, count: int) -> None:
         """The bus did not take events already read from the upstream (a shared bus that is down):

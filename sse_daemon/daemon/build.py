@@ -195,8 +195,10 @@ class Builder:
         mapper = make_mapper(connector.options.mapping, schema)
         http = http_client(self.reactor, client_policy(connector.options.tls_ca_file))
 
+        behind = self.bus.behind if ISharedBus.providedBy(self.bus) else None  # a shared bus's fan-out lag holds its reading
+
         def source(bus: IBus) -> SseSourceService:
-            return SseSourceService(connector, mapper, bus, self.reactor, http, stopping=self.stopping)
+            return SseSourceService(connector, mapper, bus, self.reactor, http, stopping=self.stopping, behind=behind)
 
         if ISharedBus.providedBy(self.bus):  # a shared bus: one instance at a time reads the upstream
             from sse_daemon.bus.lease import leased_source
