@@ -116,6 +116,8 @@ class IngestResource(Resource):
             published = self.bus.publish(self.stream, [Event(values, ingress=now) for values in rows])
         # 200 only once the bus has every event: at once on the in-process bus (its Deferred has fired),
         # once Redis acknowledged them on a shared one, after the last slice of a large body
+        if published.called and not isinstance(published.result, Failure):
+            return self._accepted(request, len(rows))  # delivered already: answered now, without a callback's cost
         published.addCallbacks(self._published, self._unavailable, (request, len(rows)), errbackArgs=(request,))
         published.addErrback(lambda f: self.log.failure("ingest {source} could not answer", f, source=self.name))
         return NOT_DONE_YET

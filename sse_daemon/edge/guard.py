@@ -55,6 +55,8 @@ from sse_daemon.edge.safety import internal_error
 from sse_daemon.wire.eventstream import encode_comment
 
 EXPIRED = encode_comment("access token expired; reconnect with a new one")
+#: what NoAuth decides for every request
+ANONYMOUS = NoAuth().check(Credentials(), 0.0)
 
 __all__ = ["Guard", "Passage", "sink_guard", "ingest_guard", "build_access", "client_host"]
 
@@ -163,9 +165,12 @@ class Guard(Resource):
         self.cors = CorsPolicy(access.cors_origins, access.cors_credentials, access.cors_max_age, methods)
         self.cookie: str = access.auth_cookie
         self.query_token: bool = access.auth_query_token
+        #: no auth.type: every request is the anonymous one, without reading credentials it would not look at
+        self.open = isinstance(self.authenticator, NoAuth)
+        self._own = Passage(self.inner.render)
 
     def render(self, request: Request) -> Any:
-        return self.pass_through(request, Passage(self.inner.render))
+        return self.pass_through(request, self._own)
 
     def pass_through(self, request: Request, passage: Passage) -> Any:
         """Every check, in order; then ``passage.proceed`` (instead of the resource) renders the request."""
@@ -193,6 +198,8 @@ class Guard(Resource):
         limited = self._address_limits(request, host)
         if limited is not None:
             return self.refuse(request, *limited, host, passage.stream)
+        if self.open:
+            return self._admit(request, host, ANONYMOUS, passage)
         presented = credentials(request, self.cookie, self.query_token)
         if presented.bearer_from == "cookie" and method not in SAFE_METHODS and cross_site_risk(request, self.cors):
             return self.refuse(request, 403, Refusal(

@@ -24,10 +24,10 @@ MAX_HEADERS = 100
 
 #: headers with a meaning for the connection or the body that twisted.web handles itself
 _NOT_PLAIN = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"te", b"trailer", b"http2-settings"))
-#: a control byte (a bare CR or LF inside a line, NUL, DEL) or one outside ASCII anywhere in the head
-_UNUSUAL = re.compile(rb"[^\t\r\n\x20-\x7e]|\r(?!\n)|(?<!\r)\n")
-#: a header name: an RFC 9110 token
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: the bytes a head may hold between its CRLFs: printable ASCII and tab (no control byte, bare CR or LF, DEL, non-ASCII)
+_PRINTABLE = bytes(range(0x20, 0x7F)) + b"\t"
+#: header names, all of them joined: RFC 9110 tokens
+_TOKENS = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ def plain_post(data: bytes, start: int = 0) -> PlainPost | None:
     if head_end < 0:
         return None
     head = data[start:head_end]
-    if _UNUSUAL.search(head) is not None:
+    if head.replace(b"\r\n", b"").translate(None, _PRINTABLE):  # what is left is a byte twisted.web must judge
         return None
     lines = head.split(b"\r\n")
     request_line = lines[0].split(b" ")
@@ -60,12 +60,13 @@ def plain_post(data: bytes, start: int = 0) -> PlainPost | None:
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(name) is None:  # obs-fold, a space before the colon, no name
+        if not colon:  # an obs-fold continuation, or no colon at all
             return None
-        name = name.lower()
-        if name in headers or name in _NOT_PLAIN:
-            return None
-        headers[name] = value.strip(b" \t")
+        headers[name.lower()] = value.strip(b" \t")
+    if (len(headers) != len(lines) - 1 or b"" in headers  # a name twice, or an empty one
+            or _TOKENS.fullmatch(b"".join(headers)) is None  # a space before a colon, a name that is no token
+            or not _NOT_PLAIN.isdisjoint(headers)):
+        return None
     length = headers.get(b"content-length")
     if length is None or not length.isdigit() or len(length) > 15:
         return None
