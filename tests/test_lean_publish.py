@@ -82,22 +82,26 @@ class Taken(Resource):
 
 
 @pytest.mark.reactor_free
-def test_twisted_webs_idle_timeout_does_not_cut_a_connection_busy_on_the_fast_lane() -> None:
-    """twisted.web restarts its idle timeout (the site's ``timeOut``, 60 s) with every read; the lane reads for it."""
+@pytest.mark.parametrize("lean", [True, False])
+def test_only_the_ports_head_deadline_closes_an_idle_kept_alive_connection(lean: bool) -> None:
+    """twisted.web's own idle timeout (the Site's ``timeOut``, 60 s, restarted only by its own reads) would cut a
+    connection that server.head.timeout lets wait, and one busy on the fast lane alone: it is off."""
     clock = Clock()
     router = PathRouter()
-    router.add("/in", Taken(), takes_posts=True)
-    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=0, body_timeout=0))
+    router.add("/in", Taken(), takes_posts=lean)
+    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=120, body_timeout=0))
     address = IPv4Address("TCP", "127.0.0.1", 40000)
     channel = site.buildProtocol(address)
     transport = StringTransport(peerAddress=address)
     channel.makeConnection(transport)
-    for _ in range(30):  # 25 minutes, a publish every 50 s
-        clock.advance(site.timeOut - 10)
+    for _ in range(30):  # 50 minutes, a publish every 100 s
+        clock.advance(100)
         channel.dataReceived(request_bytes("/in", "", b"{}"))
     assert transport.value().count(b"HTTP/1.1 200 OK") == 30 and not transport.disconnecting
-    clock.advance(site.timeOut + 1)
-    assert transport.disconnecting, "an idle one is still timed out"
+    clock.advance(119)
+    assert not transport.disconnecting, "idle for less than server.head.timeout"
+    clock.advance(2)
+    assert transport.disconnecting, "the head deadline closes it"
 
 
 # --------------------------------------------------------------------------- over sockets

@@ -222,6 +222,9 @@ class PortChannel(BadRequestChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # twisted.web's own idle timeout (the Site's, 60 s) would cut a kept-alive connection the port's
+        # head deadline (server.head.timeout, 0: none) still lets wait: the port's deadlines alone govern
+        self.setTimeout(None)
         self._deadline("head")
 
     def getHost(self) -> Any:
@@ -240,14 +243,12 @@ class PortChannel(BadRequestChannel):
         if self._closing:
             return
         if self._lean is not None:  # a fast-lane request awaits its answer: what follows waits (answers go in order)
-            self.resetTimeout()  # as twisted.web's dataReceived does: its idle timeout must not cut a busy connection
             self._lean_backlog += data
             if len(self._lean_backlog) > LEAN_BACKLOG and not self._lean_paused:
                 self._lean_paused = True  # as twisted.web holds a pipelining client
                 cast(IPushProducer, self.transport).pauseProducing()
             return
         if self.site.resource.lean_targets and between_requests(self):
-            self.resetTimeout()
             data = self._lean_requests(data)
             if not data or self._closing:
                 return
