@@ -102,12 +102,19 @@ class History:
             self.floor = self.newest = self._below(event_id)
         if event_id > self.newest:
             self.newest = event_id
-        entries = self._entries
+        entries, times = self._entries, self._times
         entries.append((event_id, frame))
-        self._times.append(self._now() if at is None else at)
+        times.append(self._now() if at is None else at)
         self.bytes += len(frame)
-        while entries and (len(entries) > self.size or (self.max_bytes and self.bytes > self.max_bytes)):
-            self._evict()
+        size, max_bytes = self.size, self.max_bytes
+        while entries and (len(entries) > size or (max_bytes and self.bytes > max_bytes)):
+            # _evict, inline: a full history evicts once per event appended (a fifth of a sink's cost per event)
+            oldest, dropped = entries.popleft()
+            times.popleft()
+            self.bytes -= len(dropped)
+            if oldest > self.floor:
+                self.floor = oldest
+            self.evicted += 1
         if self.max_age > 0:
             self._expire()
 
