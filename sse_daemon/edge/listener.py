@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections import Counter
 from dataclasses import dataclass
 from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit
@@ -217,7 +218,7 @@ class PortChannel(BadRequestChannel):
     _lean: LeanRequest | None = None  # a fast-lane request awaiting its answer
     _lean_backlog = b""  # bytes that arrived meanwhile
     _lean_paused = False  # reading paused for them
-    _send: Any = None  # the socket a fast-lane answer is sent on directly (False: none; sendnow.py)
+    _send: socket.socket | None = None  # the socket a fast-lane answer is sent on directly (None: TLS; sendnow.py)
     _peer: Any = None  # getPeer, once
 
     def connectionMade(self) -> None:
@@ -225,6 +226,7 @@ class PortChannel(BadRequestChannel):
         # twisted.web's own idle timeout (the Site's, 60 s) would cut a kept-alive connection the port's
         # head deadline (server.head.timeout, 0: none) still lets wait: the port's deadlines alone govern
         self.setTimeout(None)
+        self._send = direct_socket(self.transport)
         self._deadline("head")
 
     def getHost(self) -> Any:
@@ -281,9 +283,7 @@ class PortChannel(BadRequestChannel):
         """A fast-lane request's whole answer: sent at once if the socket takes it; then the next request."""
         self._lean = None
         self._served += 1
-        if self._send is None:
-            self._send = direct_socket(self.transport) or False
-        write_now(self.transport, self._send or None, response)
+        write_now(self.transport, self._send, response)
         if request.close or self._closing:
             self.persistent = False
             self._closing_now()
