@@ -5,6 +5,8 @@ CSRF, and the last-resort net for a bug. docs/reliability-auth.md has the figure
 
 from __future__ import annotations
 
+from typing import Any
+
 import base64
 import json
 import re
@@ -458,6 +460,30 @@ async def test_a_bug_is_a_counted_500_and_cannot_flood_the_log(log_events) -> No
         failures = [e for e in log_events if e.get("log_failure") is not None]
         assert len(failures) == 10 and all(e["log_failure"].check(ZeroDivisionError) for e in failures), len(failures)
         assert failures[-1]["count"] == 10
+    finally:
+        await deadline(defer.maybeDeferred(listener.stopService))
+
+
+class BrokenMidway(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        request.write(b"the first half")
+        raise ZeroDivisionError("a bug")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bug_after_the_answer_started_cuts_it_rather_than_ending_it() -> None:
+    """A chunked answer closed cleanly after its first chunk would look whole to a client that does not
+    check for the last chunk; cut, it cannot (HTTP/2: the stream is reset, tests/test_http2_channel.py)."""
+    listener = ListenerService(reactor, "127.0.0.1", 0)
+    listener.add("/half", BrokenMidway(), "a resource that fails midway")
+    listener.startService()
+    try:
+        raw, _ = await exchange(listener.bound_port, get("/half"))
+        assert raw.startswith(b"HTTP/1.1 200 OK") and b"the first half" in raw
+        assert not raw.endswith(b"0\r\n\r\n"), "no last chunk: the answer is visibly cut"
+        assert listener.router.rejected["internal-error"] == 1
     finally:
         await deadline(defer.maybeDeferred(listener.stopService))
 

@@ -54,6 +54,17 @@ class Plain(Resource):
         return b"posted %d\n" % len(request.content.read())
 
 
+class BrokenMidway(Resource):
+    """A bug met after the answer started: the client must see a broken answer, never a whole one."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/plain")
+        request.write(b"the first half")
+        raise ZeroDivisionError("a bug")
+
+
 class Peer:
     """One HTTP/2 client connection to a PortH2Connection, all on one Clock."""
 
@@ -132,6 +143,7 @@ def port(policy: PortPolicy = PortPolicy(head_timeout=5, body_timeout=7), queue:
     router = PathRouter()
     router.add("/events", SseSinkResource(sink))
     router.add("/plain", Plain())
+    router.add("/broken", BrokenMidway())
     site = QuietSite(router, clock, max_body, policy, stopping=Stopping())
     site.http2 = True
     return site, sink
@@ -144,6 +156,18 @@ def publish(sink: SseSink, peer: Peer, count: int, size: int = 1000, start: int 
 
 
 # --------------------------------------------------------------------------- requests, limits, deadlines
+
+def test_a_bug_after_the_answer_started_resets_its_stream_and_the_connection_goes_on() -> None:
+    site, _ = port()
+    peer = Peer(site)
+    broken = peer.request("/broken")
+    assert peer.bodies[broken] == b"the first half" and broken in peer.reset and broken not in peer.ended, \
+        "reset: an answer that ends cleanly would pass for a whole one"
+    assert site.resource.rejected["internal-error"] == 1
+    after = peer.request("/plain")
+    assert (peer.status(after), peer.bodies[after]) == (200, b"ok\n") and not peer.goaway
+
+
 
 def test_requests_are_routed_and_answered_on_their_streams() -> None:
     site, _ = port()

@@ -8,14 +8,17 @@
 - An unexpected exception (a bug) is answered 500 without a traceback to the
   client, counted (``internal-error``) and logged with its traceback, sampled
   as every refusal is (``limits.should_log``): a client that finds a bug cannot
-  flood the log with it.
+  flood the log with it. Met after the answer started, it cuts the answer (the
+  connection; on HTTP/2 the stream alone), so no client takes half for whole.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import cast
 
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -48,8 +51,14 @@ def internal_error(request: Request, failure: Failure, counter: Counter[str], lo
                     where=where, method=request.method.decode("latin-1")[:20], peer=getattr(request.getClientAddress(), "host", "?"),
                     count=count, reason="internal-error")
     if request.startedWriting or request.finished:
-        if not request.finished and request.channel is not None and request.channel.transport is not None:
-            request.channel.transport.loseConnection()
+        if not request.finished and request.transport is not None:
+            transport = cast(ITCPTransport, request.transport)
+            if request.clientproto == b"HTTP/2":
+                # its transport is its stream (listener.LimitedRequest): closing would end it cleanly (END_STREAM),
+                # as if whole; it is reset, and the connection's other streams go on
+                transport.abortConnection()
+            else:
+                transport.loseConnection()  # the answer stops short of its last chunk or its length: visibly cut
         return NOT_DONE_YET
     request.setResponseCode(500)
     request.setHeader(b"Content-Type", b"application/json")
