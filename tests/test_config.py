@@ -115,6 +115,7 @@ def test_all_errors_reported_together_with_file_line_connector_option() -> None:
         ("sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.port: 1\n    heartbeat.interval: -1\n", r"conf.yaml:6: .*'heartbeat.interval': expected a number of at least 0, found -1"),
         ("sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.port: 1\n    heartbeat.interval: .inf\n", r"conf.yaml:6: .*'heartbeat.interval': expected a finite number \(0 turns a limit or a deadline off\), found inf"),
         ("sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.port: 1\n    server.head.timeout: 'inf'\n", r"conf.yaml:6: .*'server.head.timeout': expected a finite number"),
+        ("sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.port: 1\n    flush.interval: 5\n", r"conf.yaml:6: .*'flush.interval': expected at most 1 second"),
         ("sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.port: 1\n    server.port: 2\n", r"conf.yaml:6: sink 'S': 'server.port' is given twice \(first on line 5\)"),
         ("sinks:\n  S:\n    type: http\n", r"conf.yaml:3: sink 'S': option 'type': unknown sink type 'http'.*\('http' is a source type\)"),
         ("sinks:\n  S:\n    schema: 'a string'\n", r"conf.yaml:2: sink 'S': option 'type': 'type' is required: one of log, sse-server"),

@@ -239,6 +239,28 @@ def test_a_turns_frames_are_written_once_at_its_end() -> None:
     assert flushed == [([b"a", b"b"], [1.0])] and not batch.scheduled and batch.take() == ([], [])
 
 
+def test_with_a_flush_interval_writes_come_that_far_apart_and_an_idle_stream_is_written_at_once() -> None:
+    clock = Clock()
+    clock.advance(100)
+    flushed: list = []
+    batch = TurnBatch(clock, lambda: flushed.append((round(clock.seconds(), 6), batch.take()[0])), min_interval=0.002)
+    batch.add(b"a", None)
+    clock.advance(0)
+    assert flushed == [(100, [b"a"])], "the first write of a quiet stream waits for nothing"
+    clock.advance(0.0005)
+    batch.add(b"b", None)
+    clock.advance(0)
+    assert len(flushed) == 1, "0.5 ms after a write: the next waits"
+    clock.advance(0.001)
+    batch.add(b"c", None)
+    clock.advance(0.0005)
+    assert flushed[1] == (100.002, [b"b", b"c"]), "2 ms after the last write, together"
+    clock.advance(1)
+    batch.add(b"d", None)
+    clock.advance(0)
+    assert flushed[2] == (101.002, [b"d"]) and not batch.scheduled, "long after: at once again"
+
+
 def test_a_bus_replay_that_does_not_answer_in_time_times_out_without_waiting_for_its_cancel() -> None:
     clock = Clock()
     stubborn: Deferred = Deferred(lambda d: None)  # swallows the cancel

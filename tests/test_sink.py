@@ -83,6 +83,24 @@ async def test_exact_response_head_and_event_bytes(daemon) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_flush_interval_sends_the_events_of_several_turns_in_one_write(daemon) -> None:
+    service = await daemon(config(**{"flush.interval": 1}))  # the longest allowed: the window cannot close under load
+    client = await subscribe(service.port_of("Events"))
+    client.received.clear()
+    publish(service, 1)
+    await client.wait_for(b"\n\n\r\n")
+    assert len(messages(b"\r\n\r\n" + bytes(client.received))) == 1, "a quiet stream's first event goes at once"
+    client.received.clear()
+    publish(service, 2)
+    await deadline(threads.deferToThread(lambda: None))  # another reactor turn
+    publish(service, 3)
+    await wait_for(lambda: len(messages(b"\r\n\r\n" + bytes(client.received))) == 2, what="events 2 and 3")
+    size, _, rest = bytes(client.received).partition(b"\r\n")
+    assert len(rest) == int(size, 16) + 2, "one chunk: one write for both turns' events"
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_many_subscribers_get_every_event_in_order(daemon) -> None:
     service = await daemon(config())
     port = service.port_of("Events")

@@ -97,6 +97,13 @@ def _history_path(value: Any) -> str:
     return text
 
 
+def _flush_interval(value: Any) -> float:
+    seconds = parse_number(value, 0)
+    if seconds > 1:
+        raise OptionError(f"expected at most 1 second (a window longer than that is a delay, not a batch), found {seconds:g}")
+    return seconds
+
+
 def _port(value: Any) -> int:
     return parse_int(value, 0, 65535)
 
@@ -267,6 +274,7 @@ SSE_SERVER_OPTIONS = (
     *SINK_MAPPING_OPTIONS,
     SSE_FORMAT,
     Option("heartbeat.interval", "FLOAT", "Seconds between heartbeat comments that keep proxies and idle connections open; 0 turns them off.", lambda v: parse_number(v, 0), 15.0),
+    Option("flush.interval", "FLOAT", "The least time, in seconds, between two writes to the subscribers: what arrives meanwhile goes out together, one write per subscriber. 0 writes at the end of every reactor turn (the least latency). On a fast stream to many subscribers the writes are most of the CPU; 0.001 to 0.005 saves a good part of it and delays an event by at most that much (at most 1; see [sink.md](sink.md#the-sse-sink-on-the-wire)).", _flush_interval, 0.0),
     Option("history.size", "INT", "Events kept for subscribers that resume with `Last-Event-ID`; 0 keeps none.", lambda v: parse_int(v, 0), 1000),
     Option("history.path", "STRING", "A file (SQLite) in which the sink keeps its history, under the same bounds, so a restart, an upgrade or a crash costs resuming clients nothing; ingest then answers 200 only once the events are committed to it (503 `history-unavailable` when they cannot be, e.g. a full disk). Its directory must exist and be writable. Unset: history lives in memory. Not with `bus: {type: redis}`, which keeps history in Redis (see [durability.md](durability.md)).", _history_path, None),
     Option("history.on.corrupt", "STRING", "What the daemon does at start when `history.path` is not a readable history file: `refuse` (it does not start, and says why) or `move-aside` (the file is renamed `<path>.corrupt-<UTC time>`, a warning is logged and the sink starts with an empty history).", parse_choice("refuse", "move-aside"), "refuse"),
@@ -572,6 +580,7 @@ class SseServerOptions(SinkMappingOptions, ListenOptions):
     headers: tuple[tuple[str, str], ...]
     sse_format: str
     heartbeat_interval: float
+    flush_interval: float
     history_size: int
     history_path: str | None
     history_on_corrupt: str

@@ -2,6 +2,9 @@
 
 Encoding and chunk framing happen once for the whole turn; every subscriber
 gets the same bytes in one write (see fanout.py for why one write matters).
+With ``min_interval`` (the sink's ``flush.interval``) a write comes at least
+that long after the previous one, so a fast stream's events of several turns
+share one write per subscriber: fewer ``send()`` calls for at most that delay.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ from sse_daemon.connectors.fanout import chunk
 class TurnBatch:
     """The frames (and ingress times) of this reactor turn, flushed by ``flush`` at its end."""
 
-    def __init__(self, turns: IReactorTime, flush: Callable[[], None]) -> None:
+    def __init__(self, turns: IReactorTime, flush: Callable[[], None], min_interval: float = 0.0) -> None:
         #: what schedules the end-of-turn write: the real reactor even when a sink's clock is a test's Clock
         self.turns = turns
         self._flush = flush
+        self.min_interval = min_interval
         self.frames: list[bytes] = []
         self.ingress: list[float] = []
         self._call: IDelayedCall | None = None
+        self._written_at = float("-inf")  # when frames were last taken for a write
 
     @property
     def scheduled(self) -> bool:
@@ -34,7 +39,8 @@ class TurnBatch:
         if ingress:
             self.ingress.append(ingress)
         if self._call is None:
-            self._call = self.turns.callLater(0, self._flush)
+            wait = self._written_at + self.min_interval - self.turns.seconds() if self.min_interval else 0.0
+            self._call = self.turns.callLater(wait if wait > 0 else 0, self._flush)
 
     def take(self) -> tuple[list[bytes], list[float]]:
         """This turn's frames and ingress times, emptied; the pending end-of-turn call is dropped."""
@@ -44,6 +50,8 @@ class TurnBatch:
             self._call = None
         frames, self.frames = self.frames, []
         ingress, self.ingress = self.ingress, []
+        if frames and self.min_interval:
+            self._written_at = self.turns.seconds()
         return frames, ingress
 
 

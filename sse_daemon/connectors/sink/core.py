@@ -145,7 +145,7 @@ class SseSink:
         #: subscribers waiting for a bus replay, with the live frames that arrived meanwhile
         self.resumes = BusResumes(self.name, clock, self.counters, self.log, self.encode)
         #: this turn's frames, written by ``flush`` at its end
-        self.batch = TurnBatch(turns if turns is not None else clock, self.flush)
+        self.batch = TurnBatch(turns if turns is not None else clock, self.flush, connector.options.flush_interval)
         #: connect and leave lines: at most CONNECT_LOG_BURST per CONNECT_LOG_WINDOW (a reconnect storm)
         self.routine_lines = LogRate(clock.seconds, CONNECT_LOG_BURST, CONNECT_LOG_WINDOW)
         #: subscriber.where: filters by text, and the values of held events (None: the sink takes no filters)
