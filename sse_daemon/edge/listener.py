@@ -664,7 +664,6 @@ class LimitedRequest(server.Request):
 
     #: a streaming publish's body, on its way to the resource (bodystream.py); None for every other request
     body_stream: BodyStream | None = None
-    _dispatched = False  # a streaming publish handed to its resource already (at its headers)
 
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
@@ -697,10 +696,12 @@ class LimitedRequest(server.Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
             return
-        if self.body_stream is not None and self._dispatched:  # the body's end: the resource has the request already
-            self.body_stream.end()
-            return
-        self._dispatched = True
+        stream = self.body_stream
+        if stream is not None:
+            if stream.dispatched:  # the body's end: the resource has the request already
+                stream.end()
+                return
+            stream.dispatched = True
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason: Failure) -> None:
