@@ -446,6 +446,27 @@ async def test_reading_is_held_while_a_shared_buss_fanout_is_behind(harness: Har
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_source_stopped_while_held_for_the_fanout_reads_again_when_restarted(harness: Harness) -> None:
+    """A leased source is stopped and started as its lease comes and goes: no hold may outlive a stop."""
+    lag: list[float] = [3.0]
+    server = harness.server()
+    source, waiting = slow_acknowledging_source(harness, server, ClockedReactor(), behind=lambda stream, incoming: lag[0] or None)
+    await wait_for(lambda: source.connected and server.streams, what="a stream")
+    server.publish(payload("first"))
+    await wait_for(lambda: len(waiting) == 1, what="the first event")
+    assert source._holds == {"fan-out"}
+    await deadline(source.stopService())
+    assert not source._holds, "a stale hold would keep its next holds from pausing anything"
+    lag[0] = 0.0
+    source.startService()
+    await wait_for(lambda: source.connected and server.streams, what="a stream again")
+    server.publish(payload("second"))
+    await wait_for(lambda: len(waiting) == 2, what="the second event, read after the restart")
+    for _, acknowledged in waiting:
+        acknowledged.callback(None)
+
+
+@pytest_twisted.ensureDeferred
 async def test_server_that_never_answers_hits_the_connect_timeout(harness: Harness) -> None:
     accepted: list[protocol.Protocol] = []
     lost: list[protocol.Protocol] = []

@@ -245,6 +245,7 @@ class SseSourceService(Service):
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        self._release("fan-out")  # looked at no more: a restart (a lease taken again) must not start held
         d: Deferred = DeferredList([conn.client.stop() for conn in self._connections], consumeErrors=True)
         d.addCallback(lambda _: self.log.info("source {source} stopped", source=self.source_name))
         return d
