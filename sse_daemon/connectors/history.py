@@ -106,15 +106,8 @@ class History:
         entries.append((event_id, frame))
         times.append(self._now() if at is None else at)
         self.bytes += len(frame)
-        size, max_bytes = self.size, self.max_bytes
-        while entries and (len(entries) > size or (max_bytes and self.bytes > max_bytes)):
-            # _evict, inline: a full history evicts once per event appended (a fifth of a sink's cost per event)
-            oldest, dropped = entries.popleft()
-            times.popleft()
-            self.bytes -= len(dropped)
-            if oldest > self.floor:
-                self.floor = oldest
-            self.evicted += 1
+        while entries and (len(entries) > self.size or (self.max_bytes and self.bytes > self.max_bytes)):
+            self._evict()
         if self.max_age > 0:
             self._expire()
 
