@@ -85,6 +85,9 @@ def test_a_route_counts_events_the_bus_did_not_take() -> None:
         "sinks:\n  L: {type: log, stream: B, schema: 'a string'}\n", "routes.yaml"))
     bus = RefusingBus()
     route = RouteService(config.routes[0], ("a",), bus)
-    route.forward(Event({"a": "x", "b": 1}))
+    route.forward([Event({"a": "x", "b": 1})])
     assert route.events == 1 and route.rejected["bus-unavailable"] == 1
     assert handled(bus.published[0])
+    route.forward([Event({"a": "y", "b": 2}), Event({"a": "z", "b": 3})])
+    assert len(bus.published) == 2, "a publish's events are routed in one publish"
+    assert route.events == 3 and route.rejected["bus-unavailable"] == 3, "each of its events counted"

@@ -71,7 +71,7 @@ def test_each_bus_provides_its_interface() -> None:
 def test_the_memory_bus_answers_a_publish_with_a_fired_deferred_after_delivering() -> None:
     bus = MemoryBus()
     seen: list[int] = []
-    bus.subscribe("S", lambda event: seen.append(event.values["n"]))
+    bus.subscribe("S", lambda events: seen.extend(event.values["n"] for event in events))
     d = bus.publish("S", [Event({"n": 1}), Event({"n": 2})])
     assert isinstance(d, Deferred) and d.called and seen == [1, 2]
     results: list = []
@@ -273,3 +273,13 @@ def test_a_bus_replay_that_does_not_answer_in_time_times_out_without_waiting_for
     answered: list = []
     within(succeed("now"), 5.0, clock).addCallback(answered.append)
     assert answered == ["now"] and not clock.getDelayedCalls()
+
+
+@pytest.mark.reactor_free
+def test_an_event_is_equal_by_what_it_says_not_where_or_when_it_came_from() -> None:
+    assert Event({"n": 1}, "7", "tick", ingress=1.0, bus_id="1-0") == Event({"n": 1}, "7", "tick", ingress=2.0)
+    assert Event({"n": 1}) != Event({"n": 2}) and Event({"n": 1}, "7") != Event({"n": 1}, "8")
+    assert Event({"n": 1}, type="a") != Event({"n": 1}, type="b") and Event({"n": 1}) != {"n": 1}
+    with pytest.raises(TypeError):
+        hash(Event({"n": 1}))  # its values are a mapping
+    assert repr(Event({"n": 1}, bus_id="1-0")) == "Event(values={'n': 1}, id=None, type=None, ingress=0.0, bus_id='1-0')"

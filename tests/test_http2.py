@@ -42,7 +42,7 @@ async def test_a_tls_port_speaks_http2_to_a_client_that_asks_and_http11_to_one_t
     h1 = threads.deferToThread(read_stream, url, pki["ca"], b'"n":7', False)
     sink = service.sinks["Events"].sink
     await wait_for(lambda: len(sink.subscribers) == 2, what="two subscribers")
-    sink.publish(Event({"n": 7}))
+    sink.publish([Event({"n": 7})])
     (v2, headers2, body2), (v1, headers1, body1) = await deadline(h2), await deadline(h1)
     assert (v2, v1) == ("HTTP/2", "HTTP/1.1")
     assert headers2["content-type"] == headers1["content-type"] == "text/event-stream; charset=utf-8"

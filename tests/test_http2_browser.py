@@ -60,7 +60,7 @@ async def ten_event_sources(browser, service, http2: bool) -> list[int]:
     await in_thread(browser.execute_script, OPEN_TEN, f"https://localhost:{port}/events")
     expected = EVENT_SOURCES if http2 else 6
     await wait_for(lambda: len(sink.subscribers) >= expected, what=f"{expected} subscribers")
-    sink.publish(Event({"n": 1}))
+    sink.publish([Event({"n": 1})])
     await until(browser, f"return Object.keys(window.got).length >= {expected}", f"the event in {expected} EventSources")
     return await in_thread(browser.execute_script, STATES)
 

@@ -151,7 +151,7 @@ def port(policy: PortPolicy = PortPolicy(head_timeout=5, body_timeout=7), queue:
 
 def publish(sink: SseSink, peer: Peer, count: int, size: int = 1000, start: int = 0) -> None:
     for n in range(start, start + count):
-        sink.publish(Event({"n": n, "text": "x" * size}))
+        sink.publish([Event({"n": n, "text": "x" * size})])
         peer.exchange()
 
 

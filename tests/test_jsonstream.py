@@ -83,7 +83,7 @@ async def test_our_source_reads_a_raw_sink_like_the_original_source_did(daemon) 
     config = validate(load_yaml(SOURCE.format(port=port), "source.yaml"))
     source_service = build_service(config, reactor)
     got: list[str] = []
-    source_service.bus.subscribe("Reader", lambda e: got.append(e.values["param1"]))
+    source_service.bus.subscribe("Reader", lambda events: got.extend(e.values["param1"] for e in events))
     source_service.startService()
     try:
         sink = sink_service.sinks["Original"].sink

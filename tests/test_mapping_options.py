@@ -549,7 +549,7 @@ async def test_a_text_source_reads_a_text_sink(daemon) -> None:
           Shown: {{type: log, stream: Back}}
         """)
     received: list[Event] = []
-    downstream.bus.subscribe("Back", received.append)
+    downstream.bus.subscribe("Back", received.extend)
     await wait_for(lambda: upstream.sinks["Out"].sink.subscribers, what="the source to subscribe")
     assert b'"accepted": 1' in await post(port, "/lines", b"two\nlines", b"text/plain")
     await wait_for(lambda: received, what="the line at the source")

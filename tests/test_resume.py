@@ -81,6 +81,27 @@ def test_ids_history_cannot_vouch_for_get_a_reset(requested: str, reason: str) -
 
 
 @pytest.mark.reactor_free
+@pytest.mark.parametrize("size, max_bytes, max_age", [(5, 0, 0.0), (0, 0, 0.0), (100, 12, 0.0), (3, 7, 0.0), (50, 0, 2.5)])
+def test_extend_keeps_what_appending_one_by_one_keeps(size: int, max_bytes: int, max_age: float) -> None:
+    """A sink keeps a publish's events with one ``extend``: the same entries, floor, newest, bytes and
+    evictions as appending them one at a time, under every bound."""
+    clock = Clock()
+    one, many = (History(size, clock.seconds, 0, max_age, max_bytes) for _ in range(2))
+    event_id = 0
+    for batch in (1, 4, 0, 9, 2, 30, 1):
+        ids = list(range(event_id + 1, event_id + 1 + batch))
+        frames = [b"f" * (1 + i % 5) for i in ids]
+        event_id += batch
+        for i, frame in zip(ids, frames):
+            one.append(i, frame)
+        many.extend(ids, frames)
+        clock.advance(1.0)
+        assert (list(many.entries()), many.floor, many.newest, many.bytes, many.evicted) == \
+               (list(one.entries()), one.floor, one.newest, one.bytes, one.evicted)
+    assert one.evicted, "the bounds were reached"
+
+
+@pytest.mark.reactor_free
 def test_count_bound_moves_the_floor() -> None:
     history = History(3, Clock().seconds, start=0)
     for i in range(1, 8):

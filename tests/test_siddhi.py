@@ -494,7 +494,7 @@ def test_a_route_forwards_a_renamed_attribute_under_its_new_name() -> None:
         """)
     bus = MemoryBus()
     received: list[Event] = []
-    bus.subscribe("B", received.append)
+    bus.subscribe("B", received.extend)
     route = RouteService(config.routes[0], config.streams["B"].schema.names, bus)
     route.startService()
     try:

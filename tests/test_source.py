@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pytest
 import pytest_twisted
@@ -94,7 +94,7 @@ class Harness:
         connector = source_def(url, **options)
         bus = MemoryBus()
         events: list[Event] = []
-        bus.subscribe("Src", events.append)
+        bus.subscribe("Src", events.extend)
         mapper = make_mapper(connector.options.mapping, parse_schema("param1 string"))
         if http is None:
             http = http_client(reactor, tls_policy)  # real sockets; timers on reactor_ (a ClockedReactor's Clock)
@@ -383,9 +383,10 @@ def slow_acknowledging_source(harness: Harness, server: ScriptedServer, clocked:
     bus = MemoryBus()
     waiting: list[tuple[Event, defer.Deferred]] = []
 
-    def acknowledged_later(event: Event) -> defer.Deferred:
-        waiting.append((event, defer.Deferred()))
-        return waiting[-1][1]
+    def acknowledged_later(events: Sequence[Event]) -> defer.Deferred:
+        acknowledged: defer.Deferred = defer.Deferred()
+        waiting.extend((event, acknowledged) for event in events)  # one message, one event here
+        return acknowledged
 
     bus.subscribe("Src", acknowledged_later)
     mapper = make_mapper(connector.options.mapping, parse_schema("param1 string"))
@@ -565,7 +566,7 @@ async def test_reads_this_projects_sink_and_resumes_from_its_history(daemon) -> 
     source = downstream.sources["Src"]
     assert isinstance(source, SseSourceService)
     events: list[Event] = []
-    downstream.bus.subscribe("Src", events.append)
+    downstream.bus.subscribe("Src", events.extend)
     await wait_for(lambda: source.connected, what="the source to connect to the sink")
 
     async def post(text: str) -> None:

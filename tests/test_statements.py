@@ -569,7 +569,7 @@ async def test_the_specs_two_statements_run_a_sink_and_a_source(statements_daemo
     port = sink_daemon.port_of("PublishStream")
     source_daemon = await statements_daemon(SPEC_SOURCE.replace("localhost:8020", f"localhost:{port}"))
     received: list[Event] = []
-    source_daemon.bus.subscribe("ListenStream", received.append)
+    source_daemon.bus.subscribe("ListenStream", received.extend)
     sink = sink_daemon.sinks["PublishStream"].sink
     await wait_for(lambda: sink.subscribers, what="the source to subscribe to the sink")
     watcher = await subscribe(port, "/testsse")  # and a plain SSE client sees the same events

@@ -139,7 +139,7 @@ sinks:
   Show: {{type: log, stream: Copy}}
 """)
     got: list[Event] = []
-    relay.bus.subscribe("Copy", got.append)
+    relay.bus.subscribe("Copy", got.extend)
     sink = upstream.sinks["Events"].sink
     await wait_for(lambda: sink.subscribers, what="the source to subscribe over TLS")
     upstream.bus.publish("Events", [Event({"n": 5})])

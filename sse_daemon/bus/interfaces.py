@@ -10,19 +10,20 @@ replays what follows an id, runs commands for leases and can be down.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from sse_daemon.events.schema import Event
 
-#: ``subscriber(event)``: None when it is done with the event, or a Deferred that fires once it is
-#: (a sink with a history file: once the event is committed; a route: once the target stream has it);
-#: a bus that delivers in-process makes its publish wait for it (IBus.publish). The same Deferred may
-#: come back for several events (a sink's batch) and be awaited by several publishes: a bus observes
-#: it without taking its result
-Subscriber = Callable[[Event], Deferred | None]
+#: ``subscriber(events)``: the events of one publish (or of one read of a shared bus), in order, as a
+#: sequence it must not change; None when it is done with them, or a Deferred that fires once it is (a
+#: sink with a history file: once they are committed; a route: once the target stream has them); a bus
+#: that delivers in-process makes its publish wait for it (IBus.publish). The same Deferred may come
+#: back for several publishes (a sink's turn) and be awaited by each: a bus observes it without taking
+#: its result. A batch, not an event: each subscriber's steps run once per publish, not once per event
+Subscriber = Callable[[Sequence[Event]], Deferred | None]
 
 
 class ISubscription(Interface):
@@ -47,7 +48,7 @@ class IBus(Interface):
         """
 
     def subscribe(stream: str, subscriber: Subscriber) -> ISubscription:
-        """Call ``subscriber(event)`` for every event published on ``stream``; it may return a Deferred
+        """Call ``subscriber(events)`` with the events of every publish on ``stream``; it may return a Deferred
         (see :data:`Subscriber`), which the in-process bus's publish waits for (a shared bus ignores it)."""
 
 

@@ -2,7 +2,7 @@
 
 Everything talks to :class:`~sse_daemon.bus.interfaces.IBus`, so a broker-backed bus can replace the
 embedded one without touching connectors. The embedded bus is synchronous:
-``publish`` returns after every subscriber has seen the events, in order,
+``publish`` returns after every subscriber has seen the events (all of them in one call, in order),
 which keeps delivery order and makes tests deterministic. The Deferred it
 returns (the one publish contract of every bus) has fired already, unless a
 subscriber returned a Deferred of its own (a sink with a history file: its
@@ -94,13 +94,14 @@ class MemoryBus:
         return subscription
 
     def publish(self, stream: str, events: Iterable[Event]) -> Deferred:
+        batch = events if isinstance(events, list) else list(events)
         # Copy: a subscriber may cancel (or add) subscriptions while we deliver.
         subscriptions = tuple(self._subscriptions.get(stream, ()))
-        waits: dict[int, Deferred] = {}  # by identity: a durable sink gives every event of a batch the same one
-        for event in events:
+        waits: dict[int, Deferred] = {}  # by identity: a durable sink gives every publish of a turn the same one
+        if batch:
             for subscription in subscriptions:
                 try:
-                    result = subscription.subscriber(event)
+                    result = subscription.subscriber(batch)
                 except Exception:
                     subscriber_failed(self.log, self.failures, stream, subscription.subscriber)
                 else:

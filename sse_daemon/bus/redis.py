@@ -437,22 +437,21 @@ class RedisBus(Service):
         ).addTimeout(READ_BLOCK_MS / 1000 + COMMAND_TIMEOUT, self.reactor)
         for key, entries in reply or ():
             stream = key[len(self.prefix):]
-            for entry_id, fields in entries:
-                self._positions[stream] = entry_id
-                self._deliver(stream, entry_id, fields)
             if entries:
+                self._positions[stream] = entries[-1][0]
+                self._deliver(stream, entries)
                 self.lags.delivered(stream, entry_key(entries[-1][0]))
 
-    def _deliver(self, stream: str, entry_id: str, fields: Sequence[Any]) -> None:
-        events, skipped = decode_entries([(entry_id, fields)])
+    def _deliver(self, stream: str, entries: Sequence[Any]) -> None:
+        """One read's entries of ``stream``, to each subscriber in one call."""
+        events, skipped = decode_entries(entries)
         self._skipped(stream, skipped)
         if not events:
             return
-        event = events[0]
-        self.counters["events_delivered"] += 1
+        self.counters["events_delivered"] += len(events)
         for subscription in tuple(self._subscriptions.get(stream, ())):
             try:
-                subscription.subscriber(event)
+                subscription.subscriber(events)
             except Exception:
                 subscriber_failed(self.log, self.failures, stream, subscription.subscriber)
 

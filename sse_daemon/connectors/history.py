@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from itertools import repeat
+from typing import Any, Callable, Iterator, Sequence
 
 __all__ = ["History", "Resume", "reset_payload"]
 
@@ -98,14 +99,20 @@ class History:
 
     def append(self, event_id: Any, frame: bytes, at: float | None = None) -> None:
         """Keep an event; ``at`` is when it arrived (now by default; a worker copying the daemon's history gives it)."""
+        self.extend([event_id], [frame], at)
+
+    def extend(self, ids: Sequence[Any], frames: Sequence[bytes], at: float | None = None) -> None:
+        """Keep events (``ids`` increasing, above every id held), all arrived at ``at`` (now by default)."""
+        if not ids:
+            return
         if self.floor is None:
-            self.floor = self.newest = self._below(event_id)
-        if event_id > self.newest:
-            self.newest = event_id
-        entries, times = self._entries, self._times
-        entries.append((event_id, frame))
-        times.append(self._now() if at is None else at)
-        self.bytes += len(frame)
+            self.floor = self.newest = self._below(ids[0])
+        if ids[-1] > self.newest:
+            self.newest = ids[-1]
+        entries = self._entries
+        entries.extend(zip(ids, frames))
+        self._times.extend(repeat(self._now() if at is None else at, len(ids)))
+        self.bytes += sum(map(len, frames))
         while entries and (len(entries) > self.size or (self.max_bytes and self.bytes > self.max_bytes)):
             self._evict()
         if self.max_age > 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Sequence
 
 from twisted.application.service import Service
 from twisted.logger import Logger, LogLevel
@@ -47,7 +48,11 @@ class LogSinkService(Service):
             self._subscription.cancel()
             self._subscription = None
 
-    def write(self, event: Event) -> None:
+    def write(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self._write(event)
+
+    def _write(self, event: Event) -> None:
         self.counters["events_in"] += 1
         try:
             payload = self.mapper.encode(event)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -44,35 +45,42 @@ class RouteService(Service):
             self._subscription.cancel()
             self._subscription = None
 
-    def forward(self, event: Event) -> Deferred | None:
-        """Publish ``event`` to the target if it passes. The publish's Deferred is returned, so the
+    def forward(self, events: Sequence[Event]) -> Deferred | None:
+        """Publish the events that pass to the target, in one publish. Its Deferred is returned, so the
         original publish waits for it too: a routed event is as durable as the target's sinks make it."""
-        if self.route.where is not None and not self.route.where.matches(event.values):
-            self.filtered += 1
+        where = self.route.where
+        routed: list[Event] = []
+        for event in events:
+            if where is not None and not where.matches(event.values):
+                self.filtered += 1
+                continue
+            values = {name: event.values[source] for name, source in self._outputs}
+            try:  # what enters a stream is checked, whoever puts it there (validate.py); a route only narrows events
+                check_values(values)
+            except InvalidValue as e:
+                self.rejected[e.reason] += 1
+                if should_log(sum(self.rejected.values())):
+                    self.log.warn("route {route} dropped an event no sink could write: {error} ({reason})",
+                                  route=self.name, error=str(e), reason=e.reason)
+                continue
+            routed.append(Event(values, event.id, event.type, event.ingress))
+        if not routed:
             return None
-        values = {name: event.values[source] for name, source in self._outputs}
-        try:  # what enters a stream is checked, whoever puts it there (validate.py); a route only narrows events
-            check_values(values)
-        except InvalidValue as e:
-            self.rejected[e.reason] += 1
-            if should_log(sum(self.rejected.values())):
-                self.log.warn("route {route} dropped an event no sink could write: {error} ({reason})",
-                              route=self.name, error=str(e), reason=e.reason)
-            return None
-        self.events += 1
+        self.events += len(routed)
         outcome: Deferred = Deferred()
-        published = self.bus.publish(self.route.target, [Event(values, event.id, event.type, event.ingress)])
-        published.addErrback(self._not_published).addBoth(_relay, outcome)
+        published = self.bus.publish(self.route.target, routed)
+        published.addErrback(self._not_published, len(routed)).addBoth(_relay, outcome)
         return outcome
 
-    def _not_published(self, failure: Failure) -> Failure:
-        """The bus did not take the routed event (a shared bus that is down), or a sink of the target could
-        not commit it (``history-unavailable``): counted, logged sampled, and passed on to the original publish."""
+    def _not_published(self, failure: Failure, count: int) -> Failure:
+        """The bus did not take the routed events (a shared bus that is down), or a sink of the target could
+        not commit them (``history-unavailable``): counted, logged sampled, and passed on to the original publish."""
         reason = "history-unavailable" if failure.check(HistoryUnavailable) else "bus-unavailable"
-        self.rejected[reason] += 1
+        self.rejected[reason] += count
         if should_log(self.rejected[reason]):
-            self.log.warn("route {route}: the event was not taken: {error} ({reason}, {total} so far)",
-                          route=self.name, error=failure.getErrorMessage(), reason=reason, total=self.rejected[reason])
+            self.log.warn("route {route}: {count} events were not taken: {error} ({reason}, {total} so far)",
+                          route=self.name, error=failure.getErrorMessage(), reason=reason, total=self.rejected[reason],
+                          count=count)
         return failure
 
 

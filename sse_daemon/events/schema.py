@@ -12,8 +12,8 @@ import difflib
 import enum
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Iterable, Mapping
 
 
 class SchemaError(ValueError):
@@ -172,7 +172,6 @@ def _describe(value: Any) -> str:
     return f"{kind} {text}"
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
     """One typed event on the bus.
 
@@ -183,10 +182,28 @@ class Event:
     id a shared bus gave the event (the Redis entry id), the same on every
     instance: SSE sinks send it as ``id:`` so clients resume on any instance;
     None on the memory bus, where each sink numbers events itself.
+
+    Read-only by contract (``Final``: mypy refuses an assignment), not by a frozen dataclass: one is
+    built for every event on every path, and a frozen dataclass's ``__init__`` cost 0.84 µs against 0.32.
+    Two events are equal when their values, id and type are (``ingress`` and ``bus_id`` say where and
+    when, not what); like the dataclass it was, an event is not hashable (its values are a mapping).
     """
 
-    values: Mapping[str, Any]
-    id: str | None = None
-    type: str | None = None
-    ingress: float = field(default=0.0, compare=False)
-    bus_id: str | None = field(default=None, compare=False)
+    __slots__ = ("values", "id", "type", "ingress", "bus_id")
+
+    def __init__(self, values: Mapping[str, Any], id: str | None = None, type: str | None = None,
+                 ingress: float = 0.0, bus_id: str | None = None) -> None:
+        self.values: Final = values
+        self.id: Final = id
+        self.type: Final = type
+        self.ingress: Final = ingress
+        self.bus_id: Final = bus_id
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return self.values == other.values and self.id == other.id and self.type == other.type
+
+    def __repr__(self) -> str:
+        return (f"Event(values={self.values!r}, id={self.id!r}, type={self.type!r}, "
+                f"ingress={self.ingress!r}, bus_id={self.bus_id!r})")

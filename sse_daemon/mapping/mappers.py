@@ -190,6 +190,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_STRING = AttrType.STRING
+
+
 def _place(where: int | str) -> str:
     """Where in a payload: an element's index (a message is only written for an error), or a phrase."""
     return f"element {where}" if isinstance(where, int) else where
@@ -236,6 +239,7 @@ class JsonMapper:
         self.enclosing = None if enclosing is None or enclosing.is_root else enclosing
         self.payload = payload
         self._unwrap = "event" not in schema.names
+        self._attributes = tuple((a.name, a.type) for a in schema.attributes)
         self._paths: tuple[tuple[str, AttrType, JsonPath], ...] | None = None
         if attributes:
             self._paths = tuple(
@@ -267,21 +271,24 @@ class JsonMapper:
         return [values(document, "the payload")]
 
     def _values(self, document: Any, where: int | str) -> dict[str, Any]:
-        if not isinstance(document, dict):
+        if document.__class__ is not dict:
             raise MappingError(
                 "not-an-object",
                 f"{_place(where)}: expected a JSON object such as {{\"event\": {{...}}}}, found {type(document).__name__}",
             )
-        if self._unwrap and len(document) == 1 and isinstance(document.get("event"), dict):
+        if self._unwrap and len(document) == 1 and document.get("event").__class__ is dict:
             document = document["event"]
         values: dict[str, Any] = {}
-        for attribute in self.schema.attributes:
-            if attribute.name not in document:
+        for name, attr_type in self._attributes:
+            value = document.get(name, MISSING)
+            if value.__class__ is str and attr_type is _STRING and value.isascii():
+                values[name] = value  # ASCII text for a string: nothing to check or convert (the common case, at once)
+            elif value is MISSING:
                 if self.fail_on_missing:
-                    raise MappingError("missing-attribute", f"{_place(where)}: attribute '{attribute.name}' is missing")
-                values[attribute.name] = None
-                continue
-            values[attribute.name] = _typed(document[attribute.name], attribute.type, where, attribute.name, "")
+                    raise MappingError("missing-attribute", f"{_place(where)}: attribute '{name}' is missing")
+                values[name] = None
+            else:
+                values[name] = _typed(value, attr_type, where, name, "")
         return values
 
     def _path_values(self, document: Any, where: int | str) -> dict[str, Any]:

@@ -107,7 +107,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("route_events_rejected", "counter",
            "Events a route could not forward, by reason: a value in them no sink could write (a bug upstream: every entry point checks values), "
            "or bus-unavailable (a shared bus that was down did not take them).", (*ROUTE, "reason")),
-    Family("stream_subscriber_failures", "counter", "Deliveries to a stream's subscribers that raised (logged with a traceback).", ("stream",),
+    Family("stream_subscriber_failures", "counter", "Deliveries to a stream's subscribers that raised (one a publish or bus read per subscriber; logged with a traceback).", ("stream",),
            notes="A bug; logged sampled: the first ten, then every thousandth."),
     Family("listener_connections", "gauge", "Connections open on a port (the admin listener's too), counted from accept.", ("listener",),
            notes="The label is `host:port`."),

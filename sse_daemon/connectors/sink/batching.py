@@ -35,10 +35,13 @@ class TurnBatch:
         return self._call is not None and self._call.active()
 
     def add(self, frame: bytes, ingress: float | None) -> None:
-        self.frames.append(frame)
-        if ingress:
-            self.ingress.append(ingress)
-        if self._call is None:
+        self.extend([frame], [ingress])
+
+    def extend(self, frames: list[bytes], ingress: list[float | None]) -> None:
+        """Frames for this turn's write, with the ingress times of their events (None or 0: not known)."""
+        self.frames += frames
+        self.ingress += [at for at in ingress if at]
+        if self._call is None and frames:
             wait = self._written_at + self.min_interval - self.turns.seconds() if self.min_interval else 0.0
             self._call = self.turns.callLater(wait if wait > 0 else 0, self._flush)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -181,56 +181,78 @@ class SseSink:
         return self.durable.settled().addCallback(lambda _: store.release())
 
     # -- from the bus
-    def publish(self, event: Event) -> Deferred | None:
-        """Take one event. With a history file: a Deferred that fires once it is committed (fails
-        with HistoryUnavailable when the commit failed: the bus fails the publish with it)."""
+    def publish(self, events: Sequence[Event]) -> Deferred | None:
+        """Take the events of one publish, in order (the bus's subscriber). With a history file: a Deferred
+        that fires once they are committed (fails with HistoryUnavailable when the commit failed: the bus
+        fails the publish with it).
+
+        A batch goes through each step at once (ids, frames, history, the turn's write): the steps are a
+        call each, and a body of 100 events paid them 100 times (bench/RESULTS.md, B1)."""
         if self.raw:
-            data = self.encode(event, None)
-            if data is not None:
-                self.deliver(None, data, event.ingress)
+            frames, kept = self.encoder.encode_all(events, None)
+            if kept is not None:
+                events = [events[i] for i in kept]
+            self._keep(None, frames, None, [event.ingress for event in events])
             return None
-        if self.bus_replay is not None and event.bus_id is not None:
-            event_id, id_text = self.history.key(event.bus_id), event.bus_id
-        else:
-            event_id = self.ids.next()  # one spent on an event that is dropped leaves a gap, which ids may have
-            id_text = str(event_id)
-        frame = self.encode(event, id_text)
-        if frame is not None:
-            if self.filters is not None:
-                self.values.add(event_id, event.values)
-            return self.deliver(event_id, frame, event.ingress)
+        if self.bus_replay is None:
+            first = self.ids.take(len(events))  # one spent on an event that is dropped leaves a gap, which ids may have
+            keys: list[Any] = list(range(first, first + len(events)))
+            texts = [str(key) for key in keys]
+        else:  # the bus's ids: the same on every instance
+            keys, texts = [], []
+            for event in events:
+                if event.bus_id is not None:
+                    keys.append(self.history.key(event.bus_id))
+                    texts.append(event.bus_id)
+                else:
+                    keys.append(self.ids.next())
+                    texts.append(str(keys[-1]))
+        frames, kept = self.encoder.encode_all(events, texts)
+        if kept is not None:  # an event that cannot be written was left out (counted and logged by the encoder)
+            events, keys = [events[i] for i in kept], [keys[i] for i in kept]
+        if self.filters is not None:
+            for key, event in zip(keys, events):
+                self.values.add(key, event.values)
+        if self.durable is not None and self.durable.writing:  # kept and sent once committed
+            now = self.clock.seconds()
+            commit = None
+            for key, frame, event in zip(keys, frames, events):
+                commit = self.durable.add(key, frame, now, event.ingress)  # the same Deferred for the turn's events
+            return commit
+        self._keep(keys, frames, None, [event.ingress for event in events])
         return None
 
     def encode(self, event: Event, id_text: str | None) -> bytes | None:
         """The event's bytes, or None when it cannot be written (counted and logged: encoding.py)."""
         return self.encoder.encode(event, id_text)
 
-    def deliver(self, event_id: Any, frame: bytes, ingress: float | None = None) -> Deferred | None:
-        """Keep an encoded event in history and send it to every subscriber at the end of
-        this reactor turn, together with the others of the turn (one write per subscriber).
-        With a history file: the Deferred of the turn's commit."""
-        if event_id is not None and self.durable is not None and self.durable.writing:
-            return self.durable.add(event_id, frame, self.clock.seconds(), ingress)  # kept and sent once committed
-        self._keep(event_id, frame, None, ingress)
-        return None
+    def deliver(self, event_id: Any, frame: bytes, ingress: float | None = None) -> None:
+        """Keep one encoded event (a worker's copy of the daemon's: it has no history file) in history and send it
+        to every subscriber at the end of this reactor turn, together with the others of the turn."""
+        self._keep(None if event_id is None else [event_id], [frame], None, [ingress])
 
     def _committed(self, entries: list[tuple[int, float, bytes, float | None]]) -> None:
         """A batch is in the history file: now it is kept and sent, in order."""
         for event_id, at, frame, ingress in entries:
-            self._keep(event_id, frame, at, ingress)
+            self._keep([event_id], [frame], at, [ingress])
 
-    def _keep(self, event_id: Any, frame: bytes, at: float | None, ingress: float | None) -> None:
-        if event_id is not None:
-            self.history.append(event_id, frame, at)
-            self.resumes.live(event_id, frame)
+    def _keep(self, keys: list[Any] | None, frames: list[bytes], at: float | None, ingress: list[float | None]) -> None:
+        """Keep ``frames`` (with their history ``keys``; None on a raw sink) and write them at the end of the turn."""
+        if keys is not None:
+            self.history.extend(keys, frames, at)
+            if self.resumes.waiting:
+                for key, frame in zip(keys, frames):
+                    self.resumes.live(key, frame)
             if self.tracking:
-                self.turn_ids.append(event_id)
+                self.turn_ids.extend(keys)
                 if self.filters is not None:
                     self.values.prune(self.history.floor)
         if self.forward is not None:
-            self.forward(None if event_id is None else self.history.show(event_id), frame)
-        self.counters["events_in"] += 1
-        self.batch.add(frame, ingress)
+            show = self.history.show
+            for key, frame in zip(keys or [None] * len(frames), frames):
+                self.forward(None if key is None else show(key), frame)
+        self.counters["events_in"] += len(frames)
+        self.batch.extend(frames, ingress)
 
     def wire(self, frames: list[bytes]) -> bytes:
         """Frames as HTTP chunks (batching.py)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Sequence
 
 from twisted.logger import Logger
 
@@ -21,6 +22,25 @@ class FrameEncoder:
         self.mapper = mapper
         self.counters = counters
         self.log = log
+
+    def encode_all(self, events: Sequence[Event], id_texts: Sequence[str] | None) -> tuple[list[bytes], list[int] | None]:
+        """The frames of ``events`` (with ``id_texts``; None: bare payloads), and None, or when some could not
+        be written, the indexes of those that were. Every event at once; when one fails, each again on its own
+        (``encode``: counted and logged), so the quick pass need not know which."""
+        encode = self.mapper.encode
+        try:
+            if id_texts is None:
+                return [encode(event).encode("utf-8") for event in events], None
+            return [encode_event(encode(event), id=text) for event, text in zip(events, id_texts)], None
+        except Exception:
+            frames: list[bytes] = []
+            kept: list[int] = []
+            for index, event in enumerate(events):
+                frame = self.encode(event, None if id_texts is None else id_texts[index])
+                if frame is not None:
+                    frames.append(frame)
+                    kept.append(index)
+            return frames, kept
 
     def encode(self, event: Event, id_text: str | None) -> bytes | None:
         """The event's bytes (an SSE frame with ``id_text``, or the bare payload for None), or None when

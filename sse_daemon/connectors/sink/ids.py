@@ -31,9 +31,14 @@ class EventIds:
         self._last = max(self._last, event_id)
 
     def next(self) -> int:
+        return self.take(1)
+
+    def take(self, count: int) -> int:
+        """The first of ``count`` consecutive new ids (the rest follow it by one)."""
         now = int(self._clock.seconds() * 1_000_000)
-        self._last = now if now > self._last else self._last + 1
-        return self._last
+        first = now if now > self._last else self._last + 1
+        self._last = first + count - 1 if count else self._last
+        return first
 
 
 @implementer(IEventIds)
