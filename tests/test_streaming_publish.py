@@ -47,6 +47,30 @@ def test_a_line_past_the_limit_is_never_held_whole() -> None:
 
 
 @pytest.mark.reactor_free
+@pytest.mark.parametrize("seed", range(20))
+def test_any_cut_of_a_body_into_chunks_gives_the_same_lines(seed: int) -> None:
+    """Lines whole in one chunk are cut at once, lines across chunks pieced together: the same lines
+    whatever the cut, as reading the body whole and line by line says they are."""
+    import random
+
+    draw = random.Random(seed)
+    pieces = [b"", b"\r", b" ", b'{"a": 1}', b"x" * 9, b"y" * 10, b"z" * 11, b"w" * 30, b"ok\r"]
+    body = b"\n".join(draw.choice(pieces) + draw.choice(pieces) for _ in range(draw.randint(1, 40)))
+    expected = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if len(line) > 10:
+            expected.append((number, TOO_LONG))
+        elif line.strip():
+            expected.append((number, line.removesuffix(b"\r")))
+    cuts = sorted(draw.sample(range(len(body) + 1), draw.randint(0, min(len(body), 12))))
+    for chunks in ([body], [body[i:i + 1] for i in range(len(body))],
+                   [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)])]):
+        lines = NdjsonLines(max_line=10)
+        got = [line for chunk in chunks for line in lines.feed(chunk)] + lines.end()
+        assert got == expected, chunks
+
+
+@pytest.mark.reactor_free
 @pytest.mark.parametrize(("method", "content_type", "streams"), [
     (b"POST", b"application/x-ndjson", True),
     (b"POST", b"Application/X-NDJSON; charset=utf-8", True),

@@ -98,6 +98,21 @@ def test_load_json_refuses_what_json_loads_would_choke_on() -> None:
         load_json("{not json")
 
 
+
+@pytest.mark.parametrize("text", ['{"a":1}', ' {"a":1}', '{"a":1} ', '{"a":1}\n', '\t[1, 2]\r\n', '"x"', "[]", "0", "-1.5e3",
+                                  "1 2", '{"a":1}{"b":2}', "", " ", "nul", "[1,", '{"a":1', '"\\ud800"', '{"a":"\x01"}'])
+def test_load_json_reads_what_json_loads_reads_and_fails_as_it_fails(text: str) -> None:
+    """The C scanner at once for a bare value; whitespace around it, or anything else, through the whole decoder."""
+    try:
+        expected: object = json.loads(text)
+    except json.JSONDecodeError as e:
+        with pytest.raises(json.JSONDecodeError) as caught:
+            load_json(text)
+        assert str(caught.value) == str(e)
+    else:
+        assert load_json(text) == expected
+
+
 def test_check_values_names_the_attribute_and_the_path() -> None:
     with pytest.raises(InvalidValue) as caught:
         check_values({"ok": 1, "o": {"list": [{"deep": "\ud800"}]}})

@@ -113,7 +113,9 @@ class History:
         entries.extend(zip(ids, frames))
         self._times.extend(repeat(self._now() if at is None else at, len(ids)))
         self.bytes += sum(map(len, frames))
-        while entries and (len(entries) > self.size or (self.max_bytes and self.bytes > self.max_bytes)):
+        if len(entries) > self.size:
+            self._evict(len(entries) - self.size)
+        while entries and self.max_bytes and self.bytes > self.max_bytes:
             self._evict()
         if self.max_age > 0:
             self._expire()
@@ -158,13 +160,16 @@ class History:
         frames = tuple(frame for _, frame in self._entries)
         return Resume(frames, self.floor, reason, last_event_id, oldest, tuple(event_id for event_id, _ in self._entries))
 
-    def _evict(self) -> None:
-        event_id, frame = self._entries.popleft()
-        self._times.popleft()
-        self.bytes -= len(frame)
-        if event_id > self.floor:  # the floor was set by the first append
-            self.floor = event_id
-        self.evicted += 1
+    def _evict(self, count: int = 1) -> None:
+        """Drop the ``count`` oldest events (a publish's worth at once: the history is full in steady state)."""
+        entries, times = self._entries, self._times
+        gone = [entries.popleft() for _ in range(count)]
+        for _ in range(count):
+            times.popleft()
+        self.bytes -= sum(len(frame) for _, frame in gone)
+        if gone[-1][0] > self.floor:  # the floor was set by the first append
+            self.floor = gone[-1][0]
+        self.evicted += count
 
     def _expire(self) -> None:
         if self.max_age <= 0:

@@ -117,8 +117,9 @@ class NdjsonPublish:
             except MappingError as e:
                 self._refuse(number, e.reason, str(e))
                 continue
-            events.extend(Event(values, ingress=now) for values in rows)
-            numbers.extend([number] * len(rows))
+            for values in rows:
+                events.append(Event(values, ingress=now))
+                numbers.append(number)
         for start in range(0, len(events), self.max_events):  # a publish no larger than a body may be (a shared bus trims beyond)
             self._send(events[start:start + self.max_events], numbers[start:start + self.max_events])
 

@@ -130,7 +130,13 @@ def load_json(text: str, max_depth: int = MAX_DOCUMENT_DEPTH) -> Any:
         depth = nesting(text)
         if depth > max_depth:
             raise InvalidValue("too-deep", f"the JSON nests {depth} arrays and objects deep; at most {max_depth} are accepted")
-    return _DECODER.decode(text)
+    try:  # the value at once, without decode's two whitespace matches: a JSON text with nothing around it (the common case)
+        value, end = _DECODER.raw_decode(text)
+    except json.JSONDecodeError:
+        return _DECODER.decode(text)  # whitespace before it, or not JSON: the decoder's own answer and error
+    if end != len(text):
+        return _DECODER.decode(text)  # whitespace after it, or more than one value: likewise
+    return value
 
 
 def _scalar_problem(value: Any) -> tuple[str, str] | None:

@@ -247,8 +247,9 @@ class JsonMapper:
                 for a in schema.attributes
             )
         self._prefix, self._suffix = _wrapper(self.enclosing)
-        #: each attribute's name and its JSON key as the output writes it ('"name":')
-        self._keys = tuple((name, _ENCODE(name) + ":") for name in schema.names)
+        #: each attribute's name and its JSON key as the output writes it (',"name":', the first '{"event":{"name":')
+        self._keys = tuple((name, ('{"event":{' if index == 0 else ",") + _ENCODE(name) + ":")
+                           for index, name in enumerate(schema.names))
         # The default output is valid JSON by construction; only a template needs the check.
         self._validate = validate_json and payload is not None
 
@@ -305,9 +306,13 @@ class JsonMapper:
     def encode(self, event: Event) -> str:
         if self.payload is not None:
             body = _render(self.payload, event.values, as_json=True)
-        else:  # {"event": {...}} in the schema's order, its keys encoded once (_keys)
+        else:  # {"event": {...}} in the schema's order, its keys encoded once (_keys: the first has the opening)
             values = event.values
-            body = '{"event":{' + ",".join([key + _fast_json(values.get(name)) for name, key in self._keys]) + "}}"
+            parts: list[str] = []
+            for name, key in self._keys:
+                value = values.get(name)
+                parts += (key, _ENCODE_STRING(value) if value.__class__ is str else _fast_json(value))
+            body = "".join(parts) + "}}"
         body = self._prefix + body + self._suffix
         return _validated(body) if self._validate else body
 

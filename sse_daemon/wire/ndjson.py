@@ -28,16 +28,20 @@ class NdjsonLines:
 
     def feed(self, data: bytes) -> list[tuple[int, bytes | None]]:
         """The lines ``data`` ends: (number, line without its newline, or TOO_LONG); blank ones left out."""
+        *ended, rest = data.split(b"\n")
         lines: list[tuple[int, bytes | None]] = []
-        start = 0
-        while True:
-            end = data.find(b"\n", start)
-            if end < 0:
-                break
-            self._take(data, start, end)
+        if ended:
+            self._take(ended[0])  # the end of the line the previous chunks began
             self._end_line(lines)
-            start = end + 1
-        self._take(data, start, len(data))
+            number, max_line = self.number, self.max_line
+            for line in ended[1:]:  # lines whole in this chunk, at once (the common case)
+                number += 1
+                if len(line) > max_line:
+                    lines.append((number, TOO_LONG))
+                elif line.strip():
+                    lines.append((number, line.removesuffix(b"\r")))
+            self.number = number
+        self._take(rest)
         return lines
 
     def end(self) -> list[tuple[int, bytes | None]]:
@@ -47,14 +51,14 @@ class NdjsonLines:
             self._end_line(lines)
         return lines
 
-    def _take(self, data: bytes, start: int, end: int) -> None:
-        if self._too_long or start == end:
+    def _take(self, piece: bytes) -> None:
+        if self._too_long or not piece:
             return
-        if len(self._partial) + (end - start) > self.max_line:
+        if len(self._partial) + len(piece) > self.max_line:
             self._too_long = True
             self._partial.clear()
             return
-        self._partial += data[start:end]
+        self._partial += piece
 
     def _end_line(self, lines: list[tuple[int, bytes | None]]) -> None:
         self.number += 1
