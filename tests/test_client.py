@@ -81,6 +81,25 @@ def test_reports_open_comments_and_messages_in_order() -> None:
     assert source.connected and source.last_event_id == "7" and source.counters["streams"] == 1
 
 
+def test_a_reads_messages_come_at_once_and_in_order_around_comments_and_rejections() -> None:
+    """``messages`` gets each run of messages one read completed (a relay publishes each run at once);
+    a handler that overrides only ``message`` still hears every one, in order."""
+
+    class Runs(Recorder):
+        def messages(self, messages) -> None:  # type: ignore[no-untyped-def]
+            self.reports.append([m.data for m in messages])
+
+    server, clock = FakeServer(), Clock()
+    source, got = client(server, clock, Runs(), max_event_size=8)
+    server.write(b"data: a\n\ndata: b\n\n: note\n\ndata: c\n\ndata: " + b"x" * 20 + b"\n\ndata: d\n\ndata: e\n")
+    server.write(b"\ndata: f\n\n")
+    assert got.reports[2:] == [["a", "b"], ("comment", "note"), ["c"], Rejection("event-too-large", 20), ["d"], ["e", "f"]]
+    plain_server = FakeServer()
+    _, plain = client(plain_server, Clock())
+    plain_server.write(b"data: a\n\ndata: b\n\n: note\n\ndata: c\n\n")
+    assert plain.data == ["a", "b", "c"]
+
+
 def test_reconnects_after_the_servers_retry_with_last_event_id() -> None:
     server, clock = FakeServer(retry=250), Clock()
     source, got = client(server, clock)

@@ -249,6 +249,22 @@ def test_body_receiver_keeps_the_transport_to_pause_and_close() -> None:
     receiver.close()  # after the end: harmless
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_reads_messages_are_published_at_once_and_one_that_does_not_map_leaves_the_others_be(harness: Harness) -> None:
+    """A relay publishes what one read of the upstream holds in one publish (the sink's steps run once
+    for all of it); a message that does not map is counted and left out, alone, and order is kept."""
+    server = harness.fake()
+    source, events = harness.source(server.url(), http=server.http)
+    calls: list[list[str]] = []
+    source.bus.subscribe("Src", lambda published: calls.append(values(list(published))))
+    await wait_for(lambda: source.connected, what="connection")
+    good = [encode_event(payload(text), id=str(n)) for n, text in enumerate("abcd", start=1)]
+    server.write(good[0] + good[1] + encode_event("not json", id="x") + good[2] + encode_comment("tick") + good[3])
+    await wait_for(lambda: len(events) == 4, what="four events")
+    assert calls == [["a", "b", "c"], ["d"]], "one publish for each run of messages in the read"
+    assert [e.id for e in events] == ["1", "2", "3", "4"] and source.mapping_errors["invalid-json"] == 1
+
+
 # --------------------------------------------------------------------------- timing, on a Clock
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -96,7 +96,8 @@ class EventSourceHandler(Protocol):
 
     def opened(self, opened: Opened) -> None: ...
 
-    def message(self, message: Message) -> None: ...
+    def messages(self, messages: Sequence[Message]) -> None:
+        """The messages one read of the stream completed, in order (a fast stream's read holds many)."""
 
     def comment(self, text: str) -> None: ...
 
@@ -110,6 +111,11 @@ class Handler:
 
     def opened(self, opened: Opened) -> None:
         pass
+
+    def messages(self, messages: Sequence[Message]) -> None:
+        """Each to :meth:`message`: override this one to take a read's messages at once."""
+        for message in messages:
+            self.message(message)
 
     def message(self, message: Message) -> None:
         pass
@@ -424,14 +430,24 @@ class EventSource:
         return [Message(item) if isinstance(item, str) else item for item in found]
 
     def _dispatch(self, items: list[Item]) -> None:
+        run: list[Message] = []  # messages in a row: handed over at once
         for item in items:
             if isinstance(item, Message):
-                self._delivered += 1  # a stream that carried one has worked
-                self.handler.message(item)
-            elif isinstance(item, Comment):
+                run.append(item)
+                continue
+            if run:
+                self._messages(run)
+                run = []
+            if isinstance(item, Comment):
                 self.handler.comment(item.text)
             else:
                 self.handler.rejected(item)
+        if run:
+            self._messages(run)
+
+    def _messages(self, messages: list[Message]) -> None:
+        self._delivered += len(messages)  # a stream that carried one has worked
+        self.handler.messages(messages)
 
     def _tell(self, call: Callable[[Any], None], report: Opened | Interruption) -> None:
         """``opened`` or ``interrupted``: a failing handler is logged, never the end of the client."""
