@@ -28,7 +28,7 @@ from sse_daemon.connectors.ingest import IngestResource
 from sse_daemon.connectors.interfaces import ILogSinkService, ISource, ISseSinkService, ISubscriberSink, IUpstreamSource
 from sse_daemon.connectors.logsink import LogSinkService
 from sse_daemon.connectors.sink import SseSink, SseSinkService, sink_for_bus
-from sse_daemon.connectors.sink.batching import TurnBatch
+from sse_daemon.connectors.sink.batching import BURST, TurnBatch
 from sse_daemon.connectors.sink.ids import LOCAL_IDS
 from sse_daemon.connectors.sink.replay import within
 from sse_daemon.events.schema import Event
@@ -239,26 +239,34 @@ def test_a_turns_frames_are_written_once_at_its_end() -> None:
     assert flushed == [([b"a", b"b"], [1.0])] and not batch.scheduled and batch.take() == ([], [])
 
 
-def test_with_a_flush_interval_writes_come_that_far_apart_and_an_idle_stream_is_written_at_once() -> None:
+def test_with_a_flush_interval_writes_are_paced_past_a_burst_and_a_quiet_stream_waits_for_nothing() -> None:
     clock = Clock()
     clock.advance(100)
     flushed: list = []
     batch = TurnBatch(clock, lambda: flushed.append((round(clock.seconds(), 6), batch.take()[0])), min_interval=0.002)
-    batch.add(b"a", None)
+    for frame in (b"a", b"b", b"c", b"d"):  # close together, in turns of their own
+        batch.add(frame, None)
+        clock.advance(0)
+        clock.advance(0.0001)
+    assert [frames for _, frames in flushed] == [[b"a"], [b"b"], [b"c"], [b"d"]], "a burst of BURST writes goes at once"
+    assert BURST == 4
+    batch.add(b"e", None)
     clock.advance(0)
-    assert flushed == [(100, [b"a"])], "the first write of a quiet stream waits for nothing"
-    clock.advance(0.0005)
-    batch.add(b"b", None)
-    clock.advance(0)
-    assert len(flushed) == 1, "0.5 ms after a write: the next waits"
+    assert len(flushed) == 4, "past the burst: the next waits"
     clock.advance(0.001)
-    batch.add(b"c", None)
-    clock.advance(0.0005)
-    assert flushed[1] == (100.002, [b"b", b"c"]), "2 ms after the last write, together"
+    batch.add(b"f", None)
+    clock.advance(0.0006)
+    assert flushed[4] == (100.002, [b"e", b"f"]), "together, once the bucket holds a write again (0.4 ms used, 1.6 left)"
+    batch.add(b"g", None)
+    clock.advance(0.001)
+    assert len(flushed) == 5
+    clock.advance(0.001)
+    assert flushed[5] == (100.004, [b"g"]), "a stream that keeps coming: a write per interval"
     clock.advance(1)
-    batch.add(b"d", None)
-    clock.advance(0)
-    assert flushed[2] == (101.002, [b"d"]) and not batch.scheduled, "long after: at once again"
+    for frame in (b"h", b"i"):
+        batch.add(frame, None)
+        clock.advance(0)
+    assert flushed[6:] == [(101.004, [b"h"]), (101.004, [b"i"])] and not batch.scheduled, "a quiet spell refills the burst"
 
 
 def test_a_bus_replay_that_does_not_answer_in_time_times_out_without_waiting_for_its_cancel() -> None:

@@ -41,6 +41,7 @@ sinks:
     server.port: 8080
     server.path: events
     subscriber.queue.size: {queue}
+    flush.interval: 0  # each publish written at its turn's end: the sink's clock here is a Clock no one advances
 """
 
 
