@@ -109,10 +109,15 @@ class History:
             self.floor = self.newest = self._below(ids[0])
         if ids[-1] > self.newest:
             self.newest = ids[-1]
-        entries = self._entries
-        entries.extend(zip(ids, frames))
-        self._times.extend(repeat(self._now() if at is None else at, len(ids)))
-        self.bytes += sum(map(len, frames))
+        entries, at = self._entries, self._now() if at is None else at
+        if len(ids) == 1:  # a publish of one event (most of them): without zip, repeat and sum
+            entries.append((ids[0], frames[0]))
+            self._times.append(at)
+            self.bytes += len(frames[0])
+        else:
+            entries.extend(zip(ids, frames))
+            self._times.extend(repeat(at, len(ids)))
+            self.bytes += sum(map(len, frames))
         if len(entries) > self.size:
             self._evict(len(entries) - self.size)
         while entries and self.max_bytes and self.bytes > self.max_bytes:
@@ -163,12 +168,14 @@ class History:
     def _evict(self, count: int = 1) -> None:
         """Drop the ``count`` oldest events (a publish's worth at once: the history is full in steady state)."""
         entries, times = self._entries, self._times
-        gone = [entries.popleft() for _ in range(count)]
+        size = 0
         for _ in range(count):
+            event_id, frame = entries.popleft()
             times.popleft()
-        self.bytes -= sum(len(frame) for _, frame in gone)
-        if gone[-1][0] > self.floor:  # the floor was set by the first append
-            self.floor = gone[-1][0]
+            size += len(frame)
+        self.bytes -= size
+        if event_id > self.floor:  # the floor was set by the first append
+            self.floor = event_id
         self.evicted += count
 
     def _expire(self) -> None:

@@ -49,7 +49,9 @@ class TurnBatch:
     def extend(self, frames: list[bytes], ingress: list[float | None]) -> None:
         """Frames for this turn's write, with the ingress times of their events (None or 0: not known)."""
         self.frames += frames
-        self.ingress += [at for at in ingress if at]
+        for at in ingress:
+            if at:
+                self.ingress.append(at)
         if self._call is None and frames:
             wait = 0.0
             if self.min_interval:

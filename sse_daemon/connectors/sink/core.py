@@ -197,7 +197,7 @@ class SseSink:
         if self.bus_replay is None:
             first = self.ids.take(len(events))  # one spent on an event that is dropped leaves a gap, which ids may have
             keys: list[Any] = list(range(first, first + len(events)))
-            texts = [str(key) for key in keys]
+            texts = list(map(str, keys))
         else:  # the bus's ids: the same on every instance
             keys, texts = [], []
             for event in events:
