@@ -201,6 +201,26 @@ def test_the_ingest_is_held_back_by_time_or_by_what_redis_would_trim_unread() ->
     assert off.behind("S", 10_000) is None, "0 turns both bounds off"
 
 
+def test_read_gaps_count_what_was_added_but_never_read_once_the_reader_has_caught_up() -> None:
+    from sse_daemon.bus.readgaps import ReadGaps
+
+    gaps = ReadGaps()
+    gaps.read("S", 5)
+    assert gaps.check("S", "9-0", "10-0", 40) == 0 and not gaps.knows("S"), "behind: nothing can be told yet"
+    assert gaps.check("S", "10-0", "10-0", None) == 0 and not gaps.knows("S"), "a Redis without entries-added: never"
+    assert gaps.check("S", "10-0", "10-0", 40) == 0 and gaps.knows("S"), "caught up: from here on"
+    gaps.read("S", 3)
+    assert gaps.check("S", "12-0", "12-0", 43) == 0, "all three added were read"
+    gaps.read("S", 100)
+    assert gaps.check("S", "15-0", "20-0", 1043) == 0, "behind again: told later"
+    gaps.read("S", 10)
+    assert gaps.check("S", "20-0", "20-0", 1043) == 1043 - 43 - 110, "890 added that this reader never got"
+    assert gaps.check("S", "20-0", "20-0", 1043) == 0, "each loss counted once"
+    gaps.forget("S")
+    gaps.read("S", 7)
+    assert gaps.check("S", "30-0", "30-0", 2000) == 0, "not read meanwhile: nobody's loss"
+
+
 # --------------------------------------------------------------------------- daemons sharing a real Redis
 
 SHARED = """\
@@ -430,6 +450,37 @@ async def test_ingest_refuses_while_the_fanout_is_behind_and_takes_again_once_it
     await wait_for(lambda: a.bus.fanout_lag("S") == 0.0, timeout=60, what="the fan-out to catch up")
     assert a.bus.counters["events_delivered"] >= 10000
     assert (await post(a.port_of("In"), 2))[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_entries_redis_trimmed_before_an_instance_read_them_are_counted_and_logged(daemon, redis_server, log_events,
+                                                                                        monkeypatch) -> None:
+    """An instance that falls more than history.size behind loses what Redis trims before it reads it:
+    XREAD says nothing, so the bus counts it from XINFO's entries-added once the reader has caught up
+    (bus_entries_lost) and logs it. Here one transaction adds 1,000 entries to a stream kept at about 10."""
+    from sse_daemon.bus import redis as redis_module
+
+    monkeypatch.setattr(redis_module, "GAP_CHECK_INTERVAL", 0.05)
+    text = shared_config(redis_server).replace("  reconnect.max.delay: 0.3\n", "  reconnect.max.delay: 0.3\n  history.size: 10\n")
+    a = await instance(daemon, text + "admin: {port: 0}\n")
+    await deadline(a.bus.publish("S", [Event({"n": 0})]))
+    await wait_for(lambda: a.bus.gaps.knows("S"), what="the reader caught up and counting")
+    delivered = a.bus.counters["events_delivered"]
+    await deadline(a.bus.publish("S", [Event({"n": i}) for i in range(1, 1001)]))
+    await wait_for(lambda: a.bus.counters["entries_lost"] > 0, what="the loss found")
+    read = a.bus.counters["events_delivered"] - delivered
+    assert 0 < read < 1000 and a.bus.counters["entries_lost"] == 1000 - read, (read, a.bus.counters["entries_lost"])
+    assert any("Redis trimmed" in (e.get("log_format") or "") and e.get("lost") == 1000 - read for e in log_events)
+    metrics = await raw_request(a.admin.port, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    await deadline(metrics.closed)
+    assert b"sse_daemon_bus_entries_lost_total %d.0" % (1000 - read) in metrics.received
+    await deadline(a.bus.publish("S", [Event({"n": 1001})]))
+    await wait_for(lambda: a.bus.counters["events_delivered"] - delivered == read + 1, what="the next event")
+    read_at = reactor.seconds()
+    await wait_for(lambda: a.bus._gaps_checked > read_at, what="a check after it")
+    started = a.bus._gaps_checked
+    await wait_for(lambda: a.bus._gaps_checked > started, what="that check done (the next one started)")
+    assert a.bus.counters["entries_lost"] == 1000 - read, "an event read is no loss"
 
 
 @pytest_twisted.ensureDeferred

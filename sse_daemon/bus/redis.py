@@ -36,6 +36,7 @@ from zope.interface import implementer
 from sse_daemon.bus.fanoutlag import FanoutLag
 from sse_daemon.bus.interfaces import ISharedBus, ISubscription, Subscriber
 from sse_daemon.bus.memory import subscriber_failed
+from sse_daemon.bus.readgaps import ReadGaps
 from sse_daemon.bus.streamids import STREAM_IDS, entry_key, key_below, show_key
 from sse_daemon.config.model import BusDef
 from sse_daemon.policy.limits import should_log
@@ -45,6 +46,8 @@ from sse_daemon.events.validate import InvalidValue, check_values, load_json
 #: how long one XREAD blocks; bounds how late a stream subscribed after start is picked up
 READ_BLOCK_MS = 1000
 READ_COUNT = 1000
+#: seconds between two looks at whether Redis trimmed entries before this instance read them (readgaps.py)
+GAP_CHECK_INTERVAL = 1.0
 #: seconds Redis has to answer a command (beyond an XREAD's own block) before the connection counts
 #: as dead: a partition that drops packets without closing the socket must still end in a 503 and a reconnect
 COMMAND_TIMEOUT = 5.0
@@ -209,6 +212,7 @@ class _Subscription:
             subscriptions.remove(self)
         if not subscriptions:
             self._bus.lags.forget(self.stream)  # not read here any more: nothing waits for this fan-out
+            self._bus.gaps.forget(self.stream)  # nor reads it: what is added meanwhile is nobody's loss
 
 
 @implementer(ISharedBus)
@@ -230,6 +234,10 @@ class RedisBus(Service):
         #: seconds this instance's publishes may wait for its own fan-out before its ingest refuses more (0: no bound)
         self.max_lag: float = definition.options.fanout_max_lag
         self.lags = FanoutLag()
+        #: entries Redis trimmed before this instance read them (it fell more than history.size behind)
+        self.gaps = ReadGaps()
+        self._gaps_checked = float("-inf")
+        self._gaps_found = 0
         self.reactor = reactor
         self.setName("bus")
         #: "connecting" (not yet, or again), "up", "down" (waiting to reconnect)
@@ -431,6 +439,10 @@ class RedisBus(Service):
             if self._positions.get(stream) is None:
                 newest = await reader.execute_command("XREVRANGE", self.prefix + stream, "+", "-", "COUNT", "1").addTimeout(COMMAND_TIMEOUT, self.reactor)
                 self._positions[stream] = newest[0][0] if newest else "0-0"
+        if self.reactor.seconds() - self._gaps_checked >= GAP_CHECK_INTERVAL:
+            self._gaps_checked = self.reactor.seconds()
+            for stream in streams:
+                await self._check_gaps(reader, stream)
         reply = await reader.execute_command(
             "XREAD", "COUNT", str(READ_COUNT), "BLOCK", str(READ_BLOCK_MS), "STREAMS",
             *(self.prefix + s for s in streams), *(self._positions[s] for s in streams),
@@ -439,6 +451,7 @@ class RedisBus(Service):
             stream = key[len(self.prefix):]
             if entries:
                 self._positions[stream] = entries[-1][0]
+                self.gaps.read(stream, len(entries))
                 self._deliver(stream, entries)
                 self.lags.delivered(stream, entry_key(entries[-1][0]))
 
@@ -454,6 +467,26 @@ class RedisBus(Service):
                 subscription.subscriber(events)
             except Exception:
                 subscriber_failed(self.log, self.failures, stream, subscription.subscriber)
+
+    async def _check_gaps(self, reader: Any, stream: str) -> None:
+        """Count and log (sampled) the entries of ``stream`` Redis trimmed before this instance read them."""
+        import txredisapi  # loaded already: only a running Redis bus reads
+
+        try:
+            info = await reader.execute_command("XINFO", "STREAM", self.prefix + stream).addTimeout(COMMAND_TIMEOUT, self.reactor)
+        except txredisapi.ResponseError:  # no such key: nothing was ever added to the stream
+            return
+        added = info_field(info, "entries-added")
+        lost = self.gaps.check(stream, str(self._positions[stream]), info_field(info, "last-generated-id"),
+                               None if added is None else int(added))
+        if lost:
+            self.counters["entries_lost"] += lost
+            total = self.counters["entries_lost"]
+            self._gaps_found += 1
+            if should_log(self._gaps_found):  # sampled by gaps found, not entries: a first gap of 900 is logged
+                self.log.warn("stream {stream}: Redis trimmed {lost} entries before this instance read them (it fell more "
+                              "than history.size, {size}, behind): its subscribers never got them ({total} so far)",
+                              stream=stream, lost=lost, size=self.history_size, total=total)
 
     def _skipped(self, stream: str, skipped: Sequence[tuple[str, str]]) -> None:
         """Entries no sink could deliver (foreign, or a value refused by validate.py): counted, logged sampled."""

@@ -140,6 +140,7 @@ class DaemonCollector:
             families["bus_reconnects"].add_metric([], bus.counters["reconnects"])
             families["bus_events_invalid"].add_metric([], bus.counters["publish_invalid"])
             families["bus_entries_skipped"].add_metric([], bus.counters["entries_skipped"])
+            families["bus_entries_lost"].add_metric([], bus.counters["entries_lost"])
             for stream in sorted(admin.daemon.config.streams):
                 families["bus_fanout_lag_seconds"].add_metric([stream], bus.fanout_lag(stream))
         return iter(families.values())

@@ -137,6 +137,10 @@ FAMILIES: tuple[Family, ...] = (
            "Seconds the oldest publish Redis acknowledged to this instance has waited for this instance's own fan-out, "
            "by stream; above `fanout.max.lag` the instance's ingest answers 503 `fanout-behind`.", ("stream",), shared_bus=True,
            notes="0 when nothing waits, or nobody on this instance reads the stream."),
+    Family("bus_entries_lost", "counter",
+           "Entries Redis trimmed before this instance read them (it fell more than the bus's history.size behind a "
+           "stream): its subscribers never got them (logged, sampled).", shared_bus=True,
+           notes="Found when the reader has caught up (checked every second); needs Redis 7 (XINFO's entries-added)."),
     Family("bus_entries_skipped", "counter",
            "Redis entries this instance could not decode, skipped on live reads and resume replays (logged, sampled).", shared_bus=True),
 )
