@@ -232,8 +232,8 @@ def test_a_turns_frames_are_written_once_at_its_end() -> None:
     clock = Clock()
     flushed: list = []
     batch = TurnBatch(clock, lambda: flushed.append(batch.take()))
-    batch.add(b"a", 1.0)
-    batch.add(b"b", None)
+    batch.extend([b"a"], [1.0])
+    batch.extend([b"b"], [None])
     assert batch.scheduled and not flushed
     clock.advance(0)
     assert flushed == [([b"a", b"b"], [1.0])] and not batch.scheduled and batch.take() == ([], [])
@@ -245,26 +245,26 @@ def test_with_a_flush_interval_writes_are_paced_past_a_burst_and_a_quiet_stream_
     flushed: list = []
     batch = TurnBatch(clock, lambda: flushed.append((round(clock.seconds(), 6), batch.take()[0])), min_interval=0.002)
     for frame in (b"a", b"b", b"c", b"d"):  # close together, in turns of their own
-        batch.add(frame, None)
+        batch.extend([frame], [None])
         clock.advance(0)
         clock.advance(0.0001)
     assert [frames for _, frames in flushed] == [[b"a"], [b"b"], [b"c"], [b"d"]], "a burst of BURST writes goes at once"
     assert BURST == 4
-    batch.add(b"e", None)
+    batch.extend([b"e"], [None])
     clock.advance(0)
     assert len(flushed) == 4, "past the burst: the next waits"
     clock.advance(0.001)
-    batch.add(b"f", None)
+    batch.extend([b"f"], [None])
     clock.advance(0.0006)
     assert flushed[4] == (100.002, [b"e", b"f"]), "together, once the bucket holds a write again (0.4 ms used, 1.6 left)"
-    batch.add(b"g", None)
+    batch.extend([b"g"], [None])
     clock.advance(0.001)
     assert len(flushed) == 5
     clock.advance(0.001)
     assert flushed[5] == (100.004, [b"g"]), "a stream that keeps coming: a write per interval"
     clock.advance(1)
     for frame in (b"h", b"i"):
-        batch.add(frame, None)
+        batch.extend([frame], [None])
         clock.advance(0)
     assert flushed[6:] == [(101.004, [b"h"]), (101.004, [b"i"])] and not batch.scheduled, "a quiet spell refills the burst"
 

@@ -43,9 +43,6 @@ class TurnBatch:
         """Whether a write at the end of this turn is pending."""
         return self._call is not None and self._call.active()
 
-    def add(self, frame: bytes, ingress: float | None) -> None:
-        self.extend([frame], [ingress])
-
     def extend(self, frames: list[bytes], ingress: list[float | None]) -> None:
         """Frames for this turn's write, with the ingress times of their events (None or 0: not known)."""
         self.frames += frames
