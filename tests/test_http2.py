@@ -46,6 +46,7 @@ async def test_a_tls_port_speaks_http2_to_a_client_that_asks_and_http11_to_one_t
     (v2, headers2, body2), (v1, headers1, body1) = await deadline(h2), await deadline(h1)
     assert (v2, v1) == ("HTTP/2", "HTTP/1.1")
     assert headers2["content-type"] == headers1["content-type"] == "text/event-stream; charset=utf-8"
+    assert headers2["server"] == headers1["server"] == "sse-daemon", "the daemon's name, neither its version nor Twisted's"
     for body in (body1, body2):
         assert body.startswith(b": sse-daemon stream open\n") and b'"n":7' in body
     assert b"\r\n" not in body2, "HTTP/2 has no chunked framing"

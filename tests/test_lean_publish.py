@@ -196,6 +196,7 @@ async def test_the_fast_lane_answers_as_twisted_web_does(daemon, users_file: Pat
     assert [status(head[0]) for head, _ in lean] == [200, 200, 200, 400, 400, 400, 413, 413, 404, 405, 200, 403, 401, 200, 401, 200]
     for case, (lean_head, lean_body), (web_head, web_body) in zip(CASES, lean, twisted_web):
         assert (lean_head, lean_body) == (web_head, web_body), f"{case}: the two lanes answer differently"
+        assert b"Server: sse-daemon" in lean_head, "the daemon's name, neither its version nor Twisted's"
     # each lane counted the same: every ingest's counters, the router's refusals, requests by HTTP version
     deltas = []
     for _, before, after in outcomes.values():

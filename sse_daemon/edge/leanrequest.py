@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
-from twisted.web.server import NOT_DONE_YET, Request, version as SERVER_VERSION
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.http import datetimeToString
 
 from sse_daemon.edge.safety import internal_error
@@ -55,7 +55,9 @@ def _date() -> bytes:
     return _date_header
 
 
-_SERVER = b"Server: %s\r\n" % SERVER_VERSION
+#: what every answer says the server is: the daemon's name, not its version nor Twisted's (a scanner's first clue)
+SERVER_NAME = b"sse-daemon"
+_SERVER = b"Server: %s\r\n" % SERVER_NAME
 
 
 class LeanHeaders:

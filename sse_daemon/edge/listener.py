@@ -45,7 +45,7 @@ from sse_daemon.config.values import normalise_path
 from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping
 from sse_daemon.policy.limits import should_log
 from sse_daemon.edge.bodystream import BodyStream, wants_stream
-from sse_daemon.edge.leanrequest import LeanRequest
+from sse_daemon.edge.leanrequest import SERVER_NAME, LeanRequest
 from sse_daemon.edge.sendnow import direct_socket, write_now
 from sse_daemon.edge.safety import internal_error, undecodable_header
 from sse_daemon.edge.tls import HTTP2_MARK
@@ -656,6 +656,11 @@ class LimitedRequest(server.Request):
             # Twisted gives an HTTP/2 request no transport; its stream is one (write, loseConnection
             # and abortConnection act on this stream alone), so a subscriber writes and is cut alike
             self.transport = self.channel
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if name == b"Server":  # twisted.web's Request.process names itself and its exact version: the daemon's name instead
+            value = SERVER_NAME
+        super().setHeader(name, value)
 
     @property
     def link(self) -> "PortChannel | PortStream":
