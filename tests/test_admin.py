@@ -249,6 +249,7 @@ async def test_health_status_page_and_live_view(daemon) -> None:
     assert code == 200 and b"new EventSource(" in body
     code, headers, body = await http.request("HEAD", base + "/")
     assert code == 200 and body == b"" and int(headers.getRawHeaders(b"content-length")[0]) > 1000
+    assert headers.getRawHeaders(b"server") == [b"sse-daemon"], "neither the daemon's version nor Twisted's"
     code, _, body = await http.get(base + "/nothing-here")
     assert code == 404 and "paths" not in json.loads(body)  # the admin's paths name every stream: not listed
 
