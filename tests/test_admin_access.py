@@ -289,6 +289,38 @@ def test_admin_auth_options_are_checked(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_reload_reads_the_admins_users_and_tokens_files_again(daemon, tmp_path: Path, upstream, log_events) -> None:
+    """A rotated admin token or password takes effect at the next reload (SIGHUP), on every admin path and
+    live view, without a restart; files that cannot be read then leave the credentials as they were."""
+    from sse_daemon.daemon.reload import Reloader
+
+    service = await daemon(streams_config(tmp_path, upstream.url(), admin_auth(tmp_path)))
+    port = service.admin.port
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    rotated = "admin-token-rotated-0123456789"
+    assert status(await get(port, "/metrics", headers=bearer(TOKEN))) == 200
+    write_config(tmp_path, rotated + "\n", "admin-tokens")
+    write_config(tmp_path, "ops:" + bcrypt.hashpw(b"new-sesame", bcrypt.gensalt(rounds=4)).decode() + "\n", "admin-users")
+    assert status(await get(port, "/metrics", headers=bearer(rotated))) == 401, "read at start, and at reloads only"
+    assert await deadline(reloader.reload()) is True
+    for path in ("/metrics", "/status.json", "/events/Open"):
+        assert status(await get(port, path, headers=bearer(TOKEN))) == 401, path
+        assert status(await get(port, path, headers=basic("ops", "opens-sesame"))) == 401, path
+    assert status(await get(port, "/metrics", headers=bearer(rotated))) == 200
+    assert status(await get(port, "/metrics", headers=basic("ops", "new-sesame"))) == 200
+    await get(port, "/events/Open", headers=bearer(rotated), until=b"stream open")
+    (tmp_path / "admin-tokens").unlink()
+    assert await deadline(reloader.reload()) is False, "a tokens file that is gone fails the configuration"
+    assert status(await get(port, "/metrics", headers=bearer(rotated))) == 200, "the running credentials stay"
+    write_config(tmp_path, "short\n", "admin-tokens")
+    assert await deadline(reloader.reload()) is False, "a tokens file that holds no tokens fails the configuration too"
+    service.admin.read_credentials()  # as when the file changes again between the reload's check and its read
+    assert status(await get(port, "/metrics", headers=bearer(rotated))) == 200, "the running credentials stay"
+    kept = [e for e in log_events if "kept the credentials it had" in (e.get("log_format") or "")]
+    assert len(kept) == 1 and "shorter than 16 characters" in formatEvent(kept[0])
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_reload_that_protects_a_stream_closes_its_live_view(daemon, tmp_path: Path, upstream) -> None:
     from sse_daemon.daemon.reload import Reloader
 

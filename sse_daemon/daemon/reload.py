@@ -5,7 +5,8 @@
 2. The plan from the running configuration (plan.py) says what is kept,
    restarted, removed and added, connector by connector, route by route and
    port by port, and what only a restart changes (the ``admin:`` and ``bus:``
-   sections are logged and left; a change to a sink served by worker
+   sections are logged and left, but for the admin's users and tokens files,
+   read again at every reload; a change to a sink served by worker
    processes rejects the reload whole).
 3. The daemon stages everything new off to the side with the builder it
    started with (build.py), and new ports are bound before anything running

@@ -108,9 +108,12 @@ class DaemonService(MultiService):
         return self.builder.stage(new, changes, self.built)
 
     def adopt_config(self, new: Config) -> None:
-        """``new`` is the running configuration now, with the admin and bus sections actually running."""
+        """``new`` is the running configuration now, with the admin and bus sections actually running (a reload,
+        whatever it changed: the admin's users and tokens files are read again, so a rotated secret needs no restart)."""
         old = self.config
         self.config = with_fields(new, admin=old.admin, bus=old.bus) if (new.admin, new.bus) != (old.admin, old.bus) else new
+        if self.admin is not None:
+            self.admin.read_credentials()
 
     async def replace(self, staged: Staged) -> None:
         """Switch to ``staged``, whose new ports are bound already, in one reactor turn (a port

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
@@ -48,6 +49,7 @@ from twisted.web.server import Request
 
 from sse_daemon.bus.interfaces import ISharedBus
 from sse_daemon.connectors.interfaces import IReadiness
+from sse_daemon.config.credentials import AuthConfigError
 from sse_daemon.config.errors import Location
 from sse_daemon.config.model import AdminDef, Config, ConnectorDef
 from sse_daemon.config.options import AccessOptions, SseServerOptions
@@ -178,6 +180,8 @@ class AdminService(MultiService):
         # each scheme's authenticator and, for passwords, the gate that checks them off the reactor
         self._authenticators = {kind: build_access(definition.options.access(kind), "admin", daemon.passwords, self.clock)
                                 for kind in definition.auth_types}
+        #: every Guard built (the live views' too, while they live), with its scheme: a reload gives them fresh credentials
+        self._guards: weakref.WeakKeyDictionary[Guard, str] = weakref.WeakKeyDictionary()
         # what a Guard needs to know of its connector: the admin section's access options
         self._access = ConnectorDef("admin", "listener", "admin", "", definition.options.access("none"), definition.location)
 
@@ -211,7 +215,25 @@ class AdminService(MultiService):
                         methods=("GET", "HEAD"))
             for kind, (authenticator, passwords) in self._authenticators.items()
         }
+        for kind, guard in guards.items():
+            self._guards[guard] = kind
         return AdminGate(resource, self.hosts, guards, self.refuse)
+
+    def read_credentials(self) -> None:
+        """Read the users and tokens files again (a reload): a rotated secret takes effect without a restart.
+        Files that cannot be read now leave the credentials as they were, and say so."""
+        if not self.authenticated:
+            return
+        try:
+            fresh = {kind: build_access(self.definition.options.access(kind), "admin", self.daemon.passwords, self.clock)
+                     for kind in self.definition.auth_types}
+        except AuthConfigError as e:
+            self.log.error("the admin listener kept the credentials it had: {error}", error=str(e))
+            return
+        self._authenticators = fresh
+        for guard, kind in list(self._guards.items()):
+            guard.authenticator, guard.passwords = fresh[kind]
+        self.log.info("the admin listener read its users and tokens files again")
 
     def refuse(self, request: IRequest, code: int, reason: str, message: str) -> bytes:
         """A counted refusal, logged the first ten times of each reason and then every thousandth."""
