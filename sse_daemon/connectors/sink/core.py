@@ -192,7 +192,7 @@ class SseSink:
             frames, kept = self.encoder.encode_all(events, None)
             if kept is not None:
                 events = [events[i] for i in kept]
-            self._keep(None, frames, None, [event.ingress for event in events])
+            self._keep(None, frames, None, self._ingress(events))
             return None
         if self.bus_replay is None:
             first = self.ids.take(len(events))  # one spent on an event that is dropped leaves a gap, which ids may have
@@ -219,8 +219,12 @@ class SseSink:
             for key, frame, event in zip(keys, frames, events):
                 commit = self.durable.add(key, frame, now, event.ingress)  # the same Deferred for the turn's events
             return commit
-        self._keep(keys, frames, None, [event.ingress for event in events])
+        self._keep(keys, frames, None, self._ingress(events))
         return None
+
+    def _ingress(self, events: Sequence[Event]) -> list[float | None]:
+        """When the events entered the daemon, for the lag histogram: none kept without one (no admin)."""
+        return [event.ingress for event in events] if self.lag_observer is not None else []
 
     def encode(self, event: Event, id_text: str | None) -> bytes | None:
         """The event's bytes, or None when it cannot be written (counted and logged: encoding.py)."""
