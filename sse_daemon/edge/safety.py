@@ -33,6 +33,8 @@ def undecodable_header(request: IRequest) -> str | None:
     """The name of the first request header whose name or value is not UTF-8 text, or None."""
     for name, values in request.requestHeaders.getAllRawHeaders():
         for text in (name, *values):
+            if text.isascii():  # nearly every header: no decode, no copy
+                continue
             try:
                 text.decode("utf-8")
             except UnicodeDecodeError:
