@@ -310,8 +310,7 @@ class JsonMapper:
             values = event.values
             parts: list[str] = []
             for name, key in self._keys:
-                value = values.get(name)
-                parts += (key, _ENCODE_STRING(value) if value.__class__ is str else _fast_json(value))
+                parts += (key, _fast_json(values.get(name)))
             body = "".join(parts) + "}}"
         body = self._prefix + body + self._suffix
         return _validated(body) if self._validate else body
