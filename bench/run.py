@@ -62,6 +62,7 @@ class Scenario:
     publishers: int = 1  # publisher connections (keep-alive), the events shared between them
     batch: int = 1  # events per POST (a JSON array when above 1); with ndjson, lines per chunk
     ndjson: bool = False  # each publisher streams its events as NDJSON lines of one chunked POST
+    external: bool = False  # no publishers: the server's upstream writes the events (bench/relay.py), `Server.go` starts it
     max_seconds: float = 60
     hold: float = 0.5  # idle: seconds to wait before reading memory
     repeat: int = 1  # runs per server; the median one is reported (this VM's figures vary run to run)
@@ -295,6 +296,9 @@ class Server:
 
     def after_run(self, result: dict[str, Any]) -> None:
         """Adds what the server itself says about the run (its log) to ``result``."""
+
+    def go(self) -> None:
+        """Called as the load starts: a server that writes its own events (an upstream) starts them here."""
 
     def start(self) -> None:
         raise NotImplementedError
@@ -538,7 +542,7 @@ def run_one(server: Server, sc: Scenario, client: Path, pin_client: list[str], p
                 "--pub-path", server.pub_path, "--subs", str(sc.subs), "--slow", str(sc.slow),
                 "--count", str(sc.count), "--rate", str(sc.rate), "--pad", str(sc.pad),
                 "--pipeline", str(sc.pipeline), "--publishers", str(sc.publishers), "--batch", str(sc.batch),
-                *(["--ndjson"] if sc.ndjson else []),
+                *(["--ndjson"] if sc.ndjson else []), *(["--external"] if sc.external else []),
                 "--max-seconds", str(sc.max_seconds), "--connect-seconds", "90",
                 "--max-pending", "40"]  # under Twisted's default listen backlog of 50
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -555,6 +559,8 @@ def run_one(server: Server, sc: Scenario, client: Path, pin_client: list[str], p
             spies: list[subprocess.Popen] = []
             if profile is not None and sc.count:
                 spies = start_profile(pid, profile, sc.max_seconds)
+            if sc.count:
+                server.go()
             proc.stdin.write("go\n" if sc.count else "quit\n")
             proc.stdin.flush()
             line = proc.stdout.readline()

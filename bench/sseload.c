@@ -19,6 +19,18 @@
  * --port is where the subscribers connect, and the publisher too unless
  * --pub-port gives it another one (a server whose ingest has its own port).
  *
+ * --external: no publisher threads; the events come from an upstream started
+ * apart (below), which is told to start with the same "go": `count` events are
+ * expected at `rate`, and the drain starts when they are due.
+ *
+ * --upstream: instead of all that, be an SSE upstream (bench/relay.py): listen on
+ * 127.0.0.1 (--port, 0: any), print {"phase":"listening","port":P}, answer every
+ * request with an endless text/event-stream; on SIGUSR1 write `count` events at
+ * `rate` to every connection, as they fall due (a write per connection for the
+ * events due since the last one; blocking: a reader slower than the rate slows
+ * the upstream, which reports the rate it kept), then print
+ * {"phase":"done","published":N,"publish_seconds":S} and keep the streams open.
+ *
  * Build: cc -O2 -pthread -o sseload sseload.c
  * 127.0.0.1 only: the host is fixed, not an option.
  */
@@ -29,6 +41,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +73,8 @@ static int ndjson = 0;         /* --ndjson: each publisher streams its events as
 static double drain_seconds = 5; /* after the last publish, wait this long at most */
 static double connect_seconds = 120;
 static int max_pending = 200;  /* subscriptions in flight at once: connect to response head */
+static int external = 0;       /* --external: the events come from an upstream process, not publisher threads */
+static int upstream = 0;       /* --upstream: be that upstream */
 
 static double now_s(void) {
     struct timespec ts;
@@ -442,6 +457,79 @@ static void *publishers(void *arg) {
     return NULL;
 }
 
+/* ---- --upstream: an SSE server writing `count` events at `rate` to every reader ---- */
+static volatile sig_atomic_t upstream_go = 0;
+static void on_usr1(int sig) { (void)sig; upstream_go = 1; }
+
+static int serve_upstream(void) {
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGUSR1, on_usr1);
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t alen = sizeof a;
+    if (bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(lfd, 1024) < 0 ||
+        getsockname(lfd, (struct sockaddr *)&a, &alen) < 0) { perror("upstream listen"); return 2; }
+    printf("{\"phase\":\"listening\",\"port\":%d}\n", ntohs(a.sin_port));
+    fflush(stdout);
+    static int readers[4096];
+    int nreaders = 0;
+    static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n";
+    char *padding = malloc(pad + 1);
+    memset(padding, 'x', pad); padding[pad] = 0;
+    size_t cap = (size_t)(pad + 64) * 4096 + 1024;
+    char *buf = malloc(cap);
+    long sent = 0;
+    double t0 = 0;
+    for (;;) {
+        /* take new readers: their request is read and dropped, their answer's head written */
+        int fd;
+        while (nreaders < 4096 && (fd = accept4(lfd, NULL, NULL, 0)) >= 0) {
+            char req[4096];
+            ssize_t r = read(fd, req, sizeof req); /* blocking: the request comes with the connect */
+            if (r <= 0 || write(fd, head, sizeof head - 1) != (ssize_t)(sizeof head - 1)) { close(fd); continue; }
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            readers[nreaders++] = fd;
+        }
+        if (!upstream_go || sent >= count) {
+            if (upstream_go && sent >= count) break;
+            struct timespec d = {0, 5 * 1000 * 1000};
+            nanosleep(&d, NULL);
+            continue;
+        }
+        double t = now_s();
+        if (t0 == 0) t0 = t;
+        if (t - t0 > max_seconds) break;
+        long due = rate > 0 ? (long)((t - t0) * rate) + 1 : sent + 1000;
+        if (due > count) due = count;
+        if (due > sent + 4096) due = sent + 4096;
+        if (due <= sent) {
+            double wait = t0 + sent / rate - t;
+            struct timespec d = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
+            nanosleep(&d, NULL);
+            continue;
+        }
+        size_t blen = 0;
+        for (long i = sent; i < due; i++)
+            blen += snprintf(buf + blen, cap - blen, "data: {\"m\":\"@%ld@%lld@%s\"}\n\n", i, (long long)now_us(), padding);
+        for (int k = 0; k < nreaders; k++) {
+            size_t off = 0;
+            while (readers[k] >= 0 && off < blen) {
+                ssize_t w = write(readers[k], buf + off, blen - off);
+                if (w <= 0) { if (w < 0 && errno == EINTR) continue; close(readers[k]); readers[k] = -1; }
+                else off += w;
+            }
+        }
+        sent = due;
+    }
+    printf("{\"phase\":\"done\",\"published\":%ld,\"publish_seconds\":%.3f,\"publish_rate\":%.1f,\"readers\":%d}\n",
+           sent, t0 ? now_s() - t0 : 0.0, t0 && now_s() > t0 ? sent / (now_s() - t0) : 0.0, nreaders);
+    fflush(stdout);
+    pause(); /* the streams stay open until the driver ends this process */
+    return 0;
+}
+
 static double cpu_seconds(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -469,8 +557,11 @@ int main(int argc, char **argv) {
         else if (OPT("--drain-seconds")) drain_seconds = atof(v);
         else if (OPT("--connect-seconds")) connect_seconds = atof(v);
         else if (OPT("--max-pending")) max_pending = atoi(v);
+        else if (strcmp(k, "--external") == 0) external = 1;
+        else if (strcmp(k, "--upstream") == 0) upstream = 1;
         else { fprintf(stderr, "sseload: unknown option %s\n", k); return 2; }
     }
+    if (upstream) return serve_upstream();
     if (!port) { fprintf(stderr, "sseload: --port is required\n"); return 2; }
     int total = nsubs + nslow;
     request_len = snprintf(request, sizeof request,
@@ -510,7 +601,23 @@ int main(int argc, char **argv) {
     long events_before = total_events;
     lat_n = 0;
     double cpu0 = cpu_seconds();
-    if (strncmp(cmd, "go", 2) == 0) {
+    if (strncmp(cmd, "go", 2) == 0 && external) { /* the upstream's events: `count` of them, due by count/rate */
+        pub_started = now_s();
+        pub_ended = pub_started + (rate > 0 ? count / rate : 0);
+        published = count;
+        double last_progress = pub_ended;
+        long last_total = total_events;
+        for (;;) {
+            epoll_round(10);
+            double t = now_s();
+            if (total_events != last_total) { last_total = total_events; last_progress = t; }
+            if (t < pub_ended) continue;
+            long fast_alive = 0;
+            for (int i = nslow; i < total; i++) fast_alive += subs[i].state == S_BODY;
+            if (total_events - events_before >= published * fast_alive) break;
+            if (t - last_progress > 1.0 || t - pub_ended > drain_seconds) break;
+        }
+    } else if (strncmp(cmd, "go", 2) == 0) {
         pthread_t th;
         pthread_create(&th, NULL, publishers, NULL);
         double last_progress = 0;

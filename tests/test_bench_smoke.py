@@ -42,3 +42,21 @@ def test_quick_benchmark_writes_a_table_with_deliveries(tmp_path: Path) -> None:
     workers = results["sse-daemon (2 workers)"]
     assert workers["A"]["processes"] == 3, workers["A"]
     assert len(workers["A"]["cpu_by_process"]) == 3, workers["A"]
+
+
+@pytest.mark.reactor_free
+@pytest.mark.timeout(120)
+def test_quick_relay_benchmark_carries_the_upstreams_events(tmp_path: Path) -> None:
+    """`bench/relay.py --quick`: sseload as the upstream (its --upstream and --external modes), a real twistd relaying."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler (cc) to build bench/sseload.c")
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "relay.py"), "--quick"],
+                            capture_output=True, text=True, timeout=100, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| 500 |")]
+    assert len(rows) == 3, result.stdout  # the default relay, flush.interval 0 and 2 ms
+    for cells in rows:
+        published, lost = int(cells[1].replace(",", "")), cells[5]
+        assert published >= 475, cells  # the upstream kept the offered 500/s
+        assert lost == "0", cells
+    assert "failed:" not in result.stdout
