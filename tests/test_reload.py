@@ -84,16 +84,43 @@ def test_plan_compares_definitions_files_env_and_routes(tmp_path: Path, monkeypa
     assert sorted(result.keep) == ["Guarded", "In", "Keep"], "moving lines changes nothing"
     assert result.restart == ["Change"] and result.remove == ["Drop"] and sorted(result.add) == ["Added", "Elsewhere"]
     assert result.routes_remove == [0] and result.routes_add == []
+    assert result.renew == []
     tokens.write_text("another-long-enough-static-token\n")
-    assert "Guarded" in plan(old, new, old_keys=old_keys).restart, "a changed tokens file changes the connector"
+    renewed = plan(old, new, old_keys=old_keys)
+    assert "Guarded" in renewed.keep and renewed.renew == ["Guarded"], "a changed tokens file renews its credentials"
+    assert "Guarded" not in renewed.restart, "and does not restart it"
+    assert "credentials renewed for Guarded" in renewed.summary()
     monkeypatch.setenv("RELOAD_TEST_TOKENS", "x" * 20)
     env = BASE + "  E: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: e, auth.type: bearer, auth.tokens.env: RELOAD_TEST_TOKENS}\n"
     with_env = validate(load_yaml(env))
     before = keys(with_env)
     assert plan(with_env, with_env, old_keys=before).keep == ["In", "Keep", "E"]
     monkeypatch.setenv("RELOAD_TEST_TOKENS", "y" * 20)
-    assert plan(with_env, with_env, old_keys=before).restart == ["E"], "so does a changed variable"
+    assert plan(with_env, with_env, old_keys=before).renew == ["E"], "so does a changed variable"
     assert not plan(old, old).changes
+
+
+@pytest.mark.reactor_free
+def test_credentials_are_renewed_in_place_only_where_the_guard_alone_checks_them(tmp_path: Path) -> None:
+    """A hub's connections and worker processes hold checks of their own: there a changed file restarts the sink
+    (refused whole for workers); any other change with it restarts too."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("a-long-enough-static-token\n")
+    auth = f"auth.type: bearer, auth.tokens.file: {tokens}"
+    post = f"  Post: {{type: http, stream: S, receiver.url: 'http://127.0.0.1:0/post', {auth}}}\n"
+    config = validate(load_yaml(BASE.replace("sinks:\n", post + "sinks:\n") + (
+        f"  Plain: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: p, {auth}}}\n"
+        f"  InHub: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: h, hub.path: /hub, {auth}}}\n"
+        f"  Pooled: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 9, server.path: w, worker.count: 2, {auth}}}\n")))
+    before = keys(config)
+    tokens.write_text("another-long-enough-static-token\n")
+    result = plan(config, config, old_keys=before)
+    assert sorted(result.renew) == ["Plain", "Post"]
+    assert sorted(result.restart) == ["InHub", "Pooled"]
+    assert result.refusal is not None and "Pooled" in result.refusal
+    moved = validate(load_yaml(BASE + (
+        f"  Plain: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: p, heartbeat.interval: 7, {auth}}}\n")))
+    assert plan(config, moved, old_keys=before).restart == ["Plain"], "credentials and another option: a restart"
 
 
 @pytest_twisted.ensureDeferred

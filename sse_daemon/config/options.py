@@ -458,16 +458,19 @@ class TypedOptions:
         """Every value under its option's name: for comparing definitions, never for reading one."""
         return {option.key: getattr(self, option.attribute) for option in self.TABLE}
 
-    def files(self) -> tuple[str, ...]:
-        """The files these options name (``auth.users.file``, ``server.tls.cert``, ...) whose content defines them too."""
-        return self._reads("file")
+    def files(self, credentials: bool | None = None) -> tuple[str, ...]:
+        """The files these options name (``auth.users.file``, ``server.tls.cert``, ...) whose content defines them too;
+        ``credentials``: only the ``auth.*`` ones (True: users, tokens, a JWT key) or only the others (False)."""
+        return self._reads("file", credentials)
 
-    def environment(self) -> tuple[str, ...]:
-        """The environment variables these options name (``auth.tokens.env``)."""
-        return self._reads("env")
+    def environment(self, credentials: bool | None = None) -> tuple[str, ...]:
+        """The environment variables these options name (``auth.tokens.env``); ``credentials`` as for :meth:`files`."""
+        return self._reads("env", credentials)
 
-    def _reads(self, kind: str) -> tuple[str, ...]:
-        return tuple(value for option in self.TABLE if option.reads == kind and (value := getattr(self, option.attribute)))
+    def _reads(self, kind: str, credentials: bool | None) -> tuple[str, ...]:
+        return tuple(value for option in self.TABLE if option.reads == kind
+                     and (credentials is None or option.name.startswith("auth.") == credentials)
+                     and (value := getattr(self, option.attribute)))
 
 
 @dataclass(frozen=True, kw_only=True)

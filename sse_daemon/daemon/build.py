@@ -62,6 +62,8 @@ class BuiltConnector:
     history_store: HistoryStore | None = None
     #: an SSE sink served in this process, with its guard: what a hub of its port (hub.path) reads
     hub_member: tuple[SseSink, Guard] | None = None
+    #: the guard in front of a sink served in this process or an ingest: a reload renews its credentials
+    guard: Guard | None = None
 
 
 def make_bus(config: Config, reactor: Any) -> IDeliveringBus:
@@ -178,15 +180,15 @@ class Builder:
         service = SseSinkService(sink, self.bus, connector.stream, self.clock)
         guard = self.guarded_sink(connector, sink)
         return BuiltConnector(service=service, resource=guard, drain=service.drain, history_store=store,
-                              hub_member=(sink, guard))
+                              hub_member=(sink, guard), guard=guard)
 
     def _ingest(self, connector: ConnectorDef, schema: Schema, source_bus: ConnectorBus) -> BuiltConnector:
         # a shared bus takes a body in one transaction (all or nothing); the in-process one in slices between turns
         ingest = IngestResource(connector, make_mapper(connector.options.mapping, schema), source_bus, self.clock, turns=self.reactor,
                                 slice_size=0 if self.bus.provides_ids else PUBLISH_SLICE,
                                 **shared_bus_bounds(self.bus, connector.options.max_events_per_request))
-        return BuiltConnector(resource=ingest_guard(connector, ingest, ingest.rejected, self.clock, self.passwords),
-                              source=ingest, bus=source_bus)
+        guard = ingest_guard(connector, ingest, ingest.rejected, self.clock, self.passwords)
+        return BuiltConnector(resource=guard, source=ingest, bus=source_bus, guard=guard)
 
     def _sse_source(self, connector: ConnectorDef, schema: Schema, source_bus: ConnectorBus) -> BuiltConnector:
         from sse_daemon.client.http import http_client  # the SSE client pulls in treq

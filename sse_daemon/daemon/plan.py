@@ -8,7 +8,10 @@ ones and the daemon (service.py) applies it; this module only compares.
 A connector whose definition is the same (type, stream and schema, every
 option, and the content of the files and environment variables its options
 name) is *kept* with its connections, subscribers and history; a changed one
-is *restarted*; removed ones are stopped and added ones started. Routes are
+is *restarted*, but for a sink or an ingest whose only change is the content
+of its users, tokens or JWT key file (or tokens variable): it is kept and its
+credentials are *renewed* (its guard takes them; a sink closes the streams
+whose credentials no longer pass; edge/guard.py); removed ones are stopped and added ones started. Routes are
 compared the same way. A port (host, port) is *new*, *kept* (its paths are
 pointed at the new resources), *rebound* (bound another way: TLS,
 ``server.endpoint``) or *removed*. Some changes take a restart of the daemon:
@@ -27,7 +30,7 @@ from sse_daemon.config.endpoints import port_description
 from sse_daemon.config.model import Config, ConnectorDef, RouteDef, listen_address, served_by_workers
 from sse_daemon.config.values import Url
 
-__all__ = ["Plan", "PortKey", "plan", "keys", "connector_key", "port_layout", "port_endpoints"]
+__all__ = ["Plan", "PortKey", "plan", "keys", "connector_key", "renews_in_place", "port_layout", "port_endpoints"]
 
 #: a port the daemon listens on: (host, port)
 PortKey = tuple[str, int]
@@ -52,13 +55,27 @@ def _file_digest(path: str) -> str:
 
 
 def connector_key(connector: ConnectorDef, config: Config, environ: Mapping[str, str] | None = None) -> tuple:
-    """Everything that defines a connector; equal keys mean it may keep running as it is."""
+    """Everything that defines a connector; equal keys mean it may keep running as it is. The last item is
+    the content of its credentials (users, tokens and JWT key files, a tokens variable): keys that differ
+    only there may keep running with fresh credentials (:func:`renews_in_place`)."""
     environ = os.environ if environ is None else environ
     stream = config.streams.get(connector.stream)
-    files = tuple(_file_digest(path) for path in connector.options.files())  # whose content is part of the definition
-    env = tuple(hashlib.sha256(environ.get(name, "").encode()).hexdigest() for name in connector.options.environment())
+    options = connector.options
+
+    def content(credentials: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:  # the files' and variables' digests
+        return (tuple(_file_digest(path) for path in options.files(credentials)),
+                tuple(hashlib.sha256(environ.get(name, "").encode()).hexdigest() for name in options.environment(credentials)))
+
     return (connector.role, connector.type, connector.stream, str(stream.schema) if stream else None,
-            _freeze(connector.options.by_name()), connector.schema, files, env)
+            _freeze(options.by_name()), connector.schema, content(False), content(True))
+
+
+def renews_in_place(connector: ConnectorDef) -> bool:
+    """Whether fresh credentials reach this connector without a restart: an ingest, or a sink served by this
+    process outside any hub (a hub's connections and worker processes hold their own checks: those restart)."""
+    if connector.type == "http":
+        return True
+    return connector.type == "sse-server" and not served_by_workers(connector) and connector.options.hub_path is None
 
 
 def _route_key(route: RouteDef, config: Config) -> tuple:
@@ -91,6 +108,8 @@ def port_endpoints(config: Config) -> dict[PortKey, str]:
 @dataclass
 class Plan:
     keep: list[str] = field(default_factory=list)
+    #: kept connectors whose credentials changed (users, tokens, JWT key): renewed in place, not restarted
+    renew: list[str] = field(default_factory=list)
     restart: list[str] = field(default_factory=list)
     remove: list[str] = field(default_factory=list)
     add: list[str] = field(default_factory=list)
@@ -123,7 +142,8 @@ class Plan:
 
     def summary(self) -> str:
         parts = [f"{what} {', '.join(names)}" for what, names in
-                 (("kept", self.keep), ("restarted", self.restart), ("removed", self.remove), ("added", self.add)) if names]
+                 (("kept", self.keep), ("credentials renewed for", self.renew), ("restarted", self.restart),
+                  ("removed", self.remove), ("added", self.add)) if names]
         if self.routes_remove or self.routes_add:
             parts.append(f"routes -{len(self.routes_remove)} +{len(self.routes_add)}")
         return "; ".join(parts) or "nothing"
@@ -143,10 +163,14 @@ def plan(old: Config | None, new: Config, environ: Mapping[str, str] | None = No
     after = {c.name: c for c in new.connectors}
     old_keys = old_keys if old_keys is not None else keys(old, environ) if old is not None else {}
     for name, connector in after.items():
+        old_key, new_key = old_keys.get(name), connector_key(connector, new, environ)
         if name not in before:
             result.add.append(name)
-        elif old_keys.get(name) == connector_key(connector, new, environ):
+        elif old_key == new_key:
             result.keep.append(name)
+        elif old_key is not None and old_key[:-1] == new_key[:-1] and renews_in_place(connector):
+            result.keep.append(name)
+            result.renew.append(name)
         else:
             result.restart.append(name)
     result.remove = [name for name in before if name not in after]

@@ -7,7 +7,9 @@
    port by port, and what only a restart changes (the ``admin:`` and ``bus:``
    sections are logged and left, but for the admin's users and tokens files,
    read again at every reload; a change to a sink served by worker
-   processes rejects the reload whole).
+   processes rejects the reload whole). A sink or an ingest whose only change
+   is its users, tokens or JWT key is kept: its guard takes the fresh
+   credentials, and the sink's streams they no longer let in are ended.
 3. The daemon stages everything new off to the side with the builder it
    started with (build.py), and new ports are bound before anything running
    is touched: a port that cannot be bound rejects the reload whole too.
@@ -107,8 +109,10 @@ class Reloader:
         for deferred in changes.deferred:
             log.warn(deferred)
         if not changes.changes:
+            self.keys = keys(new)  # before the files are read again: a change meanwhile is seen by the next reload
             daemon.adopt_config(new)
-            log.info("configuration reloaded: nothing changed")
+            daemon.renew_credentials(new, changes.renew)
+            log.info("configuration reloaded: {summary}", summary=changes.summary() if changes.renew else "nothing changed")
             return True
         if changes.refusal is not None:
             self.counters["rejected"] += 1
@@ -138,6 +142,7 @@ class Reloader:
         new_keys = keys(new)
         old = daemon.config
         await daemon.replace(staged)
+        daemon.renew_credentials(new, changes.renew)
         self.keys = new_keys
         self.counters["reloads"] += 1
         for note in history_notes(old, new, changes):

@@ -23,6 +23,8 @@ from sse_daemon.connectors.route import RouteService
 from sse_daemon.daemon.build import BuiltConnector, Builder, Staged, make_bus
 from sse_daemon.daemon.drain import shutdown  # SIGTERM: stop accepting, drain sinks in stages, then the rest
 from sse_daemon.daemon.plan import Plan, PortKey, plan
+from sse_daemon.edge.auth import AuthConfigError
+from sse_daemon.edge.guard import build_access
 from sse_daemon.edge.listener import BindError, ListenerService, descriptor_budget
 from sse_daemon.edge.passwords import PasswordPool
 from sse_daemon.ops.admin import AdminService
@@ -114,6 +116,22 @@ class DaemonService(MultiService):
         self.config = with_fields(new, admin=old.admin, bus=old.bus) if (new.admin, new.bus) != (old.admin, old.bus) else new
         if self.admin is not None:
             self.admin.read_credentials()
+
+    def renew_credentials(self, new: Config, names: list[str]) -> None:
+        """Kept sinks and ingests whose users, tokens or JWT key changed (a reload): their guards take the
+        fresh credentials, and a sink ends the streams those no longer let in (its other subscribers stay).
+        A file that cannot be read now leaves that connector's credentials as they were, and says so."""
+        for connector in new.connectors:
+            built = self.built.get(connector.name)
+            if connector.name not in names or built is None or built.guard is None:
+                continue
+            try:
+                authenticator, passwords = build_access(connector.options, connector.stream, self.passwords, self.clock)
+            except AuthConfigError as e:
+                self.log.error("{connector} kept the credentials it had: {error}", connector=connector.label, error=str(e))
+                continue
+            built.guard.renew(authenticator, passwords)
+            self.log.info("{connector} took fresh credentials", connector=connector.label)
 
     async def replace(self, staged: Staged) -> None:
         """Switch to ``staged``, whose new ports are bound already, in one reactor turn (a port

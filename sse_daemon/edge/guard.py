@@ -7,7 +7,8 @@ module is the thin Twisted glue: read the client address and credentials,
 answer refusals (503 or 429 with ``Retry-After``, 401 with
 ``WWW-Authenticate``, 403), count and log them without secrets, keep the
 per-address stream counts in step with ``notifyFinish``, and end a stream when
-its token expires.
+its token expires, or when a reload's fresh credentials no longer let it in
+(:meth:`Guard.renew`).
 
 The order of checks (docs/sink.md, "Order of checks"): a refusal that costs the
 daemon nothing must not spend a budget that valid clients need.
@@ -32,8 +33,9 @@ import base64
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
+from weakref import WeakKeyDictionary
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -55,10 +57,13 @@ from sse_daemon.edge.safety import internal_error
 from sse_daemon.wire.eventstream import encode_comment
 
 EXPIRED = encode_comment("access token expired; reconnect with a new one")
+REVOKED = encode_comment("credentials no longer valid; reconnect with valid ones")
+#: open streams checked again per reactor turn after fresh credentials (a JWT's signature is checked again)
+RECHECK_SLICE = 200
 #: what NoAuth decides for every request
 ANONYMOUS = NoAuth().check(Credentials(), 0.0)
 
-__all__ = ["Guard", "Passage", "sink_guard", "ingest_guard", "build_access", "client_host"]
+__all__ = ["Guard", "Passage", "sink_guard", "ingest_guard", "build_access", "client_host", "EXPIRED", "REVOKED"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +153,8 @@ class Guard(Resource):
         authenticator: Authenticator | None = None,
         passwords: PasswordGate | None = None,
         on_expiry: Callable[[IRequest], None] | None = None,
+        open_streams: Callable[[], Iterable[IRequest]] | None = None,
+        on_revoked: Callable[[list[IRequest]], None] | None = None,
         methods: tuple[str, ...] = ("GET",),
     ) -> None:
         super().__init__()
@@ -160,6 +167,12 @@ class Guard(Resource):
         self.authenticator = authenticator or NoAuth()
         self.passwords = passwords  # runs the authenticator's PasswordChecks (auth.type basic)
         self.on_expiry = on_expiry
+        #: a sink's open streams, and what ends those that fresh credentials no longer let in (:meth:`renew`)
+        self.open_streams = open_streams
+        self.on_revoked = on_revoked
+        #: for passwords: the users file's entry each admitted request was verified against (held weakly)
+        self._verified_with: WeakKeyDictionary[IRequest, str] = WeakKeyDictionary()
+        self._recheck_pass = 0
         self.methods = tuple(m.encode("ascii") for m in methods)
         access = connector.options
         self.cors = CorsPolicy(access.cors_origins, access.cors_credentials, access.cors_max_age, methods)
@@ -208,6 +221,8 @@ class Guard(Resource):
         decision = self.authenticator.check(presented, self.clock.seconds())
         if isinstance(decision, PasswordCheck):
             return self._check_password(request, host, decision, passage)
+        if isinstance(decision, Allowed) and isinstance(self.authenticator, BasicAuth):  # a verified password, cached
+            self._verified_with[request] = self.authenticator.users[decision.identity]
         return self._admit(request, host, decision, passage)
 
     def _address_limits(self, request: IRequest, host: str) -> tuple[int, Refusal] | None:
@@ -250,13 +265,19 @@ class Guard(Resource):
         left: list[bool] = []
         request.notifyFinish().addBoth(lambda _: left.append(True))  # before our answer: the client left
         decided = self.passwords.decide(check, host, lambda: bool(left))
-        decided.addCallback(self._decided, request, host, left, passage)
+        decided.addCallback(self._decided, request, host, left, passage, check)
         decided.addErrback(self._failed, request, host, left, passage)
         return NOT_DONE_YET
 
-    def _decided(self, decision: Allowed | Denied | None, request: Request, host: str, left: list[bool], passage: Passage) -> None:
+    def _decided(self, decision: Allowed | Denied | None, request: Request, host: str, left: list[bool], passage: Passage,
+                 check: PasswordCheck) -> None:
         if decision is None or left:  # the client left: it costs nothing more
             return
+        if isinstance(decision, Allowed):
+            if not self._current_entry(check.user, check.hashed):  # fresh credentials came while it was hashed
+                decision = Denied(401, "bad-credentials", "wrong user name or password")
+            else:
+                self._verified_with[request] = check.hashed or ""
         body = self._admit(request, host, decision, passage)
         if body is not NOT_DONE_YET:
             finish(request, body)
@@ -271,6 +292,46 @@ class Guard(Resource):
             body = internal_error(request, failure, self.rejected, self.log, self.connector.label)
         if isinstance(body, bytes):  # else NOT_DONE_YET: the connection was closed
             finish(request, body)
+
+    def _current_entry(self, user: str, hashed: str | None) -> bool:
+        """Whether ``hashed`` is still ``user``'s entry in the users file the guard holds now."""
+        return isinstance(self.authenticator, BasicAuth) and hashed is not None and self.authenticator.users.get(user) == hashed
+
+    # -- fresh credentials (a reload read the users, tokens or JWT key files again: daemon/plan.py)
+
+    def renew(self, authenticator: Authenticator, passwords: PasswordGate | None) -> None:
+        """Check requests against ``authenticator`` from now on; then, a slice a reactor turn, end the open
+        streams (``open_streams``) whose credentials it no longer lets in, through ``on_revoked``."""
+        if passwords is not None and self.passwords is not None:
+            passwords.failures = self.passwords.failures  # a reload does not reset an address's failed guesses
+        self.authenticator, self.passwords = authenticator, passwords
+        if self.open_streams is None or self.on_revoked is None:
+            return
+        self._recheck_pass += 1  # a pass still running for older credentials stops: this one checks them all
+        self._recheck(self._recheck_pass, list(self.open_streams()), [])
+
+    def _recheck(self, number: int, waiting: list[IRequest], revoked: list[IRequest]) -> None:
+        if number != self._recheck_pass:
+            return
+        now = self.clock.seconds()
+        for request in waiting[:RECHECK_SLICE]:
+            if not self.still_allowed(request, now):
+                revoked.append(request)
+        del waiting[:RECHECK_SLICE]
+        if waiting:
+            self.clock.callLater(0, self._recheck, number, waiting, revoked)
+        elif revoked and self.on_revoked is not None:
+            self.on_revoked(revoked)
+
+    def still_allowed(self, request: IRequest, now: float) -> bool:
+        """Whether the credentials ``request`` came with pass the guard's present ones. A password is not
+        hashed again: its user's entry must be the one it was verified against (a changed one is a new password)."""
+        if self.open:
+            return True
+        presented = credentials(request, self.cookie, self.query_token)
+        if isinstance(self.authenticator, BasicAuth):
+            return presented.basic is not None and self._current_entry(presented.basic[0], self._verified_with.get(request))
+        return isinstance(self.authenticator.check(presented, now), Allowed)
 
     def _stream_ended(self, result: object, host: str) -> None:
         assert self.admission is not None
@@ -353,9 +414,20 @@ def sink_guard(connector: ConnectorDef[SseServerOptions], resource: IResource, s
                                peer=subscriber.peer, sink=sink.name)
                 sink.close(subscriber, EXPIRED)
 
+    def revoked(requests: list[IRequest]) -> None:
+        ending = set(map(id, requests))
+        closed = [subscriber for subscriber in tuple(sink.subscribers) if id(subscriber.request) in ending]
+        for subscriber in closed:
+            sink.close(subscriber, REVOKED)
+        if closed:
+            sink.counters["closed_credentials_revoked"] += len(closed)
+            Guard.log.info("closed {count} subscriber(s) of sink {sink}: the credentials they came with are no longer valid",
+                           count=len(closed), sink=sink.name)
+
     authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
     return Guard(resource, connector, clock, sink.rejected, admission=admission, authenticator=authenticator,
-                 passwords=passwords, on_expiry=expired, methods=("GET", "HEAD"))
+                 passwords=passwords, on_expiry=expired, methods=("GET", "HEAD"),
+                 open_streams=lambda: [subscriber.request for subscriber in tuple(sink.subscribers)], on_revoked=revoked)
 
 
 def ingest_guard(connector: ConnectorDef[HttpSourceOptions], resource: IResource, rejected: Counter[str], clock: IReactorTime, pool: PasswordPool) -> Guard:

@@ -1,0 +1,160 @@
+"""A reload that changes only a sink's or an ingest's users, tokens or JWT key renews them in place (daemon/plan.py,
+Guard.renew): nothing restarts, the streams the fresh credentials still let in go on, the others are ended."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import bcrypt
+import pytest_twisted
+from argon2 import PasswordHasher
+from twisted.internet.task import Clock
+from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
+
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
+from sse_daemon.daemon.reload import Reloader
+from sse_daemon.edge.auth import Allowed, BasicAuth, PasswordCheck
+from sse_daemon.edge.guard import Guard, Passage
+
+from .conftest import deadline, status, subscribe, wait_for
+from .test_auth import ARGON_PASSWORD, PASSWORD, STATIC_TOKEN, basic, config, get, post
+
+REVOKED = b": credentials no longer valid; reconnect with valid ones\n"
+
+
+def bcrypt_hash(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+def fresh_events(client) -> int:
+    return bytes(client.received).count(b'"n":')
+
+
+@pytest_twisted.ensureDeferred
+async def test_changed_users_end_only_their_own_streams_and_nothing_restarts(daemon, tmp_path: Path, log_events) -> None:
+    users = tmp_path / "users"
+    bob = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(ARGON_PASSWORD)
+    users.write_text(f"alice:{bcrypt_hash(PASSWORD)}\nbob:{bob}\n")
+    service = await daemon(config(**{"auth.type": "basic", "auth.users.file": users}))
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port, sink, ingest = service.port_of("Events"), service.sinks["Events"].sink, service.sources["In"]
+    alice_stream = await subscribe(port, headers=f"Authorization: {basic('alice', PASSWORD)}\r\n")
+    bob_stream = await subscribe(port, headers=f"Authorization: {basic('bob', ARGON_PASSWORD)}\r\n")
+
+    users.write_text(f"alice:{bcrypt_hash('a new password for alice')}\nbob:{bob}\ncarol:{bcrypt_hash('carols own')}\n")
+    assert await deadline(reloader.reload()) is True
+    await wait_for(lambda: alice_stream.is_closed, what="the stream of the user whose password changed to end")
+    assert REVOKED in alice_stream.received and alice_stream.received.endswith(b"0\r\n\r\n")
+    assert service.sinks["Events"].sink is sink and service.sources["In"] is ingest, "kept, not restarted"
+    assert status(await post(port)) == 200
+    await wait_for(lambda: fresh_events(bob_stream) == 1, what="the untouched user's stream to go on")
+    assert not bob_stream.is_closed
+    assert status(await get(port, headers=f"Authorization: {basic('alice', PASSWORD)}\r\n")) == 401
+    for user, password in (("alice", "a new password for alice"), ("carol", "carols own")):
+        await (await subscribe(port, headers=f"Authorization: {basic(user, password)}\r\n")).close()
+    assert sink.counters["closed_credentials_revoked"] == 1
+    assert sink.counters["connections_opened"] == 4
+    said = [e.get("log_format") or "" for e in log_events]
+    assert any("took fresh credentials" in s for s in said)
+    assert any("credentials they came with are no longer valid" in s for s in said)
+    await bob_stream.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_removed_token_and_a_rotated_jwt_key_end_their_streams(daemon, tmp_path: Path) -> None:
+    import jwt
+
+    tokens, key = tmp_path / "tokens", tmp_path / "jwt-key"
+    kept_token = "another-static-token-0123456789"
+    tokens.write_text(f"{STATIC_TOKEN}\n{kept_token}\n")
+    key.write_text("an-hmac-secret-of-thirty-two-bytes!!\n")
+    service = await daemon(config(**{"auth.type": "bearer", "auth.tokens.file": tokens, "auth.jwt.key.file": key,
+                                     "auth.jwt.algorithms": "HS256", "auth.jwt.audience": "sse"}))
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port, sink = service.port_of("Events"), service.sinks["Events"].sink
+    signed = jwt.encode({"aud": "sse", "exp": 4_000_000_000, "streams": "*"}, "an-hmac-secret-of-thirty-two-bytes!!", algorithm="HS256")
+    removed = await subscribe(port, headers=f"Authorization: Bearer {STATIC_TOKEN}\r\n")
+    kept = await subscribe(port, headers=f"Authorization: Bearer {kept_token}\r\n")
+    by_jwt = await subscribe(port, headers=f"Authorization: Bearer {signed}\r\n")
+
+    tokens.write_text(f"{kept_token}\n")
+    assert await deadline(reloader.reload()) is True
+    await wait_for(lambda: removed.is_closed, what="the removed token's stream to end")
+    assert REVOKED in removed.received and not kept.is_closed and not by_jwt.is_closed
+    key.write_text("a-rotated-hmac-secret-of-32-bytes!!!\n")
+    assert await deadline(reloader.reload()) is True
+    await wait_for(lambda: by_jwt.is_closed, what="the stream of a token signed with the old key to end")
+    assert status(await post(port)) == 200
+    await wait_for(lambda: fresh_events(kept) == 1, what="the kept token's stream to go on")
+    assert status(await get(port, headers=f"Authorization: Bearer {STATIC_TOKEN}\r\n")) == 401
+    assert sink.counters["closed_credentials_revoked"] == 2
+    await kept.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ingests_tokens_are_renewed_and_an_unreadable_file_keeps_them(daemon, tmp_path: Path, log_events) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{STATIC_TOKEN}\n")
+    service = await daemon(config(ingest={"auth.type": "bearer", "auth.tokens.file": tokens}))
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port, ingest = service.port_of("In"), service.sources["In"]
+    rotated = "a-rotated-static-token-0123456789"
+    tokens.write_text(f"{rotated}\n")
+    assert await deadline(reloader.reload()) is True
+    assert service.sources["In"] is ingest
+    assert status(await post(port, headers=f"Authorization: Bearer {STATIC_TOKEN}\r\n")) == 401
+    assert status(await post(port, headers=f"Authorization: Bearer {rotated}\r\n")) == 200
+    tokens.write_text("short\n")  # as when the file turns bad between the reload's check and its read
+    service.renew_credentials(service.config, ["In"])
+    assert status(await post(port, headers=f"Authorization: Bearer {rotated}\r\n")) == 200, "the running tokens stay"
+    kept = [e for e in log_events if "kept the credentials it had" in (e.get("log_format") or "")]
+    assert len(kept) == 1
+
+
+def test_a_password_verified_against_an_entry_renewed_meanwhile_is_refused() -> None:
+    """The hash runs on a thread; if fresh credentials arrive meanwhile, the entry it was checked against must
+    still be the user's, or the request is refused as a wrong password (no stream from a revoked password)."""
+    old_hash, new_hash = bcrypt_hash("old"), bcrypt_hash("new")
+    connector = next(c for c in validate(load_yaml(config())).sinks if c.name == "Events")
+    guard = Guard(Resource(), connector, Clock(), Counter(), authenticator=BasicAuth({"alice": new_hash}, "r"))
+    opened: list[object] = []
+    passage = Passage(lambda request: opened.append(request) or b"")
+    refused = DummyRequest([b"events"])
+    guard._decided(Allowed("alice"), refused, "127.0.0.1", [], passage, PasswordCheck("alice", "old", old_hash, b"k"))
+    assert refused.responseCode == 401 and not opened and guard.rejected == {"bad-credentials": 1}
+    admitted = DummyRequest([b"events"])
+    admitted.requestHeaders.setRawHeaders(b"authorization", [basic("alice", "new").encode()])
+    guard._decided(Allowed("alice"), admitted, "127.0.0.1", [], passage, PasswordCheck("alice", "new", new_hash, b"k"))
+    assert opened == [admitted] and guard.still_allowed(admitted, 0.0)
+    guard.renew(BasicAuth({"alice": old_hash}, "r"), None)
+    assert not guard.still_allowed(admitted, 0.0), "a stream verified against an entry that changed"
+
+
+def test_open_streams_are_checked_again_a_slice_a_turn_and_a_newer_renewal_takes_over() -> None:
+    """Thousands of streams are not checked in one reactor turn (a JWT's signature each): RECHECK_SLICE a turn; the
+    streams to end are handed over once, at the end; a renewal during a pass replaces it (it checks them all)."""
+    from sse_daemon.config.credentials import token_digest
+    from sse_daemon.edge.auth import BearerAuth
+    from sse_daemon.edge.guard import RECHECK_SLICE
+
+    streams = []
+    for number in range(2 * RECHECK_SLICE + 50):
+        request = DummyRequest([b"events"])
+        request.requestHeaders.setRawHeaders(b"authorization", [f"Bearer token-number-{number % 2}-of-enough-length".encode()])
+        streams.append(request)
+    both = [token_digest(f"token-number-{n}-of-enough-length") for n in (0, 1)]
+    ended: list[list[object]] = []
+    clock = Clock()
+    connector = next(c for c in validate(load_yaml(config())).sinks if c.name == "Events")
+    guard = Guard(Resource(), connector, clock, Counter(), authenticator=BearerAuth(both, None, "r"),
+                  open_streams=lambda: streams, on_revoked=ended.append)
+    guard.renew(BearerAuth(both[:1], None, "r"), None)  # token 1 revoked
+    assert ended == [] and len(clock.getDelayedCalls()) == 1, "one slice now, the rest on later turns"
+    guard.renew(BearerAuth(both[1:], None, "r"), None)  # then token 0 instead: the first pass gives way
+    for _ in range(3):
+        clock.advance(0)
+    assert len(ended) == 1 and ended[0] == streams[0::2], "the newest credentials decide, once"
+    assert not clock.getDelayedCalls()
