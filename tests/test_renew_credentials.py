@@ -119,7 +119,8 @@ def test_a_password_verified_against_an_entry_renewed_meanwhile_is_refused() -> 
     still be the user's, or the request is refused as a wrong password (no stream from a revoked password)."""
     old_hash, new_hash = bcrypt_hash("old"), bcrypt_hash("new")
     connector = next(c for c in validate(load_yaml(config())).sinks if c.name == "Events")
-    guard = Guard(Resource(), connector, Clock(), Counter(), authenticator=BasicAuth({"alice": new_hash}, "r"))
+    guard = Guard(Resource(), connector, Clock(), Counter(), authenticator=BasicAuth({"alice": new_hash}, "r"),
+                  open_streams=list, on_revoked=lambda requests: None)  # a sink's guard
     opened: list[object] = []
     passage = Passage(lambda request: opened.append(request) or b"")
     refused = DummyRequest([b"events"])

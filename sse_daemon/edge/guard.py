@@ -222,7 +222,7 @@ class Guard(Resource):
         if isinstance(decision, PasswordCheck):
             return self._check_password(request, host, decision, passage)
         if isinstance(decision, Allowed) and isinstance(self.authenticator, BasicAuth):  # a verified password, cached
-            self._verified_with[request] = self.authenticator.users[decision.identity]
+            self._verified(request, self.authenticator.users[decision.identity])
         return self._admit(request, host, decision, passage)
 
     def _address_limits(self, request: IRequest, host: str) -> tuple[int, Refusal] | None:
@@ -277,7 +277,7 @@ class Guard(Resource):
             if not self._current_entry(check.user, check.hashed):  # fresh credentials came while it was hashed
                 decision = Denied(401, "bad-credentials", "wrong user name or password")
             else:
-                self._verified_with[request] = check.hashed or ""
+                self._verified(request, check.hashed or "")
         body = self._admit(request, host, decision, passage)
         if body is not NOT_DONE_YET:
             finish(request, body)
@@ -293,6 +293,11 @@ class Guard(Resource):
         if isinstance(body, bytes):  # else NOT_DONE_YET: the connection was closed
             finish(request, body)
 
+    def _verified(self, request: IRequest, hashed: str) -> None:
+        """Remember the users file's entry a stream's password was verified against (what :meth:`renew` compares)."""
+        if self.open_streams is not None:  # a sink's: an ingest's requests end with their answer
+            self._verified_with[request] = hashed
+
     def _current_entry(self, user: str, hashed: str | None) -> bool:
         """Whether ``hashed`` is still ``user``'s entry in the users file the guard holds now."""
         return isinstance(self.authenticator, BasicAuth) and hashed is not None and self.authenticator.users.get(user) == hashed
@@ -305,6 +310,7 @@ class Guard(Resource):
         if passwords is not None and self.passwords is not None:
             passwords.failures = self.passwords.failures  # a reload does not reset an address's failed guesses
         self.authenticator, self.passwords = authenticator, passwords
+        self.open = isinstance(authenticator, NoAuth)
         if self.open_streams is None or self.on_revoked is None:
             return
         self._recheck_pass += 1  # a pass still running for older credentials stops: this one checks them all
