@@ -11,8 +11,8 @@ name) is *kept* with its connections, subscribers and history; a changed one
 is *restarted*, but for a sink or an ingest whose only change is the content
 of its users, tokens or JWT key file (or tokens variable): it is kept and its
 credentials are *renewed* (its guard takes them; a sink closes the streams
-whose credentials no longer pass; edge/guard.py); removed ones are stopped and added ones started. Routes are
-compared the same way. A port (host, port) is *new*, *kept* (its paths are
+whose credentials no longer pass; edge/guard.py). Removed ones are stopped
+and added ones started. Routes are compared the same way. A port (host, port) is *new*, *kept* (its paths are
 pointed at the new resources), *rebound* (bound another way: TLS,
 ``server.endpoint``) or *removed*. Some changes take a restart of the daemon:
 the ``admin:`` and ``bus:`` sections (a warning, the rest is applied) and a

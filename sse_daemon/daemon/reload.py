@@ -141,8 +141,8 @@ class Reloader:
             return False
         new_keys = keys(new)
         old = daemon.config
+        daemon.renew_credentials(new, changes.renew)  # now: not after the drain of what the reload restarts
         await daemon.replace(staged)
-        daemon.renew_credentials(new, changes.renew)
         self.keys = new_keys
         self.counters["reloads"] += 1
         for note in history_notes(old, new, changes):
