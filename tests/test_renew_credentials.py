@@ -58,7 +58,7 @@ async def test_changed_users_end_only_their_own_streams_and_nothing_restarts(dae
     assert sink.counters["closed_credentials_revoked"] == 1
     assert sink.counters["connections_opened"] == 4
     said = [e.get("log_format") or "" for e in log_events]
-    assert any("took fresh credentials" in s for s in said)
+    assert any("takes fresh credentials" in s for s in said)
     assert any("credentials they came with are no longer valid" in s for s in said)
     await bob_stream.close()
 

@@ -130,8 +130,8 @@ class DaemonService(MultiService):
             except AuthConfigError as e:
                 self.log.error("{connector} kept the credentials it had: {error}", connector=connector.label, error=str(e))
                 continue
+            self.log.info("{connector} takes fresh credentials", connector=connector.label)
             built.guard.renew(authenticator, passwords)
-            self.log.info("{connector} took fresh credentials", connector=connector.label)
 
     async def replace(self, staged: Staged) -> None:
         """Switch to ``staged``, whose new ports are bound already, in one reactor turn (a port
