@@ -18,6 +18,7 @@ from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.daemon.reload import Reloader
 from sse_daemon.edge.auth import Allowed, BasicAuth, PasswordCheck
 from sse_daemon.edge.guard import Guard, Passage
+from sse_daemon.ops.figures import sink_figures
 
 from .conftest import deadline, status, subscribe, wait_for
 from .test_auth import ARGON_PASSWORD, PASSWORD, STATIC_TOKEN, basic, config, get, post
@@ -57,6 +58,7 @@ async def test_changed_users_end_only_their_own_streams_and_nothing_restarts(dae
         await (await subscribe(port, headers=f"Authorization: {basic(user, password)}\r\n")).close()
     assert sink.counters["closed_credentials_revoked"] == 1
     assert sink.counters["connections_opened"] == 4
+    assert sink_figures(service.sinks["Events"])["ended"] == {"token-expired": 0, "credentials-revoked": 1}  # /metrics
     said = [e.get("log_format") or "" for e in log_events]
     assert any("takes fresh credentials" in s for s in said)
     assert any("credentials they came with are no longer valid" in s for s in said)

@@ -102,6 +102,8 @@ class DaemonCollector:
                 families["sink_requests_rejected"].add_metric([sink["name"], reason], count)
             for outcome, count in sorted(sink["resumes"].items()):
                 families["sink_resumes"].add_metric([sink["name"], outcome], count)
+            for reason, count in sink["ended"].items():
+                families["sink_streams_ended"].add_metric([sink["name"], reason], count)
             families["sink_subscribers"].add_metric(name, sink["subscribers"])
             families["sink_hub_subscribers"].add_metric(name, sink["hub_subscribers"])
             families["sink_history_events"].add_metric(name, sink["history"])

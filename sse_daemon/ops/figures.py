@@ -102,6 +102,9 @@ def sink_figures(service: ISseSinkService | ILogSinkService) -> dict[str, Any]:
             for key, count in sink.counters.items() if key.startswith("resume_")
         }
         figures["events_unmapped"] = sink.counters.get("events_unmapped", 0)
+        # streams the sink ended because their access ended (edge/guard.py), by reason
+        figures["ended"] = {"token-expired": sink.counters.get("closed_token_expired", 0),
+                            "credentials-revoked": sink.counters.get("closed_credentials_revoked", 0)}
     else:
         events = service.counters.get("events_in", 0)
         unmapped = service.counters.get("events_unmapped", 0)

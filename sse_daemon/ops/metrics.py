@@ -75,6 +75,9 @@ FAMILIES: tuple[Family, ...] = (
            notes="Events × subscribers, plus replays."),
     Family("sink_bytes_written", "counter", "Bytes of event frames written to subscribers (heartbeats not counted).", SINK),
     Family("sink_dropped_slow", "counter", "Subscribers disconnected because their queue passed subscriber.queue.size or .bytes.", SINK),
+    Family("sink_streams_ended", "counter", "Subscriber streams the sink ended because their access ended, by reason.", ("sink", "reason"),
+           notes="`token-expired`: a JWT's `exp` passed; `credentials-revoked`: a reload's fresh users, tokens or JWT key "
+                 "no longer let it in. Both reasons are always exported."),
     Family("sink_events_replayed", "counter", "Events sent from history to subscribers that resumed with Last-Event-ID.", SINK),
     Family("sink_events_filtered", "counter", "Event frames withheld from subscribers by their own filters (subscriber.where), live and on resume.", SINK,
            notes="Events × filtered subscribers whose filter did not pass them."),
