@@ -1,6 +1,6 @@
 """The relay benchmark: an upstream SSE server -> this daemon's `sse` source -> its sink -> subscribers.
 
-    .venv/bin/python bench/relay.py                   # about 6 minutes: its section of bench/RESULTS.md
+    .venv/bin/python bench/relay.py                   # about 3 minutes: its section of bench/RESULTS.md
     .venv/bin/python bench/relay.py --quick           # tiny versions (seconds), printed, nothing written
     .venv/bin/python bench/relay.py --upstream nchan  # Nchan as the upstream, fed by POSTs (the earlier layout)
 
