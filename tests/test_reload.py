@@ -101,9 +101,9 @@ def test_plan_compares_definitions_files_env_and_routes(tmp_path: Path, monkeypa
 
 
 @pytest.mark.reactor_free
-def test_credentials_are_renewed_in_place_only_where_the_guard_alone_checks_them(tmp_path: Path) -> None:
-    """A hub's connections and worker processes hold checks of their own: there a changed file restarts the sink
-    (refused whole for workers); any other change with it restarts too."""
+def test_credentials_are_renewed_in_place_where_this_process_checks_them(tmp_path: Path) -> None:
+    """Worker processes hold guards of their own: there a changed file restarts the sink (which a reload
+    refuses whole); any other change with it restarts too."""
     tokens = tmp_path / "tokens"
     tokens.write_text("a-long-enough-static-token\n")
     auth = f"auth.type: bearer, auth.tokens.file: {tokens}"
@@ -115,8 +115,8 @@ def test_credentials_are_renewed_in_place_only_where_the_guard_alone_checks_them
     before = keys(config)
     tokens.write_text("another-long-enough-static-token\n")
     result = plan(config, config, old_keys=before)
-    assert sorted(result.renew) == ["Plain", "Post"]
-    assert sorted(result.restart) == ["InHub", "Pooled"]
+    assert sorted(result.renew) == ["InHub", "Plain", "Post"]
+    assert result.restart == ["Pooled"]
     assert result.refusal is not None and "Pooled" in result.refusal
     moved = validate(load_yaml(BASE + (
         f"  Plain: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: p, heartbeat.interval: 7, {auth}}}\n")))

@@ -61,7 +61,7 @@ async def test_changed_users_end_only_their_own_streams_and_nothing_restarts(dae
     assert sink_figures(service.sinks["Events"])["ended"] == {"token-expired": 0, "credentials-revoked": 1}  # /metrics
     said = [e.get("log_format") or "" for e in log_events]
     assert any("takes fresh credentials" in s for s in said)
-    assert any("credentials they came with are no longer valid" in s for s in said)
+    assert any("the credentials they came with are no longer valid" in s for s in said)
     await bob_stream.close()
 
 
@@ -161,3 +161,37 @@ def test_open_streams_are_checked_again_a_slice_a_turn_and_a_newer_renewal_takes
         clock.advance(0)
     assert len(ended) == 1 and ended[0] == streams[0::2], "the newest credentials decide, once"
     assert not clock.getDelayedCalls()
+
+
+HUB = """\
+sources:
+  In: {type: http, stream: Open, schema: "n int", receiver.url: "http://127.0.0.1:0/in"}
+sinks:
+  Open: {type: sse-server, stream: Open, schema: "n int", server.host: 127.0.0.1, server.port: 0, server.path: open, hub.path: /hub}
+  Guarded: {type: sse-server, stream: Guarded, schema: "n int", server.host: 127.0.0.1, server.port: 0, server.path: guarded,
+            hub.path: /hub, auth.type: bearer, auth.tokens.file: TOKENS}
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hub_connection_whose_token_is_removed_ends_whole_and_the_others_go_on(daemon, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    kept_token = "another-static-token-0123456789"
+    tokens.write_text(f"{STATIC_TOKEN}\n{kept_token}\n")
+    service = await daemon(HUB.replace("TOKENS", str(tokens)))
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port = service.port_of("Open")
+    removed = await subscribe(port, "/hub?stream=Open&stream=Guarded", f"Authorization: Bearer {STATIC_TOKEN}\r\n")
+    kept = await subscribe(port, "/hub?stream=Open&stream=Guarded", f"Authorization: Bearer {kept_token}\r\n")
+    own = await subscribe(port, "/guarded", f"Authorization: Bearer {kept_token}\r\n")
+    tokens.write_text(f"{kept_token}\n")
+    assert await deadline(reloader.reload()) is True
+    await wait_for(lambda: removed.is_closed, what="the hub connection of the removed token to end")
+    assert REVOKED in removed.received
+    assert status(await post(port, data=b'{"n": 7}')) == 200
+    await wait_for(lambda: b'"n":7' in kept.received, what="the other hub connection to go on")
+    assert not own.is_closed
+    assert service.sinks["Guarded"].sink.counters["closed_credentials_revoked"] == 1
+    assert service.sinks["Open"].sink.counters["closed_credentials_revoked"] == 0
+    await kept.close()
+    await own.close()

@@ -72,10 +72,8 @@ def connector_key(connector: ConnectorDef, config: Config, environ: Mapping[str,
 
 def renews_in_place(connector: ConnectorDef) -> bool:
     """Whether fresh credentials reach this connector without a restart: an ingest, or a sink served by this
-    process outside any hub (a hub's connections and worker processes hold their own checks: those restart)."""
-    if connector.type == "http":
-        return True
-    return connector.type == "sse-server" and not served_by_workers(connector) and connector.options.hub_path is None
+    process (worker processes hold guards of their own: such a sink restarts, which a reload refuses)."""
+    return connector.type == "http" or (connector.type == "sse-server" and not served_by_workers(connector))
 
 
 def _route_key(route: RouteDef, config: Config) -> tuple:

@@ -421,19 +421,16 @@ def sink_guard(connector: ConnectorDef[SseServerOptions], resource: IResource, s
                 sink.close(subscriber, EXPIRED)
 
     def revoked(requests: list[IRequest]) -> None:
-        ending = set(map(id, requests))
-        closed = [subscriber for subscriber in tuple(sink.subscribers) if id(subscriber.request) in ending]
-        for subscriber in closed:
-            sink.close(subscriber, REVOKED)
-        if closed:
-            sink.counters["closed_credentials_revoked"] += len(closed)
-            Guard.log.info("closed {count} subscriber(s) of sink {sink}: the credentials they came with are no longer valid",
-                           count=len(closed), sink=sink.name)
+        ended = sink.end_streams(requests, REVOKED)
+        if ended:
+            sink.counters["closed_credentials_revoked"] += ended
+            Guard.log.info("closed {count} stream(s) of sink {sink}: the credentials they came with are no longer valid",
+                           count=ended, sink=sink.name)
 
     authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
     return Guard(resource, connector, clock, sink.rejected, admission=admission, authenticator=authenticator,
                  passwords=passwords, on_expiry=expired, methods=("GET", "HEAD"),
-                 open_streams=lambda: [subscriber.request for subscriber in tuple(sink.subscribers)], on_revoked=revoked)
+                 open_streams=sink.stream_requests, on_revoked=revoked)
 
 
 def ingest_guard(connector: ConnectorDef[HttpSourceOptions], resource: IResource, rejected: Counter[str], clock: IReactorTime, pool: PasswordPool) -> Guard:

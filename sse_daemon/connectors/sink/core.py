@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Collection, Protocol, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -61,6 +61,8 @@ class HubTap(Protocol):
     def close_readers(self, sink: "SseSink", final: bytes) -> None: ...
 
     def readers(self, name: str) -> list[Any]: ...
+
+    def close(self, connection: Any, final: bytes = b"") -> None: ...
 
 
 def response_headers(connector: ConnectorDef[SseServerOptions], content_type: bytes) -> list[tuple[bytes, bytes]]:
@@ -391,6 +393,27 @@ class SseSink:
     def hub_readers(self) -> int:
         """Hub connections that read this sink now (hub.path)."""
         return sum(len(hub.readers(self.name)) for hub in self.hubs)
+
+    def stream_requests(self) -> list[Any]:
+        """The request of every stream that reads this sink now: its subscribers (those waiting for a bus
+        replay too) and the hub connections that read it. What its guard checks again (Guard.renew)."""
+        own = [subscriber.request for subscriber in (*self.subscribers, *self.resumes.waiting)]
+        return own + [connection.subscriber.request for hub in self.hubs for connection in hub.readers(self.name)]
+
+    def end_streams(self, requests: Collection[Any], final: bytes) -> int:
+        """End, after ``final``, the streams of ``requests`` that read this sink (a hub connection whole);
+        how many ended."""
+        ending = {id(request) for request in requests}
+        own = [subscriber for subscriber in (*self.subscribers, *self.resumes.waiting) if id(subscriber.request) in ending]
+        for subscriber in own:
+            self.close(subscriber, final)
+        ended = len(own)
+        for hub in tuple(self.hubs):
+            for connection in hub.readers(self.name):
+                if id(connection.subscriber.request) in ending:
+                    hub.close(connection, final)
+                    ended += 1
+        return ended
 
     def close_hub_readers(self, final: bytes = b"") -> None:
         """End the hub connections that read this sink (they resume the others on reconnect)."""
