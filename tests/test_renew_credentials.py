@@ -3,10 +3,12 @@ Guard.renew): nothing restarts, the streams the fresh credentials still let in g
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
 import bcrypt
+import pytest
 import pytest_twisted
 from argon2 import PasswordHasher
 from twisted.internet.task import Clock
@@ -20,7 +22,7 @@ from sse_daemon.edge.auth import Allowed, BasicAuth, PasswordCheck
 from sse_daemon.edge.guard import Guard, Passage
 from sse_daemon.ops.figures import sink_figures
 
-from .conftest import deadline, status, subscribe, wait_for
+from .conftest import deadline, raw_request, status, subscribe, wait_for
 from .test_auth import ARGON_PASSWORD, PASSWORD, STATIC_TOKEN, basic, config, get, post
 
 REVOKED = b": credentials no longer valid; reconnect with valid ones\n"
@@ -195,3 +197,50 @@ async def test_a_hub_connection_whose_token_is_removed_ends_whole_and_the_others
     assert service.sinks["Open"].sink.counters["closed_credentials_revoked"] == 0
     await kept.close()
     await own.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_streaming_publish_whose_token_is_removed_is_cut_short_and_says_why(daemon, tmp_path: Path) -> None:
+    from .test_streaming_publish import HEAD, INGEST, chunk, numbers
+
+    tokens = tmp_path / "tokens"
+    kept_token = "another-static-token-0123456789"
+    tokens.write_text(f"{STATIC_TOKEN}\n{kept_token}\n")
+    service = await daemon(INGEST.format(extra=f", auth.type: bearer, auth.tokens.file: {tokens}", sink_extra=""))
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port, ingest = service.port_of("In"), service.sources["In"]
+    live = await subscribe(service.port_of("Out"), "/events")
+
+    def streaming(token: str, first: int):
+        head = HEAD.replace(b"\r\n\r\n", f"\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        return raw_request(port, head + chunk(b'{"n": %d}\n' % first))
+
+    revoked, kept = await streaming(STATIC_TOKEN, 1), await streaming(kept_token, 2)
+    await wait_for(lambda: sorted(numbers(bytes(live.received))) == [1, 2], what="a line of each stream delivered")
+    tokens.write_text(f"{kept_token}\n")
+    assert await deadline(reloader.reload()) is True
+    await wait_for(lambda: revoked.is_closed, what="the revoked stream's answer")
+    answer = json.loads(bytes(revoked.received).partition(b"\r\n\r\n")[2])
+    assert (answer["accepted"], answer["ended"]) == (1, "credentials-revoked")
+    kept.transport.write(chunk(b'{"n": 3}\n') + b"0\r\n\r\n")
+    await wait_for(lambda: kept.is_closed, what="the kept stream's answer")
+    assert json.loads(bytes(kept.received).partition(b"\r\n\r\n")[2])["accepted"] == 2
+    await live.wait_for(b'"n":3')
+    assert sorted(numbers(bytes(live.received))) == [1, 2, 3]
+    assert ingest.counters["streams_revoked"] == 1 and ingest.streaming == {}
+    await live.close()
+
+
+@pytest.mark.reactor_free
+def test_a_cut_streaming_publish_takes_nothing_more_and_its_answer_says_why() -> None:
+    from twisted.internet.defer import succeed
+
+    from .test_streaming_publish import answer, consumer
+
+    published: list[int] = []
+    publishing, body, _, _, _ = consumer(lambda events: published.extend(e.values["n"] for e in events) or succeed(None))
+    body.chunk(b'{"n": 1}\n{"n": 2')
+    publishing.cut("credentials-revoked")
+    body.chunk(b'}\n{"n": 3}\n')  # what the socket had still: not read
+    assert published == [1]
+    assert answer(publishing) == {"accepted": 1, "refused": 0, "lines": 1, "refusals": [], "ended": "credentials-revoked"}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Callable
+from typing import Any, Callable, Collection
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -76,6 +76,8 @@ class IngestResource(Resource):
         self.behind = behind
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
+        #: streaming publishes under way, by request: what its guard checks again when credentials are renewed
+        self.streaming: dict[Any, NdjsonPublish] = {}
 
     def render_HEAD(self, request: IRequest) -> bytes:
         # Resource's default HEAD calls render_GET, which an ingest has not: that was a 500 (found by tests/test_fuzz.py)
@@ -130,8 +132,25 @@ class IngestResource(Resource):
             await self.bus.publish(self.stream, [Event(values, ingress=now) for values in rows[start:start + self.slice_size]])
 
     def _streaming(self, request: Request, body: BodyStream) -> int:
-        body.attach(self._ndjson(request, body))
+        publish = self.streaming[request] = self._ndjson(request, body)
+        request.notifyFinish().addBoth(self._stream_over, request)  # answered, or the client left
+        body.attach(publish)
         return NOT_DONE_YET
+
+    def _stream_over(self, _: object, request: Request) -> None:
+        self.streaming.pop(request, None)
+
+    def stream_requests(self) -> list[Any]:
+        """The requests of the streaming publishes under way."""
+        return list(self.streaming)
+
+    def end_streams(self, requests: Collection[Any], reason: str) -> int:
+        """Cut the streaming publishes of ``requests`` short (:meth:`NdjsonPublish.cut`); how many."""
+        ending = {id(request) for request in requests}
+        cut = [publish for request, publish in list(self.streaming.items()) if id(request) in ending]
+        for publish in cut:
+            publish.cut(reason)
+        return len(cut)
 
     def _ndjson(self, request: Request, body: BodyStream) -> NdjsonPublish:
         """The consumer of an NDJSON body: each line taken or refused on its own; answered once all settled."""

@@ -77,6 +77,8 @@ class NdjsonPublish:
         self._holding_for_unsettled = False
         self._ended = False
         self._gone = False
+        #: why the daemon ended it before its body did (:meth:`cut`), said in its answer
+        self.cut_reason: str | None = None
 
     # -- IBodyConsumer
     def chunk(self, data: bytes) -> None:
@@ -90,6 +92,12 @@ class NdjsonPublish:
             self._take(self.lines.end())
         self._ended = True
         self._maybe_done()
+
+    def cut(self, reason: str) -> None:
+        """End it here (its credentials were revoked): what was read is published and answered, with
+        ``reason``; the rest of the body is not read."""
+        self.cut_reason = reason
+        self.body.end(complete=False)
 
     def lost(self, reason: Failure) -> None:
         """The client left: what it sent so far stays published; nothing more is read or answered."""
@@ -194,5 +202,8 @@ class NdjsonPublish:
 
     def _maybe_done(self) -> None:
         if self._ended and not self._unsettled and not self._held and not self.done.called:
-            self.done.callback({"accepted": self.accepted, "refused": self.refused, "lines": self.lines.number,
-                                "refusals": self.refusals})
+            summary: dict[str, Any] = {"accepted": self.accepted, "refused": self.refused, "lines": self.lines.number,
+                                       "refusals": self.refusals}
+            if self.cut_reason is not None:
+                summary["ended"] = self.cut_reason
+            self.done.callback(summary)

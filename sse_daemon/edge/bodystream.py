@@ -80,6 +80,8 @@ class BodyStream:
             self.resume()
 
     def chunk(self, data: bytes) -> None:
+        if self._ended:  # cut short by the daemon (shutdown, revoked credentials): the rest is not read
+            return
         if self.consumer is not None:
             self.consumer.chunk(data)
             return
@@ -90,7 +92,7 @@ class BodyStream:
             self.pause()
 
     def end(self, complete: bool = True) -> None:
-        """The body ended (``complete``), or the daemon cuts it short here (shutdown)."""
+        """The body ended (``complete``), or the daemon cuts it short here (shutdown, revoked credentials)."""
         if self._ended:
             return
         self._ended = True

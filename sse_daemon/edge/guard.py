@@ -433,7 +433,18 @@ def sink_guard(connector: ConnectorDef[SseServerOptions], resource: IResource, s
                  open_streams=sink.stream_requests, on_revoked=revoked)
 
 
-def ingest_guard(connector: ConnectorDef[HttpSourceOptions], resource: IResource, rejected: Counter[str], clock: IReactorTime, pool: PasswordPool) -> Guard:
+def ingest_guard(connector: ConnectorDef[HttpSourceOptions], ingest: Any, clock: IReactorTime, pool: PasswordPool) -> Guard:
+    """An ingest (connectors/ingest.py's resource) behind its guard; its streaming publishes are checked again when
+    its credentials are renewed, and a revoked one is cut short (its answer says ``"ended": "credentials-revoked"``)."""
+
+    def revoked(requests: list[IRequest]) -> None:
+        ended = ingest.end_streams(requests, "credentials-revoked")
+        if ended:
+            ingest.counters["streams_revoked"] += ended
+            Guard.log.info("cut {count} streaming publish(es) to ingest {source} short: the credentials they came with "
+                           "are no longer valid", count=ended, source=connector.name)
+
     authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
-    return Guard(resource, connector, clock, rejected, request_rate=RequestRate(connector.options.max_requests_per_second, clock.seconds),
-                 authenticator=authenticator, passwords=passwords, methods=("POST",))
+    return Guard(ingest, connector, clock, ingest.rejected, request_rate=RequestRate(connector.options.max_requests_per_second, clock.seconds),
+                 authenticator=authenticator, passwords=passwords, methods=("POST",),
+                 open_streams=ingest.stream_requests, on_revoked=revoked)
