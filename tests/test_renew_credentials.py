@@ -227,7 +227,7 @@ async def test_a_streaming_publish_whose_token_is_removed_is_cut_short_and_says_
     assert json.loads(bytes(kept.received).partition(b"\r\n\r\n")[2])["accepted"] == 2
     await live.wait_for(b'"n":3')
     assert sorted(numbers(bytes(live.received))) == [1, 2, 3]
-    assert ingest.counters["streams_revoked"] == 1 and ingest.streaming == {}
+    assert ingest.rejected["credentials-revoked"] == 1 and ingest.streaming == {}
     await live.close()
 
 

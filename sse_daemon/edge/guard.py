@@ -440,7 +440,7 @@ def ingest_guard(connector: ConnectorDef[HttpSourceOptions], ingest: Any, clock:
     def revoked(requests: list[IRequest]) -> None:
         ended = ingest.end_streams(requests, "credentials-revoked")
         if ended:
-            ingest.counters["streams_revoked"] += ended
+            ingest.rejected["credentials-revoked"] += ended  # the rest of their bodies: sse_daemon_source_events_rejected
             Guard.log.info("cut {count} streaming publish(es) to ingest {source} short: the credentials they came with "
                            "are no longer valid", count=ended, source=connector.name)
 
