@@ -295,7 +295,7 @@ class Guard(Resource):
 
     def _verified(self, request: IRequest, hashed: str) -> None:
         """Remember the users file's entry a stream's password was verified against (what :meth:`renew` compares)."""
-        if self.open_streams is not None:  # a sink's: an ingest's requests end with their answer
+        if self.open_streams is not None:  # its open streams are checked again at a renewal
             self._verified_with[request] = hashed
 
     def _current_entry(self, user: str, hashed: str | None) -> bool:
