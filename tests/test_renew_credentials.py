@@ -13,6 +13,7 @@ import pytest_twisted
 from argon2 import PasswordHasher
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from sse_daemon.config.validate import validate
@@ -126,7 +127,7 @@ def test_a_password_verified_against_an_entry_renewed_meanwhile_is_refused() -> 
     guard = Guard(Resource(), connector, Clock(), Counter(), authenticator=BasicAuth({"alice": new_hash}, "r"),
                   open_streams=list, on_revoked=lambda requests: None)  # a sink's guard
     opened: list[object] = []
-    passage = Passage(lambda request: opened.append(request) or b"")
+    passage = Passage(lambda request: opened.append(request) or NOT_DONE_YET)  # a stream: it stays open
     refused = DummyRequest([b"events"])
     guard._decided(Allowed("alice"), refused, "127.0.0.1", [], passage, PasswordCheck("alice", "old", old_hash, b"k"))
     assert refused.responseCode == 401 and not opened and guard.rejected == {"bad-credentials": 1}

@@ -222,7 +222,7 @@ class Guard(Resource):
         if isinstance(decision, PasswordCheck):
             return self._check_password(request, host, decision, passage)
         if isinstance(decision, Allowed) and isinstance(self.authenticator, BasicAuth):  # a verified password, cached
-            self._verified(request, self.authenticator.users[decision.identity])
+            return self._admit(request, host, decision, passage, self.authenticator.users[decision.identity])
         return self._admit(request, host, decision, passage)
 
     def _address_limits(self, request: IRequest, host: str) -> tuple[int, Refusal] | None:
@@ -241,8 +241,10 @@ class Guard(Resource):
         failures = self.passwords.failures.check(host) if self.passwords is not None else None
         return (429, failures) if failures is not None else None
 
-    def _admit(self, request: Request, host: str, decision: Allowed | Denied, passage: Passage) -> Any:
-        """After the credentials: the limits every client shares, then the resource."""
+    def _admit(self, request: Request, host: str, decision: Allowed | Denied, passage: Passage, verified_with: str | None = None) -> Any:
+        """After the credentials: the limits every client shares, then the resource. ``verified_with``: the users
+        file's entry a password was verified against, remembered (weakly) for a stream that stays open, which
+        :meth:`renew` compares with the fresh entry (a request answered at once is not remembered)."""
         if isinstance(decision, Denied):
             return self.deny(request, decision, host, passage.stream)
         if self.admission is not None and request.method == b"GET":
@@ -253,6 +255,8 @@ class Guard(Resource):
             self.admission.opened(host)
             request.notifyFinish().addBoth(self._stream_ended, host)
         result = passage.proceed(request)
+        if result is NOT_DONE_YET and verified_with is not None and self.open_streams is not None:
+            self._verified_with[request] = verified_with
         on_expiry = passage.on_expiry or self.on_expiry
         if result is NOT_DONE_YET and decision.expires is not None and on_expiry is not None:
             self._close_at_expiry(request, decision, on_expiry)
@@ -273,12 +277,9 @@ class Guard(Resource):
                  check: PasswordCheck) -> None:
         if decision is None or left:  # the client left: it costs nothing more
             return
-        if isinstance(decision, Allowed):
-            if not self._current_entry(check.user, check.hashed):  # fresh credentials came while it was hashed
-                decision = Denied(401, "bad-credentials", "wrong user name or password")
-            else:
-                self._verified(request, check.hashed or "")
-        body = self._admit(request, host, decision, passage)
+        if isinstance(decision, Allowed) and not self._current_entry(check.user, check.hashed):
+            decision = Denied(401, "bad-credentials", "wrong user name or password")  # fresh credentials came while it was hashed
+        body = self._admit(request, host, decision, passage, check.hashed)
         if body is not NOT_DONE_YET:
             finish(request, body)
 
@@ -292,11 +293,6 @@ class Guard(Resource):
             body = internal_error(request, failure, self.rejected, self.log, self.connector.label)
         if isinstance(body, bytes):  # else NOT_DONE_YET: the connection was closed
             finish(request, body)
-
-    def _verified(self, request: IRequest, hashed: str) -> None:
-        """Remember the users file's entry a stream's password was verified against (what :meth:`renew` compares)."""
-        if self.open_streams is not None:  # its open streams are checked again at a renewal
-            self._verified_with[request] = hashed
 
     def _current_entry(self, user: str, hashed: str | None) -> bool:
         """Whether ``hashed`` is still ``user``'s entry in the users file the guard holds now."""
