@@ -187,7 +187,7 @@ class Builder:
         ingest = IngestResource(connector, make_mapper(connector.options.mapping, schema), source_bus, self.clock, turns=self.reactor,
                                 slice_size=0 if self.bus.provides_ids else PUBLISH_SLICE,
                                 **shared_bus_bounds(self.bus, connector.options.max_events_per_request))
-        guard = ingest_guard(connector, ingest, self.clock, self.passwords)
+        guard = ingest_guard(connector, ingest, ingest, self.clock, self.passwords)
         return BuiltConnector(resource=guard, source=ingest, bus=source_bus, guard=guard)
 
     def _sse_source(self, connector: ConnectorDef, schema: Schema, source_bus: ConnectorBus) -> BuiltConnector:

@@ -33,7 +33,7 @@ import base64
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable, Protocol
 from urllib.parse import parse_qs
 from weakref import WeakKeyDictionary
 
@@ -63,7 +63,32 @@ RECHECK_SLICE = 200
 #: what NoAuth decides for every request
 ANONYMOUS = NoAuth().check(Credentials(), 0.0)
 
-__all__ = ["Guard", "Passage", "sink_guard", "ingest_guard", "build_access", "client_host", "EXPIRED", "REVOKED"]
+__all__ = ["Guard", "Passage", "sink_guard", "ingest_guard", "build_access", "client_host", "EXPIRED", "REVOKED",
+           "GuardedSink", "GuardedIngest"]
+
+
+class GuardedSink(Protocol):
+    """What a sink's guard reaches in its sink (connectors/sink/core.py's SseSink): the streams it ends when a
+    token expires or fresh credentials no longer let them in, and where it counts them."""
+
+    name: str
+    subscribers: Any  # a set of subscribers, each with its ``request`` and ``peer``
+    counters: Counter[str]
+    rejected: Counter[str]
+
+    def close(self, subscriber: Any, final: bytes = b"") -> None: ...
+    def stream_requests(self) -> list[Any]: ...
+    def end_streams(self, requests: Collection[Any], final: bytes) -> int: ...
+
+
+class GuardedIngest(Protocol):
+    """What an ingest's guard reaches in its ingest (connectors/ingest.py's IngestResource): the streaming
+    publishes it cuts short when fresh credentials no longer let them in, and where it counts refusals."""
+
+    rejected: Counter[str]
+
+    def stream_requests(self) -> list[Any]: ...
+    def end_streams(self, requests: Collection[Any], reason: str) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,7 +424,7 @@ def build_access(options: AccessOptions, stream: str, pool: PasswordPool, clock:
     return authenticator, PasswordGate(authenticator, pool, clock, options.auth_failures_per_minute)
 
 
-def sink_guard(connector: ConnectorDef[SseServerOptions], resource: IResource, sink: Any, clock: IReactorTime, pool: PasswordPool) -> Guard:
+def sink_guard(connector: ConnectorDef[SseServerOptions], resource: IResource, sink: GuardedSink, clock: IReactorTime, pool: PasswordPool) -> Guard:
     admission = Admission(
         connector.options.max_subscribers,
         connector.options.max_subscribers_per_address,
@@ -429,8 +454,9 @@ def sink_guard(connector: ConnectorDef[SseServerOptions], resource: IResource, s
                  open_streams=sink.stream_requests, on_revoked=revoked)
 
 
-def ingest_guard(connector: ConnectorDef[HttpSourceOptions], ingest: Any, clock: IReactorTime, pool: PasswordPool) -> Guard:
-    """An ingest (connectors/ingest.py's resource) behind its guard; its streaming publishes are checked again when
+def ingest_guard(connector: ConnectorDef[HttpSourceOptions], resource: IResource, ingest: GuardedIngest, clock: IReactorTime,
+                 pool: PasswordPool) -> Guard:
+    """An ingest's ``resource`` (connectors/ingest.py's IngestResource, which is also ``ingest``) behind its guard; its streaming publishes are checked again when
     its credentials are renewed, and a revoked one is cut short (its answer says ``"ended": "credentials-revoked"``)."""
 
     def revoked(requests: list[IRequest]) -> None:
@@ -441,6 +467,6 @@ def ingest_guard(connector: ConnectorDef[HttpSourceOptions], ingest: Any, clock:
                            "are no longer valid", count=ended, source=connector.name)
 
     authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
-    return Guard(ingest, connector, clock, ingest.rejected, request_rate=RequestRate(connector.options.max_requests_per_second, clock.seconds),
+    return Guard(resource, connector, clock, ingest.rejected, request_rate=RequestRate(connector.options.max_requests_per_second, clock.seconds),
                  authenticator=authenticator, passwords=passwords, methods=("POST",),
                  open_streams=ingest.stream_requests, on_revoked=revoked)
