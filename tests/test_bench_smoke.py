@@ -60,3 +60,24 @@ def test_quick_relay_benchmark_carries_the_upstreams_events(tmp_path: Path) -> N
         assert published >= 475, cells  # the upstream kept the offered 500/s
         assert lost == "0", cells
     assert "failed:" not in result.stdout
+
+
+@pytest.mark.reactor_free
+@pytest.mark.timeout(60)
+def test_send_floor_measures_the_writers_cpu(tmp_path: Path) -> None:
+    """`bench/sendfloor.c` builds, writes a window's frames to each reader and reports its CPU for them."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (cc) to build bench/sendfloor.c")
+    program = tmp_path / "sendfloor"
+    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", str(program), str(ROOT / "bench" / "sendfloor.c")], check=True)
+    result = subprocess.run([str(program), "3", "2000", "64", "1000", "0.3"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert line.startswith("subscribers 3, 2000 events/s of 64 B, window 1000 us"), line
+    sends = int(line.split(": ")[1].split(" sends")[0])
+    assert sends >= 3 * 200, line  # a send to each of the 3 readers in (nearly) every 1 ms window of 0.3 s
+    assert "(0 short)" in line, line
+    assert "of a core" in line, line
+    bad = subprocess.run([str(program), "0"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "usage" in bad.stderr
