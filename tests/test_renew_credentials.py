@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 from argon2 import PasswordHasher
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
@@ -245,3 +246,62 @@ def test_a_cut_streaming_publish_takes_nothing_more_and_its_answer_says_why() ->
     body.chunk(b'}\n{"n": 3}\n')  # what the socket had still: not read
     assert published == [1]
     assert answer(publishing) == {"accepted": 1, "refused": 0, "lines": 1, "refusals": [], "ended": "credentials-revoked"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokens_rotated_while_a_reload_opens_history_files_are_renewed_by_the_next_reload(daemon, tmp_path: Path, log_events) -> None:
+    """A reload that adds a sink waits for its history file (a thread); a tokens file rotated meanwhile was not read
+    by it: the next reload (a second SIGHUP) must still see the rotation, not take it as already applied."""
+    from twisted.internet.defer import Deferred
+
+    from .conftest import write_config
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{STATIC_TOKEN}\n")
+    text = config(ingest={"auth.type": "bearer", "auth.tokens.file": tokens})
+    service = await daemon(text)
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port = service.port_of("In")
+    write_config(tmp_path, text.replace("sinks:\n", "sinks:\n  Added: {type: sse-server, stream: Events, server.host: 127.0.0.1, "
+                                                     "server.port: 0, server.path: added}\n"))
+    opening: Deferred[None] = Deferred()
+    prepare = service.prepare
+    service.prepare = lambda new, changes: opening.addCallback(lambda _: prepare(new, changes))  # type: ignore[method-assign]
+    first = reloader.reload()
+    rotated = "a-rotated-static-token-0123456789"
+    tokens.write_text(f"{rotated}\n")  # while the history files are opened
+    opening.callback(None)
+    assert await deadline(first) is True
+    assert await deadline(reloader.reload()) is True  # the SIGHUP that came with the rotation
+    assert status(await post(port, headers=f"Authorization: Bearer {STATIC_TOKEN}\r\n")) == 401, "the removed token"
+    assert status(await post(port, headers=f"Authorization: Bearer {rotated}\r\n")) == 200
+    said = [formatEvent(e) or "" for e in log_events]
+    assert any("credentials renewed for In" in line for line in said)
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_a_renewal_could_not_read_are_renewed_by_the_next_reload(daemon, tmp_path: Path, log_events) -> None:
+    """A tokens file caught half written by the renewal's read leaves the old tokens running; once it is whole, the
+    next reload must renew them (its content is what the reload saw before, but not what the guard holds)."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{STATIC_TOKEN}\n")
+    service = await daemon(config(ingest={"auth.type": "bearer", "auth.tokens.file": tokens}))
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port = service.port_of("In")
+    rotated = "a-rotated-static-token-0123456789"
+    tokens.write_text(f"{rotated}\n")
+    adopt = service.adopt_config
+
+    def half_written(new) -> None:  # the file is rewritten in place (truncated) right as the renewal reads it
+        adopt(new)
+        tokens.write_text("")
+
+    service.adopt_config = half_written  # type: ignore[method-assign]
+    assert await deadline(reloader.reload()) is True
+    assert any("kept the credentials it had" in (e.get("log_format") or "") for e in log_events)
+    assert status(await post(port, headers=f"Authorization: Bearer {STATIC_TOKEN}\r\n")) == 200, "the running tokens stay"
+    service.adopt_config = adopt  # type: ignore[method-assign]
+    tokens.write_text(f"{rotated}\n")  # the write completes; the operator reloads again
+    assert await deadline(reloader.reload()) is True
+    assert status(await post(port, headers=f"Authorization: Bearer {STATIC_TOKEN}\r\n")) == 401, "the removed token"
+    assert status(await post(port, headers=f"Authorization: Bearer {rotated}\r\n")) == 200

@@ -123,6 +123,9 @@ class Plan:
     deferred: list[str] = field(default_factory=list)
     #: why the new configuration cannot be applied without a restart (nothing is changed)
     refusal: str | None = None
+    #: every new connector's key as this plan compared it: what its running pieces are built from once applied
+    #: (files read later are compared again at the next reload, not taken as seen)
+    keys: dict[str, tuple] = field(default_factory=dict)
 
     @property
     def changes(self) -> bool:
@@ -161,7 +164,8 @@ def plan(old: Config | None, new: Config, environ: Mapping[str, str] | None = No
     after = {c.name: c for c in new.connectors}
     old_keys = old_keys if old_keys is not None else keys(old, environ) if old is not None else {}
     for name, connector in after.items():
-        old_key, new_key = old_keys.get(name), connector_key(connector, new, environ)
+        old_key = old_keys.get(name)
+        new_key = result.keys[name] = connector_key(connector, new, environ)
         if name not in before:
             result.add.append(name)
         elif old_key == new_key:

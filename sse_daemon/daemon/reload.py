@@ -90,6 +90,12 @@ class Reloader:
         d.addBoth(done)  # may run at once, when nothing had to wait
         return d
 
+    def _built_from(self, changes: Plan, not_renewed: list[str]) -> None:
+        """What the running connectors are built from now: the keys the plan compared (taken before anything
+        read the files again, so a change meanwhile is seen by the next reload), but for a connector whose
+        fresh credentials could not be read: it still runs on the old ones, and the next reload renews it."""
+        self.keys = {**changes.keys, **{name: self.keys[name] for name in not_renewed if name in self.keys}}
+
     def _ignored(self) -> None:
         self.ignored += 1
         log.warn("reload ignored: the daemon is shutting down ({count} ignored)", count=self.ignored)
@@ -109,9 +115,8 @@ class Reloader:
         for deferred in changes.deferred:
             log.warn(deferred)
         if not changes.changes:
-            self.keys = keys(new)  # before the files are read again: a change meanwhile is seen by the next reload
             daemon.adopt_config(new)
-            daemon.renew_credentials(new, changes.renew)
+            self._built_from(changes, daemon.renew_credentials(new, changes.renew))
             log.info("configuration reloaded: {summary}", summary=changes.summary() if changes.renew else "nothing changed")
             return True
         if changes.refusal is not None:
@@ -139,11 +144,10 @@ class Reloader:
             self.counters["rejected"] += 1
             log.error("reload rejected: {message}; the running configuration is unchanged", message=str(error))
             return False
-        new_keys = keys(new)
         old = daemon.config
-        daemon.renew_credentials(new, changes.renew)  # now: not after the drain of what the reload restarts
+        not_renewed = daemon.renew_credentials(new, changes.renew)  # now: not after the drain of what the reload restarts
         await daemon.replace(staged)
-        self.keys = new_keys
+        self._built_from(changes, not_renewed)
         self.counters["reloads"] += 1
         for note in history_notes(old, new, changes):
             log.info("reload: {note}", note=note)

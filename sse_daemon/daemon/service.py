@@ -117,10 +117,12 @@ class DaemonService(MultiService):
         if self.admin is not None:
             self.admin.read_credentials()
 
-    def renew_credentials(self, new: Config, names: list[str]) -> None:
+    def renew_credentials(self, new: Config, names: list[str]) -> list[str]:
         """Kept sinks and ingests whose users, tokens or JWT key changed (a reload): their guards take the
         fresh credentials, and a sink ends the streams those no longer let in (its other subscribers stay).
-        A file that cannot be read now leaves that connector's credentials as they were, and says so."""
+        A file that cannot be read now leaves that connector's credentials as they were, and says so; those
+        connectors are returned (the reload must not take their fresh files as applied)."""
+        kept: list[str] = []
         for connector in new.connectors:
             built = self.built.get(connector.name)
             if connector.name not in names or built is None or built.guard is None:
@@ -129,9 +131,11 @@ class DaemonService(MultiService):
                 authenticator, passwords = build_access(connector.options, connector.stream, self.passwords, self.clock)
             except AuthConfigError as e:
                 self.log.error("{connector} kept the credentials it had: {error}", connector=connector.label, error=str(e))
+                kept.append(connector.name)
                 continue
             self.log.info("{connector} takes fresh credentials", connector=connector.label)
             built.guard.renew(authenticator, passwords)
+        return kept
 
     async def replace(self, staged: Staged) -> None:
         """Switch to ``staged``, whose new ports are bound already, in one reactor turn (a port
