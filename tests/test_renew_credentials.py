@@ -305,3 +305,38 @@ async def test_credentials_a_renewal_could_not_read_are_renewed_by_the_next_relo
     assert await deadline(reloader.reload()) is True
     assert status(await post(port, headers=f"Authorization: Bearer {STATIC_TOKEN}\r\n")) == 401, "the removed token"
     assert status(await post(port, headers=f"Authorization: Bearer {rotated}\r\n")) == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hub_connection_let_through_before_a_renewal_and_opened_after_it_is_checked_too(daemon, tmp_path: Path) -> None:
+    """A hub request passes each stream's guard in turn: one stream's password, then another's, hashed on the pool.
+    A renewal of the first stream's users while the second hash runs finds no stream yet; the connection that opens
+    once the hash is done must not read the first stream with a password its users file no longer holds."""
+    from twisted.internet.defer import Deferred
+
+    first, second = tmp_path / "first-users", tmp_path / "second-users"
+    first.write_text(f"alice:{bcrypt_hash(PASSWORD)}\n")
+    second.write_text(f"alice:{bcrypt_hash(PASSWORD)}\n")
+    hub = "".join(f"  {name}: {{type: sse-server, stream: {name}, schema: 'n int', server.host: 127.0.0.1, server.port: 0, "
+                  f"server.path: {name.lower()}, hub.path: /hub, auth.type: basic, auth.users.file: {users}}}\n"
+                  for name, users in (("First", first), ("Second", second)))
+    service = await daemon(f"sinks:\n{hub}")
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port, sink = service.port_of("First"), service.sinks["First"].sink
+    gate = service.built["Second"].guard.passwords
+    hashing, decide, asked = Deferred(), gate.decide, []
+
+    def slow(check, host, gone):  # a hash that takes a while
+        asked.append(check)
+        return hashing.addCallback(lambda _: decide(check, host, gone))
+
+    gate.decide = slow
+    late = await raw_request(port, b"GET /hub?stream=First&stream=Second HTTP/1.1\r\nHost: x\r\n"
+                                   + f"Authorization: {basic('alice', PASSWORD)}\r\n\r\n".encode())
+    await wait_for(lambda: asked, what="the second stream's password check to start")
+    first.write_text(f"alice:{bcrypt_hash('a new password for alice')}\n")
+    assert await deadline(reloader.reload()) is True
+    hashing.callback(None)
+    await wait_for(lambda: late.is_closed, what="the hub connection of the changed password to end")
+    assert REVOKED in late.received
+    assert sink.counters["closed_credentials_revoked"] == 1

@@ -197,7 +197,8 @@ class Guard(Resource):
         self.on_revoked = on_revoked
         #: for passwords: the users file's entry each admitted request was verified against (held weakly)
         self._verified_with: WeakKeyDictionary[IRequest, str] = WeakKeyDictionary()
-        self._recheck_pass = 0
+        #: fresh credentials taken so far (:meth:`renew`): a recheck for older ones stops; a hub compares it (:meth:`recheck_since`)
+        self.renewals = 0
         self.methods = tuple(m.encode("ascii") for m in methods)
         access = connector.options
         self.cors = CorsPolicy(access.cors_origins, access.cors_credentials, access.cors_max_age, methods)
@@ -332,13 +333,20 @@ class Guard(Resource):
             passwords.failures = self.passwords.failures  # a reload does not reset an address's failed guesses
         self.authenticator, self.passwords = authenticator, passwords
         self.open = isinstance(authenticator, NoAuth)
+        self.renewals += 1  # a pass still running for older credentials stops: this one checks them all
         if self.open_streams is None or self.on_revoked is None:
             return
-        self._recheck_pass += 1  # a pass still running for older credentials stops: this one checks them all
-        self._recheck(self._recheck_pass, list(self.open_streams()), [])
+        self._recheck(self.renewals, list(self.open_streams()), [])
+
+    def recheck_since(self, renewals: int, request: IRequest) -> None:
+        """``request`` passed this guard when it had taken ``renewals`` fresh credentials, and opened its stream only
+        now (a hub connection waited for another stream's password check): fresher ones checked no stream of it, so
+        it is checked here, and ended if they no longer let it in."""
+        if renewals != self.renewals and self.on_revoked is not None and not self.still_allowed(request, self.clock.seconds()):
+            self.on_revoked([request])
 
     def _recheck(self, number: int, waiting: list[IRequest], revoked: list[IRequest]) -> None:
-        if number != self._recheck_pass:
+        if number != self.renewals:
             return
         now = self.clock.seconds()
         for request in waiting[:RECHECK_SLICE]:

@@ -305,13 +305,20 @@ class HubResource(Resource):
         if query_values(request, "where"):
             return refuse(request, 400, "on a hub a filter names its stream: where.A=price > 100", "bad-filter")
         wheres = {name: values[-1] for name in streams if (values := query_values(request, "where." + name))}
+        guards = self.hub.guards
+        passed: dict[str, int] = {}  # each stream's guard's renewals when it let the request through
 
         def through(index: int) -> Any:
             def proceed(request: server.Request) -> Any:
+                if index:
+                    passed[streams[index - 1]] = guards[streams[index - 1]].renewals
                 if index == len(streams):
-                    return answer(request, streams, wheres)
+                    answered = answer(request, streams, wheres)
+                    for name, renewals in passed.items():  # a later guard's password check may have outlasted a renewal
+                        guards[name].recheck_since(renewals, request)
+                    return answered
                 name = streams[index]
-                return self.hub.guards[name].pass_through(request, Passage(through(index + 1), name, self.hub.expired))
+                return guards[name].pass_through(request, Passage(through(index + 1), name, self.hub.expired))
             return proceed
 
         return through(0)(request)
