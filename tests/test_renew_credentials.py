@@ -340,3 +340,23 @@ async def test_a_hub_connection_let_through_before_a_renewal_and_opened_after_it
     await wait_for(lambda: late.is_closed, what="the hub connection of the changed password to end")
     assert REVOKED in late.received
     assert sink.counters["closed_credentials_revoked"] == 1
+
+
+@pytest.mark.reactor_free
+def test_a_streaming_publish_whose_body_had_ended_is_not_cut_short_by_a_renewal() -> None:
+    """Its whole body was read; only the bus's acknowledgement is awaited. Nothing is cut: its answer must not say it
+    ended early, nor count the rest of a body that has no rest."""
+    from twisted.internet.defer import Deferred
+
+    from .test_streaming_publish import answer, consumer
+
+    acknowledged: Deferred[None] = Deferred()
+    publishing, body, _, _, rejected = consumer(lambda events: acknowledged)
+    body.chunk(b'{"n": 1}\n{"n": 2}\n')
+    body.end()
+    cut = publishing.cut("credentials-revoked")
+    acknowledged.callback(None)
+    assert answer(publishing) == {"accepted": 2, "refused": 0, "lines": 2, "refusals": []}
+    reading, more, _, _, _ = consumer(lambda events: acknowledged)
+    more.chunk(b'{"n": 3}\n')
+    assert (cut, reading.cut("credentials-revoked")) == (False, True), "what the ingest counts: only a body cut short"

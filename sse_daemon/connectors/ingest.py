@@ -145,12 +145,10 @@ class IngestResource(Resource):
         return list(self.streaming)
 
     def end_streams(self, requests: Collection[Any], reason: str) -> int:
-        """Cut the streaming publishes of ``requests`` short (:meth:`NdjsonPublish.cut`); how many."""
+        """Cut the streaming publishes of ``requests`` short (:meth:`NdjsonPublish.cut`); how many were (one
+        whose body had ended already is not)."""
         ending = {id(request) for request in requests}
-        cut = [publish for request, publish in list(self.streaming.items()) if id(request) in ending]
-        for publish in cut:
-            publish.cut(reason)
-        return len(cut)
+        return sum(publish.cut(reason) for request, publish in list(self.streaming.items()) if id(request) in ending)
 
     def _ndjson(self, request: Request, body: BodyStream) -> NdjsonPublish:
         """The consumer of an NDJSON body: each line taken or refused on its own; answered once all settled."""

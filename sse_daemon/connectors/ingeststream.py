@@ -93,11 +93,15 @@ class NdjsonPublish:
         self._ended = True
         self._maybe_done()
 
-    def cut(self, reason: str) -> None:
+    def cut(self, reason: str) -> bool:
         """End it here (its credentials were revoked): what was read is published and answered, with
-        ``reason``; the rest of the body is not read."""
+        ``reason``; the rest of the body is not read. False when its body had ended already (its answer
+        waits only for the bus): nothing is cut, and its answer does not say so."""
+        if self._ended or self._gone:
+            return False
         self.cut_reason = reason
         self.body.end(complete=False)
+        return True
 
     def lost(self, reason: Failure) -> None:
         """The client left: what it sent so far stays published; nothing more is read or answered."""
