@@ -197,6 +197,8 @@ async def test_a_hub_connection_whose_token_is_removed_ends_whole_and_the_others
     assert not own.is_closed
     assert service.sinks["Guarded"].sink.counters["closed_credentials_revoked"] == 1
     assert service.sinks["Open"].sink.counters["closed_credentials_revoked"] == 0
+    for name in ("Guarded", "Open"):  # sse_daemon_sink_connections_closed: the hub connection the daemon ended too
+        assert service.sinks[name].sink.counters["connections_closed"] == 1, name
     await kept.close()
     await own.close()
 

@@ -243,11 +243,10 @@ class Hub:
 
     def _finished(self, result: object, connection: HubConnection) -> None:
         connection.subscriber.stopProducing()
-        if self._forget(connection):
-            for name in connection.streams:
-                self.sinks[name].counters["connections_closed"] += 1
+        self._forget(connection)
 
     def _forget(self, connection: HubConnection) -> bool:
+        """Once per connection, however it ends (the client, a slow drop, an expiry, a revocation, a drain): counted closed."""
         group = self.groups.get(connection.streams)
         if group is None or connection not in group:
             return False
@@ -256,6 +255,7 @@ class Hub:
             del self.groups[connection.streams]
         for name in connection.streams:
             self.sinks[name].counters["hub_subscribers"] -= 1
+            self.sinks[name].counters["connections_closed"] += 1
             if not self.readers(name):
                 self.sinks[name].hubs.discard(self)
         return True
