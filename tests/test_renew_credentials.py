@@ -362,3 +362,25 @@ def test_a_streaming_publish_whose_body_had_ended_is_not_cut_short_by_a_renewal(
     reading, more, _, _, _ = consumer(lambda events: acknowledged)
     more.chunk(b'{"n": 3}\n')
     assert (cut, reading.cut("credentials-revoked")) == (False, True), "what the ingest counts: only a body cut short"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hub_connection_ended_at_its_tokens_expiry_is_counted_as_token_expired(daemon, tmp_path: Path) -> None:
+    """sse_daemon_sink_streams_ended_total counts the streams a sink ended because their access ended: a hub
+    connection ended at its JWT's exp is one, as one ended because its token was removed is."""
+    import jwt
+
+    key = tmp_path / "jwt-key"
+    secret = "an-hmac-secret-of-thirty-two-bytes!!"
+    key.write_text(secret)
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    hub = HUB.replace("auth.tokens.file: TOKENS", f"auth.jwt.key.file: {key}, auth.jwt.algorithms: HS256, auth.jwt.audience: sse")
+    service = await daemon(hub, clock=clock)
+    signed = jwt.encode({"aud": "sse", "exp": 1_800_000_030, "streams": "*"}, secret, algorithm="HS256")
+    connection = await subscribe(service.port_of("Open"), "/hub?stream=Open&stream=Guarded", f"Authorization: Bearer {signed}\r\n")
+    clock.advance(30)
+    await wait_for(lambda: connection.is_closed, what="the hub connection to end at its token's expiry")
+    assert b": access token expired; reconnect with a new one\n" in connection.received
+    assert sink_figures(service.sinks["Guarded"])["ended"] == {"token-expired": 1, "credentials-revoked": 0}
+    assert sink_figures(service.sinks["Open"])["ended"] == {"token-expired": 0, "credentials-revoked": 0}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from functools import partial
 from typing import Any, Callable, Mapping
 
 from twisted.internet.interfaces import IReactorTime
@@ -233,12 +234,14 @@ class Hub:
         self._forget(connection)
         subscriber.transport.abortConnection()
 
-    def expired(self, request: IRequest) -> None:
-        """A token of one of its streams expired: the connection ends (it reconnects with a new one)."""
+    def expired(self, name: str, request: IRequest) -> None:
+        """The token stream ``name`` let it in with expired: the connection ends (it reconnects with a new one),
+        counted by that stream's sink as one ended at its token's expiry (sse_daemon_sink_streams_ended_total)."""
         for connections in tuple(self.groups.values()):
             for connection in tuple(connections):
                 if connection.subscriber.request is request:
                     self.log.info("closing hub subscriber {peer}: an access token expired", peer=connection.subscriber.peer)
+                    self.sinks[name].counters["closed_token_expired"] += 1
                     self.close(connection, EXPIRED)
 
     def _finished(self, result: object, connection: HubConnection) -> None:
@@ -318,7 +321,7 @@ class HubResource(Resource):
                         guards[name].recheck_since(renewals, request)
                     return answered
                 name = streams[index]
-                return guards[name].pass_through(request, Passage(through(index + 1), name, self.hub.expired))
+                return guards[name].pass_through(request, Passage(through(index + 1), name, partial(self.hub.expired, name)))
             return proceed
 
         return through(0)(request)
