@@ -18,8 +18,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
-from sse_daemon.edge.listener import PathRouter, QuietSite
+from sse_daemon.edge.listener import LEAN_BACKLOG, PathRouter, QuietSite
 from sse_daemon.policy.connections import PortPolicy
 from sse_daemon.wire.httphead import MAX_HEAD, plain_post
 
@@ -102,6 +103,59 @@ def test_only_the_ports_head_deadline_closes_an_idle_kept_alive_connection(lean:
     assert not transport.disconnecting, "idle for less than server.head.timeout"
     clock.advance(2)
     assert transport.disconnecting, "the head deadline closes it"
+
+
+class Later(Resource):
+    """Answers each POST only when the test says so (as a history file's commit, or Redis, does)."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list = []
+
+    def render_POST(self, request: object) -> object:
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+    def answer(self) -> None:
+        request = self.waiting.pop(0)
+        request.write(b"taken\n")
+        request.finish()
+
+
+@pytest.mark.reactor_free
+def test_reading_stays_paused_while_more_than_the_backlog_waits_behind_a_request_answered_later() -> None:
+    """A pipelining client whose answers come later (a history file, Redis) once had its reading paused only when
+    the backlog first grew past 16 KiB: a first read larger than that was not paused at all, and every answer resumed
+    reading with most of the backlog still held, one more read per answer, so the backlog grew without bound."""
+    clock = Clock()
+    router = PathRouter()
+    later = Later()
+    router.add("/in", later, takes_posts=True)
+    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=10, body_timeout=10))
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    one = request_bytes("/in", "", b"{}")
+    count = 3 * LEAN_BACKLOG // len(one)
+    channel.dataReceived(one * count)  # one read, three times the backlog
+    assert transport.producerState == "paused", "more than the backlog held: reading pauses at once"
+    later.answer()
+    assert transport.producerState == "paused", "one answer takes one request: most of the backlog is still held"
+    channel.resumeProducing()  # the transport's buffer drained: twisted.web resumes reading
+    channel.dataReceived(one * count)  # what it read then
+    assert transport.producerState == "paused", "paused again by the read"
+    answered = 1
+    while len(later.waiting) and transport.producerState == "paused":
+        later.answer()
+        answered += 1
+    assert transport.producerState == "producing" and answered > count, "reading resumes once the backlog is small"
+    while later.waiting:
+        later.answer()
+        answered += 1
+    assert answered == 2 * count and transport.value().count(b"HTTP/1.1 200 OK") == 2 * count, "every request answered, in order"
 
 
 # --------------------------------------------------------------------------- over sockets

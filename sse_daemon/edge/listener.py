@@ -246,9 +246,7 @@ class PortChannel(BadRequestChannel):
             return
         if self._lean is not None:  # a fast-lane request awaits its answer: what follows waits (answers go in order)
             self._lean_backlog += data
-            if len(self._lean_backlog) > LEAN_BACKLOG and not self._lean_paused:
-                self._lean_paused = True  # as twisted.web holds a pipelining client
-                cast(IPushProducer, self.transport).pauseProducing()
+            self._hold_backlog()
             return
         if self.site.resource.lean_targets and between_requests(self):
             data = self._lean_requests(data)
@@ -276,8 +274,18 @@ class PortChannel(BadRequestChannel):
             if self._lean is not None:  # answered later (a shared bus, a history file, a password check)
                 self._deadline(None)
                 self._lean_backlog = data[start:]
+                self._hold_backlog()
                 return b""
         return data[start:]
+
+    def _hold_backlog(self) -> None:
+        """Stop reading while more than LEAN_BACKLOG waits behind a fast-lane request, as twisted.web holds a
+        pipelining client. Checked after every read and every request taken from the backlog, not only when the
+        backlog first grows past it: an answer resumes reading (and so does the transport once its buffer drains)
+        with the rest of a large backlog still held, and one read more for each answer would hold memory without bound."""
+        if len(self._lean_backlog) > LEAN_BACKLOG:
+            self._lean_paused = True
+            cast(IPushProducer, self.transport).pauseProducing()
 
     def lean_answer(self, request: LeanRequest, response: bytes) -> None:
         """A fast-lane request's whole answer: sent at once if the socket takes it; then the next request."""
