@@ -158,6 +158,32 @@ def test_reading_stays_paused_while_more_than_the_backlog_waits_behind_a_request
     assert answered == 2 * count and transport.value().count(b"HTTP/1.1 200 OK") == 2 * count, "every request answered, in order"
 
 
+@pytest.mark.reactor_free
+def test_a_client_that_reads_none_of_its_answers_is_not_read_from_meanwhile() -> None:
+    """An answer given later once resumed the reading a large backlog had paused even while the transport held
+    answers the client had not read (its buffer full: it paused the channel), so a pipelining client that reads
+    nothing could have answers pile up in the daemon's memory for as long as it kept sending."""
+    clock = Clock()
+    router = PathRouter()
+    later = Later()
+    router.add("/in", later, takes_posts=True)
+    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=10, body_timeout=10))
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    one = request_bytes("/in", "", b"{}")
+    count = 2 * LEAN_BACKLOG // len(one)
+    channel.dataReceived(one * count)
+    channel.pauseProducing()  # what the transport does once its buffer is full of unread answers
+    while later.waiting:
+        later.answer()
+    assert transport.value().count(b"HTTP/1.1 200 OK") == count, "what was read is answered"
+    assert transport.producerState == "paused", "nothing more is read while the client reads none of its answers"
+    channel.resumeProducing()  # it read them: the buffer drained
+    assert transport.producerState == "producing"
+
+
 # --------------------------------------------------------------------------- over sockets
 
 CONFIG = """\

@@ -218,6 +218,7 @@ class PortChannel(BadRequestChannel):
     _lean: LeanRequest | None = None  # a fast-lane request awaiting its answer
     _lean_backlog = b""  # bytes that arrived meanwhile
     _lean_paused = False  # reading paused for them
+    _unread = False  # the transport's buffer is full of answers the client has not read (it paused the channel)
     _send: socket.socket | None = None  # the socket a fast-lane answer is sent on directly (None: TLS; sendnow.py)
     _peer: Any = None  # getPeer, once
 
@@ -305,9 +306,21 @@ class PortChannel(BadRequestChannel):
         backlog, self._lean_backlog = self._lean_backlog, b""
         if self._lean_paused:
             self._lean_paused = False
-            cast(IPushProducer, self.transport).resumeProducing()
+            if not self._unread:  # else the transport resumes reading once the client has read its answers
+                cast(IPushProducer, self.transport).resumeProducing()
         if backlog:
             self.dataReceived(backlog)
+
+    def pauseProducing(self) -> None:
+        """The transport holds more answers than it takes (the client is not reading them): twisted.web stops
+        reading; a fast-lane answer must not resume it (:meth:`lean_answer`), or a pipelining client that reads
+        nothing would have answers pile up here for as long as it kept sending."""
+        self._unread = True
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._unread = False
+        super().resumeProducing()
 
     def allHeadersReceived(self) -> None:
         super().allHeadersReceived()  # may refuse the body (413): then we are closing
