@@ -96,9 +96,14 @@ def between_requests(channel: http.HTTPChannel) -> bool:
     head half read, a body, a request in progress). Twisted keeps that state
     privately: the request queue, LineReceiver's buffer and mode, the
     channel's first-line flag and the buffer of bytes read during a request.
+    The flag is 2, not 1, once twisted.web has ignored a stray empty line (a
+    CRLF some clients send after a POST's body): it ignores only one until it
+    parses a request, which resets the flag. A request the lane took would not
+    reset it, and the next stray CRLF would be parsed as a request line (400):
+    that state is twisted.web's to carry through its next request.
     """
     return bool(not channel.requests and channel.line_mode and not channel._buffer
-                and cast(Any, channel)._HTTPChannel__first_line and not channel._dataBuffer and channel.persistent)
+                and cast(Any, channel)._HTTPChannel__first_line == 1 and not channel._dataBuffer and channel.persistent)
 
 
 def skip_form_parsing(request: server.Request) -> None:

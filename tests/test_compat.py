@@ -212,6 +212,11 @@ def test_a_channel_is_between_requests_only_when_its_parser_holds_nothing() -> N
     fresh.dataReceived(b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz")
     recorder.requests[-1].finish()
     assert between_requests(fresh), "answered in full, nothing buffered: the next request's first byte is awaited"
+    fresh.dataReceived(b"\r\n")
+    assert not between_requests(fresh), "a stray empty line ignored: only one is, until twisted.web parses a request"
+    fresh.dataReceived(b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz")
+    recorder.requests[-1].finish()
+    assert between_requests(fresh), "a request parsed: the next stray empty line is ignored again"
 
 
 # --------------------------------------------------------------------------- HTTP/2 (compat.StreamingH2Connection)

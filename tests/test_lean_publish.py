@@ -15,8 +15,10 @@ import pytest
 import pytest_twisted
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -103,6 +105,27 @@ def test_only_the_ports_head_deadline_closes_an_idle_kept_alive_connection(lean:
     assert not transport.disconnecting, "idle for less than server.head.timeout"
     clock.advance(2)
     assert transport.disconnecting, "the head deadline closes it"
+
+
+@pytest.mark.reactor_free
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_client_that_ends_each_post_with_an_extra_crlf_is_answered_as_twisted_web_answers_it(lean: bool) -> None:
+    """twisted.web ignores one empty line before a request line (old browsers sent a CRLF after a POST's body),
+    and only one until it has parsed the next request. The fast lane took the next request without that reset:
+    the CRLF after it was then parsed as a request line, a 400 after its 200 and the kept-alive connection closed."""
+    clock = Clock()
+    router = PathRouter()
+    router.add("/in", Taken(), takes_posts=lean)
+    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=10, body_timeout=10))
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    for _ in range(3):  # one request a read, as a client that waits for each answer sends them
+        channel.dataReceived(request_bytes("/in", "", b"{}") + b"\r\n")
+    assert transport.value().count(b"HTTP/1.1 200 OK") == 3 and b"400" not in transport.value()
+    assert not transport.disconnecting and not router.rejected
+    channel.connectionLost(Failure(ConnectionDone()))
 
 
 class Later(Resource):
