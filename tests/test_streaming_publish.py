@@ -8,18 +8,25 @@ from collections import Counter
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from sse_daemon.bus.redis import BusUnavailable
 from sse_daemon.connectors import ingeststream
 from sse_daemon.connectors.ingeststream import NdjsonPublish
 from sse_daemon.connectors.sink.historyfile import HistoryUnavailable
 from sse_daemon.edge.bodystream import BodyStream, wants_stream
+from sse_daemon.edge.listener import PathRouter, QuietSite, body_stream
 from sse_daemon.events.schema import Event, parse_schema
 from sse_daemon.config.validate import validate
 from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.mapping.mappers import make_mapper
+from sse_daemon.policy.connections import PortPolicy
 from sse_daemon.wire.ndjson import TOO_LONG, NdjsonLines
 
 from .conftest import raw_request, status, subscribe, wait_for, write_config
@@ -222,6 +229,39 @@ def test_chunks_before_a_consumer_are_kept_and_reading_held_until_it_attaches() 
     body.end()
     body.attach(Take())
     assert got == [b"a", b"b", "end"] and not producer.paused
+
+
+class Holding(Resource):
+    """Takes a streaming publish and holds its body (as a password check, or a daemon behind, does)."""
+
+    isLeaf = True
+
+    def render_POST(self, request: object) -> object:
+        body = body_stream(request)  # type: ignore[arg-type]
+        assert body is not None
+        body.pause()
+        return NOT_DONE_YET
+
+
+@pytest.mark.reactor_free
+def test_a_held_stream_stays_unread_when_the_transport_drains_earlier_answers() -> None:
+    """twisted.web resumes reading when the transport has sent what it held (earlier answers on a kept-alive
+    connection), unaware that the daemon holds a streaming publish: its body was then read on, into the lines
+    waiting for a commit or a fan-out that was behind, without bound."""
+    clock = Clock()
+    router = PathRouter()
+    router.add("/in", Holding(), takes_posts=True)
+    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=10, body_timeout=10))
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    channel.pauseProducing()  # the transport's buffer is full of earlier answers the client has not read yet
+    channel.dataReceived(HEAD + chunk(b'{"n": 1}\n'))
+    assert transport.producerState == "paused"
+    channel.resumeProducing()  # it read them
+    assert transport.producerState == "paused", "the daemon still holds the stream: nothing more is read"
+    channel.connectionLost(Failure(ConnectionDone()))
 
 
 # --------------------------------------------------------------------------- over real sockets

@@ -319,8 +319,12 @@ class PortChannel(BadRequestChannel):
         super().pauseProducing()
 
     def resumeProducing(self) -> None:
+        """The client read its answers: twisted.web reads on, unless the daemon holds a streaming publish
+        (:meth:`hold_body`), whose body would then be read on into what waits for a commit or the fan-out."""
         self._unread = False
         super().resumeProducing()
+        if self._body_held:
+            cast(IPushProducer, self.transport).pauseProducing()
 
     def allHeadersReceived(self) -> None:
         super().allHeadersReceived()  # may refuse the body (413): then we are closing
