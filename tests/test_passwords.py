@@ -121,6 +121,7 @@ class ManualPool:
         self.pending = 0
         self.queue: list[tuple[Deferred, tuple]] = []
         self.hashed: list[str] = []
+        self.timings: dict[str, float] = {}
 
     @staticmethod
     def timer() -> float:
@@ -234,3 +235,21 @@ async def test_the_pool_refuses_past_capacity_and_answers_waiters_on_stop() -> N
         pool.stopService()
     assert results(busy)[0].check(PoolStopped) and results(queued)[0].check(PoolStopped), "waiters are answered at once"
     assert results(pool.run(lambda: None))[0].check(PoolStopped)
+
+
+@pytest.mark.reactor_free
+def test_a_kind_the_process_timed_is_not_timed_again() -> None:
+    """A reload's fresh users file (or another connector's) with kinds already timed pads at once: timing them
+    again held the pool's thread, and every connector's checks, for about a second."""
+    clock, pool = Clock(), ManualPool()
+    gate(clock, pool)
+    again = PasswordGate(BasicAuth({"carol": FAST_ARGON, "dave": FAST_BCRYPT}, "r"), pool, clock, 0)
+    assert pool.queue == [], "nothing timed again"
+    assert again.padding is not None and again.padding.target == 0.2 and again.padding.decoy == FAST_BCRYPT
+    other = bcrypt.hashpw(b"x", bcrypt.gensalt(5)).decode()
+    mixed = PasswordGate(BasicAuth({"erin": other, "bob": FAST_ARGON}, "r"), pool, clock, 0)
+    assert [args[1] for _, (work, args) in pool.queue] == [{"$2b$05$": other}], "only the kind not timed yet"
+    assert mixed.padding is None
+    pool.step(0)
+    assert mixed.padding is not None and set(mixed.padding.costs) == {"$2b$05$", hash_kind(FAST_ARGON)}
+    assert set(pool.timings) == {hash_kind(FAST_BCRYPT), hash_kind(FAST_ARGON), "$2b$05$"}

@@ -9,7 +9,10 @@ four clients sending wrong passwords froze every stream of the daemon. Here:
   queueing without bound. bcrypt and argon2-cffi release the GIL while they
   hash, so the reactor keeps serving meanwhile.
 - ``PasswordGate`` (one per connector with ``auth.type: basic``): times one hash
-  of each kind in the users file when it is built, runs each check on the pool,
+  of each kind in the users file when it is built (a kind the process timed
+  before, for another connector or before a reload, is not timed again: that
+  took the pool's one thread for about a second and held every connector's
+  checks meanwhile), runs each check on the pool,
   holds every answer until the most expensive kind would have been done
   (``auth.Padding``, on the reactor's clock: no thread sleeps), limits failed
   checks per client address (``auth.failures.per.minute``), and lets identical
@@ -98,6 +101,8 @@ class PasswordPool(Service):
         self.capacity = capacity or threads * QUEUE_PER_THREAD
         self.timer = timer
         self.pending = 0  # checks waiting or running
+        #: seconds one verification of each hash kind took when a gate first timed it in this process
+        self.timings: dict[str, float] = {}
         self.counters: Counter[str] = Counter()  # "checks", "refused_full"
         # Work handed in before start waits for it (a gate times its hashes as it is built).
         self._threads = ThreadPool(0, threads, "sse-daemon password checks")
@@ -157,10 +162,16 @@ class PasswordGate:
         self._calibrated: list[Deferred] = []  # checks waiting for the timing at load
         self._inflight: dict[bytes, list[Deferred]] = {}  # key -> the other checks sharing its hash
         examples = auth.kinds()
-        pool.run(calibrate, pool.timer, examples, bounded=False).addCallbacks(self._timed, self._not_timed, (examples,))
+        known = {kind: pool.timings[kind] for kind in examples if kind in pool.timings}
+        unknown = {kind: hashed for kind, hashed in examples.items() if kind not in known}
+        if unknown:
+            pool.run(calibrate, pool.timer, unknown, bounded=False).addCallbacks(self._timed, self._not_timed, (examples, known))
+        else:
+            self.padding = Padding(known, examples)
 
-    def _timed(self, costs: dict[str, float], examples: dict[str, str]) -> None:
-        self.padding = Padding(costs, examples)
+    def _timed(self, costs: dict[str, float], examples: dict[str, str], known: dict[str, float]) -> None:
+        self.pool.timings.update(costs)
+        self.padding = Padding({**known, **costs}, examples)
         log.info("password hashes timed: {costs}; every password check is answered no sooner than the slowest",
                  costs=", ".join(f"{kind} {cost * 1000:.0f} ms" for kind, cost in costs.items()))
         waiting, self._calibrated = self._calibrated, []
