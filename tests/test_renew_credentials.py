@@ -20,7 +20,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from sse_daemon.config.validate import validate
 from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.daemon.reload import Reloader
-from sse_daemon.edge.auth import Allowed, BasicAuth, PasswordCheck
+from sse_daemon.edge.auth import Allowed, BasicAuth, Credentials, PasswordCheck
 from sse_daemon.edge.guard import Guard, Passage
 from sse_daemon.ops.figures import sink_figures
 
@@ -384,3 +384,23 @@ async def test_a_hub_connection_ended_at_its_tokens_expiry_is_counted_as_token_e
     assert b": access token expired; reconnect with a new one\n" in connection.received
     assert sink_figures(service.sinks["Guarded"])["ended"] == {"token-expired": 1, "credentials-revoked": 0}
     assert sink_figures(service.sinks["Open"])["ended"] == {"token-expired": 0, "credentials-revoked": 0}
+
+
+def test_fresh_users_keep_what_was_verified_for_unchanged_entries_only() -> None:
+    """A reload's fresh users file does not make every unchanged user's next reconnect cost a hash again;
+    a user whose entry changed, or who was removed, is hashed (and refused) as any first check is."""
+    alice, bob = bcrypt_hash("alices"), bcrypt_hash("bobs")
+    connector = next(c for c in validate(load_yaml(config())).sinks if c.name == "Events")
+    before = BasicAuth({"alice": alice, "bob": bob}, "r")
+    for user, password in (("alice", "alices"), ("bob", "bobs")):
+        check = before.check(Credentials(basic=(user, password)), 0.0)
+        assert isinstance(check, PasswordCheck) and before.settle(check, True, 0.0) == Allowed(user)
+    guard = Guard(Resource(), connector, Clock(), Counter(), authenticator=before)
+    after = BasicAuth({"alice": alice, "bob": bcrypt_hash("bobs new"), "carol": bcrypt_hash("carols")}, "r")
+    guard.renew(after, None)
+    assert after.check(Credentials(basic=("alice", "alices")), 1.0) == Allowed("alice"), "unchanged: remembered"
+    assert isinstance(after.check(Credentials(basic=("bob", "bobs")), 1.0), PasswordCheck), "changed: hashed again"
+    removed = BasicAuth({"alice": alice}, "r")
+    guard.renew(removed, None)
+    assert removed.check(Credentials(basic=("alice", "alices")), 2.0) == Allowed("alice")
+    assert isinstance(removed.check(Credentials(basic=("bob", "bobs")), 2.0), PasswordCheck), "removed: not let in"

@@ -218,6 +218,12 @@ class BasicAuth:
             found.setdefault(hash_kind(hashed), hashed)
         return found
 
+    def remember_from(self, previous: BasicAuth) -> None:
+        """Take over the passwords ``previous`` verified (fresh credentials at a reload): a user whose entry is
+        unchanged is not hashed again at the next reconnect. A changed or removed entry's key differs (the
+        hash is in the HMAC), so what was verified against it no longer counts."""
+        self._key, self.verified = previous._key, previous.verified
+
     def check(self, credentials: Credentials, now: float) -> Allowed | Denied | PasswordCheck:
         if credentials.basic is None:
             return Denied(401, "missing-credentials", "this stream needs a user name and password")

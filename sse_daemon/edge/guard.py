@@ -331,6 +331,8 @@ class Guard(Resource):
         streams (``open_streams``) whose credentials it no longer lets in, through ``on_revoked``."""
         if passwords is not None and self.passwords is not None:
             passwords.failures = self.passwords.failures  # a reload does not reset an address's failed guesses
+        if isinstance(authenticator, BasicAuth) and isinstance(self.authenticator, BasicAuth):
+            authenticator.remember_from(self.authenticator)
         self.authenticator, self.passwords = authenticator, passwords
         self.open = isinstance(authenticator, NoAuth)
         self.renewals += 1  # a pass still running for older credentials stops: this one checks them all

@@ -234,7 +234,7 @@ class AdminService(MultiService):
             return
         self._authenticators = fresh
         for guard, kind in list(self._guards.items()):
-            guard.authenticator, guard.passwords = fresh[kind]
+            guard.renew(*fresh[kind])
         self.log.info("the admin listener read its users and tokens files again")
 
     def refuse(self, request: IRequest, code: int, reason: str, message: str) -> bytes:
