@@ -264,6 +264,49 @@ def test_a_held_stream_stays_unread_when_the_transport_drains_earlier_answers() 
     channel.connectionLost(Failure(ConnectionDone()))
 
 
+class CutTransport(StringTransport):
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
+class Refusing(Resource):
+    """Refuses a streaming publish at its head (as its guard does a wrong token)."""
+
+    isLeaf = True
+
+    def render_POST(self, request: object) -> bytes:
+        request.setResponseCode(401)  # type: ignore[attr-defined]
+        return b'{"reason": "bad-token"}\n'
+
+
+@pytest.mark.reactor_free
+def test_a_streaming_publish_refused_at_its_head_gets_no_408_after_its_answer() -> None:
+    """Refused before its body ended, the connection closes after the answer; a client that reads nothing held it
+    open until the body deadline, which wrote a 408 after the 401 (two answers to one request) and counted a
+    body-timeout. The refusal ends the body's deadline; a peer that does not read is cut after CLOSE_GRACE."""
+    from sse_daemon.edge.listener import CLOSE_GRACE
+
+    clock = Clock()
+    router = PathRouter()
+    router.add("/in", Refusing(), takes_posts=True)
+    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=10, body_timeout=10))
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(address)
+    transport = CutTransport(peerAddress=address)  # never drains: the client reads nothing
+    channel.makeConnection(transport)
+    channel.dataReceived(HEAD + chunk(b'{"n": 1}\n'))
+    assert transport.value().startswith(b"HTTP/1.1 401 ")
+    clock.advance(CLOSE_GRACE)
+    assert transport.aborted, "a closing connection whose peer does not read is cut"
+    clock.advance(20)
+    assert transport.value().count(b"HTTP/1.1 ") == 1, transport.value()
+    assert router.rejected.get("body-timeout", 0) == 0
+    channel.connectionLost(Failure(ConnectionDone()))
+
+
 # --------------------------------------------------------------------------- over real sockets
 
 INGEST = """\

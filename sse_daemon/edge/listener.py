@@ -367,6 +367,10 @@ class PortChannel(BadRequestChannel):
         self._served += 1
         if self.persistent and not self._closing:
             self._deadline("head")  # set before the next request, which may be buffered whole already
+        elif self._phase == "body" and not self._closing:
+            # answered before its body ended (a streaming publish refused at its head): the connection closes
+            # now, and its body's deadline must not answer the request a second time (a 408 after the answer)
+            self._closing_now()
         super().requestDone(request)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
