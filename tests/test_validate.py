@@ -96,6 +96,8 @@ def test_load_json_refuses_what_json_loads_would_choke_on() -> None:
     assert math.isinf(load_json("1e400")), "infinity comes back; check_value refuses it where it is carried"
     with pytest.raises(ValueError):
         load_json("{not json")
+    with pytest.raises(ValueError, match=r"byte order mark \(U\+FEFF\)"):
+        load_json('\ufeff{"a": 1}')  # a publisher's editor saved one: said so, not "Expecting value: char 0"
 
 
 

@@ -133,6 +133,8 @@ def load_json(text: str, max_depth: int = MAX_DOCUMENT_DEPTH) -> Any:
     try:  # the value at once, without decode's two whitespace matches: a JSON text with nothing around it (the common case)
         value, end = _DECODER.raw_decode(text)
     except json.JSONDecodeError:
+        if text.startswith("\ufeff"):  # the decoder's error would point at its first character and say no more
+            raise ValueError("it starts with a byte order mark (U+FEFF); send the JSON without one") from None
         return _DECODER.decode(text)  # whitespace before it, or not JSON: the decoder's own answer and error
     if end != len(text):
         return _DECODER.decode(text)  # whitespace after it, or more than one value: likewise
