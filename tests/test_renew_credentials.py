@@ -235,6 +235,42 @@ async def test_a_streaming_publish_whose_token_is_removed_is_cut_short_and_says_
     await live.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_streaming_publish_ends_when_its_jwt_expires(daemon, tmp_path: Path) -> None:
+    """A publisher may not go on with a token past its exp (a subscriber's stream may not either): cut short
+    there, answered with what it published and why, counted as token-expired; a publish without exp goes on."""
+    import time
+
+    import jwt
+
+    from .test_streaming_publish import HEAD, INGEST, chunk, numbers
+
+    secret = "an-hmac-secret-of-thirty-two-bytes!!"
+    key = tmp_path / "jwt-key"
+    key.write_text(secret)
+    service = await daemon(INGEST.format(extra=f", auth.type: bearer, auth.jwt.key.file: {key}, auth.jwt.algorithms: HS256, "
+                                               "auth.jwt.audience: sse", sink_extra=""))
+    port, ingest = service.port_of("In"), service.sources["In"]
+    live = await subscribe(service.port_of("Out"), "/events")
+
+    def streaming(expires: float, first: int):
+        token = jwt.encode({"aud": "sse", "exp": int(expires), "streams": "*"}, secret, algorithm="HS256")
+        head = HEAD.replace(b"\r\n\r\n", f"\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        return raw_request(port, head + chunk(b'{"n": %d}\n' % first))
+
+    expiring, lasting = await streaming(time.time() + 2, 1), await streaming(4_000_000_000, 2)
+    await wait_for(lambda: sorted(numbers(bytes(live.received))) == [1, 2], what="a line of each stream delivered")
+    await wait_for(lambda: expiring.is_closed, what="the stream whose token expired to be answered", timeout=10)
+    answer = json.loads(bytes(expiring.received).partition(b"\r\n\r\n")[2])
+    assert (answer["accepted"], answer["ended"]) == (1, "token-expired")
+    assert ingest.rejected["token-expired"] == 1
+    lasting.transport.write(chunk(b'{"n": 3}\n') + b"0\r\n\r\n")
+    await wait_for(lambda: lasting.is_closed, what="the lasting stream's answer")
+    assert json.loads(bytes(lasting.received).partition(b"\r\n\r\n")[2]) == {
+        "accepted": 2, "refused": 0, "lines": 2, "refusals": []}
+    await live.close()
+
+
 @pytest.mark.reactor_free
 def test_a_cut_streaming_publish_takes_nothing_more_and_its_answer_says_why() -> None:
     from twisted.internet.defer import succeed
@@ -404,3 +440,26 @@ def test_fresh_users_keep_what_was_verified_for_unchanged_entries_only() -> None
     guard.renew(removed, None)
     assert removed.check(Credentials(basic=("alice", "alices")), 2.0) == Allowed("alice")
     assert isinstance(removed.check(Credentials(basic=("bob", "bobs")), 2.0), PasswordCheck), "removed: not let in"
+
+
+def test_a_token_that_only_expired_is_left_to_its_expiry_not_counted_as_revoked() -> None:
+    """A recheck at (or past) a JWT's exp ends nothing: the stream's expiry timer ends it and counts it as
+    token-expired; a token whose signature the fresh key refuses is revoked."""
+    import jwt
+
+    from sse_daemon.edge.auth import BearerAuth, JwtVerifier
+
+    secret, other = "an-hmac-secret-of-thirty-two-bytes!!", "another-hmac-secret-of-32-bytes!!!!"
+    connector = next(c for c in validate(load_yaml(config())).sinks if c.name == "Events")
+
+    def verifier(key: str) -> BearerAuth:
+        return BearerAuth([], JwtVerifier(key, ["HS256"], "sse", None, "streams", "S"), "r")
+
+    request = DummyRequest([b"events"])
+    signed = jwt.encode({"aud": "sse", "exp": 1_000, "streams": "*"}, secret, algorithm="HS256")
+    request.requestHeaders.setRawHeaders(b"authorization", [f"Bearer {signed}".encode()])
+    guard = Guard(Resource(), connector, Clock(), Counter(), authenticator=verifier(secret))
+    assert guard.still_allowed(request, 500.0)
+    assert guard.still_allowed(request, 1_000.0), "expired: its expiry timer's to end"
+    guard.renew(verifier(other), None)
+    assert not guard.still_allowed(request, 1_000.0), "signed with a key no longer accepted: revoked"

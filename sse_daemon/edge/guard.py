@@ -362,13 +362,15 @@ class Guard(Resource):
 
     def still_allowed(self, request: IRequest, now: float) -> bool:
         """Whether the credentials ``request`` came with pass the guard's present ones. A password is not
-        hashed again: its user's entry must be the one it was verified against (a changed one is a new password)."""
+        hashed again: its user's entry must be the one it was verified against (a changed one is a new password).
+        A token that only reached its ``exp`` is not revoked: its stream's expiry timer ends it, as token-expired."""
         if self.open:
             return True
         presented = credentials(request, self.cookie, self.query_token)
         if isinstance(self.authenticator, BasicAuth):
             return presented.basic is not None and self._current_entry(presented.basic[0], self._verified_with.get(request))
-        return isinstance(self.authenticator.check(presented, now), Allowed)
+        decision = self.authenticator.check(presented, now)
+        return isinstance(decision, Allowed) or (isinstance(decision, Denied) and decision.reason == "token-expired")
 
     def _stream_ended(self, result: object, host: str) -> None:
         assert self.admission is not None
@@ -466,17 +468,24 @@ def sink_guard(connector: ConnectorDef[SseServerOptions], resource: IResource, s
 
 def ingest_guard(connector: ConnectorDef[HttpSourceOptions], resource: IResource, ingest: GuardedIngest, clock: IReactorTime,
                  pool: PasswordPool) -> Guard:
-    """An ingest's ``resource`` (connectors/ingest.py's IngestResource, which is also ``ingest``) behind its guard; its streaming publishes are checked again when
-    its credentials are renewed, and a revoked one is cut short (its answer says ``"ended": "credentials-revoked"``)."""
+    """An ingest's ``resource`` (connectors/ingest.py's IngestResource, which is also ``ingest``) behind its guard.
+    A streaming publish may not outlive its credentials: one whose token reaches its ``exp``, or whose credentials
+    a renewal revokes, is cut short (its answer says ``"ended": "token-expired"`` or ``"credentials-revoked"``)."""
+
+    def cut(requests: list[IRequest], reason: str, why: str) -> None:
+        ended = ingest.end_streams(requests, reason)
+        if ended:
+            ingest.rejected[reason] += ended  # the rest of their bodies: sse_daemon_source_events_rejected
+            Guard.log.info("cut {count} streaming publish(es) to ingest {source} short: {why}",
+                           count=ended, source=connector.name, why=why)
+
+    def expired(request: IRequest) -> None:
+        cut([request], "token-expired", "the access token it came with expired")
 
     def revoked(requests: list[IRequest]) -> None:
-        ended = ingest.end_streams(requests, "credentials-revoked")
-        if ended:
-            ingest.rejected["credentials-revoked"] += ended  # the rest of their bodies: sse_daemon_source_events_rejected
-            Guard.log.info("cut {count} streaming publish(es) to ingest {source} short: the credentials they came with "
-                           "are no longer valid", count=ended, source=connector.name)
+        cut(requests, "credentials-revoked", "the credentials they came with are no longer valid")
 
     authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
     return Guard(resource, connector, clock, ingest.rejected, request_rate=RequestRate(connector.options.max_requests_per_second, clock.seconds),
-                 authenticator=authenticator, passwords=passwords, methods=("POST",),
+                 authenticator=authenticator, passwords=passwords, methods=("POST",), on_expiry=expired,
                  open_streams=ingest.stream_requests, on_revoked=revoked)

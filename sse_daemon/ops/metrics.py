@@ -101,7 +101,8 @@ FAMILIES: tuple[Family, ...] = (
            notes="Requests (ingest) or messages (SSE source): `invalid-json`, `too-large`, `event-too-large`, ...; "
                  "`bus-unavailable`: events an SSE source read that a shared bus that was down did not take; "
                  "`fanout-behind`: requests refused while this instance's fan-out of a shared bus's stream was over "
-                 "`fanout.max.lag`; `credentials-revoked`: streaming publishes cut short by a reload's fresh credentials."),
+                 "`fanout.max.lag`; `credentials-revoked`: streaming publishes cut short by a reload's fresh credentials; "
+                 "`token-expired`: requests whose JWT had expired, and streaming publishes cut short at its `exp`."),
     Family("source_connected", "gauge", "1 while an SSE source has a stream open.", SOURCE),
     Family("source_reconnects", "counter", "Times an SSE source connected again after a stream ended or failed.", SOURCE),
     Family("source_last_event_age_seconds", "gauge", "Seconds since the source's last event (since the start if it had none).", SOURCE,
