@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 from twisted.web import _http2, client as web_client, http, server
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
 
-__all__ = ["BadRequestChannel", "between_requests", "DATA_LOSS", "H2Stream", "STREAM_BUFFER", "StreamingH2Connection", "has_write_buffer",
-           "quiet_connection_pool", "request_disconnected", "request_line", "skip_form_parsing", "write_buffer_empty"]
+__all__ = ["BadRequestChannel", "between_requests", "DATA_LOSS", "H2Stream", "STREAM_BUFFER", "StreamingH2Connection",
+           "StreamingH2Stream", "has_write_buffer", "quiet_connection_pool", "request_disconnected", "request_line", "skip_form_parsing", "write_buffer_empty"]
 
 
 # --------------------------------------------------------------------------- the TCP write buffer (connectors/fanout.py)
@@ -162,6 +162,23 @@ def quiet_connection_pool(reactor: Any, persistent: bool = False) -> web_client.
 STREAM_BUFFER = 64 * 1024
 
 
+class StreamingH2Stream(H2Stream):
+    """A stream of a :class:`StreamingH2Connection`: a window update does not resume it while the
+    connection holds it past :data:`STREAM_BUFFER`.
+
+    Twisted resumes a stream's producer on every ``WINDOW_UPDATE`` while its
+    window (less what is queued) is open. A client that reads nothing may
+    still send those frames, a few bytes each: each let one more write into a
+    queue that does not drain, past every bound, and the subscriber was never
+    cut. Only the queue draining (the send loop) resumes a held stream.
+    """
+
+    def windowUpdated(self) -> None:
+        if cast("StreamingH2Connection", self._conn).holds(self.streamID):
+            return
+        super().windowUpdated()
+
+
 class StreamingH2Connection(H2Connection):
     """Twisted's HTTP/2 connection, made to keep a subscriber's flow-control promise.
 
@@ -170,7 +187,7 @@ class StreamingH2Connection(H2Connection):
     windows browsers grant (megabytes) a stream whose connection does not
     drain would queue that much before its subscriber noticed. Here a stream
     pauses past :data:`STREAM_BUFFER` queued bytes too, and resumes once its
-    queue is sent. Also:
+    queue is sent, not at a window update (:class:`StreamingH2Stream`). Also:
 
     - a stream whose window is closed while it has data queued leaves the
       send loop (Twisted's keeps picking it, one ``callLater(0)`` after
@@ -187,7 +204,7 @@ class StreamingH2Connection(H2Connection):
     """
 
     #: builds each stream: ``(streamID, connection, headers, requestFactory, site, factory)``
-    stream_factory: Any = H2Stream
+    stream_factory: Any = StreamingH2Stream
     #: builds each stream's request (the site's), set by whoever makes the connection
     requestFactory: Any = None
 
@@ -195,6 +212,10 @@ class StreamingH2Connection(H2Connection):
         super().__init__(reactor)
         #: streams paused because their queue passed STREAM_BUFFER
         self._held: set[int] = set()
+
+    def holds(self, streamID: int) -> bool:
+        """Whether the stream is paused past STREAM_BUFFER: only its queue draining resumes it."""
+        return streamID in self._held
 
     def bad_request(self) -> None:
         """Called when a request or the connection is refused as malformed (400, or GOAWAY)."""

@@ -310,3 +310,20 @@ def test_a_subscriber_that_leaves_resets_only_its_stream() -> None:
     publish(sink, peer, 1)
     assert b'"n":0' in peer.bodies[staying] and b'"n":0' not in peer.bodies[leaving]
     assert site.protocols[HTTP2] == 0, "counted by the AlpnSwitch, not here"
+
+
+def test_window_updates_do_not_resume_a_stream_held_at_its_buffer() -> None:
+    """A client that reads nothing may still send WINDOW_UPDATE frames: each one used to resume the held
+    subscriber, which moved one more write into the stream's queue, past every bound (and never cut)."""
+    site, sink = port(queue=50)
+    peer = Peer(site, stream_window=10_000_000, connection_window=10_000_000)
+    stream = peer.request("/events")
+    (subscriber,) = sink.subscribers
+    peer.server.pauseProducing()  # the TLS transport's buffer is full: the client reads nothing
+    for n in range(200):
+        sink.publish([Event({"n": n, "text": "x" * 1000})])
+        peer.client.increment_flow_control_window(1)  # the whole connection's window
+        peer.client.increment_flow_control_window(1, stream)
+        peer.exchange()
+    assert peer.server.queued(stream) < 2 * STREAM_BUFFER, "the stream's queue stays near its buffer"
+    assert sink.counters["dropped_slow"] == 1 and subscriber not in sink.subscribers

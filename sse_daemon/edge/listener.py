@@ -39,7 +39,7 @@ from twisted.web.resource import IResource, Resource
 
 from zope.interface import implementer
 
-from sse_daemon.compat import (BadRequestChannel, H2Stream, StreamingH2Connection, between_requests, request_line,
+from sse_daemon.compat import (BadRequestChannel, StreamingH2Connection, StreamingH2Stream, between_requests, request_line,
                                skip_form_parsing)
 from sse_daemon.config.values import normalise_path
 from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping
@@ -593,7 +593,7 @@ def _authority_port(authority: bytes | None) -> bytes:
     return port if colon and not port.endswith(b"]") else b""
 
 
-class PortStream(H2Stream):
+class PortStream(StreamingH2Stream):
     """One request of a :class:`PortH2Connection`: what :class:`LimitedRequest` asks of its
     channel (the site, the client's address, an answer of our own, closing after the
     response), and the stream's body deadline."""
