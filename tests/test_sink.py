@@ -454,3 +454,33 @@ def test_log_rate_lets_a_burst_through_per_window_and_tells_what_it_held() -> No
     assert rate.allow() == (False, 0)
     clock.advance(0.1)
     assert rate.allow() == (True, 3) and rate.allow() == (True, 0)
+
+
+@pytest.mark.reactor_free
+def test_a_raw_subscriber_cut_in_a_large_turn_is_cut_counted_and_logged_once(log_events) -> None:
+    """A raw sink holds a slow subscriber's events one by one: past the bound in the middle of a turn it is cut,
+    and the rest of the turn is not held for it again (each further bound crossed counted and logged another cut)."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from sse_daemon.config.validate import validate
+    from sse_daemon.config.yamlfile import load_yaml
+    from sse_daemon.connectors.sink import SseSink
+    from sse_daemon.mapping.mappers import make_mapper
+
+    loaded = validate(load_yaml(config(**{"sse.format": "raw", "subscriber.queue.size": 10, "flush.interval": 0}), "sink.yaml"))
+    (connector,) = loaded.sinks
+    clock = Clock()
+    sink = SseSink(connector, make_mapper(connector.options.mapping, loaded.streams["Events"].schema), clock)
+    request = DummyRequest([b"events"])
+    request.transport = StringTransport()
+    request.write = request.transport.write
+    request.registerProducer = lambda producer, streaming: None
+    sink.subscribe(request)
+    (subscriber,) = sink.subscribers
+    subscriber.pauseProducing()  # its socket is full
+    sink.publish([Event({"n": n, "text": "hi"}) for n in range(45)])
+    clock.advance(0)
+    assert sink.counters["dropped_slow"] == 1 and not sink.subscribers
+    assert not subscriber.backlog, "nothing is held for a subscriber that was cut"
+    assert sum("too slow" in str(event.get("log_format")) for event in log_events) == 1

@@ -81,6 +81,10 @@ class Subscriber:
         return True
 
     def hold(self, data: bytes, events: int, live: bool) -> None:
+        """Queue ``data`` behind what waits; past the bounds the subscriber is cut, once: nothing is held after
+        (a raw sink holds a turn's events one by one, and each bound crossed again was another cut)."""
+        if self.gone:
+            return
         self.backlog.append((data, events, live))
         if live:
             self.queued_events += events
