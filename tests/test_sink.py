@@ -350,6 +350,7 @@ def test_a_subscriber_that_joins_mid_turn_gets_each_event_once() -> None:
     request = DummyRequest([b"events"])
     request.requestHeaders.setRawHeaders(b"last-event-id", [first.id.encode()])
     request.transport = StringTransport()  # the sink writes events to the transport itself
+    request.channel = request.transport  # and closes the connection through the channel
     request.write = request.transport.write
     request.registerProducer = lambda producer, streaming: None  # DummyRequest pulls in a loop
     sink.subscribe(request)
@@ -379,7 +380,7 @@ def test_a_publish_is_taken_whole_and_an_event_that_cannot_be_written_leaves_the
     mapper = make_mapper(connector.options.mapping, loaded.streams["Events"].schema)
     sink = SseSink(connector, mapper, clock)
     request = DummyRequest([b"events"])
-    request.transport = StringTransport()
+    request.transport = request.channel = StringTransport()
     request.write = request.transport.write
     request.registerProducer = lambda producer, streaming: None
     sink.subscribe(request)

@@ -240,3 +240,20 @@ async def test_reload_rebinds_a_port_with_tls(daemon, pki, tmp_path: Path) -> No
     service.bus.publish("Events", [Event({"n": 8})])
     await secure.wait_for(b'"n":8')
     await secure.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_ended_on_a_tls_port_closes_its_connection(daemon, pki) -> None:
+    """The TLS transport closes only once its producer (the HTTP channel) lets go: a stream ended by the drain
+    (or an expiry, a revocation, a reload) stayed open, and the drain waited out its flush timeout for it."""
+    service = await daemon(tls_sink(pki))
+    client = await tls_subscribe(service.port_of("Events"), pki["ca"])
+    (subscriber,) = service.sinks["Events"].sink.subscribers
+    tcp = subscriber.request.transport.transport  # beneath TLS
+    closed: list[bool] = []
+    stopping = service.stopService()
+    stopping.addCallback(lambda _: closed.append(bool(tcp.disconnected)))
+    await deadline(stopping)
+    assert closed == [True], "the drain was done with the connection still open"
+    await deadline(client.closed)
+    assert client.received.endswith(b"0\r\n\r\n") and b": server shutting down; reconnect\n" in client.received

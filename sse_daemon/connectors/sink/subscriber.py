@@ -154,10 +154,12 @@ class Subscriber:
         self.gone = True
         if final and not self.sink.raw and not self.paused and not self.backlog:
             self.request.write(final)
+        channel = self.request.channel  # the request lets go of it when finished
         self.request.unregisterProducer()
         self.request.finish()
-        # finish() alone would keep the connection alive for another request
-        self.transport.loseConnection()
+        # finish() alone would keep the connection alive for another request. The channel closes it, not the
+        # transport: a TLS transport closes only once its producer (the channel) lets go, so the stream stayed open
+        channel.loseConnection()
 
     def stopProducing(self) -> None:
         self.gone = True
