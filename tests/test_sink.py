@@ -485,3 +485,49 @@ def test_a_raw_subscriber_cut_in_a_large_turn_is_cut_counted_and_logged_once(log
     assert sink.counters["dropped_slow"] == 1 and not sink.subscribers
     assert not subscriber.backlog, "nothing is held for a subscriber that was cut"
     assert sum("too slow" in str(event.get("log_format")) for event in log_events) == 1
+
+
+@pytest.mark.reactor_free
+def test_a_mass_cut_of_slow_subscribers_logs_a_bounded_number_of_lines(log_events) -> None:
+    """A network blip can make thousands of subscribers slow at once: each cut is counted, but the log gets at most
+    CONNECT_LOG_BURST lines a window, and the next line let through says how many were held back."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from sse_daemon.config.validate import validate
+    from sse_daemon.config.yamlfile import load_yaml
+    from sse_daemon.connectors.sink import SseSink
+    from twisted.logger import formatEvent
+
+    from sse_daemon.connectors.sink.core import CONNECT_LOG_BURST, CONNECT_LOG_WINDOW
+    from sse_daemon.mapping.mappers import make_mapper
+
+    loaded = validate(load_yaml(config(**{"sse.format": "raw", "subscriber.queue.size": 1, "flush.interval": 0}), "sink.yaml"))
+    (connector,) = loaded.sinks
+    clock = Clock()
+    sink = SseSink(connector, make_mapper(connector.options.mapping, loaded.streams["Events"].schema), clock)
+    for _ in range(CONNECT_LOG_BURST + 30):
+        request = DummyRequest([b"events"])
+        request.transport = StringTransport()
+        request.write = request.transport.write
+        request.registerProducer = lambda producer, streaming: None
+        sink.subscribe(request)
+    for subscriber in sink.subscribers:
+        subscriber.pauseProducing()  # every socket full at once
+    sink.publish([Event({"n": n, "text": "hi"}) for n in range(3)])
+    clock.advance(0)
+    cuts = [event for event in log_events if "too slow" in str(event.get("log_format"))]
+    assert sink.counters["dropped_slow"] == CONNECT_LOG_BURST + 30 and not sink.subscribers
+    assert len(cuts) == CONNECT_LOG_BURST
+    clock.advance(CONNECT_LOG_WINDOW)
+    request = DummyRequest([b"events"])
+    request.transport = StringTransport()
+    request.write = request.transport.write
+    request.registerProducer = lambda producer, streaming: None
+    sink.subscribe(request)
+    (late,) = sink.subscribers
+    late.pauseProducing()
+    sink.publish([Event({"n": n, "text": "hi"}) for n in range(3)])
+    clock.advance(0)
+    told = [event for event in log_events if "too slow" in str(event.get("log_format"))][-1]
+    assert "30 more slow subscribers cut before this one were not logged" in formatEvent(told)

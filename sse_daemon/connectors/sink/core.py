@@ -150,6 +150,8 @@ class SseSink:
         self.batch = TurnBatch(turns if turns is not None else clock, self.flush, connector.options.flush_interval)
         #: connect and leave lines: at most CONNECT_LOG_BURST per CONNECT_LOG_WINDOW (a reconnect storm)
         self.routine_lines = LogRate(clock.seconds, CONNECT_LOG_BURST, CONNECT_LOG_WINDOW)
+        #: slow-subscriber cuts, bounded alike: a network blip can cut thousands at once (dropped_slow counts them all)
+        self.slow_lines = LogRate(clock.seconds, CONNECT_LOG_BURST, CONNECT_LOG_WINDOW)
         #: subscriber.where: filters by text, and the values of held events (None: the sink takes no filters)
         self.filters = (Filters(schema, connector.stream, self.counters)
                         if connector.options.subscriber_where and schema is not None and not self.raw else None)
@@ -360,11 +362,13 @@ class SseSink:
 
     def drop_slow(self, subscriber: Subscriber) -> None:
         self.counters["dropped_slow"] += 1
-        self.log.warn(
-            "subscriber {peer} of sink {sink} is too slow ({queued} events, {queued_bytes} bytes queued): disconnected{hint}",
-            peer=subscriber.peer, sink=self.name, queued=subscriber.queued_events, queued_bytes=subscriber.queued_bytes,
-            hint="" if self.raw else "; it may resume with Last-Event-ID",
-        )
+        log, held = self.slow_lines.allow()
+        if log:
+            self.log.warn(
+                "subscriber {peer} of sink {sink} is too slow ({queued} events, {queued_bytes} bytes queued): disconnected{hint}{held_back}",
+                peer=subscriber.peer, sink=self.name, queued=subscriber.queued_events, queued_bytes=subscriber.queued_bytes,
+                hint="" if self.raw else "; it may resume with Last-Event-ID", held_back=held_cuts(held),
+            )
         subscriber.stopProducing()
         self._discard(subscriber)
         subscriber.transport.abortConnection()
@@ -433,6 +437,11 @@ class SseSink:
             self._targets = None
             if subscriber.select is not None:
                 self.filtered -= 1
+
+
+def held_cuts(count: int) -> str:
+    """What a slow-subscriber cut line adds when cuts before it were held back (slow_lines)."""
+    return f" ({count} more slow subscribers cut before this one were not logged: more than {CONNECT_LOG_BURST} in {CONNECT_LOG_WINDOW:g}s)" if count else ""
 
 
 def _held_back(count: int) -> str:

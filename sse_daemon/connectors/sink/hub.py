@@ -34,7 +34,7 @@ from twisted.web.resource import Resource
 from sse_daemon.config.filters import FilterError
 from sse_daemon.connectors.history import reset_payload
 from sse_daemon.connectors.sink.batching import wire
-from sse_daemon.connectors.sink.core import OPENING, SseSink
+from sse_daemon.connectors.sink.core import OPENING, SseSink, held_cuts
 from sse_daemon.connectors.sink.filtering import bad_filter, chosen, deliver_filtered, query_values
 from sse_daemon.connectors.sink.http import last_event_id, peer_of
 from sse_daemon.connectors.sink.subscriber import Select, Subscriber
@@ -227,9 +227,12 @@ class Hub:
         subscriber = connection.subscriber
         for name in connection.streams:
             self.sinks[name].counters["dropped_slow"] += 1
-        self.log.warn("hub subscriber {peer} of {streams} is too slow ({queued} events, {queued_bytes} bytes queued): "
-                      "disconnected; it may resume with Last-Event-ID", peer=subscriber.peer, streams=", ".join(connection.streams),
-                      queued=subscriber.queued_events, queued_bytes=subscriber.queued_bytes)
+        log, held = self.sinks[connection.streams[0]].slow_lines.allow()  # bounded with that sink's own cuts
+        if log:
+            self.log.warn("hub subscriber {peer} of {streams} is too slow ({queued} events, {queued_bytes} bytes queued): "
+                          "disconnected; it may resume with Last-Event-ID{held_back}", peer=subscriber.peer,
+                          streams=", ".join(connection.streams), queued=subscriber.queued_events,
+                          queued_bytes=subscriber.queued_bytes, held_back=held_cuts(held))
         subscriber.stopProducing()
         self._forget(connection)
         subscriber.transport.abortConnection()
