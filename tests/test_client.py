@@ -250,6 +250,15 @@ def test_request_headers_credentials_and_the_initial_last_event_id() -> None:
     assert "s%40cret" not in repr(logged) and "access_token=t" not in repr(logged)
 
 
+def test_the_initial_last_event_id_is_resent_after_a_stream_that_carried_no_event() -> None:
+    """The stream's opening comment block ends with a blank line: it must not blank the id to resume from."""
+    server, clock = FakeServer(), Clock()
+    source, got = client(server, clock, last_event_id="41")
+    server.end_streams()
+    clock.advance(5)
+    assert [s.last_event_id for s in server.seen] == ["41", "41"] and source.last_event_id == "41"
+
+
 def test_oversized_events_are_rejected_and_their_id_still_counts() -> None:
     server, clock = FakeServer(), Clock()
     source, got = client(server, clock, max_event_size=100)

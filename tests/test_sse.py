@@ -243,6 +243,20 @@ def test_close_starts_a_new_stream() -> None:
     assert parser.feed(b"\ndata: d\n\n") == [M("d", id="1")]
 
 
+@pytest.mark.parametrize("before", [False, True], ids=["new-parser", "after-a-stream"])
+def test_a_last_event_id_set_before_a_stream_survives_its_first_blank_line(before: bool) -> None:
+    """A cursor set between streams (Settings.last_event_id, a lease's resume_after) is what the
+    request resent: a comment block or retry: before the first event must not blank it or set it back."""
+    parser = EventStreamParser()
+    if before:
+        parser.feed(b"id: 7\ndata: x\n\n")
+        parser.close()
+    parser.last_event_id = "42"
+    assert parser.feed(b": sse-daemon stream open\n\nretry: 10\n\n") == []
+    assert parser.last_event_id == "42"
+    assert parser.feed(b"data: y\n\n") == [M("y", id="42")]
+
+
 def test_close_of_unfinished_event_dispatches_nothing() -> None:
     parser = EventStreamParser()
     assert parser.feed(b"data: a\ndata: b\n") == []

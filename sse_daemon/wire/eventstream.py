@@ -95,10 +95,7 @@ class EventStreamParser:
         self._data: list[str] = []  # data values; joined with LF this is the buffer minus its final LF
         self._data_size = 0  # length of the data buffer, LFs included
         self._event_type = ""
-        # The standard starts each stream with an empty buffer; seeding it with the
-        # last event ID keeps the ID the client resent from being blanked by the
-        # first dispatch on the new connection.
-        self._id_buffer = self.last_event_id
+        self._id_buffer = self.last_event_id  # seeded again at the stream's first character (_feed_text)
         self._discarding = False  # the current event was rejected: its data and type are dropped
 
     def feed(self, chunk: bytes) -> list[Item]:
@@ -117,6 +114,10 @@ class EventStreamParser:
             return []
         if not self._started:
             self._started = True
+            # The standard starts each stream with an empty buffer; seeding it with the last
+            # event ID the request resent (set before the stream began, as a saved cursor is)
+            # keeps it from being blanked or set back by the first blank line on the new stream.
+            self._id_buffer = self.last_event_id
             if text[0] == _BOM:
                 text = text[1:]
         if self._after_cr:
