@@ -243,7 +243,7 @@ def test_body_receiver_keeps_the_transport_to_pause_and_close() -> None:
     receiver.resume()
     receiver.pause()
     receiver.close()
-    assert transport.calls == ["pauseProducing", "resumeProducing", "pauseProducing", "loseConnection"]
+    assert transport.calls == ["pauseProducing", "resumeProducing", "pauseProducing", "stopProducing"]
     receiver.connectionLost(Failure(net_error.ConnectionDone()))
     assert got == [b"abc"] and receiver.done.called and receiver.transport is None
     receiver.close()  # after the end: harmless
@@ -923,3 +923,45 @@ async def test_a_bug_past_the_mapper_is_counted_logged_sampled_and_the_stream_go
     assert source.counters["internal_errors"] == 30
     tracebacks = [e for e in logged if e.get("log_failure") is not None]
     assert 0 < len(tracebacks) < 30, "sampled, not one per message"
+
+
+def _wedge(server: ScriptedServer) -> None:
+    """The server's side stops reading, as a wedged upstream (or one whose host froze) does: it
+    answers nothing more, a TLS close_notify included."""
+    for request in server.streams:
+        request.transport.pauseProducing()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wedged_https_upstream_is_dropped_by_the_read_timeout_and_reconnected(harness: Harness) -> None:
+    """Dropping a stream cannot wait for the peer's TLS close_notify: a silent peer sends none."""
+    cert, key = self_signed()
+    server = harness.server(start=False)
+    server.start(tls=ServerTLS(cert, key))
+    source, events = harness.source(
+        server.url(), tls_policy=BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(cert)),
+        **FAST, **{"read.timeout": 0.2},
+    )
+    await wait_for(lambda: source.connected and server.streams, what="a stream over https")
+    server.publish(payload("one"))
+    await wait_for(lambda: len(events) == 1, what="the first event")
+    _wedge(server)
+    await wait_for(lambda: source.counters["read_timeouts"] == 1, what="the read timeout")
+    await wait_for(lambda: len(server.seen) == 2, what="a new request after the read timeout")
+    assert server.seen[-1].last_event_id == "1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_held_https_stream_closes_at_once_on_stop(harness: Harness) -> None:
+    """A held stream is not read, so a TLS close_notify from the peer would never be seen."""
+    cert, key = self_signed()
+    server = harness.server(start=False)
+    server.start(tls=ServerTLS(cert, key))
+    source, events = harness.source(
+        server.url(), tls_policy=BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(cert)), **FAST,
+    )
+    await wait_for(lambda: source.connected and server.streams, what="a stream over https")
+    source.pause()
+    stopped = defer.maybeDeferred(source.stopService)
+    await wait_for(lambda: stopped.called, timeout=5, what="the stop of a held https stream")
+    assert not source.connected

@@ -42,9 +42,12 @@ class BodyReceiver(Protocol):
             self.done.callback(None)
 
     def close(self) -> None:
+        """Drop the connection now. Not ``loseConnection``: over TLS that waits for the peer's
+        close_notify, which a silent peer (a read timeout) never sends and a held stream never reads."""
         self.closing = True
-        if self.transport is not None:
-            self.transport.loseConnection()
+        transport: Any = self.transport  # the response body's transport is also an IPushProducer
+        if transport is not None:
+            transport.stopProducing()
 
     def pause(self) -> None:
         self.paused = True
