@@ -440,6 +440,34 @@ async def test_reading_is_held_while_too_many_events_await_acknowledgement(harne
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_stream_opened_while_reading_is_held_stays_unread(harness: Harness, monkeypatch) -> None:
+    """twisted.web resumes a body's transport once its protocol is connected: a hold that began
+    before the stream (it outlived the last one: a lease's restart, a stream that ended) must pause
+    it again, or the new stream is read on without bound while the source counts itself held."""
+    monkeypatch.setattr(source_module, "MAX_UNSETTLED", 2)
+    server = harness.server()
+    clocked = ClockedReactor()
+    source, waiting = slow_acknowledging_source(harness, server, clocked)
+    await wait_for(lambda: source.connected and server.streams, what="a stream")
+    for n in range(3):
+        server.publish(payload(f"e{n}"))
+    await wait_for(lambda: len(waiting) == 3 and source._holds == {"acknowledgements"}, what="the hold")
+    await deadline(source.stopService())  # the acknowledgements are still awaited: the hold stays
+    source.startService()
+    await wait_for(lambda: source.connected and server.streams, what="a stream opened while held")
+    for n in range(3, 6):
+        server.publish(payload(f"e{n}"))
+    await sleep_turns(20)
+    assert len(waiting) == 3, "held: the new stream's bytes wait in TCP buffers"
+    for _, acknowledged in waiting:
+        acknowledged.callback(None)
+    assert not source._holds
+    await wait_for(lambda: len(waiting) == 6, what="the new stream's events once released")
+    for _, acknowledged in waiting[3:]:
+        acknowledged.callback(None)
+
+
+@pytest_twisted.ensureDeferred
 async def test_reading_is_held_while_a_shared_buss_fanout_is_behind(harness: Harness) -> None:
     lag: list[float] = [3.0]
     server = harness.server()

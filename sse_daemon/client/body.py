@@ -8,6 +8,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
+from twisted.web.iweb import IResponse
 
 __all__ = ["BodyReceiver", "Discard"]
 
@@ -31,6 +32,14 @@ class BodyReceiver(Protocol):
         super().makeConnection(transport)
         if self.paused:
             transport.pauseProducing()
+
+    def receive(self, response: IResponse) -> None:
+        """Take ``response``'s body. twisted.web resumes the transport once the body protocol is
+        connected (after handing it what it had buffered), undoing a pause made before or meanwhile:
+        it is made again here, so a held stream stays unread."""
+        response.deliverBody(self)
+        if self.paused:
+            self.pause()
 
     def dataReceived(self, data: bytes) -> None:
         self._on_data(data)

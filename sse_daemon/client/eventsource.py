@@ -350,7 +350,7 @@ class EventSource:
         redirected = final_url not in (None, self._request_url)
         self._tell(self.handler.opened, Opened(redact_url(final_url) if redirected and final_url else self.url, redirected,
                                     self.last_event_id))
-        response.deliverBody(receiver)
+        receiver.receive(response)
         self._arm_read_timeout()
         try:
             await receiver.done
