@@ -91,3 +91,37 @@ def test_a_route_counts_events_the_bus_did_not_take() -> None:
     route.forward([Event({"a": "y", "b": 2}), Event({"a": "z", "b": 3})])
     assert len(bus.published) == 2, "a publish's events are routed in one publish"
     assert route.events == 3 and route.rejected["bus-unavailable"] == 3, "each of its events counted"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_leased_sources_refused_publishes_are_counted_and_logged_sampled() -> None:
+    """Under a lease the source publishes through a CursorBus: what the bus did not take is still
+    the source's ``bus-unavailable``, and a burst of refused publishes is no burst of log lines."""
+    from twisted.logger import capturedLogs
+
+    from sse_daemon.bus.cursor import CursorBus
+
+    from .test_contracts import FakeSharedBus
+
+    server = FakeServer()
+    refusing = RefusingBus()
+    restarts: list[str] = []
+    bus = CursorBus(refusing, FakeSharedBus(), "p:cursor", restarts.append)
+    connector = source_def(server.url())
+    source = SseSourceService(connector, make_mapper(connector.options.mapping, parse_schema("param1 string")),
+                              bus, Clock(), server.http)
+    source.startService()
+    try:
+        with capturedLogs() as logged:
+            for n in range(30):
+                server.publish(payload(f"e{n}"))
+            await wait_for(lambda: len(refusing.published) == 30, what="thirty publishes")
+        assert source.rejected["bus-unavailable"] == 30
+        assert all(handled(d) for d in refusing.published)
+        assert restarts and set(restarts) == {"a publish failed"}
+        assert len([e for e in logged if e.get("log_level").name in ("warn", "error")]) <= 11, "sampled"
+    finally:
+        stopped = source.stopService()
+        server.stub.flush()
+        await deadline(stopped)
+        await server.stop()

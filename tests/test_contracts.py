@@ -159,8 +159,10 @@ def test_a_cursor_bus_saves_the_cursor_once_acknowledged_and_restarts_on_a_refus
     cursor.publish("S", [Event({"n": 1}, id="u-1"), Event({"n": 2}, id="u-2"), Event({"n": 3})])
     assert redis.commands == [("SET", "p:cursor", "u-2")] and cursor.acknowledged == "u-2" and restarts == []
     refused = CursorBus(FakeSharedBus(refuse=True), redis, "p:cursor", restarts.append)
-    refused.publish("S", [Event({"n": 4}, id="u-4")])
+    failed: list[Failure] = []
+    refused.publish("S", [Event({"n": 4}, id="u-4")]).addErrback(failed.append)
     assert restarts == ["a publish failed"] and refused.acknowledged is None
+    assert [f.type for f in failed] == [BusUnavailable], "passed on: the source counts it"
 
 
 def test_a_leased_source_is_built_on_its_cursor_bus_and_shown_through_its_lease() -> None:

@@ -3,7 +3,8 @@
 With a shared bus, an upstream event is either in Redis or read again: after each
 publish Redis acknowledged, the upstream id of its last event is saved under
 ``cursor_key``; when a publish fails, ``restart`` is called so the source stops and
-reads again from the cursor once its lease lets it (lease.py).
+reads again from the cursor once its lease lets it (lease.py), and the failure goes on to
+the source, which counts it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -23,8 +23,6 @@ from sse_daemon.events.schema import Event
 class CursorBus:
     """Saves the cursor after each acknowledged publish, and calls ``restart`` (with why) when a
     publish fails, so the source reads again from the cursor (nothing read is dropped)."""
-
-    log = Logger()
 
     def __init__(self, inner: IBus, redis: ISharedBus, cursor_key: str, restart: Callable[[str], None]) -> None:
         self.inner = inner  # the source's ConnectorBus
@@ -38,8 +36,7 @@ class CursorBus:
         events = list(events)
         d = self.inner.publish(stream, events)
         cursor = next((e.id for e in reversed(events) if e.id), None)
-        d.addCallback(lambda _: self._save(cursor) if cursor else None)
-        d.addErrback(self._failed)
+        d.addCallbacks(lambda _: self._save(cursor) if cursor else None, self._refused)
         return d
 
     def subscribe(self, stream: str, subscriber: Subscriber) -> ISubscription:
@@ -47,9 +44,15 @@ class CursorBus:
 
     def _save(self, cursor: str) -> Deferred:
         self.acknowledged = cursor
-        return self.redis.command("SET", self.cursor_key, cursor)
+        return self.redis.command("SET", self.cursor_key, cursor).addErrback(self._not_saved)
 
-    def _failed(self, failure: Failure) -> None:
-        self.log.warn("a leased source could not publish ({reason}); reading again from the saved cursor",
-                      reason=failure.getErrorMessage())
+    def _not_saved(self, failure: Failure) -> None:
+        """The events are in Redis, only the cursor is behind: nothing to count, read again from it."""
+        self.restart("the cursor could not be saved")
+
+    def _refused(self, failure: Failure) -> Failure:
+        """Restart from the cursor, and pass the failure on: the source counts what the bus did not
+        take (``bus-unavailable``) and logs it sampled; every publish in flight when Redis went away
+        fails, and a line each would be a burst."""
         self.restart("a publish failed")
+        return failure
