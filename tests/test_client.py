@@ -237,6 +237,22 @@ def test_stopping_in_interrupted_cancels_the_announced_reconnect() -> None:
     assert len(handler.of(Interruption)) == 1 and not pending(clock) and not source.running
 
 
+def test_stopping_in_opened_closes_the_stream_before_it_is_read() -> None:
+    server, clock = FakeServer(), Clock()
+
+    class StopOnOpen(Recorder):
+        def opened(self, opened: Opened) -> None:
+            super().opened(opened)
+            source.stop()
+
+    handler = StopOnOpen()
+    source = EventSource(Settings(server.url(), reconnect=NO_JITTER), handler, server.http, clock)
+    source.start()
+    server.publish("after the stop")
+    assert not source.connected and not server.streams and not source.running
+    assert handler.reports == [Opened("http://upstream.test/events", False, "")], "nothing more after stop()"
+
+
 def test_request_headers_credentials_and_the_initial_last_event_id() -> None:
     server, clock = FakeServer(), Clock()
     url = "http://reader:s%40cret@upstream.test/events?access_token=t"

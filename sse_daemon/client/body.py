@@ -30,7 +30,9 @@ class BodyReceiver(Protocol):
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
-        if self.paused:
+        if self.closing:  # closed before the body began (stop() in the handler's opened)
+            transport.stopProducing()
+        elif self.paused:
             transport.pauseProducing()
 
     def receive(self, response: IResponse) -> None:
@@ -42,7 +44,8 @@ class BodyReceiver(Protocol):
             self.pause()
 
     def dataReceived(self, data: bytes) -> None:
-        self._on_data(data)
+        if not self.closing:  # what twisted.web had buffered, or parsed from the same read, is not handed on
+            self._on_data(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.transport = None
