@@ -993,3 +993,41 @@ async def test_a_held_https_stream_closes_at_once_on_stop(harness: Harness) -> N
     stopped = defer.maybeDeferred(source.stopService)
     await wait_for(lambda: stopped.called, timeout=5, what="the stop of a held https stream")
     assert not source.connected
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redirect_to_another_origin_does_not_carry_the_sources_own_headers(daemon, harness: Harness) -> None:
+    """An API key in a source's ``headers`` goes to its upstream only: an upstream that redirects to another origin
+    (another port here; a plain-http one alike) gets the request without it, as Authorization and Cookie."""
+    from twisted.web import resource, server as web_server
+
+    target = harness.server()
+    target.publish(payload("behind a redirect"))
+
+    class Elsewhere(resource.Resource):
+        isLeaf = True
+
+        def render_GET(self, request: web_server.Request) -> bytes:
+            request.setResponseCode(302)
+            request.setHeader(b"Location", target.url("/events").encode())
+            return b"moved\n"
+
+    redirector = reactor.listenTCP(0, web_server.Site(Elsewhere()), interface="127.0.0.1")
+    try:
+        service = await daemon(f"""
+sources:
+  Src:
+    type: sse
+    receiver.url: "http://127.0.0.1:{redirector.getHost().port}/start"
+    stream: Src
+    schema: "param1 string"
+    headers: "X-Api-Key:a-key-for-the-first-origin-only,X-Tenant:acme"
+sinks:
+  Out: {{type: log, stream: Src}}
+""")
+        await wait_for(lambda: service.sources["Src"].counters["events_in"] == 1, what="the event behind the redirect")
+        (seen,) = target.seen
+        assert "x-api-key" not in seen.headers and "x-tenant" not in seen.headers, seen.headers
+        assert seen.headers["accept"] == "text/event-stream", "the request is otherwise the same"
+    finally:
+        await redirector.stopListening()

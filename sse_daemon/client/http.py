@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
@@ -23,9 +23,14 @@ class HttpGet(Protocol):
         ...
 
 
-def http_client(reactor: Any, tls_policy: IPolicyForHTTPS | None = None, redirects: int = MAX_REDIRECTS) -> HTTPClient:
+def http_client(reactor: Any, tls_policy: IPolicyForHTTPS | None = None, redirects: int = MAX_REDIRECTS,
+                sensitive_headers: Iterable[str] = ()) -> HTTPClient:
     """A treq client for event streams: no persistent connections (a stream holds its own to
     the end), redirects followed up to ``redirects`` times, HTTPS verified with ``tls_policy``
-    (default: the system's trust store), and no log line per connection."""
+    (default: the system's trust store), and no log line per connection. A redirect to another
+    origin (scheme, host or port: an https one to http too) drops ``Authorization``, ``Cookie``
+    and the ``sensitive_headers`` (a source's own ``headers``: an API key must not follow an
+    upstream's redirect elsewhere)."""
     agent = Agent(reactor, contextFactory=tls_policy or BrowserLikePolicyForHTTPS(), pool=quiet_connection_pool(reactor))
-    return HTTPClient(RedirectAgent(agent, redirectLimit=redirects))
+    sensitive = [name.encode("latin-1") for name in sensitive_headers]
+    return HTTPClient(RedirectAgent(agent, redirectLimit=redirects, sensitiveHeaderNames=sensitive))

@@ -195,7 +195,8 @@ class Builder:
         from sse_daemon.connectors.source import SseSourceService
 
         mapper = make_mapper(connector.options.mapping, schema)
-        http = http_client(self.reactor, client_policy(connector.options.tls_ca_file))
+        http = http_client(self.reactor, client_policy(connector.options.tls_ca_file),
+                           sensitive_headers=[name for name, _ in connector.options.headers])
 
         behind = self.bus.behind if ISharedBus.providedBy(self.bus) else None  # a shared bus's fan-out lag holds its reading
 
