@@ -367,7 +367,9 @@ async def test_silent_stream_is_dropped_after_read_timeout_and_heartbeats_keep_i
 
 
 @pytest_twisted.ensureDeferred
-async def test_pause_stops_reading_and_the_read_timeout_until_resumed(harness: Harness) -> None:
+async def test_pause_stops_the_read_timeout_until_resumed(harness: Harness) -> None:
+    """Paused on purpose is not a stall. (StubTreq does not pause its body: that reading stops is checked over real
+    sockets: test_a_stream_opened_while_reading_is_held_stays_unread.)"""
     server = harness.fake()
     clocked = ClockedReactor()
     source, events = harness.source(server.url(), http=server.http, reactor_=clocked, **{"read.timeout": 10})
