@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, cast
 
-from h2.events import DataReceived, RequestReceived, StreamEnded
+from h2.events import DataReceived, RequestReceived, StreamEnded, StreamReset
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted
@@ -195,7 +195,8 @@ class StreamingH2Connection(H2Connection):
     - a stream we reset (a subscriber cut for being slow) tells its request,
       as a lost TCP connection does, so the request's ``notifyFinish`` fires;
     - frames for a stream already ended (data the client goes on sending
-      after our 413 or 408) are dropped, not a ``KeyError`` that kills the connection;
+      after our 413 or 408, or its reset of that stream) are dropped, not a
+      ``KeyError`` that kills the connection;
     - the streams are of :attr:`stream_factory`; subclasses hear of a
       malformed request or protocol error (:meth:`bad_request`), a stream's
       head (:meth:`stream_opened`) and its end (:meth:`stream_closed`), and
@@ -272,6 +273,10 @@ class StreamingH2Connection(H2Connection):
     def _requestEnded(self, event: StreamEnded) -> None:
         if event.stream_id in self.streams:
             super()._requestEnded(event)
+
+    def _requestAborted(self, event: StreamReset) -> None:
+        if event.stream_id in self.streams:  # else we ended it already: nothing is left to tell
+            super()._requestAborted(event)
 
     def _respondToBadRequestAndDisconnect(self, streamID: int) -> None:
         self.bad_request()

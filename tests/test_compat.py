@@ -226,7 +226,8 @@ def test_twisteds_http2_connection_keeps_what_the_streaming_connection_overrides
 
     from sse_daemon.compat import StreamingH2Connection
 
-    for name in ("_requestReceived", "_requestDataReceived", "_requestEnded", "_respondToBadRequestAndDisconnect", "_terminate",
+    for name in ("_requestReceived", "_requestDataReceived", "_requestEnded", "_requestAborted",
+                 "_respondToBadRequestAndDisconnect", "_terminate",
                  "_sendPrioritisedData", "_handleWindowUpdate", "_requestDone", "_tryToWriteControlData",
                  "writeDataToStream", "endRequest", "abortRequest", "remainingOutboundWindow"):
         assert callable(getattr(_http2.H2Connection, name)), name

@@ -327,3 +327,24 @@ def test_window_updates_do_not_resume_a_stream_held_at_its_buffer() -> None:
         peer.exchange()
     assert peer.server.queued(stream) < 2 * STREAM_BUFFER, "the stream's queue stays near its buffer"
     assert sink.counters["dropped_slow"] == 1 and subscriber not in sink.subscribers
+
+
+# --------------------------------------------------------------------------- hostile and careless clients
+
+def test_a_reset_of_a_stream_already_answered_is_ignored_and_the_connection_goes_on() -> None:
+    """A client still sending a body when its 413 or 408 arrives cancels its stream (browsers do):
+    the reset named a stream Twisted had forgotten, and the KeyError took the whole connection down."""
+    site, sink = port(max_body=10)
+    peer = Peer(site)
+    events = peer.request("/events")
+    big = peer.request("/plain", "POST", (("content-length", "100"),), b"x" * 5, end=False)
+    slow = peer.request("/plain", "POST", (("content-length", "5"),), b"x", end=False)
+    peer.clock.advance(7)
+    peer.exchange()
+    assert (peer.status(big), peer.status(slow)) == (413, 408)
+    peer.client.reset_stream(big)
+    peer.client.reset_stream(slow)
+    peer.exchange()
+    publish(sink, peer, 1)
+    assert b'"n":0' in peer.bodies[events] and not peer.goaway and not peer.transport.disconnecting
+    assert peer.status(peer.request("/plain")) == 200
