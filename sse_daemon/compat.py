@@ -178,6 +178,13 @@ class StreamingH2Stream(H2Stream):
             return
         super().windowUpdated()
 
+    def _send100Continue(self) -> None:
+        """No ``100 Continue`` once the answer has started: a request refused at its ``Content-Length``
+        (413) whose ``Expect`` came later in its head had Twisted send one after the final answer,
+        a protocol error raised out of the connection."""
+        if not self._request.startedWriting:
+            super()._send100Continue()
+
 
 class StreamingH2Connection(H2Connection):
     """Twisted's HTTP/2 connection, made to keep a subscriber's flow-control promise.

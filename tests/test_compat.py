@@ -235,7 +235,7 @@ def test_twisteds_http2_connection_keeps_what_the_streaming_connection_overrides
     connection = StreamingH2Connection(Clock())
     for name in ("streams", "_outboundStreamQueues", "_streamCleanupCallbacks", "priority", "_sendingDeferred", "_stillProducing", "conn"):
         assert hasattr(connection, name), name
-    for name in ("flowControlBlocked", "windowUpdated", "requestComplete", "receiveDataChunk", "connectionLost"):
+    for name in ("flowControlBlocked", "windowUpdated", "requestComplete", "receiveDataChunk", "connectionLost", "_send100Continue"):
         assert callable(getattr(_http2.H2Stream, name)), name
 
 

@@ -348,3 +348,14 @@ def test_a_reset_of_a_stream_already_answered_is_ignored_and_the_connection_goes
     publish(sink, peer, 1)
     assert b'"n":0' in peer.bodies[events] and not peer.goaway and not peer.transport.disconnecting
     assert peer.status(peer.request("/plain")) == 200
+
+
+def test_an_expect_100_continue_after_a_refused_content_length_sends_no_100() -> None:
+    """``Expect`` after ``Content-Length`` in the head: Twisted sent its 100 after our 413, a protocol error
+    raised out of the connection (a traceback, and every stream of the connection lost)."""
+    site, _ = port(max_body=10)
+    peer = Peer(site)
+    big = peer.request("/plain", "POST", (("content-length", "100"), ("expect", "100-continue")), end=False)
+    assert peer.status(big) == 413 and big in peer.ended and site.resource.rejected["body-too-large"] == 1
+    assert peer.status(peer.request("/plain")) == 200 and not peer.goaway
+
