@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, cast
 
-from h2.events import DataReceived, RequestReceived, StreamEnded, StreamReset
+from h2.events import DataReceived, PriorityUpdated, RequestReceived, StreamEnded, StreamReset
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted
 from twisted.python.failure import Failure
-from twisted.web import _http2, client as web_client, http, server
+from twisted.web import client as web_client, http, server
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
 
 __all__ = ["BadRequestChannel", "between_requests", "DATA_LOSS", "H2Stream", "STREAM_BUFFER", "StreamingH2Connection",
@@ -204,6 +204,9 @@ class StreamingH2Connection(H2Connection):
     - frames for a stream already ended (data the client goes on sending
       after our 413 or 408, or its reset of that stream) are dropped, not a
       ``KeyError`` that kills the connection;
+    - a PRIORITY frame orders only the streams open: Twisted added every
+      stream one named (and the one it depends on) to the priority tree for
+      good, and past the tree's 1000 its refusal killed the connection;
     - the streams are of :attr:`stream_factory`; subclasses hear of a
       malformed request or protocol error (:meth:`bad_request`), a stream's
       head (:meth:`stream_opened`) and its end (:meth:`stream_closed`), and
@@ -258,12 +261,8 @@ class StreamingH2Connection(H2Connection):
         # while the stream is built (a 413 on its Content-Length)
         self._streamCleanupCallbacks[event.stream_id] = Deferred()
         self._outboundStreamQueues[event.stream_id] = deque()
-        try:
-            self.priority.insert_stream(event.stream_id)
-        except _http2.priority.DuplicateStreamError:
-            pass  # a PRIORITY frame came first: _handlePriorityUpdate set the stream up
-        else:
-            self.priority.block(event.stream_id)
+        self.priority.insert_stream(event.stream_id)  # not there before: a PRIORITY frame adds no stream (below)
+        self.priority.block(event.stream_id)
         self.streams[event.stream_id] = self.stream_factory(event.stream_id, self, event.headers, self.requestFactory,
                                                             self.site, self.factory)
 
@@ -284,6 +283,13 @@ class StreamingH2Connection(H2Connection):
     def _requestAborted(self, event: StreamReset) -> None:
         if event.stream_id in self.streams:  # else we ended it already: nothing is left to tell
             super()._requestAborted(event)
+
+    def _handlePriorityUpdate(self, event: PriorityUpdated) -> None:
+        if event.stream_id not in self.streams:
+            return  # not open (idle, or over): nothing to order, and nothing kept for it
+        parent = event.depends_on if event.depends_on in self.streams else None  # else on the root
+        self.priority.reprioritize(stream_id=event.stream_id, depends_on=parent, weight=event.weight,
+                                   exclusive=event.exclusive)
 
     def _respondToBadRequestAndDisconnect(self, streamID: int) -> None:
         self.bad_request()

@@ -16,6 +16,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+from hyperframe.frame import PriorityFrame
 import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -359,3 +360,23 @@ def test_an_expect_100_continue_after_a_refused_content_length_sends_no_100() ->
     assert peer.status(big) == 413 and big in peer.ended and site.resource.rejected["body-too-large"] == 1
     assert peer.status(peer.request("/plain")) == 200 and not peer.goaway
 
+
+def test_priority_frames_for_streams_not_open_do_not_grow_the_priority_tree() -> None:
+    """Twisted added every stream a PRIORITY frame named (and every stream it said to depend on) to the
+    tree, for good: past 1000 of them the tree's refusal was raised out of the connection."""
+    site, _ = port()
+    peer = Peer(site)
+    served = peer.request("/plain")
+    frames = b"".join(_priority(stream, depends_on=stream + 2) for stream in range(1001, 5001, 4))
+    frames += b"".join(_priority(served, depends_on=stream) for stream in range(5001, 7001, 2))  # a closed one, on idle ones
+    peer.server.dataReceived(frames)
+    assert len(peer.server.priority._streams) < 10
+    stream = peer.request("/plain", headers=())
+    peer.server.dataReceived(_priority(stream, depends_on=9001))
+    assert peer.status(peer.request("/plain")) == 200 and not peer.goaway
+
+
+def _priority(stream: int, depends_on: int) -> bytes:
+    frame = PriorityFrame(stream)
+    frame.depends_on, frame.stream_weight = depends_on, 16
+    return bytes(frame.serialize())
