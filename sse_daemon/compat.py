@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, cast
 
-from h2.events import DataReceived, PriorityUpdated, RequestReceived, StreamEnded, StreamReset
+from h2.events import DataReceived, PriorityUpdated, RequestReceived, StreamEnded, StreamReset, WindowUpdated
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted
@@ -204,6 +204,8 @@ class StreamingH2Connection(H2Connection):
     - frames for a stream already ended (data the client goes on sending
       after our 413 or 408, or its reset of that stream) are dropped, not a
       ``KeyError`` that kills the connection;
+    - a SETTINGS frame that raises the initial window opens the streams'
+      windows as a WINDOW_UPDATE does (Twisted heard only the latter);
     - a PRIORITY frame orders only the streams open: Twisted added every
       stream one named (and the one it depends on) to the priority tree for
       good, and past the tree's 1000 its refusal killed the connection;
@@ -253,6 +255,14 @@ class StreamingH2Connection(H2Connection):
     def _requestDone(self, streamID: int) -> None:
         super()._requestDone(streamID)
         self.stream_closed()
+
+    def dataReceived(self, data: bytes) -> None:
+        window = self.conn.remote_settings.initial_window_size
+        super().dataReceived(data)
+        grown = self.conn.remote_settings.initial_window_size - window
+        if grown > 0 and self._stillProducing:
+            # every stream's window grew (RFC 9113 6.9.2): what waited for a WINDOW_UPDATE may go now
+            self._handleWindowUpdate(WindowUpdated(stream_id=0, delta=grown))
 
     # -- streams of our own class (Twisted's _requestReceived, with stream_factory)
     def _requestReceived(self, event: RequestReceived) -> None:

@@ -380,3 +380,20 @@ def _priority(stream: int, depends_on: int) -> bytes:
     frame = PriorityFrame(stream)
     frame.depends_on, frame.stream_weight = depends_on, 16
     return bytes(frame.serialize())
+
+
+def test_a_window_opened_by_settings_resumes_the_streams_it_held() -> None:
+    """A client may open every stream's window by raising SETTINGS_INITIAL_WINDOW_SIZE instead of sending
+    WINDOW_UPDATE frames (RFC 9113 6.9.2): a stream that had left the send loop at its closed window waited
+    for an update that never came, and its subscriber was cut as slow."""
+    site, sink = port(queue=20)
+    peer = Peer(site, stream_window=0)
+    stream = peer.request("/events")
+    (subscriber,) = sink.subscribers
+    publish(sink, peer, 3, size=100)
+    assert b'"n":0' not in peer.bodies[stream] and subscriber.paused
+    peer.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+    peer.exchange()
+    assert all(b'"n":%d,' % n in peer.bodies[stream] for n in range(3)) and not subscriber.paused
+    publish(sink, peer, 30, size=100, start=3)
+    assert all(b'"n":%d,' % n in peer.bodies[stream] for n in range(33)) and sink.counters["dropped_slow"] == 0
