@@ -19,6 +19,7 @@ from h2.events import DataReceived, PriorityUpdated, RequestReceived, StreamEnde
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import client as web_client, http, server
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
@@ -212,8 +213,8 @@ class StreamingH2Connection(H2Connection):
     - the streams are of :attr:`stream_factory`; subclasses hear of a
       malformed request or protocol error (:meth:`bad_request`), a stream's
       head (:meth:`stream_opened`) and its end (:meth:`stream_closed`), and
-      may close the connection with :meth:`goaway`, without naming Twisted's
-      private attributes.
+      of the connection told to close (:meth:`closing`), and may close the
+      connection with :meth:`goaway`, without naming Twisted's private attributes.
     """
 
     #: builds each stream: ``(streamID, connection, headers, requestFactory, site, factory)``
@@ -244,6 +245,10 @@ class StreamingH2Connection(H2Connection):
         """The connection is not lost."""
         return bool(self._stillProducing)
 
+    def closing(self) -> None:
+        """Called when the connection has told its open transport to close (our GOAWAY, a protocol error,
+        the client's GOAWAY): the transport may still be open, for as long as the client likes."""
+
     def goaway(self) -> None:
         """Refuse new streams (GOAWAY, when the connection is still open) and close once what is queued is sent."""
         if self._stillProducing:
@@ -251,6 +256,12 @@ class StreamingH2Connection(H2Connection):
             self._tryToWriteControlData()
         if self.transport is not None:
             self.transport.loseConnection()
+            self.closing()
+
+    def connectionLost(self, reason: Failure = connectionDone, _cancelTimeouts: bool = True) -> None:
+        super().connectionLost(reason, _cancelTimeouts)
+        if not _cancelTimeouts:  # Twisted's own teardown (a protocol error, the client's GOAWAY), not the transport's loss
+            self.closing()
 
     def _requestDone(self, streamID: int) -> None:
         super()._requestDone(streamID)

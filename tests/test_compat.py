@@ -6,6 +6,7 @@ rather than as a slower fan-out, an uncounted 400 or a write to a closed request
 
 from __future__ import annotations
 
+import inspect
 import socket
 from collections.abc import Iterator
 
@@ -232,6 +233,7 @@ def test_twisteds_http2_connection_keeps_what_the_streaming_connection_overrides
                  "writeDataToStream", "endRequest", "abortRequest", "remainingOutboundWindow"):
         assert callable(getattr(_http2.H2Connection, name)), name
     assert hasattr(_http2, "_END_STREAM_SENTINEL")
+    assert "_cancelTimeouts" in inspect.signature(_http2.H2Connection.connectionLost).parameters, "how its own teardown is told apart"
     connection = StreamingH2Connection(Clock())
     for name in ("streams", "_outboundStreamQueues", "_streamCleanupCallbacks", "priority", "_sendingDeferred", "_stillProducing", "conn"):
         assert hasattr(connection, name), name

@@ -161,3 +161,57 @@ async def test_the_admin_listener_over_tls_speaks_http2_metrics_status_and_live_
     assert f'sse_daemon_listener_protocol_connections{{{admin_label},protocol="h2"}} 1.0' in metrics
     (sink_port,) = status["listeners"]
     assert sink_port["http2"] and set(sink_port["protocols"]) == {"http/1.1", "h2"}
+
+
+def idle_h2_connection(port: int, ca: Path, send: bytes = b"", wait: float = 10) -> tuple[bool, float]:
+    """Open an HTTP/2 connection, send its preface (and ``send``), then read without ever closing or
+    answering: whether a GOAWAY came, and how long until the daemon closed the connection (``wait`` if it did not)."""
+    import socket
+    import time
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2"])
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    goaway = False
+    with socket.create_connection(("127.0.0.1", port)) as raw, context.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        started = time.monotonic()
+        tls.sendall(client.data_to_send() + send)
+        tls.settimeout(0.2)
+        while time.monotonic() - started < wait:
+            try:
+                data = tls.recv(65536)
+            except TimeoutError:
+                continue
+            except (ssl.SSLError, OSError):
+                break
+            if not data:
+                break
+            try:
+                goaway = goaway or any(isinstance(e, h2.events.ConnectionTerminated) for e in client.receive_data(data))
+            except h2.exceptions.ProtocolError:
+                goaway = True
+        return goaway, time.monotonic() - started
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http2_connection_the_daemon_closes_is_closed_even_if_its_client_ignores_the_goaway(daemon, pki) -> None:  # noqa: F811
+    """The connection is the TLS transport's producer: TLS closed only once it let go, and the GOAWAY of a
+    head deadline or a protocol error left the connection open, its slot and descriptor held, for as long
+    as the client kept it."""
+    from sse_daemon.edge.listener import CLOSE_GRACE
+
+    service = await daemon(tls_sink(pki).replace("    server.tls.key:", "    server.head.timeout: 0.5\n    server.tls.key:"))
+    port = service.port_of("Events")
+    listener = next(iter(service.listeners.values()))
+    silent = threads.deferToThread(idle_h2_connection, port, pki["ca"])
+    broken = threads.deferToThread(idle_h2_connection, port, pki["ca"], b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + b"\x00" * 4)
+    for goaway, took in (await deadline(silent), await deadline(broken)):
+        assert goaway and took < 0.5 + CLOSE_GRACE + 1.5, f"the connection stayed open {took:.1f}s"
+    assert listener.router.rejected == {"head-timeout": 1, "malformed-request": 1}
+    await wait_for(lambda: listener.site.protocols["h2"] == 0 and listener.site.connections.total == 0, what="the slots freed")

@@ -76,6 +76,7 @@ class Peer:
         self.server = PortH2Connection(site, "10.0.0.1", None)
         self.transport = StringTransport()
         self.server.makeConnection(self.transport)
+        self.transport.registerProducer(self.server, True)  # as the AlpnSwitch registers it with the TLS transport
         self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.client.initiate_connection()
         self.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window})

@@ -520,6 +520,7 @@ class PortH2Connection(StreamingH2Connection):
         self.clock = site.reactor
         self.peer_host = peer_host
         self._timer: IDelayedCall | None = None
+        self._abort: IDelayedCall | None = None  # cuts the connection CLOSE_GRACE after it was told to close
         self._served = 0
         self._closing = False
         self._port_of_origin: bytes | None = None  # the port the first request's authority names
@@ -582,8 +583,21 @@ class PortH2Connection(StreamingH2Connection):
             self._timer.cancel()
         self._timer = None
 
+    def closing(self) -> None:
+        """The connection told its TLS transport to close: TLS closes only once its producer (this
+        connection, registered by the AlpnSwitch) lets go, and a client that ignores the GOAWAY and
+        reads nothing is cut CLOSE_GRACE later, as over HTTP/1.1 (else it held its slot for good)."""
+        self._stop_timer()
+        if self._abort is not None:
+            return
+        transport = abortable(self.transport)
+        cast(Any, transport).unregisterProducer()  # TLS transports take producers (not declared IConsumer)
+        self._abort = self.clock.callLater(CLOSE_GRACE, transport.abortConnection)
+
     def connectionLost(self, reason: Failure = connectionDone, _cancelTimeouts: bool = True) -> None:
         self._stop_timer()
+        if _cancelTimeouts and self._abort is not None and self._abort.active():
+            self._abort.cancel()  # the transport is gone
         super().connectionLost(reason, _cancelTimeouts)
 
 
