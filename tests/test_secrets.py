@@ -166,3 +166,36 @@ def test_config_errors_do_not_echo_secrets(tmp_path: Path) -> None:
     assert_no_secret(text, "a statement's syntax error")
     line, caret = text.splitlines()[-2:]
     assert "receiver.url='http://***@h/e?token=***'" in line and line[caret.index("^"):].startswith("oops")
+
+
+@pytest.mark.reactor_free
+def test_quoted_lines_do_not_echo_header_values_or_jwt_keys() -> None:
+    """Seen: a syntax error (and a Siddhi problem) quotes its line whole, so a `headers` value on it
+    (an Authorization or Cookie), an inline HMAC `auth.jwt.key` or a Siddhi app's `basic.auth.password`
+    was printed by --check and reloads."""
+    from sse_daemon.config.errors import ConfigError
+    from sse_daemon.config.siddhi import load_siddhi
+    from sse_daemon.config.statements import load_statements
+    from sse_daemon.config.validate import validate
+
+    key = "tok-secret-1" + "k" * 32
+    cases = [
+        (load_statements, "x.sql", "CREATE SOURCE A WITH (type='sse', receiver.url='http://h/e', "
+                                   "headers=\"'Authorization:Bearer header-secret-3'\" (a string);", "("),
+        (load_statements, "x.sql", "CREATE SOURCE A WITH (type='sse', receiver.url='http://h/e', "
+                                   "headers 'Cookie:sid=header-secret-3') (a string);", "'***'"),
+        (load_statements, "x.sql", f"CREATE SINK S WITH (type='sse-server', auth.jwt.key = '{key}', auth.type='bearer') oops;", "oops"),
+        (load_siddhi, "x.siddhi", "@source(type='sse', receiver.url='http://h/e', headers='Authorization:Bearer header-secret-3', "
+                                  "@map(type='xml'))\ndefine stream A (a string);", "'xml'"),
+        (load_siddhi, "x.siddhi", f"@sink(type='http', auth.jwt.key=\"\"\"{key}\"\"\")\ndefine stream A (a string);", "'http'"),
+        (load_siddhi, "x.siddhi", "@sink(type='sse-server', server.url='http://0.0.0.0:8020/x', basic.auth.password='hunter2-pw', "
+                                  "@map(type='xml'))\ndefine stream A (a string);", "'xml'"),
+    ]
+    for load, name, text, at_caret in cases:
+        with pytest.raises(ConfigError) as caught:
+            validate(load(text, name))
+        shown = str(caught.value)
+        assert_no_secret(shown, text)
+        lines = shown.splitlines()
+        line, caret = next(lines[i - 1:i + 1] for i, text in enumerate(lines) if text.strip() == "^")
+        assert line[caret.index("^"):].startswith(at_caret), shown

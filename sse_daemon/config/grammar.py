@@ -10,10 +10,11 @@ was expected and what was found, and shows the line with a caret.
 from __future__ import annotations
 
 import functools
+import re
 
 from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from sse_daemon.policy.redact import redact_urls
+from sse_daemon.policy.redact import SECRET_PARAM_WORDS, redact_urls
 
 #: each start rule and the grammar file (package data) it is in
 GRAMMARS = {"statements": "statements.lark", "condition": "statements.lark", "siddhi_app": "siddhi.lark"}
@@ -45,11 +46,23 @@ class StatementSyntaxError(ValueError):
         return caret_snippet(self.source_line, self.column, indent)
 
 
+#: the quoted value of an option named like a secret, as URL parameters are (``auth.jwt.key``, Siddhi's
+#: ``basic.auth.password``), or of ``headers`` (Authorization, Cookie): a key after ``(``, ``,`` or a space, ``=`` or
+#: not (a syntax error may be its missing ``=``); a quote left open runs to the end of the line
+_SECRET_VALUE = re.compile(
+    rf"""(?:^|(?<=[\s(,]))((?:headers|[\w.-]*(?:{'|'.join(SECRET_PARAM_WORDS)})[\w.-]*)\s*=?\s*)("{{3}}|"|')(?:.*?\2|.*)""", re.I)
+
+
+def redact_line(line: str) -> str:
+    """A line of statements or a Siddhi app as an error shows it: URL credentials and secret option values masked."""
+    return redact_urls(_SECRET_VALUE.sub(lambda m: f"{m[1]}{m[2]}***{m[2]}", line))
+
+
 def caret_snippet(source_line: str, column: int, indent: str = "    ") -> str:
-    """A line of the file and a caret under its (1-based) column, URL credentials masked."""
+    """A line of the file and a caret under its (1-based) column, secrets masked."""
     line = source_line.expandtabs(1).rstrip()
-    before = redact_urls(line[: column - 1])  # URL credentials masked; the caret stays under the column
-    return f"{indent}{redact_urls(line)}\n{indent}{' ' * len(before)}^"
+    before = redact_line(line[: column - 1])  # secrets masked; the caret stays under the column
+    return f"{indent}{redact_line(line)}\n{indent}{' ' * len(before)}^"
 
 
 @functools.cache
@@ -99,7 +112,8 @@ def _syntax_error(text: str, error: UnexpectedInput, lark: Lark) -> StatementSyn
         expected = _accepted(error)
     elif isinstance(error, UnexpectedToken):
         line, column = error.line, error.column
-        found = _quote(error.token.value)
+        # a quoted value is not echoed (it may be a header's value or a key): the line shows it, masked if so
+        found = "a quoted value" if error.token.type == "STRING" else _quote(error.token.value)
         expected = _accepted(error)
     elif isinstance(error, UnexpectedCharacters):
         # No terminal matches here at all (a token that is merely misplaced is an
