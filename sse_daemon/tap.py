@@ -15,12 +15,15 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from sse_daemon.ops import logs
-from sse_daemon.config.errors import ConfigError
+from sse_daemon.config.errors import ConfigError, ConfigIssue
 from sse_daemon.config.load import load_files
 from sse_daemon.config.model import Config
+from sse_daemon.config.options import ServerTlsOptions
 from sse_daemon.connectors.sink.durable import HistoryRefused
 from sse_daemon.connectors.sink.historyfile import check_file
 from sse_daemon.daemon.service import DaemonService, build_service
+from sse_daemon.edge.listener import server_endpoint
+from sse_daemon.edge.tls import is_tls
 
 
 class Options(usage.Options):
@@ -62,6 +65,10 @@ class Options(usage.Options):
             sys.stderr.write(f"{e}\n")
             raise SystemExit(1) from None
         if self["check"]:
+            unparsed = endpoint_problems(self.loaded)
+            if unparsed:  # starting would stop at these before it binds anything
+                sys.stderr.write(f"{ConfigError(unparsed)}\n")
+                raise SystemExit(1)
             problems = history_file_problems(self.loaded)
             fatal = any(refused for _, refused in problems)
             if not fatal:  # "configuration OK" only when the daemon would start
@@ -86,6 +93,30 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         if parent is not None and not parent.get("logger"):
             parent["logger"] = "sse_daemon.ops.logs.selected_observer"
+
+
+def endpoint_problems(config: Config) -> list[ConfigIssue]:
+    """For ``--check``: each ``server.endpoint`` Twisted cannot parse, at which starting would stop.
+
+    Only Twisted reads these strings (the config layer cannot import it), so validation passes them.
+    A ``systemd:`` endpoint is left to the start: Twisted looks up the sockets systemd hands the daemon as
+    it parses one, and ``--check`` (``ExecStartPre``) has none.
+    """
+    from twisted.internet import reactor
+
+    given = [(c.location, c.label, c.options.server_endpoint) for c in config.connectors
+             if isinstance(c.options, ServerTlsOptions)]
+    if config.admin is not None and is_tls(config.admin.options):  # the admin listener reads it only then
+        given.append((config.admin.location, "admin", config.admin.options.server_endpoint))
+    issues = []
+    for location, label, description in given:
+        if not description or description.partition(":")[0] == "systemd":
+            continue
+        try:
+            server_endpoint(reactor, description)
+        except ValueError as e:
+            issues.append(ConfigIssue(location, str(e), label, "server.endpoint"))
+    return issues
 
 
 def history_file_problems(config: Config) -> list[tuple[str, bool]]:

@@ -215,6 +215,23 @@ async def test_a_port_that_cannot_be_bound_rejects_the_reload(daemon, tmp_path: 
     await keep.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_endpoint_twisted_cannot_parse_rejects_the_reload(daemon, tmp_path: Path, log_text) -> None:
+    """Seen: a server.endpoint Twisted's parser refuses (``tcp:port=abc``) passed validation, and the
+    reload failed with a traceback, leaving the ports it had bound for the new configuration open."""
+    service = await daemon(v1())
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    far_port = free_port()
+    write_config(tmp_path, v2(far_port) + "  Odd: {type: sse-server, stream: S, server.port: 9, server.endpoint: 'tcp:port=abc'}\n")
+    assert await deadline(reloader.reload()) is False
+    assert ("reload rejected: cannot listen on 0.0.0.0:9 for sink 'Odd' at /Odd: server.endpoint 'tcp:port=abc' "
+            "is not an endpoint Twisted can listen on: invalid literal for int() with base 10: 'abc'") in log_text()
+    assert "Traceback" not in log_text() and not change_made(service)
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", far_port))  # released, as for a port in use
+
+
 def change_made(service) -> bool:
     return "Added" in service.sinks or "Drop" not in service.sinks
 

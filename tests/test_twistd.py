@@ -70,6 +70,21 @@ def test_bind_failure_exits_non_zero_naming_connector_and_port(tmp_path: Path) -
     assert "Traceback" not in result.stdout + result.stderr
 
 
+@pytest.mark.reactor_free
+def test_an_endpoint_twisted_cannot_parse_fails_check_and_start_alike(tmp_path: Path) -> None:
+    """Seen: ``server.endpoint: 'tcp:port=abc'`` passed --check, and starting ended in a traceback."""
+    config = write_config(tmp_path, "sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.port: 9\n"
+                                    "    server.endpoint: 'tcp:port=abc'\n")
+    reason = "server.endpoint 'tcp:port=abc' is not an endpoint Twisted can listen on: invalid literal for int() with base 10: 'abc'"
+    check = subprocess.run(twistd("sse-daemon", "--config", str(config), "--check"), capture_output=True, text=True, timeout=60)
+    assert check.returncode == 1 and check.stdout == ""
+    assert f"{config}:2: sink 'S': option 'server.endpoint': {reason}" in check.stderr
+    start = subprocess.run(twistd("-n", "--pidfile=", "sse-daemon", "--config", str(config)), capture_output=True, text=True, timeout=60)
+    assert start.returncode == 1
+    assert f"cannot listen on 0.0.0.0:9 for sink 'S' at /S: {reason}" in start.stdout + start.stderr
+    assert "Traceback" not in start.stdout + start.stderr
+
+
 @pytest_twisted.ensureDeferred
 async def test_real_twistd_serves_an_event(tmp_path: Path) -> None:
     config = write_config(tmp_path, """\

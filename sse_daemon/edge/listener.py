@@ -28,7 +28,7 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (IDelayedCall, IListeningPort, INegotiated, IProtocol, IPushProducer, IReactorTime,
-                                         ITCPTransport, ITransport)
+                                         IStreamServerEndpoint, ITCPTransport, ITransport)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -75,6 +75,18 @@ HTTP2 = "h2"
 
 class BindError(Exception):
     """A listener could not bind; the message names the connectors and the port."""
+
+
+def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """Twisted's endpoint for an endpoint string, or a ValueError saying why there is none.
+
+    ``server.endpoint`` is the operator's text, which only Twisted's parsers read (the config layer
+    cannot), and they raise whatever they meet: ValueError, TypeError, IndexError, OSError, ...
+    """
+    try:
+        return endpoints.serverFromString(reactor, description)
+    except Exception as e:
+        raise ValueError(f"server.endpoint {description!r} is not an endpoint Twisted can listen on: {e}") from None
 
 
 def json_error(request: IRequest, code: int, message: str, **fields: object) -> bytes:
@@ -1020,7 +1032,10 @@ class ListenerService(Service):
                                      self.policy, self.descriptors, self.stopping, direct)
         site.http2 = self.http2
         interface = self.host.replace(":", "\\:")
-        endpoint = endpoints.serverFromString(self.reactor, self.endpoint or f"tcp:{self.port}:interface={interface}")
+        try:
+            endpoint = server_endpoint(self.reactor, self.endpoint or f"tcp:{self.port}:interface={interface}")
+        except ValueError as e:
+            raise BindError(f"cannot listen on {self.host}:{self.port} for {', '.join(self.labels)}: {e}") from None
         outcome: list[IListeningPort | Failure] = []
         endpoint.listen(site).addBoth(outcome.append)
         result = outcome[0] if outcome else None  # TCP endpoints answer synchronously
