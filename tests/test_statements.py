@@ -496,6 +496,22 @@ def test_conditions_are_parsed_by_the_grammar_never_evaluated_as_python(text: st
         compile_condition(text, SCHEMA, "In")
 
 
+@pytest.mark.reactor_free
+def test_a_condition_nested_deeper_than_the_stack_allows_is_one_error() -> None:
+    """Seen: a route's where of a thousand ``or``s (an allow-list a script wrote) ended --check in a
+    RecursionError traceback; one of 400 passed it, and the start then ended in one (comparing routes)."""
+    from sse_daemon.config.expressions import MAX_DEPTH
+
+    def allow_list(count: int) -> str:
+        return " or ".join(f"name == 'v{i}'" for i in range(count))
+
+    longest = compile_condition(allow_list(MAX_DEPTH - 1), SCHEMA, "In")
+    assert longest.matches({"name": f"v{MAX_DEPTH - 2}"}) is True
+    assert route_errors("name string", where=f'"{allow_list(1000)}"') == [
+        f"conf.yaml:9: route: option 'where': the condition nests 1001 levels deep; at most {MAX_DEPTH} "
+        "(each or, and, not, comparison and value is a level): split it over several routes into the same stream"]
+
+
 # --------------------------------------------------------------------------- the command
 
 

@@ -392,8 +392,28 @@ class Condition:
         return self.evaluate(values) is True
 
 
+#: the deepest a route's condition may nest: building, checking, compiling, evaluating and comparing its tree
+#: (a reload compares its repr, three frames a level) recurse level by level, and Python's stack holds about a thousand
+MAX_DEPTH = 200
+
+
+def _depth(tree: Tree) -> int:
+    """How deep a parse tree nests, counted without recursion (a chain of ``or`` nests once a term)."""
+    deepest, todo = 0, [(tree, 1)]
+    while todo:
+        node, depth = todo.pop()
+        deepest = max(deepest, depth)
+        todo += [(child, depth + 1) for child in node.children if isinstance(child, Tree)]
+    return deepest
+
+
 def compile_condition(text: str, schema: Schema, stream: str) -> Condition:
     """Parse, check and compile; raise StatementSyntaxError or ExpressionError."""
-    expr = parse_condition(text)
+    tree = parse(text, "condition")
+    depth = _depth(tree)
+    if depth > MAX_DEPTH:
+        raise ExpressionError(f"the condition nests {depth} levels deep; at most {MAX_DEPTH} (each or, and, not, comparison "
+                              "and value is a level): split it over several routes into the same stream")
+    expr = from_tree(tree)
     check(expr, schema, stream)
     return Condition(expr, text, compile_expr(expr))
