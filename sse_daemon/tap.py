@@ -20,7 +20,7 @@ from sse_daemon.config.load import load_files
 from sse_daemon.config.model import Config
 from sse_daemon.config.options import ServerTlsOptions
 from sse_daemon.connectors.sink.durable import HistoryRefused
-from sse_daemon.connectors.sink.historyfile import check_file
+from sse_daemon.connectors.sink.historyfile import HistoryUnavailable, check_file
 from sse_daemon.daemon.service import DaemonService, build_service
 from sse_daemon.edge.listener import server_endpoint
 from sse_daemon.edge.tls import is_tls
@@ -170,7 +170,8 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
     assert options.loaded is not None
     try:
         service = build_service(options.loaded, reactor, stats_interval=options["stats-interval"], exit_on_bind_error=True)
-    except HistoryRefused as e:  # a corrupt history file and history.on.corrupt: refuse (logging has not started yet)
+    # a corrupt history file and history.on.corrupt: refuse, or one that cannot be opened (a full disk); logging has not started yet
+    except (HistoryRefused, HistoryUnavailable) as e:
         sys.stderr.write(f"{e}\n")
         raise SystemExit(1) from None
     # SIGHUP re-reads the same files and changes only what changed (reload.py)

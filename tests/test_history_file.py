@@ -325,6 +325,23 @@ def test_a_corrupt_file_with_refuse_stops_the_start_naming_file_and_option(tmp_p
     assert path.read_bytes() == b"garbage" * 1000, "refuse leaves the file as it is"
 
 
+def test_a_file_that_cannot_be_opened_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    """Seen: a full disk at start (here a file size limit of 0) passed --check, and the start ended in a
+    HistoryUnavailable traceback."""
+    import resource
+    import subprocess
+
+    from .conftest import twistd_command
+
+    path = tmp_path / "events.db"
+    config = write_config(tmp_path, config_text(path))
+    result = subprocess.run(twistd_command("-n", "--pidfile=", "sse-daemon", "--config", str(config)), capture_output=True,
+                            text=True, timeout=60, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY)))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output
+    assert f"history file {path}: cannot read: disk I/O error" in output
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_corrupt_file_with_move_aside_is_renamed_and_the_sink_starts_empty(tmp_path: Path, log_events) -> None:
     path = tmp_path / "events.db"
@@ -445,6 +462,8 @@ async def test_a_reload_opens_new_files_off_the_reactor_and_closes_them_when_rej
     import socket
     import threading
 
+    from twisted.logger import formatEvent
+
     from sse_daemon.daemon.reload import Reloader
 
     path, added, third = tmp_path / "events.db", tmp_path / "added.db", tmp_path / "third.db"
@@ -485,8 +504,22 @@ async def test_a_reload_opens_new_files_off_the_reactor_and_closes_them_when_rej
                    for name, store in files.stores.items() if name != str(path))
         assert "Events" in service.sinks and "Added" not in service.sinks
 
-        # 3. the corrupt file gone: the reload is applied with the files it opened
+        # 3. a file that cannot be opened (a full disk): rejected with one line, and what it opened is closed
         third.unlink()
+
+        def full_disk(self: HistoryFile) -> None:
+            if self.path == str(third):
+                raise HistoryUnavailable(f"history file {third}: cannot read: database or disk is full")
+            open_noting_thread(self)
+
+        monkeypatch.setattr(HistoryFile, "open", full_disk)
+        assert not await deadline(reloader.reload())
+        assert any(f"reload rejected: history file {third}: cannot read: database or disk is full" in formatEvent(e)
+                   for e in log_events)
+        assert files.prepared == {} and "Added" not in service.sinks
+        monkeypatch.setattr(HistoryFile, "open", open_noting_thread)
+
+        # 4. the corrupt file gone: the reload is applied with the files it opened
         assert await deadline(reloader.reload())
         assert files.stores[str(added)].users == 1 and files.stores[str(third)].users == 1
         await deadline(service.bus.publish("Added", [Event({"n": 1})]))

@@ -34,6 +34,7 @@ from sse_daemon.config.errors import ConfigError
 from sse_daemon.config.load import load_files
 from sse_daemon.config.model import Config
 from sse_daemon.connectors.sink.durable import HistoryRefused
+from sse_daemon.connectors.sink.historyfile import HistoryUnavailable
 from sse_daemon.daemon.plan import Plan, connector_key, history_notes, keys, plan
 from sse_daemon.policy.connections import Stopping
 
@@ -129,7 +130,8 @@ class Reloader:
         try:
             await daemon.prepare(new, changes)  # new history files are opened and checked on a thread
             staged = None if self.stopping else daemon.stage(new, changes)
-        except HistoryRefused as e:  # a sink's new history file is corrupt and history.on.corrupt is refuse
+        # a sink's new history file is corrupt and history.on.corrupt is refuse, or cannot be opened (a full disk)
+        except (HistoryRefused, HistoryUnavailable) as e:
             daemon.discard_prepared()
             self.counters["rejected"] += 1
             log.error("reload rejected: {message}; the running configuration is unchanged", message=str(e))
