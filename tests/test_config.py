@@ -172,3 +172,34 @@ def test_bad_headers(text) -> None:
         parse_headers(text)
 
 
+
+
+HUGE = "9" * 5000  # more digits than Python reads as an int (4300)
+SINK = "sinks:\n  S:\n    type: sse-server\n    schema: 'a int'\n    server.port: 0\n    {option}\n"
+
+
+@pytest.mark.parametrize("option, expected", [
+    (f"history.size: {HUGE}", "conf.yaml:6: sink 'S': option 'history.size': expected an integer, found one of 5000 digits"),
+    (f"history.size: '{HUGE}'", "conf.yaml:6: sink 'S': option 'history.size': expected an integer, found one of 5000 digits"),
+    ("history.size: 2020-13-45", "conf.yaml:6: sink 'S': option 'history.size': expected an integer, found '2020-13-45'"),
+    ("server.path: !!python/name:os.system", "conf.yaml:6: YAML error: could not determine a constructor for the tag "
+                                        "'tag:yaml.org,2002:python/name:os.system'"),
+])
+def test_values_yaml_cannot_construct_are_located_errors(option: str, expected: str) -> None:
+    """Seen: an integer of thousands of digits, a date that is none or an unknown tag ended --check in a traceback."""
+    assert expected in errors(SINK.format(option=option))
+
+
+def test_a_date_that_is_none_is_text_and_huge_numbers_in_statements_are_errors() -> None:
+    """Seen: these ended in tracebacks too (a 1.5L literal as well: the L was read as an integer's)."""
+    from sse_daemon.config.statements import load_statements
+
+    assert validate(load_yaml(SINK.format(option="server.path: 2020-13-45"), "conf.yaml")).sinks[0].options.server_path == "/2020-13-45"
+    with pytest.raises(ConfigError, match="conf.sql:1: sink 'S': option 'history.size': expected an integer, found inf"):
+        validate(load_statements(f"CREATE SINK S WITH (type='sse-server', server.port=0, history.size={HUGE}) (a int);", "conf.sql"))
+    routed = validate(load_statements(f"CREATE STREAM T (a int); CREATE SINK S WITH (type='log') (a int);\n"
+                                      f"INSERT INTO T SELECT * FROM S WHERE a < {HUGE};", "conf.sql"))
+    assert routed.routes[0].where.matches({"a": 1}) is True
+    suffixed = validate(load_statements("CREATE STREAM T (a int); CREATE SINK S WITH (type='log') (a int);\n"
+                                        "INSERT INTO T SELECT * FROM S WHERE a < 1.5L;", "conf.sql"))  # a suffix is ignored
+    assert suffixed.routes[0].where.matches({"a": 1}) is True

@@ -100,11 +100,15 @@ def from_tree(node: Tree | Token) -> Expr:
 def number_value(token: Token | str) -> int | float:
     """``12`` and ``12L`` are integers; ``1.5``, ``1e3`` and ``1.0f``/``1.0d`` are floats."""
     text = str(token)
-    if text[-1] in "lL":
-        return int(text[:-1])
     if text[-1] in "fFdD":
         return float(text[:-1])
-    return float(text) if any(c in text for c in ".eE") else int(text)
+    digits = text.rstrip("lL")  # 1.5L is 1.5
+    if any(c in digits for c in ".eE"):
+        return float(digits)
+    try:
+        return int(digits)
+    except ValueError:  # more digits than Python reads as an int (4300): the float it is (inf), as 1e5000 is
+        return float(digits)
 
 
 def string_value(token: Token | str) -> str:

@@ -37,7 +37,10 @@ def parse_int(value: Any, minimum: int | None = None, maximum: int | None = None
     if isinstance(value, bool):
         raise OptionError(f"expected an integer, found {found(value)}")
     if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
-        value = int(value)
+        try:
+            value = int(value)
+        except ValueError:  # more digits than Python reads as an int (4300)
+            raise OptionError(f"expected an integer, found one of {len(value.strip().lstrip('+-'))} digits") from None
     if not isinstance(value, int):
         raise OptionError(f"expected an integer, found {found(value)}")
     if minimum is not None and value < minimum or maximum is not None and value > maximum:

@@ -121,7 +121,18 @@ class _YamlReader:
         return Location(self._filename, node.start_mark.line + 1)
 
     def value(self, node: yaml.Node) -> Any:
-        return self._loader.construct_object(node, deep=True)
+        """The node's value. A scalar that only looks like an integer or a date (one of thousands of digits,
+        2020-13-45) is its text, for the option's parser to judge; a tag no safe loader knows is an issue."""
+        try:
+            return self._loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as e:
+            self._issues.append(ConfigIssue(self.loc(node), f"YAML error: {e.problem or e}"))
+            return None
+        except ValueError as e:
+            if isinstance(node, yaml.ScalarNode):
+                return node.value
+            self._issues.append(ConfigIssue(self.loc(node), f"YAML error: {e}"))  # such a scalar inside a list or mapping
+            return None
 
     def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...] | None = None) -> dict[str, yaml.Node] | None:
         """A mapping's entries by key; duplicate and (if ``allowed``) unknown keys are issues."""
