@@ -64,3 +64,15 @@ def test_the_events_waiting_are_counted_by_the_publish_they_came_in() -> None:
     assert lags.waiting("S") == 160 and lags.waiting("T") == 0
     lags.delivered("S", (1, 99))
     assert lags.waiting("S") == 10
+
+
+def test_publishes_redis_no_longer_holds_stop_waiting_and_those_it_holds_still_wait() -> None:
+    lags = FanoutLag()
+    lags.accepted("S", (1000, 0), now=10.0, count=3)
+    lags.accepted("S", (1001, 0), now=11.0, count=4)
+    lags.accepted("S", (1002, 0), now=12.0, count=5)
+    lags.lost_after("S", (1000, 7))  # restarted holding entries up to 1000-7: the later two are gone
+    assert lags.lag("S", now=13.0) == 3.0 and lags.waiting("S") == 3
+    lags.lost_after("S", (0, 0))  # restarted empty
+    assert lags.lag("S", now=13.0) == 0.0 and lags.waiting("S") == 0
+    lags.lost_after("T", (0, 0))  # a stream with nothing waiting: nothing to do

@@ -453,6 +453,30 @@ async def test_ingest_refuses_while_the_fanout_is_behind_and_takes_again_once_it
 
 
 @pytest_twisted.ensureDeferred
+async def test_publishes_a_restarted_redis_lost_do_not_hold_the_ingest_back_for_good(daemon, redis_server) -> None:
+    """Seen: Redis restarted without the entries this instance had published and not yet read back
+    (no persistence, or the last second of appendfsync everysec). Their marks waited for entries that
+    would never come, so once older than fanout.max.lag the ingest answered 503 fanout-behind for good:
+    nothing it refused could reach Redis and move the reader past them. The slow fan-out is a local
+    subscriber that takes 0.2 ms of the reactor per event, as in the test above."""
+    import time
+
+    text = shared_config(redis_server).replace(
+        "  reconnect.max.delay: 0.3\n", "  reconnect.max.delay: 0.3\n  fanout.max.lag: 0.2\n  history.size: 20000\n")
+    a = await instance(daemon, text)
+    a.bus.subscribe("S", lambda events: time.sleep(0.0002 * len(events)))
+    for _ in range(10):
+        await deadline(a.bus.publish("S", [Event({"n": i}) for i in range(1000)]))
+    await wait_for(lambda: a.bus.counters["events_delivered"] >= 1000, what="the first thousand read back")
+    redis_server.restart(keep=False)  # the unread entries are gone with it
+    await wait_for(lambda: a.bus.counters["reconnects"] > 0, what="the bus to notice")
+    await wait_for(lambda: a.bus.placed, what="the bus back")
+    assert a.bus.fanout_lag("S") == 0.0, "nothing this instance can still read back waits"
+    code, answer = await post(a.port_of("In"), 1)
+    assert code == 200, answer
+
+
+@pytest_twisted.ensureDeferred
 async def test_entries_redis_trimmed_before_an_instance_read_them_are_counted_and_logged(daemon, redis_server, log_events,
                                                                                         monkeypatch) -> None:
     """An instance that falls more than history.size behind loses what Redis trims before it reads it:

@@ -53,6 +53,13 @@ class FanoutLag:
         while marks and marks[0].newest <= position:
             marks.popleft()
 
+    def lost_after(self, stream: str, newest: Key) -> None:
+        """Redis holds nothing of ``stream`` after ``newest`` (it restarted without the last entries it
+        acknowledged): marks beyond it will never be read back, and would hold the ingest back for good."""
+        marks = self._marks.get(stream)
+        while marks and marks[-1].newest > newest:
+            marks.pop()
+
     def forget(self, stream: str) -> None:
         """Nobody here reads ``stream`` any more (or where it is read from was lost): nothing waits."""
         self._marks.pop(stream, None)

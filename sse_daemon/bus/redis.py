@@ -380,6 +380,7 @@ class RedisBus(Service):
         while self.running:
             try:
                 await self._connect()
+                await self._drop_lost_marks()
                 self._set_state("up", "")
                 attempt = 0
                 while self.running:
@@ -408,6 +409,14 @@ class RedisBus(Service):
 
         self._writer = await connection()
         self._reader = await connection()
+
+    async def _drop_lost_marks(self) -> None:
+        """Before publishes are taken again: forget the publishes waiting for a fan-out whose entries Redis
+        no longer has (restarted without them), so their age does not refuse the ingest for good."""
+        for stream in self.lags.streams():
+            newest = await self._reader.execute_command("XREVRANGE", self.prefix + stream, "+", "-", "COUNT", "1").addTimeout(
+                COMMAND_TIMEOUT, self.reactor)
+            self.lags.lost_after(stream, entry_key(newest[0][0]) if newest else (0, 0))
 
     async def _disconnect(self) -> None:
         connections = (self._writer, self._reader)
