@@ -677,3 +677,21 @@ async def test_a_sink_with_workers_sends_the_bus_ids_and_resumes_another_instanc
     assert [m.id for m in parsed(bytes(again.received))] == [m.id for m in parsed(bytes(here.received))][1:], "events 2 and 3, exactly"
     for client in (here, again):
         await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instance_that_reads_no_stream_reconnects_after_redis_restarts(redis_server) -> None:
+    """Seen: an instance that only publishes (an ingest whose sinks run elsewhere) never noticed that its
+    connection was gone: the reader loop, with no stream to read, only slept, so the bus stayed "up" and
+    every publish failed ("Not connected") until the daemon was restarted."""
+    from .test_lease import started_bus
+
+    bus = await started_bus(redis_server.url)
+    try:
+        await deadline(bus.publish("S", [Event({"n": 1})]))
+        redis_server.restart(keep=False)
+        await wait_for(lambda: bus.counters["reconnects"] > 0, what="the bus to notice Redis went away")
+        await wait_for(lambda: bus.state == "up", what="the bus back")
+        assert len(await deadline(bus.publish("S", [Event({"n": 2})]))) == 1
+    finally:
+        await deadline(bus.stopService())

@@ -441,7 +441,8 @@ class RedisBus(Service):
     async def _read_once(self) -> None:
         reader = self._reader
         streams = [stream for stream, subs in self._subscriptions.items() if subs]
-        if not streams:
+        if not streams:  # nothing to read, but a lost or hung connection must still end in a reconnect
+            await reader.execute_command("PING").addTimeout(COMMAND_TIMEOUT, self.reactor)
             await deferLater(self.reactor, READ_BLOCK_MS / 1000, lambda: None)
             return
         for stream in streams:
