@@ -20,7 +20,7 @@ from twisted.internet.defer import DeferredList
 
 from sse_daemon.events.schema import Event
 
-from .conftest import deadline, raw_request, subscribe, wait_for
+from .conftest import deadline, raw_request, sleep, subscribe, wait_for
 from .redis_server import redis_server  # noqa: F401  (the fixture)
 from .test_redisbus import instance, post_body
 from .test_resume import head, parsed
@@ -171,3 +171,56 @@ async def test_a_resume_redis_does_not_answer_gets_its_head_in_time_with_a_reset
     await client.wait_for(b'"n":3', timeout=10)
     await client.close()
     await live.close()
+
+
+
+async def until_taken(bus, command, timeout: float = 10.0) -> object:
+    """Send ``command()`` again until Redis takes it; fails the test after ``timeout``."""
+    end = reactor.seconds() + timeout
+    while True:
+        try:
+            return await deadline(command())
+        except Exception as e:
+            if reactor.seconds() > end:
+                raise AssertionError(f"still refused after {timeout}s: {e}") from None
+        await sleep(0.05)
+
+
+def fail_over(address, old, new) -> None:
+    """The address leads to ``new`` from now on, and ``old`` becomes its replica (what Sentinel does)."""
+    address.port = new.port
+    subprocess.run(["/usr/bin/redis-cli", "-p", str(new.port), "REPLICAOF", "NO", "ONE"], check=True, capture_output=True, timeout=10)
+    subprocess.run(["/usr/bin/redis-cli", "-p", str(old.port), "REPLICAOF", "127.0.0.1", str(new.port)],
+                   check=True, capture_output=True, timeout=10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_primary_turned_replica_behind_one_address_is_left_for_the_new_primary(redis_server, tmp_path) -> None:
+    """Seen: after a fail-over behind one address (Sentinel, a proxy, a DNS name) the old primary, now a
+    replica, answered every write READONLY on the connection the bus kept: the bus stayed up, every
+    publish and lease command was refused for good, and /readyz said ok. Here a proxy is the address."""
+    from twisted.protocols.portforward import ProxyFactory
+
+    from .redis_server import RedisServer
+    from .test_lease import started_bus
+
+    (tmp_path / "new").mkdir()
+    new = RedisServer(tmp_path / "new")
+    new.start()
+    address = ProxyFactory("127.0.0.1", redis_server.port)
+    proxy = reactor.listenTCP(0, address, interface="127.0.0.1")
+    bus = await started_bus(f"redis://127.0.0.1:{proxy.getHost().port}/0")
+    try:
+        await deadline(bus.publish("S", [Event({"n": 1})]))
+        fail_over(address, redis_server, new)
+        refused = await deadline(bus.publish("S", [Event({"n": 2})]).addCallbacks(lambda _: None, lambda f: f.value))
+        assert "READONLY" in str(refused), repr(refused)
+        await until_taken(bus, lambda: bus.publish("S", [Event({"n": 3})]))
+        assert bus.counters["reconnects"] == 1
+        fail_over(address, new, redis_server)  # and back: this time only a lease's command meets the replica
+        await until_taken(bus, lambda: bus.command("SET", "lease-like", "x"))
+        assert bus.counters["reconnects"] == 2
+    finally:
+        await deadline(bus.stopService())
+        await proxy.stopListening()
+        new.stop()

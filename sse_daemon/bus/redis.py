@@ -134,6 +134,14 @@ def is_connection_failure(error: BaseException | None) -> bool:
     ))
 
 
+def is_replica_refusal(error: BaseException | None) -> bool:
+    """Whether Redis refused a write as a replica (``READONLY``): after a fail-over behind one address the
+    connection still leads to the old primary, and only a new connection reaches the new one."""
+    import txredisapi  # loaded already: only a running Redis bus fails commands
+
+    return isinstance(error, txredisapi.ResponseError) and str(error).startswith("READONLY")
+
+
 def exec_ids(replies: Any, count: int) -> list[str]:
     """The entry ids from an EXEC reply (the XADDs come first); ValueError if the transaction did not apply."""
     if not isinstance(replies, list) or len(replies) < count:
@@ -311,7 +319,20 @@ class RedisBus(Service):
         writer = self._writer
         if self.state != "up" or writer is None:
             return fail(BusUnavailable(f"the Redis bus at {self.url} is {self.state}: {self.reason}"))
-        return self._track(writer.execute_command(*args).addTimeout(COMMAND_TIMEOUT, self.reactor))
+        d = self._track(writer.execute_command(*args).addTimeout(COMMAND_TIMEOUT, self.reactor))
+        d.addErrback(self._command_failed)
+        return d
+
+    def _command_failed(self, failure: Failure) -> Failure:
+        """A replica's refusal: reconnect, so a lease is taken and renewed on the new primary; passed on."""
+        if is_replica_refusal(failure.value):
+            self._reconnect()
+        return failure
+
+    def _reconnect(self) -> None:
+        """Drop the reader's connection: the reader loop notices and reconnects both."""
+        if self.running and self._reader is not None:
+            self._reader.disconnect()
 
     def _track(self, d: Deferred) -> Deferred:
         """Note a command in flight, so a stop lets it finish (a lease's release, a last publish)."""
@@ -367,12 +388,12 @@ class RedisBus(Service):
         inner = failure.value.subFailure if isinstance(failure.value, FirstError) else failure
         reason = inner.getErrorMessage()
         self.counters["publish_failed"] += 1
-        lost = is_connection_failure(inner.value)
+        lost = is_connection_failure(inner.value) or is_replica_refusal(inner.value)
         if should_log(self.counters["publish_failed"]):
             self.log.warn("publishing to Redis {url} failed: {reason} ({what})", url=str(self.url), reason=reason,
                           what="reconnecting" if lost else "the connection is fine, only this publish failed")
-        if lost and self.running and self._reader is not None:
-            self._reader.disconnect()  # a connection problem: the reader loop notices and reconnects both
+        if lost:
+            self._reconnect()
         return Failure(BusUnavailable(f"the Redis bus at {self.url} failed: {reason}"))
 
     async def _run(self) -> None:
