@@ -33,6 +33,11 @@ class ISubscription(Interface):
         """Stop delivering; calling it twice is harmless."""
 
 
+class PublishUnconfirmed(Exception):
+    """The bus's answer to a publish was lost (a timeout, a dropped connection): it may have taken the
+    events, so a publisher that retries may publish them twice."""
+
+
 class IBus(Interface):
     """Publish events into a stream; subscribe to a stream's events."""
 
@@ -43,7 +48,7 @@ class IBus(Interface):
         bus, which delivers before it returns: at once, or once every Deferred its
         subscribers returned has fired; with the bus's ids on a shared one) and fails
         when the bus took none of them (``BusUnavailable``, or ``InvalidValue`` for a
-        value the bus cannot store), or with the first failure a subscriber's Deferred
+        value the bus cannot store), with ``PublishUnconfirmed`` when it may have taken them, or with the first failure a subscriber's Deferred
         had (``HistoryUnavailable``: a sink could not commit them to its history file).
         """
 

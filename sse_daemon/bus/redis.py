@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sse_daemon.bus.fanoutlag import FanoutLag
-from sse_daemon.bus.interfaces import ISharedBus, ISubscription, Subscriber
+from sse_daemon.bus.interfaces import ISharedBus, ISubscription, PublishUnconfirmed, Subscriber
 from sse_daemon.bus.memory import subscriber_failed
 from sse_daemon.bus.readgaps import ReadGaps
 from sse_daemon.bus.streamids import STREAM_IDS, entry_key, key_below, show_key
@@ -394,6 +394,8 @@ class RedisBus(Service):
                           what="reconnecting" if lost else "the connection is fine, only this publish failed")
         if lost:
             self._reconnect()
+        if is_connection_failure(inner.value):  # the commands may have reached Redis, only its answer was lost
+            return Failure(PublishUnconfirmed(f"the Redis bus at {self.url} did not answer: {reason}"))
         return Failure(BusUnavailable(f"the Redis bus at {self.url} failed: {reason}"))
 
     async def _run(self) -> None:

@@ -29,7 +29,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from sse_daemon.compat import request_disconnected  # the client left before its answer
-from sse_daemon.bus.interfaces import IBus
+from sse_daemon.bus.interfaces import IBus, PublishUnconfirmed
 from sse_daemon.connectors.interfaces import ISource
 from sse_daemon.connectors.sink.historyfile import HistoryUnavailable
 from sse_daemon.policy.limits import should_log
@@ -193,6 +193,9 @@ class IngestResource(Resource):
         elif isinstance(failure.value, HistoryUnavailable):  # a sink's history file could not take them (a full disk)
             body = self._reject(request, 503, "history-unavailable",
                                 f"the events could not be saved: {failure.getErrorMessage()}; retry later")
+        elif isinstance(failure.value, PublishUnconfirmed):  # honest: the bus may have them, a retry may repeat them
+            body = self._reject(request, 503, "bus-unavailable", f"the events may or may not have been published (a retry "
+                                f"may publish them twice): {failure.getErrorMessage()}; retry later")
         else:
             body = self._reject(request, 503, "bus-unavailable", f"the events were not published: {failure.getErrorMessage()}; retry later")
         if not request.finished and not request_disconnected(request):

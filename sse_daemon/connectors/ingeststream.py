@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sse_daemon.bus.interfaces import PublishUnconfirmed
 from sse_daemon.connectors.sink.historyfile import HistoryUnavailable
 from sse_daemon.edge.bodystream import BodyStream, IBodyConsumer
 from sse_daemon.events.schema import Event
@@ -158,6 +159,8 @@ class NdjsonPublish:
             reason, message = error.reason, f"not published: {failure.getErrorMessage()}"
         elif isinstance(error, HistoryUnavailable):
             reason, message = "history-unavailable", f"could not be saved: {failure.getErrorMessage()}"
+        elif isinstance(error, PublishUnconfirmed):
+            reason, message = "bus-unavailable", f"may or may not have been published: {failure.getErrorMessage()}"
         else:
             reason, message = "bus-unavailable", f"not published: {failure.getErrorMessage()}"
         self._refuse_lines(numbers, reason, message)
