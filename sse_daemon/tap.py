@@ -6,6 +6,7 @@ file stops twistd before anything binds, with every error listed at once.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 from typing import Any
@@ -24,6 +25,10 @@ from sse_daemon.connectors.sink.historyfile import HistoryUnavailable, check_fil
 from sse_daemon.daemon.service import DaemonService, build_service
 from sse_daemon.edge.listener import server_endpoint
 from sse_daemon.edge.tls import is_tls
+
+
+#: the shortest --stats-interval: a line per connector ten times a second is already more than anyone reads
+MIN_STATS_INTERVAL = 0.1
 
 
 class Options(usage.Options):
@@ -54,9 +59,13 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self._logging()
         try:
-            self["stats-interval"] = float(self["stats-interval"])
+            interval = float(self["stats-interval"])
         except ValueError:
-            raise usage.UsageError(f"--stats-interval: expected seconds, found {self['stats-interval']!r}") from None
+            interval = math.nan
+        if not (interval == 0 or MIN_STATS_INTERVAL <= interval < math.inf):  # nan passed every check; 1e-300 wrote lines without end
+            raise usage.UsageError(f"--stats-interval: expected 0 (off) or seconds from {MIN_STATS_INTERVAL:g} up, "
+                                   f"found {self['stats-interval']!r}")
+        self["stats-interval"] = interval
         if not self["config"]:
             raise usage.UsageError("--config FILE is required (for example --config etc/sse-daemon.yaml)")
         try:

@@ -132,6 +132,8 @@ def test_all_errors_reported_together_with_file_line_connector_option() -> None:
         ("sinks:\n  A: {type: log, schema: 'a string'}\nsources:\n  A: {type: http, schema: 'a string', receiver.url: 'http://x:1/'}\n", r"conf.yaml:4: source 'A': the name 'A' is already used"),
         ("sinks:\n  S: {type: log\n", r"conf.yaml:3: YAML syntax error"),
         ("", r"conf.yaml:1: the file is empty"),
+        ("streams: {S: {schema: " + "[" * 2000 + "]" * 2000 + "}}\n", r"conf.yaml: the YAML nests too deep"),  # was a RecursionError
+        ("sinks: {A: {type: log, stream: S, headers: " + "{a: " * 400 + "1" + "}" * 400 + "}}\n", r"the YAML nests too deep"),
     ],
 )
 def test_error_cases_name_file_line_and_option(text: str, expected: str) -> None:

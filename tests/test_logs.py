@@ -154,6 +154,9 @@ def test_plugin_options_name_the_observer_for_twistd(tmp_path: Path) -> None:
         Options().parseOptions(["--config", str(config), "--log-format", "xml"])
     with pytest.raises(usage.UsageError, match="--stats-interval"):
         Options().parseOptions(["--config", str(config), "--stats-interval", "soon"])
+    for odd in ("nan", "inf", "-1", "1e-300"):  # nan passed every check; 1e-300 logged without end
+        with pytest.raises(usage.UsageError, match="expected 0 .off. or seconds from 0.1 up"):
+            Options().parseOptions(["--config", str(config), "--stats-interval", odd])
 
 
 @pytest.mark.reactor_free

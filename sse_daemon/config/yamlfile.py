@@ -24,6 +24,16 @@ ROUTE_KEYS = ("from", "to", "select", "where")
 
 def load_yaml(text: str, filename: str = "<config>") -> RawConfig:
     """Turn YAML text into a RawConfig, keeping each value's line."""
+    try:
+        return _load_yaml(text, filename)
+    except RecursionError:  # PyYAML composes and builds nested values by recursion: hundreds of levels exhaust it
+        raw = RawConfig(files=[filename])
+        raw.issues.append(ConfigIssue(Location(filename, None), "the YAML nests too deep (hundreds of levels of lists or "
+                                                                 "mappings); no option takes such a value"))
+        return raw
+
+
+def _load_yaml(text: str, filename: str) -> RawConfig:
     raw = RawConfig(files=[filename])
     loader = yaml.SafeLoader(text)
     try:
