@@ -696,3 +696,31 @@ async def test_an_instance_that_reads_no_stream_reconnects_after_redis_restarts(
         assert len(await deadline(bus.publish("S", [Event({"n": 2})]))) == 1
     finally:
         await deadline(bus.stopService())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_accepts_and_never_answers_the_handshake_is_left_and_tried_again(daemon, monkeypatch) -> None:
+    """AUTH and SELECT go out as the connection is made, before any command of ours has a timeout: a peer that
+    accepts and never answers (a stopped Redis, a proxy in front of a dead one) kept the bus connecting for good.
+    The handshake has the command timeout too; the bus says why and tries again."""
+    from twisted.internet import protocol
+
+    import sse_daemon.bus.redis as redisbus
+
+    monkeypatch.setattr(redisbus, "COMMAND_TIMEOUT", 0.3)
+    connections: list[protocol.Protocol] = []
+
+    class Silent(protocol.Protocol):
+        def connectionMade(self) -> None:
+            connections.append(self)
+
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(Silent), interface="127.0.0.1")
+    try:
+        service = await daemon(SHARED.format(url=f"redis://:a-password@127.0.0.1:{port.getHost().port}/2", prefix="t:",
+                                             heartbeat=15.0))
+        await wait_for(lambda: len(connections) >= 2, what="a second attempt after the first handshake timed out")
+        assert service.bus.state in ("connecting", "down") and "could not auth" in service.bus.reason, service.bus.reason
+        assert "a-password" not in service.bus.reason
+        await wait_for(lambda: not connections[0].transport.connected, what="the first attempt's connection closed")
+    finally:
+        await port.stopListening()

@@ -425,9 +425,12 @@ class RedisBus(Service):
         import txredisapi  # only a redis bus needs the client
 
         def connection() -> Deferred:
+            # replyTimeout (the client aborts the connection) bounds the handshake: AUTH and SELECT are sent as the
+            # connection is made, out of reach of our own timeouts, and a peer that accepts and never answers (a
+            # stopped Redis, a proxy) left the bus connecting for good. Past COMMAND_TIMEOUT: ours act first after.
             return txredisapi.Connection(
                 self.url.host, self.url.port, dbid=self.url.db, reconnect=False, convertNumbers=False,
-                password=self.url.password, username=self.url.username, connectTimeout=5,
+                password=self.url.password, username=self.url.username, connectTimeout=5, replyTimeout=COMMAND_TIMEOUT + 1,
             )
 
         self._writer = await connection()
