@@ -18,6 +18,8 @@ from prometheus_client import generate_latest
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 
+from sse_daemon.config.validate import validate
+from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.events.schema import Event
 
 from .conftest import deadline, raw_request, sleep, subscribe, wait_for
@@ -224,3 +226,39 @@ async def test_a_primary_turned_replica_behind_one_address_is_left_for_the_new_p
         await deadline(bus.stopService())
         await proxy.stopListening()
         new.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_address_that_leads_to_a_replica_is_not_up_until_it_leads_to_a_primary(redis_server, tmp_path) -> None:
+    """Pointed at a replica, the bus was up and refused every publish READONLY, reconnecting after each with a
+    down and an up line: it now stays down saying why, backing off, and is up once the server is a primary."""
+    from sse_daemon.bus.redis import RedisBus
+
+    from .redis_server import RedisServer
+
+    (tmp_path / "replica").mkdir()
+    replica = RedisServer(tmp_path / "replica")
+    replica.start()
+    try:
+        subprocess.run(["/usr/bin/redis-cli", "-p", str(replica.port), "REPLICAOF", "127.0.0.1", str(redis_server.port)],
+                       check=True, capture_output=True, timeout=10)
+        config = validate(load_yaml(f"""\
+sinks:
+  Out: {{type: log, schema: "n int"}}
+bus: {{type: redis, url: "redis://127.0.0.1:{replica.port}/0", reconnect.max.delay: 0.3}}
+"""))
+        bus = RedisBus(config.bus, reactor)
+        bus.startService()
+        try:
+            await wait_for(lambda: bus.counters["reconnects"] >= 3, what="attempts at the replica")
+            assert bus.state != "up" and "leads to a replica" in bus.reason, (bus.state, bus.reason)
+            refused = await deadline(bus.publish("S", [Event({"n": 1})]).addCallbacks(lambda _: None, lambda f: f.value))
+            assert refused is not None and "leads to a replica" in str(refused), "refused at once, saying why"
+            subprocess.run(["/usr/bin/redis-cli", "-p", str(replica.port), "REPLICAOF", "NO", "ONE"],
+                           check=True, capture_output=True, timeout=10)
+            await wait_for(lambda: bus.state == "up", what="the bus up once the server is a primary")
+            await deadline(bus.publish("S", [Event({"n": 2})]))
+        finally:
+            await deadline(bus.stopService())
+    finally:
+        replica.stop()

@@ -134,6 +134,10 @@ def is_connection_failure(error: BaseException | None) -> bool:
     ))
 
 
+class ReplicaAddress(Exception):
+    """The bus's address leads to a replica (read-only): not up until it leads to a primary."""
+
+
 def is_replica_refusal(error: BaseException | None) -> bool:
     """Whether Redis refused a write as a replica (``READONLY``): after a fail-over behind one address the
     connection still leads to the old primary, and only a new connection reaches the new one."""
@@ -403,6 +407,7 @@ class RedisBus(Service):
         while self.running:
             try:
                 await self._connect()
+                await self._refuse_replica()
                 await self._drop_lost_marks()
                 self._set_state("up", "")
                 attempt = 0
@@ -435,6 +440,20 @@ class RedisBus(Service):
 
         self._writer = await connection()
         self._reader = await connection()
+
+    async def _refuse_replica(self) -> None:
+        """A replica takes no writes: the bus is not up while the address leads to one (backing off, one line
+        a change of state), rather than up and refusing every publish, reconnecting after each (a line each).
+        A user whose ACL does not allow ROLE is taken at its word: a replica then shows as READONLY refusals."""
+        import txredisapi
+
+        try:
+            role = await self._writer.execute_command("ROLE").addTimeout(COMMAND_TIMEOUT, self.reactor)
+        except txredisapi.ResponseError:  # NOPERM, or a server without ROLE
+            return
+        kind = role[0].decode("latin-1") if role and isinstance(role[0], bytes) else (role[0] if role else "")
+        if kind in ("slave", "replica"):
+            raise ReplicaAddress(f"{self.url} leads to a replica, which takes no writes; waiting for it to lead to a primary")
 
     async def _drop_lost_marks(self) -> None:
         """Before publishes are taken again: forget the publishes waiting for a fan-out whose entries Redis
