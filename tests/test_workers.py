@@ -128,7 +128,7 @@ async def test_a_killed_worker_is_replaced_and_its_subscribers_resume(daemon, lo
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_worker_that_stops_reading_is_killed_at_its_bound_and_replaced(daemon) -> None:
+async def test_a_worker_that_stops_reading_is_killed_at_its_bound_and_replaced(daemon, log_events) -> None:
     """The daemon does not hold events without limit for a worker that does not read its pipe,
     and a burst alone (a full pipe that a reading worker would drain) kills nobody."""
     service = await daemon(CONFIG.replace('schema: "n int"', 'schema: "n int, pad string"')
@@ -147,10 +147,12 @@ async def test_a_worker_that_stops_reading_is_killed_at_its_bound_and_replaced(d
                 break
         assert stuck.paused and stuck.behind > 262144 and not stuck.ended.called, "a burst alone kills nobody"
         await wait_for(lambda: pool.clock.seconds() - stuck.paused_at > 0.3, what="the stall time to pass")
-        service.bus.publish("S", [Event({"n": 100, "pad": pad})])
-        pool.feed.flush()
+        for n in (100, 101, 102):  # the kill is sent at the first; those before its end neither kill nor log again
+            service.bus.publish("S", [Event({"n": n, "pad": pad})])
+            pool.feed.flush()
         await wait_for(lambda: stuck.ended.called, what="the stuck worker to be killed")
         assert pool.sink.counters["worker_kills_behind"] == 1
+        assert len([e for e in log_events if "bytes behind: killed" in e.get("log_format", "")]) == 1
         await wait_for(lambda: pool.workers[1] is not None and pool.workers[1].figures, what="a new worker 1")
         assert pool.workers[1].pid != stuck_pid and pool.workers[0] is not None and pool.workers[0].pid != stuck_pid
     finally:

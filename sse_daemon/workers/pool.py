@@ -109,6 +109,8 @@ class WorkerProcess(ProcessProtocol):
         self.behind = 0  # bytes written to the pipe while the worker was not reading it
         self.paused = False
         self.paused_at = 0.0
+        #: killed for being behind: what is sent until it has ended would only kill and log it again
+        self.killed = False
         self._lines = {1: b"", 2: b""}
 
     def connectionMade(self) -> None:
@@ -120,7 +122,7 @@ class WorkerProcess(ProcessProtocol):
 
     def send(self, message: bytes, live: bool = True) -> None:
         """Write to the worker's pipe; live events count against its bound, its start-up copy of the history does not."""
-        if self.transport is None or self.ended.called:
+        if self.transport is None or self.ended.called or self.killed:
             return
         if self.paused and live:
             self.behind += len(message)
@@ -129,6 +131,7 @@ class WorkerProcess(ProcessProtocol):
                 self.pool.counters["worker_kills_behind"] += 1
                 self.log.warn("worker {worker} of sink {sink} (pid {pid}) is {behind} bytes behind: killed, to be restarted",
                               worker=self.index, sink=self.pool.feed.name, pid=self.pid, behind=self.behind)
+                self.killed = True
                 self.signal("KILL")
                 return
         self.transport.write(message)
