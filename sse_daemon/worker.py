@@ -30,6 +30,7 @@ from twisted.logger import FilteringLogObserver, Logger, LogLevelFilterPredicate
 
 from sse_daemon.bus.memory import MemoryBus
 from sse_daemon.bus.streamids import STREAM_IDS
+from sse_daemon.config.credentials import AccessSecrets
 from sse_daemon.connectors.sink import SseSink, SseSinkService, bus_history
 from sse_daemon.connectors.sink.ids import LOCAL_IDS
 from sse_daemon.daemon.build import Builder
@@ -61,11 +62,13 @@ class Worker(channel.MessageReceiver):
         self.shutting_down = Stopping()
         self.index = -1
         self.family = 0
+        #: the sink's secrets as the daemon read them at its start (not the files now: they may have changed since)
+        self.access: AccessSecrets | None = None
 
     # -- messages from the daemon
     def setup(self, spec: dict[str, Any]) -> None:
         connector, schema = spec["connector"], spec["schema"]
-        self.index, self.family = spec["index"], spec["family"]
+        self.index, self.family, self.access = spec["index"], spec["family"], spec["access"]
         self.passwords = PasswordPool(self.reactor)  # this process's own threads for auth.type basic
         # events come by pipe, not from a bus; the descriptors are this process's own
         self.builder = Builder(MemoryBus(), self.reactor, self.reactor, self.passwords, descriptor_budget(self.reactor),
@@ -88,7 +91,7 @@ class Worker(channel.MessageReceiver):
         self.service = SseSinkService(sink, builder.bus, connector.stream, self.reactor)
         self.service.startService()
         self.passwords.startService()
-        table = builder.route_table([(connector.options.server_path, connector)], lambda c: builder.guarded_sink(c, sink))
+        table = builder.route_table([(connector.options.server_path, connector)], lambda c: builder.guarded_sink(c, sink, self.access))
         site = table.site(self.reactor, builder.descriptors, builder.stopping)
         self.port = self.reactor.adoptStreamPort(LISTEN_FD, self.family, site)
         os.close(LISTEN_FD)  # adoptStreamPort works on its own copy

@@ -249,3 +249,26 @@ async def _request(port: int, headers: str) -> bytes:
     client = await raw_request(port, f"GET /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n".encode())
     await deadline(client.closed)
     return bytes(client.received)
+
+
+@pytest.mark.parametrize("change", ["deleted", "rewritten"])
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_worker_checks_the_credentials_its_siblings_check(daemon, tmp_path, log_events, change) -> None:
+    """A worker started again after the users file changed (a reload cannot change such a sink) checks what the
+    daemon read at its start, as its siblings do: it serves, and lets in whom they let in."""
+    users = tmp_path / "users"
+    users.write_text(f"alice:{bcrypt.hashpw(b'secret', bcrypt.gensalt(rounds=4)).decode()}\n")
+    service = await daemon(CONFIG.replace("drain.window: 0.2}", f"drain.window: 0.2, auth.type: basic, auth.users.file: {users}}}"))
+    pool = service.sinks["S"]
+    old_pid = (await started(service))[0]
+    if change == "deleted":
+        users.unlink()
+    else:
+        users.write_text(f"bob:{bcrypt.hashpw(b'other', bcrypt.gensalt(rounds=4)).decode()}\n")
+    os.kill(old_pid, signal.SIGKILL)
+    await wait_for(lambda: pool.workers[0] is not None and pool.workers[0].pid != old_pid and pool.workers[0].figures,
+                   timeout=10, what="a new worker 0 serving")
+    alice = "Authorization: Basic " + base64.b64encode(b"alice:secret").decode() + "\r\n"
+    client = await subscriber_on(0, service.port_of("S"), log_events, headers=alice)
+    assert bytes(client.received).startswith(b"HTTP/1.1 200"), bytes(client.received)[:200]
+    await client.close()

@@ -24,6 +24,7 @@ from twisted.web.resource import IResource
 from sse_daemon.bus.connector import ConnectorBus
 from sse_daemon.bus.interfaces import IBus, IDeliveringBus, ISharedBus
 from sse_daemon.bus.memory import MemoryBus
+from sse_daemon.config.credentials import AccessSecrets
 from sse_daemon.config.model import Config, ConnectorDef, served_by_workers
 from sse_daemon.connectors.ingest import PUBLISH_SLICE, IngestResource
 from sse_daemon.connectors.logsink import LogSinkService
@@ -151,9 +152,9 @@ class Builder:
             return None
         return self.history_files.acquire(connector.options, self.clock.seconds())
 
-    def guarded_sink(self, connector: ConnectorDef, sink: SseSink) -> Guard:
-        """A sink's resource behind its guard (CORS, limits, auth)."""
-        return sink_guard(connector, SseSinkResource(sink), sink, self.clock, self.passwords)
+    def guarded_sink(self, connector: ConnectorDef, sink: SseSink, access: AccessSecrets | None = None) -> Guard:
+        """A sink's resource behind its guard (CORS, limits, auth); ``access``: its secrets, read already."""
+        return sink_guard(connector, SseSinkResource(sink), sink, self.clock, self.passwords, access)
 
     def connector(self, connector: ConnectorDef, schema: Schema) -> BuiltConnector:
         if connector.type == "log":

@@ -35,6 +35,7 @@ from typing import Iterable, Mapping, Protocol
 from sse_daemon.config.credentials import (
     ARGON2_PREFIXES,
     BCRYPT_PREFIXES,
+    AccessSecrets,
     AuthConfigError,
     check_jwt_key,
     load_access,
@@ -314,9 +315,12 @@ class BearerAuth:
 # --------------------------------------------------------------------------- from options
 
 
-def build_authenticator(options: AccessOptions, stream: str, environ: Mapping[str, str] | None = None) -> Authenticator:
-    """The authenticator a connector's ``auth.*`` options describe; AuthConfigError names the bad option."""
-    access = load_access(options, environ)
+def build_authenticator(options: AccessOptions, stream: str, environ: Mapping[str, str] | None = None,
+                        access: AccessSecrets | None = None) -> Authenticator:
+    """The authenticator a connector's ``auth.*`` options describe; AuthConfigError names the bad option.
+    ``access``: what they name, read already (a worker process checks what the daemon read at its start)."""
+    if access is None:
+        access = load_access(options, environ)
     if access.kind == "none":
         return NoAuth()
     if access.kind == "basic":

@@ -48,6 +48,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from sse_daemon.edge.auth import (
     Allowed, Authenticator, BasicAuth, Credentials, Denied, NoAuth, PasswordCheck, build_authenticator,
 )
+from sse_daemon.config.credentials import AccessSecrets
 from sse_daemon.config.model import ConnectorDef
 from sse_daemon.config.options import AccessOptions, HttpSourceOptions, SseServerOptions
 from sse_daemon.edge.cors import CorsPolicy
@@ -427,16 +428,19 @@ def finish(request: IRequest, body: bytes) -> None:
     request.finish()
 
 
-def build_access(options: AccessOptions, stream: str, pool: PasswordPool, clock: IReactorTime) -> tuple[Authenticator, PasswordGate | None]:
+def build_access(options: AccessOptions, stream: str, pool: PasswordPool, clock: IReactorTime,
+                 access: AccessSecrets | None = None) -> tuple[Authenticator, PasswordGate | None]:
     """The authenticator ``auth.*`` options describe and, for passwords, the gate that checks
-    them on ``pool``: what a Guard takes as ``authenticator`` and ``passwords``."""
-    authenticator = build_authenticator(options, stream)
+    them on ``pool``: what a Guard takes as ``authenticator`` and ``passwords``. ``access``: the
+    secrets, read already (else the files and variables the options name are read now)."""
+    authenticator = build_authenticator(options, stream, access=access)
     if not isinstance(authenticator, BasicAuth):
         return authenticator, None
     return authenticator, PasswordGate(authenticator, pool, clock, options.auth_failures_per_minute)
 
 
-def sink_guard(connector: ConnectorDef[SseServerOptions], resource: IResource, sink: GuardedSink, clock: IReactorTime, pool: PasswordPool) -> Guard:
+def sink_guard(connector: ConnectorDef[SseServerOptions], resource: IResource, sink: GuardedSink, clock: IReactorTime, pool: PasswordPool,
+               access: AccessSecrets | None = None) -> Guard:
     admission = Admission(
         connector.options.max_subscribers,
         connector.options.max_subscribers_per_address,
@@ -460,7 +464,7 @@ def sink_guard(connector: ConnectorDef[SseServerOptions], resource: IResource, s
             Guard.log.info("closed {count} stream(s) of sink {sink}: the credentials they came with are no longer valid",
                            count=ended, sink=sink.name)
 
-    authenticator, passwords = build_access(connector.options, connector.stream, pool, clock)
+    authenticator, passwords = build_access(connector.options, connector.stream, pool, clock, access)
     return Guard(resource, connector, clock, sink.rejected, admission=admission, authenticator=authenticator,
                  passwords=passwords, on_expiry=expired, methods=("GET", "HEAD"),
                  open_streams=sink.stream_requests, on_revoked=revoked)

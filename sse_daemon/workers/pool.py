@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from sse_daemon.workers import channel
 from sse_daemon.bus.interfaces import IBus, ISubscription
+from sse_daemon.config.credentials import load_access
 from sse_daemon.config.model import ConnectorDef
 from sse_daemon.connectors.interfaces import IOwnPort, IReadiness, ISseSinkService, ISubscriberSink
 from sse_daemon.edge.listener import BindError
@@ -214,6 +215,9 @@ class SinkWorkers(Service):
         self.reactor = reactor
         self.clock = clock
         self.count: int = sink.connector.options.worker_count
+        #: the users, tokens and JWT key its auth options name, read once: every worker, one started again
+        #: after the files changed too, checks these (only a restart changes such a sink; a reload refuses to)
+        self.access = load_access(connector.options)
         self.log_level = _log_level()
         self.stall_seconds = STALL_SECONDS
         self.workers: list[WorkerProcess | None] = [None] * self.count
@@ -278,6 +282,7 @@ class SinkWorkers(Service):
         show = history.show
         worker.send(channel.setup({
             "connector": self.connector, "schema": self.schema, "index": index, "family": listening.family,
+            "access": self.access,
             "bus_ids": self.feed.bus_replay is not None,
             "floor": None if history.floor is None else show(history.floor),
             "newest": None if history.newest is None else show(history.newest),
