@@ -150,6 +150,27 @@ def test_a_full_disk_is_unavailable_and_the_next_commit_recovers(tmp_path: Path)
     store.close()
 
 
+@pytest.mark.reactor_free
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_file_deleted_or_replaced_under_the_daemon_takes_no_more_events(tmp_path: Path, how: str) -> None:
+    """SQLite goes on writing to a deleted (or renamed over) file's inode: commits would succeed, their publishers
+    be told 200, and the next start find none of them. Such a commit is refused instead (the publishers get 503)."""
+    path = tmp_path / "h.db"
+    store = HistoryFile(str(path))
+    store.open()
+    store.commit(frames(2), floor=0)
+    if how == "deleted":
+        path.unlink()
+    else:
+        other = HistoryFile(str(tmp_path / "other.db"))
+        other.open()
+        other.close()
+        (tmp_path / "other.db").replace(path)
+    with pytest.raises(HistoryUnavailable, match="deleted or replaced"):
+        store.commit([(3, 1003.0, b"frame3")], floor=0)
+    store.close()
+
+
 # --------------------------------------------------------------------------- a daemon, in process
 
 SINK = """\

@@ -80,10 +80,13 @@ class HistoryFile:
         self.connection: sqlite3.Connection | None = None
         #: (newest, floor) as this object last wrote or read them (it is the file's only writer), or None
         self._known: tuple[int | None, int | None] | None = None
+        #: the file opened (its device and inode, and its path made absolute): see :meth:`_same_file`
+        self._opened: tuple[str, int, int] | None = None
 
     def open(self) -> None:
         """Open (or create) the file, check it and set WAL mode. HistoryCorrupt for a bad file."""
         self._known = None
+        self._opened = None
         try:
             # the dedicated thread is not the one that built this object: one thread at a time uses it
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -110,6 +113,9 @@ class HistoryFile:
             connection.close()
             raise
         self.connection = connection
+        where = os.path.abspath(self.path)
+        opened = os.stat(where)
+        self._opened = (where, opened.st_dev, opened.st_ino)
 
     def _db(self) -> sqlite3.Connection:
         if self.connection is None:
@@ -157,12 +163,32 @@ class HistoryFile:
         self._known = (newest, floor)
         return Tail(tuple(kept), floor, newest)
 
+    def _same_file(self) -> None:
+        """HistoryUnavailable when the path no longer names the file opened (deleted, or another moved
+        over it): SQLite would go on committing to the old inode, and the next start would find none of it."""
+        if self._opened is None:
+            return
+        where, device, inode = self._opened
+        try:
+            now = os.stat(where)
+        except OSError as e:
+            problem = e.strerror or str(e)
+        else:
+            if (now.st_dev, now.st_ino) == (device, inode):
+                return
+            problem = "another file is there now"
+        raise HistoryUnavailable(f"history file {self.path} was deleted or replaced while the daemon ran ({problem}): "
+                                 "what it took now would be lost at the next start; restart the daemon to start "
+                                 "again from what the path holds")
+
     def commit(self, entries: Sequence[tuple[int, float, bytes]], floor: int | None) -> None:
         """One turn: insert ``entries`` (id, arrival time, frame), delete every id at or below
         ``floor`` (what the bounds evicted) and keep the floor, in one transaction. The newest id
         is written to the meta table only with a deletion: until then the newest row says it
-        (``load`` takes the larger of the two), and a commit of one event costs half as much."""
+        (``load`` takes the larger of the two), and a commit of one event costs half as much.
+        Refused (HistoryUnavailable) once the file was deleted or replaced under it."""
         db = self._db()
+        self._same_file()
         newest, kept_floor = self._known if self._known is not None else (self._meta(db, "newest"), self._meta(db, "floor"))
         try:
             db.execute("BEGIN IMMEDIATE")
