@@ -60,6 +60,8 @@ class Worker(channel.MessageReceiver):
         self.stopping: Deferred | None = None
         #: set when the worker starts to drain: its port answers 503 to any further request
         self.shutting_down = Stopping()
+        #: the process's exit status: 1 once it could not follow the daemon's set-up
+        self.exit_status = 0
         self.index = -1
         self.family = 0
         #: the sink's secrets as the daemon read them at its start (not the files now: they may have changed since)
@@ -116,6 +118,12 @@ class Worker(channel.MessageReceiver):
             assert self.transport is not None
             self.transport.write(line)
 
+    def unusable(self) -> None:
+        """The set-up failed (logged): end, so the daemon starts this worker again after its delay and says so,
+        rather than keep a process that never serves while connections the kernel hands its socket wait."""
+        self.exit_status = 1
+        self.stop()
+
     # -- the end
     def connectionLost(self, reason: object = None) -> None:
         """The daemon is gone (or closed our pipe): drain and exit."""
@@ -161,6 +169,7 @@ def main() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: reactor.callFromThread(worker.stop))
     reactor.run(installSignalHandlers=False)
+    sys.exit(worker.exit_status)
 
 
 if __name__ == "__main__":

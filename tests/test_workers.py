@@ -272,3 +272,20 @@ async def test_a_restarted_worker_checks_the_credentials_its_siblings_check(daem
     client = await subscriber_on(0, service.port_of("S"), log_events, headers=alice)
     assert bytes(client.received).startswith(b"HTTP/1.1 200"), bytes(client.received)[:200]
     await client.close()
+
+
+@pytest.mark.reactor_free
+def test_a_worker_that_cannot_follow_its_set_up_exits_to_be_started_again(log_events) -> None:
+    """A set-up message it cannot handle leaves a worker that would never serve, while connections the kernel hands
+    its socket wait unanswered: it ends (exit status 1), so the daemon starts it again and says so."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from sse_daemon.worker import Worker
+    from sse_daemon.workers import channel
+
+    reactor = MemoryReactorClock()
+    worker = Worker(reactor)
+    # as from a daemon of another version; the history that follows is not handled (one traceback, not one each)
+    worker.dataReceived(channel._message(channel.SETUP + b"not a pickle") + channel.history("1", b"data: x\n\n", 0.0) * 3)
+    assert reactor.hasStopped and worker.exit_status == 1
+    assert len([e for e in log_events if "could not handle" in e.get("log_format", "")]) == 1

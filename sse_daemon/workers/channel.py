@@ -42,14 +42,19 @@ def event(id_text: str | None, frame: bytes) -> bytes:
 
 
 class MessageReceiver(Int32StringReceiver):
-    """The worker's end: calls ``setup``, ``history_entry``, ``go`` and ``event``."""
+    """The worker's end: calls ``setup``, ``history_entry``, ``go`` and ``event``; ``unusable`` when
+    one of the first three failed (the worker cannot serve then)."""
 
     MAX_LENGTH = 2**31 - 1  # events are bounded where they enter (max.body.size), not here
     log = Logger()
+    #: set once a set-up message failed: what follows is not handled (each would fail too; the worker ends)
+    broken = False
 
     def stringReceived(self, message: bytes) -> None:
+        if self.broken:
+            return
         kind, body = message[:1], message[1:]
-        with self.log.failuresHandled("worker could not handle a {kind!r} message", kind=kind):
+        with self.log.failuresHandled("worker could not handle a {kind!r} message", kind=kind) as handled:
             if kind == EVENT:
                 id_text, _, frame = body.partition(b"\n")
                 self.event(id_text.decode() or None, frame)
@@ -63,6 +68,9 @@ class MessageReceiver(Int32StringReceiver):
                 self.go()
             else:
                 raise ValueError(f"unknown message kind {kind!r}")
+        if handled.failed and kind != EVENT:
+            self.broken = True
+            self.unusable()
 
     def setup(self, spec: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -74,4 +82,7 @@ class MessageReceiver(Int32StringReceiver):
         raise NotImplementedError
 
     def event(self, id_text: str | None, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def unusable(self) -> None:
         raise NotImplementedError
