@@ -289,3 +289,22 @@ def test_a_worker_that_cannot_follow_its_set_up_exits_to_be_started_again(log_ev
     worker.dataReceived(channel._message(channel.SETUP + b"not a pickle") + channel.history("1", b"data: x\n\n", 0.0) * 3)
     assert reactor.hasStopped and worker.exit_status == 1
     assert len([e for e in log_events if "could not handle" in e.get("log_format", "")]) == 1
+
+
+@pytest.mark.reactor_free
+def test_live_events_a_worker_fails_to_handle_are_logged_sampled_and_it_goes_on(log_events) -> None:
+    """A bug met by every live event must not write a traceback each (the first ten, then every thousandth)."""
+    from sse_daemon.workers import channel
+
+    class Failing(channel.MessageReceiver):
+        handled: list[bytes] = []
+
+        def event(self, id_text: str | None, frame: bytes) -> None:
+            if frame == b"bad":
+                raise ValueError("a bug")
+            self.handled.append(frame)
+
+    receiver = Failing()
+    receiver.dataReceived(channel.event("1", b"bad") * 1000 + channel.event("2", b"good"))
+    assert receiver.event_failures == 1000 and receiver.handled == [b"good"] and not receiver.broken
+    assert len([e for e in log_events if "could not handle an event" in e.get("log_format", "")]) == 11

@@ -15,6 +15,8 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 
+from sse_daemon.policy.limits import should_log
+
 SETUP, HISTORY, GO, EVENT = b"S", b"H", b"G", b"E"
 _LENGTH = struct.Struct("!I")
 _TIME = struct.Struct("!d")
@@ -50,15 +52,24 @@ class MessageReceiver(Int32StringReceiver):
     #: set once a set-up message failed: what follows is not handled (each would fail too; the worker ends)
     broken = False
 
+    #: live events this worker failed to handle (a bug): logged the first ten times, then every thousandth
+    event_failures = 0
+
     def stringReceived(self, message: bytes) -> None:
         if self.broken:
             return
         kind, body = message[:1], message[1:]
-        with self.log.failuresHandled("worker could not handle a {kind!r} message", kind=kind) as handled:
-            if kind == EVENT:
+        if kind == EVENT:  # every event: a plain try (a context manager a message costs), and a bug logged sampled
+            try:
                 id_text, _, frame = body.partition(b"\n")
                 self.event(id_text.decode() or None, frame)
-            elif kind == HISTORY:
+            except Exception:
+                self.event_failures += 1
+                if should_log(self.event_failures):
+                    self.log.failure("worker could not handle an event ({count} so far)", count=self.event_failures)
+            return
+        with self.log.failuresHandled("worker could not handle a {kind!r} message", kind=kind) as handled:
+            if kind == HISTORY:
                 (at,) = _TIME.unpack_from(body)
                 id_text, _, frame = body[_TIME.size:].partition(b"\n")
                 self.history_entry(id_text.decode(), frame, at)
@@ -68,7 +79,7 @@ class MessageReceiver(Int32StringReceiver):
                 self.go()
             else:
                 raise ValueError(f"unknown message kind {kind!r}")
-        if handled.failed and kind != EVENT:
+        if handled.failed:
             self.broken = True
             self.unusable()
 
