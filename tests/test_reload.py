@@ -309,6 +309,30 @@ async def test_admin_measures_what_a_reload_adds(daemon, tmp_path: Path) -> None
     assert "Up" not in service.admin.watches
 
 
+def lag_series(service) -> list[str]:
+    """The sinks /metrics shows a lag series for."""
+    return sorted({s.labels["sink"] for m in service.admin.registry.collect() if m.name == "sse_daemon_sink_lag_seconds" for s in m.samples})
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_show_the_lag_of_running_sinks_only(daemon, tmp_path: Path) -> None:
+    """A sink a reload removed has no lag series left, nor one that a rejected reload only began to build."""
+    admin = "admin: {host: 127.0.0.1, port: 0}\n"
+    service = await daemon(admin + v1())
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    assert lag_series(service) == ["Change", "Drop", "Keep"]
+    write_config(tmp_path, admin + BASE)
+    assert await deadline(reloader.reload()) is True
+    assert lag_series(service) == ["Keep"], "the removed sinks' series go with them"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        write_config(tmp_path, admin + BASE + f"  Busy: {{type: sse-server, stream: S, server.host: 127.0.0.1, server.port: {busy}}}\n")
+        assert await deadline(reloader.reload()) is False
+    assert lag_series(service) == ["Keep"], "a rejected reload changes nothing, /metrics included"
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_reload_that_touches_a_sink_with_workers_is_rejected(daemon, tmp_path: Path, log_text) -> None:
     """Worker processes hold the sink's port: changing it waits for a restart; other sinks keep serving."""

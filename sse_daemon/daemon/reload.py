@@ -132,17 +132,17 @@ class Reloader:
             staged = None if self.stopping else daemon.stage(new, changes)
         # a sink's new history file is corrupt and history.on.corrupt is refuse, or cannot be opened (a full disk)
         except (HistoryRefused, HistoryUnavailable) as e:
-            daemon.discard_prepared()
+            await daemon.discard()
             self.counters["rejected"] += 1
             log.error("reload rejected: {message}; the running configuration is unchanged", message=str(e))
             return False
         if staged is None:  # shutdown began while the files were opened
-            daemon.discard_prepared()
+            await daemon.discard()
             self._ignored()
             return False
         error, released = staged.bind()
         if error is not None:
-            await DeferredList([*released, staged.discard()], consumeErrors=True)
+            await DeferredList([*released, daemon.discard(staged)], consumeErrors=True)
             self.counters["rejected"] += 1
             log.error("reload rejected: {message}; the running configuration is unchanged", message=str(error))
             return False

@@ -12,7 +12,7 @@ from dataclasses import replace as with_fields
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -101,9 +101,13 @@ class DaemonService(MultiService):
         """What staging ``changes`` must read from disk, read off the reactor first (history files)."""
         return self.builder.prepare(new, changes)
 
-    def discard_prepared(self) -> None:
-        """Close what :meth:`prepare` opened for a reload that was then rejected."""
+    def discard(self, staged: Staged | None = None) -> Deferred:
+        """Give back what a reload took before it was rejected: the history files :meth:`prepare` opened or
+        ``staged`` took, and the lag series of the sinks it built (a rejected reload changes nothing, /metrics included)."""
         self.builder.history_files.discard_prepared()
+        if self.admin is not None:
+            self.admin.forget_gone_sinks()
+        return staged.discard() if staged is not None else succeed(None)
 
     def stage(self, new: Config, changes: Plan) -> Staged:
         """Build what ``changes`` adds and restarts, off to the side; nothing running is touched."""

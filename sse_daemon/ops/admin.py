@@ -169,6 +169,8 @@ class AdminService(MultiService):
         # global registry would mix them (and refuse the second histogram).
         self.registry = CollectorRegistry()
         self.lag = Histogram(LAG.metric_name, LAG.help, LAG.labels, registry=self.registry, buckets=LAG_BUCKETS)
+        #: the sinks given a series of it (lag_observer)
+        self._lagged: set[str] = set()
         self.registry.register(DaemonCollector(self))
         options = definition.options
         self.charts = ChartSampler(daemon, self.lag, self.clock, options.charts_interval,
@@ -299,13 +301,23 @@ class AdminService(MultiService):
         and give the streams it added (or changed) their live views."""
         for name in gone:
             self.watches.pop(name, None)
+        self.forget_gone_sinks()
         self._attach(changed_or_added)
         self._start_sampler()
         self._live_views()
 
     def lag_observer(self, sink: str) -> Callable[[float], None]:
         """What a sink calls with each event's lag (given to it when it is built): the histogram's series."""
+        self._lagged.add(sink)
         return self.lag.labels(sink=sink).observe
+
+    def forget_gone_sinks(self) -> None:
+        """Drop the lag series of sinks that do not run (removed by a reload, or built for one that was then
+        rejected): /metrics shows the running sinks only, as every other family does."""
+        running = set(self.daemon.sinks)
+        for name in self._lagged - running:
+            self.lag.remove(name)
+        self._lagged &= running
 
     def _attach(self, names: list[str]) -> None:
         """Watch SSE sources' connectivity."""
