@@ -244,7 +244,9 @@ async def test_health_status_page_and_live_view(daemon) -> None:
     code, headers, body = await http.get(base + "/")
     assert code == 200 and b'<script src="status.js">' in body
     assert headers.getRawHeaders(b"content-type") == [b"text/html; charset=utf-8"]
-    assert b"default-src 'self'" in headers.getRawHeaders(b"content-security-policy")[0]
+    policy = headers.getRawHeaders(b"content-security-policy")[0]
+    assert b"default-src 'self'" in policy
+    assert b"frame-ancestors 'none'" in policy, "no other site may frame the page (default-src does not cover it)"
     code, headers, body = await http.get(base + "/status.js")
     assert code == 200 and b"new EventSource(" in body
     code, headers, body = await http.request("HEAD", base + "/")

@@ -651,8 +651,9 @@ class ProtectedStream(_Leaf):
 
 class PageResource(_Leaf):
     """A file shipped in ``sse_daemon/ops/static`` (package data; no build step)."""
-    #: the page only talks to this origin, and renders event data as text
-    POLICY = b"default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
+    #: the page only talks to this origin, and renders event data as text; no other site may frame it
+    #: (default-src does not cover frame-ancestors)
+    POLICY = b"default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"
 
     def __init__(self, name: str, content_type: bytes) -> None:
         super().__init__()
