@@ -367,3 +367,21 @@ async def test_a_stream_a_reload_adds_gets_its_admin_live_view(daemon, tmp_path:
     await wait_for(lambda: viewer.is_closed, what="the live view of the removed stream to close")
     assert await get_status(admin_port, "/events/T") == 404 and "T" not in service.admin.live
     assert await get_status(admin_port, "/events/S") == 200, "the other streams' views stay"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_declared_or_dropped_alone_gains_or_loses_its_live_view(daemon, tmp_path: Path) -> None:
+    """A stream under streams: that no connector uses yet changes no connector: its live view follows all the same."""
+    admin = "admin: {host: 127.0.0.1, port: 0}\n"
+    service = await daemon(admin + v1())
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    admin_port = service.admin.port
+    write_config(tmp_path, admin + v1().replace('  S: "n int"\n', '  S: "n int"\n  T: "word string"\n'))
+    assert await deadline(reloader.reload()) is True
+    viewer = await subscribe(admin_port, "/events/T")
+    service.bus.publish("T", [Event({"word": "declared"})])
+    await viewer.wait_for(b'"word":"declared"')
+    write_config(tmp_path, admin + v1())
+    assert await deadline(reloader.reload()) is True
+    await wait_for(lambda: viewer.is_closed, what="the live view of the dropped stream to close")
+    assert await get_status(admin_port, "/events/T") == 404 and "T" not in service.admin.live

@@ -115,11 +115,12 @@ class DaemonService(MultiService):
 
     def adopt_config(self, new: Config) -> None:
         """``new`` is the running configuration now, with the admin and bus sections actually running (a reload,
-        whatever it changed: the admin's users and tokens files are read again, so a rotated secret needs no restart)."""
+        whatever it changed: the admin's users and tokens files are read again, so a rotated secret needs no restart,
+        and its live views follow the streams)."""
         old = self.config
         self.config = with_fields(new, admin=old.admin, bus=old.bus) if (new.admin, new.bus) != (old.admin, old.bus) else new
         if self.admin is not None:
-            self.admin.read_credentials()
+            self.admin.follow_config()
 
     def renew_credentials(self, new: Config, names: list[str]) -> list[str]:
         """Kept sinks and ingests whose users, tokens or JWT key changed (a reload): their guards take the
@@ -153,7 +154,7 @@ class DaemonService(MultiService):
         await self._rebind(staged)
         self._install(staged)
         self.adopt_config(staged.config)
-        if self.admin is not None:  # it watches the sources a reload builds; its live views follow the streams
+        if self.admin is not None:  # it watches the sources a reload builds
             with self.log.failuresHandled("the admin service's reload hook failed"):
                 self.admin.reloaded(sorted(changes.fresh), sorted(changes.gone))
         await DeferredList(stopping, consumeErrors=True)

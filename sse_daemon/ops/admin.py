@@ -296,15 +296,19 @@ class AdminService(MultiService):
             self.log.warn("the admin listener on {host} has no auth.type: anyone who reaches it reads /status.json, "
                           "/metrics and the live views of unprotected streams", host=self.definition.host)
 
+    def follow_config(self) -> None:
+        """The running configuration is a reload's now: read the users and tokens files again, and give
+        the streams it has their live views (a stream declared or dropped alone changes no connector)."""
+        self.read_credentials()
+        self._live_views()
+
     def reloaded(self, changed_or_added: list[str], gone: list[str]) -> None:
-        """Called by a reload: measure the connectors it built, forget the removed ones,
-        and give the streams it added (or changed) their live views."""
+        """Called by a reload that changed connectors: measure the ones it built, forget the removed ones."""
         for name in gone:
             self.watches.pop(name, None)
         self.forget_gone_sinks()
         self._attach(changed_or_added)
         self._start_sampler()
-        self._live_views()
 
     def lag_observer(self, sink: str) -> Callable[[float], None]:
         """What a sink calls with each event's lag (given to it when it is built): the histogram's series."""
