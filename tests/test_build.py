@@ -47,7 +47,7 @@ def test_start_up_applies_the_plan_from_nothing_in_start_order() -> None:
     service = DaemonService(config(sink("A") + sink("B", 8002) + "  Log: {type: log, stream: S}\n", INGEST + UPSTREAM, ROUTE,
                                    extra="admin: {host: 127.0.0.1, port: 0}\n"), reactor)
     children = [child.name for child in service]
-    assert children[1:] == ["route:S->T", "sink:A", "sink:B", "sink:Log", "listener:127.0.0.1:8001", "listener:127.0.0.1:8002",
+    assert children[1:] == ["route:S -> T", "sink:A", "sink:B", "sink:Log", "listener:127.0.0.1:8001", "listener:127.0.0.1:8002",
                             "source:Up", "stats", "admin"], "routes and sinks subscribe before ports bind and sources feed"
     assert list(service.built) == ["A", "B", "Log", "In", "Up"]
     assert list(service.sources) == ["In", "Up"] and list(service.source_buses) == ["In", "Up"]

@@ -126,6 +126,8 @@ def test_all_errors_reported_together_with_file_line_connector_option() -> None:
         ("sinks:\n  S: {type: log, schema: 'a string'}\n  T: {type: log, schema: 'b int'}\nroutes:\n  - {from: S, to: T}\n", r"conf.yaml:5: route: stream T \(b int\) cannot take events of S \(a string\): 'b' is missing from S"),
         ("sinks:\n  S: {type: log, schema: 'a string'}\n  T: {type: log, schema: 'a int'}\nroutes:\n  - {from: S, to: T}\n", r"'a' is string in S but int in T"),
         ("sinks:\n  S: {type: log, schema: 'a string'}\n  T: {type: log, schema: 'a string'}\nroutes:\n  - {from: S, to: T}\n  - {from: T, to: S}\n", r"routes form a loop: S -> T -> S"),
+        ("sinks:\n  S: {type: log, schema: 'a string'}\n  T: {type: log, schema: 'a string'}\nroutes:\n  - {from: S, to: T, where: a = 'x'}\n  - {from: S, to: T, where: \"a = 'x'\"}\n",
+         r"conf.yaml:6: route: the route S -> T where a == 'x' is already written at .*conf.yaml:5: its events would be routed twice"),
         ("streams:\n  S: 'a string'\nsinks:\n  L: {type: log, stream: S, schema: 'a int'}\n", r"conf.yaml:4: sink 'L': option 'schema': stream 'S' is already declared as \(a string\)"),
         ("sinks:\n  A: {type: sse-server, schema: 'a string', server.port: 9, server.path: x}\n  B: {type: sse-server, schema: 'a string', server.port: 9, server.path: /x/}\n", r"conf.yaml:3: sink 'B': option 'server.port': port 9 path /x is already served by sink 'A'"),
         ("sinks:\n  A: {type: sse-server, schema: 'a string', server.port: 9}\n  B: {type: sse-server, schema: 'a string', server.port: 9, server.host: '::'}\n", r"port 9 is already bound on 0.0.0.0 by sink 'A'"),

@@ -385,3 +385,28 @@ async def test_a_stream_declared_or_dropped_alone_gains_or_loses_its_live_view(d
     assert await deadline(reloader.reload()) is True
     await wait_for(lambda: viewer.is_closed, what="the live view of the dropped stream to close")
     assert await get_status(admin_port, "/events/T") == 404 and "T" not in service.admin.live
+
+
+@pytest_twisted.ensureDeferred
+async def test_routes_between_the_same_two_streams_start_and_reload(daemon, tmp_path: Path) -> None:
+    """Several routes from one stream into another (a condition split over several routes) are each their own."""
+    streams = v1().replace('  S: "n int"\n', '  S: "n int"\n  T: "n int"\n') + \
+        "  TOut: {type: sse-server, stream: T, server.host: 127.0.0.1, server.port: 0, server.path: t}\n"
+    high, low = "  - {from: S, to: T, where: n > 10}\n", "  - {from: S, to: T, where: n < 0}\n"
+    service = await daemon(streams + "routes:\n" + high + low)
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    port = service.port_of("Keep")
+    viewer = await subscribe(service.port_of("TOut"), "/t")
+    for n in (11, 5, -1):
+        assert (await post(port, n)).startswith(b"HTTP/1.1 200")
+    await viewer.wait_for(b'"n":-1')
+    assert b'"n":5' not in viewer.received and b'"n":11' in viewer.received
+    write_config(tmp_path, streams + "routes:\n" + high)
+    assert await deadline(reloader.reload()) is True
+    assert [str(r.route) for r in service.routes] == ["S -> T where n > 10"]
+    write_config(tmp_path, streams + "routes:\n" + high + low)
+    assert await deadline(reloader.reload()) is True, "a second route between the same streams is added"
+    assert sorted(str(r.route) for r in service.routes) == ["S -> T where n < 0", "S -> T where n > 10"]
+    assert (await post(port, -2)).startswith(b"HTTP/1.1 200")
+    await viewer.wait_for(b'"n":-2')
+    await viewer.close()

@@ -256,7 +256,12 @@ def _routes(raw_routes: list[RawRoute], streams: Mapping[str, StreamDef], issues
         if problems:
             issues.append(ConfigIssue(raw.location, f"stream {target.name} ({target.schema}) cannot take events of {source.name} ({source.schema}): " + "; ".join(problems), "route"))
             continue
-        routes.append(RouteDef(source.name, target.name, raw.location, select, where, renames))
+        route = RouteDef(source.name, target.name, raw.location, select, where, renames)
+        twin = next((earlier for earlier in routes if earlier == route), None)
+        if twin is not None:  # one route a stream's events would take twice (and a reload could not tell the two apart)
+            issues.append(ConfigIssue(raw.location, f"the route {route} is already written at {twin.location}: its events would be routed twice", "route"))
+            continue
+        routes.append(route)
     cycle = _find_cycle(routes)
     if cycle:
         issues.append(ConfigIssue(cycle[0].location, "routes form a loop: " + " -> ".join([r.source for r in cycle] + [cycle[0].source]), "route"))

@@ -33,7 +33,7 @@ class RouteService(Service):
         self.filtered = 0  # held back by the route's where (false or null)
         self.rejected: Counter[str] = Counter()  # dropped, by reason: values no sink could write (none expected)
         self._subscription: ISubscription | None = None
-        self.setName(f"route:{route.source}->{route.target}")
+        self.setName(f"route:{route}")  # with its select and where: several routes may join the same two streams
 
     def startService(self) -> None:
         super().startService()
