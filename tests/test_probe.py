@@ -310,6 +310,15 @@ async def test_probe_reports_deviations_and_fails_non_streams() -> None:
     assert "connection refused" in unreachable.problems[0].text.lower()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_url_that_cannot_be_parsed_is_reported_not_raised() -> None:
+    """The operator's typo is a report with exit 1, as an unreachable URL is; not a traceback."""
+    for url in ("http://[::1/x", "http://user:pw@[::1/x"):
+        report = await deadline(probe(url, 0.5, reactor, timeout=2))
+        assert report.verdict == "unreachable" and report.exit_code == EXIT_NOT_SSE, url
+        assert "not a URL" in report.problems[0].text and "pw" not in format_report(report)
+
+
 async def run_cli(*args: str) -> _Process:
     process = _Process()
     command = str(Path(sys.executable).parent / "sse-daemon")

@@ -362,7 +362,11 @@ async def probe(
     if reactor is None:
         from twisted.internet import reactor
     report = Report(url=redact_url(url), duration=duration)  # the report never holds a credential
-    url, userinfo = split_userinfo(url)  # user:password@ goes as Basic credentials, as curl sends it
+    try:
+        url, userinfo = split_userinfo(url)  # user:password@ goes as Basic credentials, as curl sends it
+    except ValueError as e:  # an unclosed [ or such: the operator's typo, reported as an unreachable URL is
+        report.problem("error", f"not a URL: {e}")
+        return _finish(report, None)
     extra = list(headers or [])
     if userinfo is not None and not any(name.lower() == "authorization" for name, _ in extra):
         extra.insert(0, ("Authorization", "Basic " + base64.b64encode(":".join(userinfo).encode("utf-8")).decode("ascii")))
