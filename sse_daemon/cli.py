@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import sys
 import time
 import urllib.error
@@ -92,8 +93,8 @@ def wait_ready(url: str, timeout: float, interval: float) -> int:
                 last = f"status {response.status}"
         except urllib.error.HTTPError as e:
             last = f"status {e.code}: {e.read(2000).decode('utf-8', 'replace').strip()}"
-        except (OSError, ValueError) as e:
-            last = str(getattr(e, "reason", e))
+        except (OSError, ValueError, http.client.HTTPException) as e:  # the last: an answer that is not HTTP
+            last = str(getattr(e, "reason", e)) or type(e).__name__
         if time.monotonic() >= end:
             sys.stderr.write(f"not ready after {timeout:g}s: {redact_url(url)}: {last}\n")
             return 1

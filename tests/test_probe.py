@@ -366,3 +366,38 @@ async def test_a_stream_without_events_leaves_ids_and_resume_untested() -> None:
     assert "untested (no event arrived)" in text and "not sent" not in text.split("retry")[0]
     assert "cannot resume" not in text
     assert judge_resume([], None, None, events=3)["verdict"] == "no-ids", "events without ids: clients cannot resume"
+
+
+@pytest.mark.reactor_free
+def test_wait_ready_takes_an_answer_that_is_not_http_as_not_ready(capsys) -> None:
+    """Something else on the admin port (or a half-started one) answering garbage: not ready, said so, exit 1,
+    not a traceback from http.client."""
+    import socket
+    import threading
+
+    from sse_daemon.cli import wait_ready
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.05)  # the loop looks at ``done`` between accepts
+    port = server.getsockname()[1]
+    done = threading.Event()
+
+    def answer_garbage() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(1024)
+                connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+
+    thread = threading.Thread(target=answer_garbage, daemon=True)
+    thread.start()
+    try:
+        assert wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=0.3, interval=0.1) == 1
+    finally:
+        done.set()
+        thread.join(10)
+        server.close()
+    assert "not ready after 0.3s" in capsys.readouterr().err
