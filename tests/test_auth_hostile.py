@@ -276,6 +276,23 @@ async def test_a_reconnect_is_not_hashed_again_and_failures_are_limited_per_addr
 
 
 @pytest_twisted.ensureDeferred
+async def test_guesses_sent_at_once_are_limited_like_guesses_sent_one_by_one(daemon, tmp_path: Path) -> None:
+    """Seen: with auth.failures.per.minute 2, six wrong passwords sent at once were all hashed (six 401s):
+    a failure counted only once its hash was done."""
+    service = await daemon(BASIC_SINK.format(users=users_file(tmp_path, bcrypt_rounds=10), failures=2))
+    port = service.port_of("Locked")
+    gate = service.listeners[("127.0.0.1", 0)].router.routes["/locked"].passwords
+    await wait_for(lambda: gate.padding is not None, what="the hashes to be timed at load")
+    hashed = service.passwords.counters["checks"]
+    results = await deadline(defer.gatherResults([
+        defer.ensureDeferred(exchange(port, get("/locked", f"Authorization: {basic('alice', f'guess {n}')}\r\n")))
+        for n in range(6)
+    ]))
+    assert sorted(reason(raw) for raw, _ in results) == ["auth-failures"] * 4 + ["bad-credentials"] * 2
+    assert service.passwords.counters["checks"] == hashed + 2, "no more hashes than the limit allows"
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_full_pool_refuses_at_once_with_retry_after(daemon, tmp_path: Path) -> None:
     service = await daemon(BASIC_SINK.format(users=users_file(tmp_path, bcrypt_rounds=11), failures=0))
     port = service.port_of("Locked")

@@ -79,7 +79,7 @@ def test_failure_limit_per_address_on_a_clock() -> None:
     limit = FailureLimit(per_minute=6, now=clock.seconds)
     for _ in range(6):
         assert limit.check("a") is None
-        limit.failed("a")
+        limit.reserve("a")
     refusal = limit.check("a")
     assert (refusal.reason, refusal.retry_after) == ("auth-failures", 10), "one failure back every 10 s"
     assert limit.check("b") is None, "another address has its own budget"
@@ -90,7 +90,7 @@ def test_failure_limit_per_address_on_a_clock() -> None:
     assert limit.check("a") is None, "checking takes nothing"
     off = FailureLimit(0, clock.seconds)
     for _ in range(100):
-        off.failed("a")
+        off.reserve("a")
     assert off.check("a") is None, "0 is no limit"
 
 
@@ -198,10 +198,11 @@ def test_gate_shares_one_hash_and_skips_clients_that_left() -> None:
 def test_gate_refuses_a_full_pool_at_once_and_counts_failures_per_address() -> None:
     clock, pool = Clock(), ManualPool()
     g = gate(clock, pool, per_minute=2)
-    waiting = [results(g.decide(g.auth.check(Credentials(basic=("bob", f"w{n}")), 0), "h", lambda: False)) for n in range(3)]
+    waiting = [results(g.decide(g.auth.check(Credentials(basic=("bob", f"w{n}")), 0), host, lambda: False))
+               for n, host in enumerate(("h", "h", "g"))]
     busy = waiting[2][0]
     assert (busy.status, busy.reason, busy.retry_after) == (503, "auth-busy", 1), "refused at once, not queued"
-    assert g.failures.check("h") is None, "a refusal for a full pool is no failure"
+    assert g.failures.check("g") is None, "a refusal for a full pool is no failure"
     for _ in range(2):
         pool.step(0.05)
     clock.advance(1)
@@ -212,6 +213,32 @@ def test_gate_refuses_a_full_pool_at_once_and_counts_failures_per_address() -> N
     right = results(g.decide(g.auth.check(Credentials(basic=("alice", "right")), 0), "other", lambda: False))
     pool.step(0.2)
     assert right == [Allowed("alice")] and g.failures.check("other") is None, "a success costs nothing"
+
+
+@pytest.mark.reactor_free
+def test_guesses_in_flight_at_once_count_against_the_address() -> None:
+    """Seen: a failure was counted only once its hash was done, so an address sending its guesses at once had
+    every one hashed (a pool's worth, every few seconds, for auth.failures.per.minute: 2)."""
+    clock, pool = Clock(), ManualPool()
+    pool.capacity = 10
+    g = gate(clock, pool, per_minute=2)
+    asked = []
+    for n in range(5):  # as the guard does: the address's failures first, then the check
+        if g.failures.check("h") is None:
+            asked.append(results(g.decide(g.auth.check(Credentials(basic=("bob", f"w{n}")), 0), "h", lambda: False)))
+    assert len(asked) == len(pool.queue) == 2, "the third guess in flight is refused before any is hashed"
+    for _ in range(2):
+        pool.step(0.05)
+    clock.advance(1)
+    assert [a[0].reason for a in asked] == ["bad-credentials"] * 2 and g.failures.check("h").reason == "auth-failures"
+    clock.advance(30)  # one failure back
+    right = results(g.decide(g.auth.check(Credentials(basic=("alice", "right")), 0), "h", lambda: False))
+    assert g.failures.check("h") is not None, "a check in flight holds the address's last token"
+    pool.step(0.2)
+    assert right == [Allowed("alice")] and g.failures.check("h") is None, "and a success gives it back"
+    left = results(g.decide(g.auth.check(Credentials(basic=("bob", "x")), 0), "h", lambda: True))
+    pool.step(0.05)
+    assert left == [None] and g.failures.check("h") is None, "as does a check not run because its client left"
 
 
 @pytest_twisted.ensureDeferred

@@ -193,8 +193,9 @@ class PasswordGate:
     def decide(self, check: PasswordCheck, host: str, gone: Callable[[], bool]) -> Deferred:
         """The answer to ``check`` from ``host``: Allowed, Denied, or None when ``gone()`` (the
         client left) before its turn came and nothing was hashed. Fails with PoolStopped when
-        the daemon stops meanwhile. A denial counts against ``host``'s ``failures``, which the
-        guard checks first (it refuses an address past them before anything else is looked at)."""
+        the daemon stops meanwhile. A check counts against ``host``'s ``failures`` while it runs and
+        stays counted if denied; the guard checks them first (it refuses an address past them before
+        anything else is looked at), so an address's guesses in flight at once are limited too."""
         sharing = self._inflight.get(check.key)
         if sharing is not None:  # the same credential is being hashed: wait for that answer
             d: Deferred[Any] = Deferred()
@@ -213,23 +214,30 @@ class PasswordGate:
         return result
 
     async def _decide(self, check: PasswordCheck, host: str, gone: Callable[[], bool]) -> Allowed | Denied | None:
-        padding = await self._padding()
-        hashed = check.hashed or padding.decoy  # an unknown user costs what the slowest kind costs
+        # counted as a failure from the start, before anything is awaited: the guard lets the address's
+        # next request in only while a token is left for it (limits.FailureLimit)
+        reserved = self.failures.reserve(host)
+        failed = False
         try:
-            outcome = await self.pool.run(timed, self.pool.timer, hashed, check.password, gone)
-        except PoolFull:
-            wait = math.ceil(self.pool.pending * padding.target / self.pool.threads)
-            return Denied(503, "auth-busy", "too many password checks are waiting; retry later", max(1, wait))
-        if outcome is None:  # the client left before its turn: nothing hashed, nothing to answer
-            return None
-        ok, elapsed = outcome
-        decision = self.auth.settle(check, ok, self.clock.seconds())
-        if isinstance(decision, Denied):
-            self.failures.failed(host)
-        delay = padding.delay(hash_kind(hashed), elapsed)
-        if delay >= MIN_PADDING and not gone():
-            await deferLater(self.clock, delay)
-        return decision
+            padding = await self._padding()
+            hashed = check.hashed or padding.decoy  # an unknown user costs what the slowest kind costs
+            try:
+                outcome = await self.pool.run(timed, self.pool.timer, hashed, check.password, gone)
+            except PoolFull:
+                wait = math.ceil(self.pool.pending * padding.target / self.pool.threads)
+                return Denied(503, "auth-busy", "too many password checks are waiting; retry later", max(1, wait))
+            if outcome is None:  # the client left before its turn: nothing hashed, nothing to answer
+                return None
+            ok, elapsed = outcome
+            decision = self.auth.settle(check, ok, self.clock.seconds())
+            failed = isinstance(decision, Denied)
+            delay = padding.delay(hash_kind(hashed), elapsed)
+            if delay >= MIN_PADDING and not gone():
+                await deferLater(self.clock, delay)
+            return decision
+        finally:
+            if reserved and not failed:
+                self.failures.release(host)
 
 
 def _fan_out(result: Any, waiting: list[Deferred]) -> Any:

@@ -82,6 +82,10 @@ class TokenBucket:
     def full(self) -> bool:
         return self._tokens + max(0.0, self._now() - self._stamp) * self.rate >= self.burst
 
+    def give_back(self) -> None:
+        """Return a token taken for something that did not happen after all (never above ``burst``)."""
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
 
 class KeyedBuckets:
     """One bucket per key (a client address), bounded: the least recently used key is forgotten."""
@@ -107,6 +111,11 @@ class KeyedBuckets:
         """What ``take`` would say, without taking (a key never seen has a full bucket)."""
         bucket = self._buckets.get(key)
         return bucket.wait() if bucket is not None else 0.0
+
+    def give_back(self, key: str) -> None:
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.give_back()
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +200,11 @@ class FailureLimit:
     A bucket holds a minute's worth; each failure takes a token. While an
     address has none left its password checks are refused at once (429 with
     ``Retry-After``) instead of each costing a bcrypt/Argon2 hash.
+
+    A check takes its token as it starts (:meth:`reserve`) and gives it back
+    unless it fails (:meth:`release`): checks still in flight count, else an
+    address sending many guesses at once had every one hashed before the
+    first failure was counted (32 at a time, every few seconds, for a limit of 10 a minute).
     """
 
     def __init__(self, per_minute: float, now: Callable[[], float]) -> None:
@@ -204,6 +218,11 @@ class FailureLimit:
             return Refusal("auth-failures", f"too many failed password checks from your address (more than {self.buckets.rate * 60:g} a minute)", _seconds(wait))
         return None
 
-    def failed(self, address: str) -> None:
+    def reserve(self, address: str) -> bool:
+        """Take a token for a check about to run, as if it failed; False when none was taken."""
+        return self.buckets is not None and self.buckets.take(address) == 0
+
+    def release(self, address: str) -> None:
+        """A reserved check did not fail (verified, not run, refused for a full pool): its token goes back."""
         if self.buckets is not None:
-            self.buckets.take(address)
+            self.buckets.give_back(address)
