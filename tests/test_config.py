@@ -207,3 +207,16 @@ def test_a_date_that_is_none_is_text_and_huge_numbers_in_statements_are_errors()
     suffixed = validate(load_statements("CREATE STREAM T (a int); CREATE SINK S WITH (type='log') (a int);\n"
                                         "INSERT INTO T SELECT * FROM S WHERE a < 1.5L;", "conf.sql"))  # a suffix is ignored
     assert suffixed.routes[0].where.matches({"a": 1}) is True
+
+
+@pytest.mark.parametrize("name, text", [
+    ("conf.yaml", "sinks:\n  S: {type: log, schema: a string}\n"),
+    ("conf.sql", "CREATE SINK S WITH (type='log') (a string);\n"),
+    ("conf.siddhi", "@sink(type='log', prefix='p')\ndefine stream S (a string);\n"),
+])
+def test_a_byte_order_mark_is_read_alike_by_every_front_end(tmp_path: Path, name: str, text: str) -> None:
+    """Seen: a file saved with a UTF-8 BOM (Windows editors, SQL tools) loaded as YAML but was a syntax error
+    ("unexpected character '\\ufeff'", an invisible one) as statements or a Siddhi app."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert [s.name for s in load_files([str(path)]).sinks] == ["S"]

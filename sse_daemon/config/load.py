@@ -24,7 +24,9 @@ def load_files(paths: Iterable[str]) -> Config:
     raw = RawConfig()
     for path in paths:
         try:
-            with open(path, encoding="utf-8") as f:
+            # utf-8-sig: a byte order mark (Windows editors, SQL tools) is dropped for every
+            # front end; YAML skipped it already, statements and Siddhi refused it as a character
+            with open(path, encoding="utf-8-sig") as f:
                 text = f.read()
         except OSError as e:
             raw.issues.append(ConfigIssue(Location(path), f"cannot read the file: {e.strerror or e}"))
