@@ -123,6 +123,13 @@ def test_keywords_are_names_where_no_keyword_fits() -> None:
     assert config.streams["stream"].schema.names == ("source", "select")
 
 
+@pytest.mark.reactor_free
+@pytest.mark.parametrize("annotation", ["@app:name('x')", "@APP:NAME('x')", "@App:qlversion('2')"])
+def test_app_annotations_are_case_insensitive_as_in_a_siddhi_app(annotation: str) -> None:
+    """Seen: '@app:name' loaded from a .siddhi file but was "unknown annotation '@app'" in a .sql one."""
+    assert [s.name for s in config_of(f"{annotation}\nCREATE SINK S WITH (type='log') (a string);").sinks] == ["S"]
+
+
 # --------------------------------------------------------------------------- statements == YAML
 
 EQUIVALENT_SQL = """\

@@ -59,10 +59,11 @@ class _Compiler:
             getattr(self, node.data)(node)
 
     def app_annotation(self, node: Tree) -> None:
-        scope, key = node.children[0], node.children[1]
-        if scope != "App":
+        """``@App:name('...')``; its words are case-insensitive, as in a Siddhi app (``@app:name`` loads in both)."""
+        scope, key = leaf(node.children[0]), leaf(node.children[1])
+        if scope.lower() != "app":
             self.raw.issues.append(ConfigIssue(self.loc(scope), f"unknown annotation '@{scope}'; expected @App:name('...')"))
-        elif key not in APP_ANNOTATIONS:
+        elif key.lower() not in {k.lower() for k in APP_ANNOTATIONS}:
             self.raw.issues.append(ConfigIssue(self.loc(key), unknown_message(str(key), APP_ANNOTATIONS, "annotation @App:")))
 
     def create_stream(self, node: Tree) -> None:
