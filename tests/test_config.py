@@ -10,6 +10,7 @@ import pytest
 
 from sse_daemon.config.errors import ConfigError
 from sse_daemon.config.load import load_files
+from sse_daemon.config.statements import load_statements
 from sse_daemon.config.validate import validate
 from sse_daemon.config.values import OptionError, parse_headers
 from sse_daemon.config.yamlfile import load_yaml
@@ -220,3 +221,24 @@ def test_a_byte_order_mark_is_read_alike_by_every_front_end(tmp_path: Path, name
     path = tmp_path / name
     path.write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert [s.name for s in load_files([str(path)]).sinks] == ["S"]
+
+
+@pytest.mark.parametrize("option, attribute, expected", [
+    ("priority: OFF", "priority", "off"),  # Siddhi's level, as migration.md lists it
+    ("priority: off", "priority", "off"),
+    ("prefix: no", "prefix", "no"),
+    ("prefix: On", "prefix", "On"),
+])
+def test_yaml_reads_yes_no_on_off_as_the_text_written(option: str, attribute: str, expected: str) -> None:
+    """Seen: YAML 1.1 made 'priority: OFF' the boolean false ("expected a string, found False"), while
+    priority='OFF' loaded from statements and Siddhi apps; only true and false are booleans, as in YAML 1.2."""
+    config = validate(load_yaml(f"sinks:\n  S: {{type: log, schema: a string, {option}}}\n", "conf.yaml"))
+    assert getattr(config.sinks[0].options, attribute) == expected
+
+
+@pytest.mark.parametrize("value, expected", [("yes", True), ("On", True), ("NO", False), ("off", False), ("true", True)])
+def test_a_boolean_option_still_takes_yes_no_on_off(value: str, expected: bool) -> None:
+    """What YAML 1.1 read as booleans stays one for a boolean option, in YAML and in statements alike."""
+    yaml_config = validate(load_yaml(f"sinks:\n  S: {{type: log, schema: a string, map.validate.json: {value}}}\n", "conf.yaml"))
+    sql_config = validate(load_statements(f"CREATE SINK S WITH (type='log', map.validate.json='{value}') (a string);", "conf.sql"))
+    assert yaml_config.sinks[0].options.map_validate_json is sql_config.sinks[0].options.map_validate_json is expected

@@ -68,11 +68,15 @@ def parse_number(value: Any, minimum: float | None = None) -> float:
     return float(value)
 
 
+#: the words a boolean option takes: true and false, and YAML 1.1's yes, no, on and off (configurations that wrote them keep working)
+_BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+
+
 def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
+    if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+        return _BOOLEANS[value.strip().lower()]
     raise OptionError(f"expected true or false, found {found(value)}")
 
 

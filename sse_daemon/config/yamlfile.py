@@ -9,6 +9,7 @@ is checked here beyond the file's shape: :mod:`sse_daemon.config.validate` does 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -17,6 +18,21 @@ from sse_daemon.config.errors import ConfigIssue, Location, unknown_message
 from sse_daemon.config.model import RawConfig, RawConnector, RawRoute, RawSection, RawStream, RawValue
 from sse_daemon.config.siddhi import load_siddhi
 from sse_daemon.config.statements import load_statements
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader with YAML 1.2's booleans: only true and false.
+
+    YAML 1.1 also reads yes, no, on and off as booleans, so ``priority: OFF``
+    (Siddhi's log level) or ``prefix: no`` became ``False``, while statements
+    and Siddhi apps read the text; a boolean option takes those words itself
+    (``values.parse_bool``)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 TOP_LEVEL_KEYS = ("streams", "sources", "sinks", "routes", "admin", "bus", "statements", "siddhi")
 ROUTE_KEYS = ("from", "to", "select", "where")
@@ -35,7 +51,7 @@ def load_yaml(text: str, filename: str = "<config>") -> RawConfig:
 
 def _load_yaml(text: str, filename: str) -> RawConfig:
     raw = RawConfig(files=[filename])
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         root = loader.get_single_node()
     except yaml.YAMLError as e:
@@ -121,7 +137,7 @@ def _text_offsets(node: yaml.ScalarNode, text: str) -> tuple[int, int]:
 
 
 class _YamlReader:
-    def __init__(self, loader: yaml.SafeLoader, filename: str, issues: list[ConfigIssue]) -> None:
+    def __init__(self, loader: _Loader, filename: str, issues: list[ConfigIssue]) -> None:
         self._loader = loader
         self._filename = filename
         self._issues = issues
