@@ -242,3 +242,11 @@ def test_a_boolean_option_still_takes_yes_no_on_off(value: str, expected: bool) 
     yaml_config = validate(load_yaml(f"sinks:\n  S: {{type: log, schema: a string, map.validate.json: {value}}}\n", "conf.yaml"))
     sql_config = validate(load_statements(f"CREATE SINK S WITH (type='log', map.validate.json='{value}') (a string);", "conf.sql"))
     assert yaml_config.sinks[0].options.map_validate_json is sql_config.sinks[0].options.map_validate_json is expected
+
+
+def test_an_unknown_stream_when_none_is_defined_says_so() -> None:
+    """Seen: "unknown stream 'Readings'; expected one of: " and nothing after it."""
+    assert errors("routes:\n  - {from: Readings, to: High}\n") == [
+        "conf.yaml:2: route: option 'from': unknown stream 'Readings'; none is defined",
+        "conf.yaml:2: route: option 'to': unknown stream 'High'; none is defined",
+    ]

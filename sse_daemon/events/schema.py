@@ -158,6 +158,8 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     the configuration, the condition checker and the mappers.
     """
     known = list(known)
+    if not known:  # a route in a configuration that defines no stream: an empty list reads as a cut message
+        return "; none is defined"
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(known)}"
 
