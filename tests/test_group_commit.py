@@ -109,3 +109,29 @@ def test_several_publishes_wait_on_one_batch_and_each_sees_its_outcome() -> None
     store.reactor.advance(0)
     store.commits[0][1].errback(HistoryUnavailable("disk full"))
     assert [o.check(HistoryUnavailable) for o in (*one, *two)] == [HistoryUnavailable, HistoryUnavailable]
+
+
+def test_a_bug_handing_committed_events_on_still_answers_their_publishers(log_events) -> None:
+    """The events are in the file; their publishers must not wait for ever because the hand-off raised (a bug,
+    logged sampled), and the next batch goes on."""
+    store = FakeStore()
+    calls: list[list[int]] = []
+
+    def hand_on(entries: Any) -> None:
+        calls.append([i for i, _, _, _ in entries])
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+
+    counters: Counter[str] = Counter()
+    history = DurableHistory(store, "S", counters, hand_on)
+    store.writer = history
+    first = outcome(history.add(1, 0.0, b"f", None))
+    store.reactor.advance(0)
+    store.commits[0][1].callback(None)
+    assert first == [None], "answered: the events are committed"
+    assert counters["internal_errors"] == 1
+    assert [e for e in log_events if "handing" in e.get("log_format", "")]
+    second = outcome(history.add(2, 0.0, b"f", None))
+    store.reactor.advance(0)
+    store.commits[1][1].callback(None)
+    assert second == [None] and calls == [[1], [2]]

@@ -265,7 +265,13 @@ class DurableHistory:
             log.info("history file {path} of sink {sink} takes events again (after {count} failed commits)",
                      path=self.store.path, sink=self.name, count=self._failing)
             self._failing = 0
-        self.on_committed(entries)
+        try:
+            self.on_committed(entries)
+        except Exception:  # a bug: the events are in the file (a resume gets them); their publishers must not wait for ever
+            self.counters["internal_errors"] += 1
+            if should_log(self.counters["internal_errors"]):
+                log.failure("sink {sink}: handing {count} committed events on failed ({errors} so far)", sink=self.name,
+                            count=len(entries), errors=self.counters["internal_errors"])
         if batch is not None:
             batch.callback(None)
 
