@@ -79,6 +79,17 @@ def test_config_errors(options: str, message: str) -> None:
     assert message in str(e.value)
 
 
+@pytest.mark.reactor_free
+def test_configured_origins_are_compared_as_browsers_send_them() -> None:
+    """A browser's Origin is lower case and omits the scheme's default port: written otherwise in the
+    configuration, an origin matched no request (it failed closed, and nobody could tell why)."""
+    text = ("sinks:\n  S:\n    type: sse-server\n    schema: 'a string'\n    server.port: 0\n"
+            "    cors.origins: ['https://App.Example.com:443', 'HTTP://localhost:80', 'http://localhost:3000']\n")
+    (sink,) = validate(load_yaml(text)).sinks
+    assert sink.options.cors_origins == ("https://app.example.com", "http://localhost", "http://localhost:3000")
+    assert CorsPolicy(sink.options.cors_origins).allows("https://app.example.com")
+
+
 @pytest_twisted.ensureDeferred
 async def test_ingest_preflight_and_post(daemon) -> None:
     service = await daemon(config())

@@ -217,11 +217,18 @@ def _realm(value: Any) -> str:
 
 
 def _origins(value: Any) -> tuple[str, ...]:
-    origins = tuple(o.rstrip("/") for o in parse_list(value))
-    for origin in origins:
-        if origin != "*" and origin != "null" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+    """Origins as a browser serialises them (compared as text with its ``Origin``): lower case, without the
+    scheme's default port. ``https://App.example.com:443`` written here matched no request before."""
+    origins = []
+    for origin in (o.rstrip("/") for o in parse_list(value)):
+        if origin != "*" and origin != "null" and not re.fullmatch(r"https?://[^/\s?#]+", origin, re.IGNORECASE):
             raise OptionError(f"expected origins such as 'https://app.example.com' or '*', found {found(origin)}")
-    return origins
+        origin = origin.lower()
+        for scheme, port in (("https://", ":443"), ("http://", ":80")):
+            if origin.startswith(scheme) and origin.endswith(port):
+                origin = origin[: -len(port)]
+        origins.append(origin)
+    return tuple(origins)
 
 
 #: TLS on a sink's or ingest's port (issue 5); checked as a whole by _check_access (tls.py)

@@ -305,7 +305,8 @@ class BearerAuth:
         if not token:
             return Denied(401, "missing-credentials", "this stream needs a bearer token")
         digest = token_digest(token)
-        if any(hmac.compare_digest(digest, known) for known in self.tokens):  # compare every one: no early exit
+        # every one compared (a sum, not any(), which stops at the first match): the time does not say which matched
+        if sum(hmac.compare_digest(digest, known) for known in self.tokens):
             return Allowed("static token")
         if self.jwt is not None and token.count(".") == 2:
             return self.jwt.check(token, now)
