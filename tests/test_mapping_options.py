@@ -500,6 +500,23 @@ async def test_raw_format_writes_bare_chunks_with_the_mappers_content_type(daemo
         await client.close()
 
 
+
+@pytest_twisted.ensureDeferred
+async def test_a_raw_sink_writes_no_empty_chunk_which_would_end_its_response(daemon) -> None:
+    """A chunk of no bytes is chunked encoding's last chunk: an empty text payload written as one ended every raw
+    subscriber's response (and the next payload was garbage after it). It is not sent: counted and logged, as
+    any event a sink cannot write."""
+    service = await daemon(SOCKETS)
+    port = service.port_of("Lines")
+    raw_text = await get(port, "/RawText")
+    for line in (b"", b"next"):
+        assert b'"accepted": 1' in await post(port, "/lines", line, b"text/plain")
+    await raw_text.wait_for(b"4\r\nnext\r\n")
+    assert bytes(raw_text.received).partition(b"\r\n\r\n")[2] == b"4\r\nnext\r\n"
+    assert service.sinks["RawText"].sink.counters["events_unmapped"] == 1
+    await raw_text.close()
+
+
 @pytest.mark.reactor_free
 def test_a_raw_sink_starts_no_heartbeat() -> None:
     config = validate(load_yaml(SOCKETS, "conf.yaml"))

@@ -29,30 +29,38 @@ class FrameEncoder:
         (``encode``: counted and logged), so the quick pass need not know which."""
         encode = self.mapper.encode
         try:
-            if id_texts is None:
-                return [encode(event).encode("utf-8") for event in events], None
-            return [encode_event(encode(event), id=text) for event, text in zip(events, id_texts)], None
+            if id_texts is not None:
+                return [encode_event(encode(event), id=text) for event, text in zip(events, id_texts)], None
+            payloads = [encode(event).encode("utf-8") for event in events]
+            if b"" not in payloads:  # an empty one cannot be written (encode says why)
+                return payloads, None
         except Exception:
-            frames: list[bytes] = []
-            kept: list[int] = []
-            for index, event in enumerate(events):
-                frame = self.encode(event, None if id_texts is None else id_texts[index])
-                if frame is not None:
-                    frames.append(frame)
-                    kept.append(index)
-            return frames, kept
+            pass
+        frames: list[bytes] = []
+        kept: list[int] = []
+        for index, event in enumerate(events):
+            frame = self.encode(event, None if id_texts is None else id_texts[index])
+            if frame is not None:
+                frames.append(frame)
+                kept.append(index)
+        return frames, kept
 
     def encode(self, event: Event, id_text: str | None) -> bytes | None:
         """The event's bytes (an SSE frame with ``id_text``, or the bare payload for None), or None when
         it cannot be written.
 
         Events are checked where they enter (validate.py), so only ``map.validate.json`` refusing a
-        template's output should get here; anything else is a bug, logged with its traceback.
+        template's output, or an empty payload on a raw sink (no chunk can hold it; the original sink
+        wrote nothing either), should get here; anything else is a bug, logged with its traceback.
         """
         try:
             payload = self.mapper.encode(event)
-            return payload.encode("utf-8") if id_text is None else encode_event(payload, id=id_text)
-        except MappingError as e:  # map.validate.json refused the output
+            if id_text is not None:
+                return encode_event(payload, id=id_text)
+            if not payload:  # a chunk of no bytes is the last chunk: it would end every raw subscriber's response
+                raise MappingError("empty-payload", "a raw stream cannot carry an empty payload (a chunk of no bytes ends the response)")
+            return payload.encode("utf-8")
+        except MappingError as e:  # map.validate.json refused the output, or an empty payload on a raw sink
             self.counters["events_unmapped"] += 1
             if should_log(self.counters["events_unmapped"]):
                 self.log.warn("sink {sink} dropped an event: {reason} ({count} so far)", sink=self.name, reason=str(e),
