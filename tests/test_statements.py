@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -466,6 +468,33 @@ SCHEMA = parse_schema("name string, n int, x double, ok bool, o object")
 )
 def test_conditions(condition: str, values: dict, expected: bool) -> None:
     assert compile_condition(condition, SCHEMA, "In").matches(values) is expected
+
+
+@pytest.mark.reactor_free
+def test_like_takes_no_time_whatever_the_pattern_an_event_carries() -> None:
+    """``a like b`` takes its pattern from the event: a regular expression with a ``.*`` for each ``%``
+    backtracked for seconds on twelve of them and 24 characters, holding the reactor (every stream) meanwhile."""
+    condition = compile_condition("a like b", parse_schema("a string, b string"), "In")
+    started = time.perf_counter()
+    assert not condition.matches({"a": "a" * 24, "b": "%" * 12 + "b"})
+    assert not condition.matches({"a": "a" * 100_000, "b": "%a" * 12 + "%b"})
+    assert condition.matches({"a": "a" * 100_000 + "b", "b": "%a" * 12 + "%b"})
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.reactor_free
+def test_like_agrees_with_its_definition() -> None:
+    """``%`` any run of characters, ``_`` one, anything else itself: checked against that definition as a regex."""
+    schema = parse_schema("a string, b string")
+    condition = compile_condition("a like b", schema, "In")
+    rng = random.Random(12)
+    for _ in range(5_000):
+        pattern = "".join(rng.choice("ab%_.") for _ in range(rng.randint(0, 7)))
+        text = "".join(rng.choice("ab.\n") for _ in range(rng.randint(0, 8)))
+        defined = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+        expected = re.fullmatch(defined, text, re.DOTALL) is not None
+        assert condition.matches({"a": text, "b": pattern}) is expected, (pattern, text)
+        assert compile_condition(f"a like '{pattern}'", schema, "In").matches({"a": text}) is expected, (pattern, text)
 
 
 @pytest.mark.reactor_free
