@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import pytest
@@ -62,6 +63,15 @@ def test_convert(value, attr_type, expected) -> None:
 def test_convert_rejects(value, attr_type) -> None:
     with pytest.raises(ConversionError):
         convert(value, attr_type)
+
+
+@pytest.mark.parametrize("text", ["3.4028235E38", "-3.4028235e38", "3.4028235677973362e38"])
+def test_a_float_takes_what_a_32_bit_float_holds_as_its_producers_write_it(text) -> None:
+    """Java writes Float.MAX_VALUE as 3.4028235E38, a little above the exact value: it is a 32-bit float (it rounds
+    to the largest one), and was refused as out of range. From 2**128 - 2**103 on, a value rounds to infinity."""
+    assert convert(float(text), AttrType.FLOAT) == float(text)
+    with pytest.raises(ConversionError, match="out of range"):
+        convert(math.copysign(2.0**128 - 2.0**103, float(text)), AttrType.FLOAT)
 
 
 @pytest.mark.parametrize(

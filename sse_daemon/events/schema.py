@@ -41,7 +41,9 @@ class AttrType(enum.Enum):
 TYPE_NAMES = tuple(t.value for t in AttrType)
 
 _INT_RANGE = {AttrType.INT: (-(2**31), 2**31 - 1), AttrType.LONG: (-(2**63), 2**63 - 1)}
-_FLOAT32_MAX = 3.4028234663852886e38
+#: 2**128 - 2**103: a double from here on rounds to infinity as a 32-bit float; below it, to a finite one (Java writes
+#: Float.MAX_VALUE as 3.4028235E38, above its exact value 3.4028234663852886e38)
+_FLOAT32_LIMIT = 3.4028235677973366e38
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -141,7 +143,7 @@ def convert(value: Any, attr_type: AttrType) -> Any:
             raise ConversionError(f"{_describe(value)} is out of range for {attr_type.value}", "number-out-of-range") from None
         if not math.isfinite(number):
             raise ConversionError(f"{value} is not a finite number", "non-finite-number")
-        if attr_type is AttrType.FLOAT and abs(number) > _FLOAT32_MAX:
+        if attr_type is AttrType.FLOAT and abs(number) >= _FLOAT32_LIMIT:
             raise ConversionError(f"{value} is out of range for {attr_type.value}", "number-out-of-range")
         return number
     if attr_type is AttrType.BOOL:
