@@ -265,6 +265,8 @@ async def test_a_caret_sits_under_the_fault(daemon, tokens) -> None:
     ("hub.path: /prices", "already served by"),
     ("sse.format: raw\n    hub.path: /hub", "hub.path needs sse.format sse"),
     ("sse.format: raw\n    subscriber.where: true", "subscriber.where needs sse.format sse"),
+    # a worker gets the frames without the events' values: every filter passed every event
+    ("worker.count: 2\n    subscriber.where: true", "subscriber.where is not available with worker.count above 1"),
 ])
 def test_config_checks_hub_paths_and_raw_sinks(tmp_path, extra: str, wanted: str) -> None:
     text = f"""\

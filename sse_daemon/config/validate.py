@@ -642,7 +642,7 @@ def _check_listeners(connectors: list[ConnectorDef[Any]], issues: list[ConfigIss
 
 def _check_hubs(connectors: list[ConnectorDef[Any]], raws: Mapping[str, RawConnector], issues: list[ConfigIssue]) -> None:
     """hub.path and subscriber.where (issue 16): a hub path is no connector's path on its port, and neither
-    option goes with a raw sink; a hub reads sinks served in the daemon's own process."""
+    option goes with a raw sink, nor with a sink served by worker processes."""
     paths = {(address[1], address[2]): connector for connector in connectors
              if (address := listen_address(connector)) is not None and not served_by_workers(connector)}
     for connector in connectors:
@@ -656,6 +656,9 @@ def _check_hubs(connectors: list[ConnectorDef[Any]], raws: Mapping[str, RawConne
                 issues.append(ConfigIssue(location, f"{name} needs sse.format sse: a raw sink writes bare payloads, without ids or event types", connector.label, name))
             elif wanted and name == "hub.path" and served_by_workers(connector):
                 issues.append(ConfigIssue(location, "hub.path is not available with worker.count above 1: a hub reads sinks served by the daemon's own process", connector.label, name))
+            elif wanted and served_by_workers(connector):  # a worker gets frames, not the values a filter tests: all passed
+                issues.append(ConfigIssue(location, "subscriber.where is not available with worker.count above 1: a worker gets the encoded "
+                                          "events, not the values a filter tests", connector.label, name))
         if options.hub_path is not None:
             other = paths.get((options.server_port, options.hub_path))
             if other is not None:
