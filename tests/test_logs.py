@@ -82,6 +82,28 @@ def test_a_failure_carries_its_traceback() -> None:
     assert "ZeroDivisionError" in record["traceback"] and record["message"] == "heartbeat failed"
 
 
+#: what a client or an upstream can put in a logged value (a log sink's text payload, an Origin, a
+#: status line): CR and ESC sequences that return over the line, NUL (journald ends a line there),
+#: NEL and U+2028 (str.splitlines ends a line there), CSI, DEL, and a lone surrogate (no UTF-8 form)
+HOSTILE = "a\r2026-01-01T00:00:00+0000 [forged#info] all is well\x1b[2K\x00b\x85c\u2028d\u2029e\x9b31m\x7f\ud800f\tg"
+
+
+@pytest.mark.reactor_free
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_hostile_value_stays_on_its_line_and_is_written(fmt: str) -> None:
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)  # as stdout or a log file
+    observer = logs.make_observer(fmt, LogLevel.info, out)
+    emit(observer, LogLevel.warn, "origin {origin} may not use this endpoint", origin=HOSTILE)
+    written = raw.getvalue().decode("utf-8")
+    assert written.endswith("\n") and len(written.splitlines()) == 1, written
+    assert not any(ord(c) < 0x20 and c not in "\n\t" or 0x7f <= ord(c) <= 0x9f for c in written), "no control character is written"
+    if fmt == "json":
+        assert json.loads(written)["origin"] == HOSTILE, "JSON escapes keep the value exact"
+    else:
+        assert r"a\x0d2026-01-01T00:00:00+0000 [forged#info] all is well\x1b[2K\x00b\x85c\u2028d\u2029e\x9b31m\x7f\ud800f" + "\tg" in written
+
+
 @pytest.mark.reactor_free
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_the_level_filter_drops_what_is_below_it(fmt: str) -> None:

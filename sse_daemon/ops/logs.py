@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from datetime import datetime, timezone
 from typing import IO, Any, Callable
@@ -43,6 +44,13 @@ LEVELS = ("debug", "info", "warn", "error", "critical")
 #: field names whose values never reach a log line
 SECRET_WORDS = ("password", "passwd", "secret", "token", "authorization", "cookie", "api_key", "apikey", "credential")
 
+#: characters that move the cursor, end or split a line for some reader, or have no UTF-8 form: every
+#: C0 control but LF and tab (twistd's text lines already continue an LF with a tab), DEL, the C1
+#: controls (NEL, CSI), U+2028/U+2029 and lone surrogates
+_TEXT_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: what json.dumps(ensure_ascii=False) leaves raw of the above (it escapes C0 itself)
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
 #: set by the plugin's options (tap.py); wins over the environment
 _selected: dict[str, str] = {}
 
@@ -60,6 +68,27 @@ def parse_format(text: str) -> str:
     if name not in FORMATS:
         raise ValueError(f"unknown log format {text!r}; expected one of {', '.join(FORMATS)}")
     return name
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = ord(match.group())
+    return f"\\x{char:02x}" if char < 0x100 else f"\\u{char:04x}"
+
+
+def _json_escaped(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def event_as_text(event: dict[str, Any]) -> str | None:
+    """twistd's text line, with the characters of :data:`_TEXT_UNSAFE` written as ``\\xNN``/``\\uNNNN``.
+
+    A value a client or an upstream sent (a log sink's payload, an origin, a
+    status line) must not return the cursor over the line, forge a line of its
+    own (CR, NUL for journald, NEL) or make the write fail (a lone surrogate,
+    which would lose the line).
+    """
+    text = formatEventAsClassicLogText(event)
+    return None if text is None else _TEXT_UNSAFE.sub(_escaped, text)
 
 
 def _redact(name: str, value: Any) -> Any:
@@ -99,13 +128,16 @@ def event_as_json(event: dict[str, Any]) -> str:
         if key.startswith("log_") or key in record or key in ("format", "message", "isError", "system", "time", "why", "failure"):
             continue
         record[key] = _plain(_redact(key, value))
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    # json.dumps escapes C0 controls; NEL and U+2028/U+2029 end a line for some readers (str.splitlines),
+    # and a lone surrogate has no UTF-8 form: written as JSON escapes, a record stays one line that writes
+    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    return _JSON_UNSAFE.sub(_json_escaped, line) + "\n"
 
 
 def make_observer(fmt: str, level: LogLevel, stream: IO[str]) -> ILogObserver:
     """An observer writing ``fmt`` lines to ``stream``, dropping events below ``level``."""
     formatter: Callable[[dict], str | None] = (
-        event_as_json if fmt == "json" else (lambda event: formatEventAsClassicLogText(event))
+        event_as_json if fmt == "json" else event_as_text
     )
     return FilteringLogObserver(
         FileLogObserver(stream, formatter),
