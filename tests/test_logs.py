@@ -17,7 +17,7 @@ import treq
 from twisted.internet import protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
@@ -29,7 +29,8 @@ from sse_daemon.events.schema import Event
 from sse_daemon.daemon.service import build_service
 from sse_daemon.tap import Options
 
-from .conftest import deadline, sleep, wait_for, write_config
+from .conftest import deadline, raw_request, sleep, subscribe, wait_for, write_config
+from .test_source import Harness, harness  # noqa: F401  (harness is a fixture)
 
 
 STATS = "sse_daemon.ops.figures.StatsLogService"
@@ -341,3 +342,46 @@ async def test_twistd_logger_option_with_the_level_from_the_environment(tmp_path
     records = process.records()
     assert [r["level"] for r in records] == ["warn"], records
     assert records[0]["reason"] == "not-an-object"
+
+
+# --------------------------------------------------------------------------- ids and paths a client or an upstream chose
+
+
+def longest_line(events: list[dict[str, Any]]) -> int:
+    return max(len(logs.event_as_json(e)) for e in events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_id_of_10_kb_is_cut_in_every_line_that_shows_it(harness: Harness, log_events: list[dict]) -> None:
+    """The upstream chooses its ids, up to max.event.size; each reconnect wrote one whole, three times."""
+    server = harness.server()
+    source, events = harness.source(server.url(), **{"reconnect.initial.delay": 0.02, "reconnect.max.delay": 0.1})
+    await wait_for(lambda: source.connected, what="the stream")
+    long_id = "7" * 10_000  # under the header limit of the scripted server
+    server.write(f"id: {long_id}\ndata: not json\n\n".encode())  # counted as does-not-map, the id still taken
+    await wait_for(lambda: any("does not map" in formatEvent(e) for e in log_events), what="the mapping error")
+    server.drop()
+    await wait_for(lambda: len(server.seen) == 2 and source.connected, what="the reconnect")
+    assert server.seen[-1].headers["last-event-id"] == long_id, "sent whole: only the log line is cut"
+    shown = [e for e in log_events if long_id[:50] in formatEvent(e)]
+    for words in ("does not map", "stream ended", "connected to"):
+        assert any(words in formatEvent(e) for e in shown), words
+    assert longest_line(shown) < 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_last_event_id_or_path_from_a_client_is_cut_in_the_log(daemon: Any, log_events: list[dict]) -> None:
+    service = await daemon("""\
+        sinks:
+          S: {type: sse-server, schema: "a string", server.host: 127.0.0.1, server.port: 0, server.path: /events}
+        """)
+    port = service.port_of("S")
+    client = await subscribe(port, "/events", f"Last-Event-ID: {'i' * 12_000}\r\n")
+    await client.close()
+    lost = await raw_request(port, f"GET /{'p' * 12_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await lost.wait_for(b"404 Not Found")
+    await lost.close()
+    connected = [e for e in log_events if "connected to sink" in formatEvent(e)]
+    refused = [e for e in log_events if e.get("reason") == "not-found"]
+    assert connected and refused
+    assert longest_line(connected) < 1000 and longest_line(refused) < 1000

@@ -34,6 +34,7 @@ from sse_daemon.client.body import BodyReceiver, Discard
 from sse_daemon.client.decisions import ReconnectPolicy, Verdict, judge_response, reconnect_delay, retry_after, RETRY_AFTER_MAX
 from sse_daemon.client.failures import describe_failure
 from sse_daemon.client.http import HttpGet
+from sse_daemon.policy.limits import excerpt
 from sse_daemon.policy.redact import redact_url, split_userinfo
 from sse_daemon.wire.eventstream import Comment, EventStreamParser, Item, Message, Rejection
 from sse_daemon.wire.jsondocs import JsonDocumentSplitter
@@ -298,7 +299,7 @@ class EventSource:
         headers = self._request_headers()
         self.counters["attempts"] += 1
         self.log.debug("{label} requesting {url} (Last-Event-ID {last_event_id!r})",
-                       label=self.label, url=self.url, last_event_id=self.last_event_id)
+                       label=self.label, url=self.url, last_event_id=excerpt(self.last_event_id))
         request = self._http.get(self._request_url, headers=headers, unbuffered=True, allow_redirects=False)
         self._request = request
         if self.settings.connect_timeout > 0:

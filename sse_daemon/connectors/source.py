@@ -36,7 +36,7 @@ from sse_daemon.connectors.interfaces import IUpstreamSource
 from sse_daemon.events.schema import Event
 from sse_daemon.mapping.mappers import IMapper, MappingError
 from sse_daemon.policy.connections import Stopping
-from sse_daemon.policy.limits import LogRate, should_log  # a bad upstream must not flood the log
+from sse_daemon.policy.limits import LogRate, excerpt, should_log  # a bad upstream must not flood the log
 from sse_daemon.wire.eventstream import Message, Rejection
 
 __all__ = [
@@ -314,7 +314,7 @@ class SseSourceService(Service):
         if allowed:
             self.log.info(
                 "source {source} connected to {url}{via} (connection {worker}, Last-Event-ID {last_event_id!r}){held_back}",
-                source=self.source_name, url=self.url, worker=conn.index, last_event_id=opened.last_event_id,
+                source=self.source_name, url=self.url, worker=conn.index, last_event_id=excerpt(opened.last_event_id),
                 via=f" via {opened.url}" if opened.redirected else "",
                 held_back=f" ({held} connect and reconnect lines held back)" if held else "",
             )
@@ -341,7 +341,7 @@ class SseSourceService(Service):
             self.log.info(
                 "source {source} ({url}, connection {worker}): stream ended ({cause}); reconnecting in {delay:.2f}s with Last-Event-ID {last_event_id!r}{held_back}",
                 source=self.source_name, url=self.url, worker=conn.index, cause=report.reason,
-                delay=report.reconnect_in, last_event_id=report.last_event_id,
+                delay=report.reconnect_in, last_event_id=excerpt(report.last_event_id),
                 held_back=f" ({held} connect and reconnect lines held back)" if held else "",
             )
 
@@ -462,6 +462,6 @@ class SseSourceService(Service):
             payload = message.data if len(message.data) <= 200 else message.data[:197] + "..."
             self.log.warn(
                 "source {source} ({url}): message {id!r} does not map ({reason}): {error}; payload {payload!r}; {total} so far",
-                source=self.source_name, url=self.url, id=message.id, reason=reason, error=text,
+                source=self.source_name, url=self.url, id=excerpt(message.id), reason=reason, error=text,
                 payload=payload, total=self._counters["mapping_errors"],
             )

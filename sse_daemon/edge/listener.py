@@ -43,7 +43,7 @@ from sse_daemon.compat import (BadRequestChannel, StreamingH2Connection, Streami
                                skip_form_parsing)
 from sse_daemon.config.values import normalise_path
 from sse_daemon.policy.connections import AddressCounts, DescriptorBudget, PortPolicy, Stopping
-from sse_daemon.policy.limits import should_log
+from sse_daemon.policy.limits import excerpt, should_log
 from sse_daemon.edge.bodystream import BodyStream, wants_stream
 from sse_daemon.edge.leanrequest import SERVER_NAME, LeanRequest
 from sse_daemon.edge.sendnow import direct_socket, write_now
@@ -120,7 +120,7 @@ class PathRouter(Resource):
         if should_log(count):  # a scanner must not flood the log; the count is in /metrics
             self.log.info(
                 "refused {method} {path} from {peer}: {message} ({reason}, {count} so far)",
-                method=request.method.decode("latin-1"), path=request.path.decode("latin-1", "replace"),
+                method=request.method.decode("latin-1"), path=excerpt(request.path.decode("latin-1", "replace")),
                 peer=getattr(request.getClientAddress(), "host", "?"), message=message, reason=reason, count=count,
             )
         return json_error(request, code, message, reason=reason, **fields)
@@ -166,7 +166,7 @@ class PathRouter(Resource):
         resource = self.routes.get(path)
         if resource is None:
             listing = {"paths": sorted(self.routes)} if self.list_paths else {}
-            return self.reject(request, 404, "not-found", f"nothing is served at {path}", **listing)
+            return self.reject(request, 404, "not-found", f"nothing is served at {excerpt(path)}", **listing)
         try:
             return resource.render(request)
         except UnsupportedMethod as e:

@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["TokenBucket", "KeyedBuckets", "Refusal", "Admission", "RequestRate", "FailureLimit", "should_log", "LogRate"]
+__all__ = ["TokenBucket", "KeyedBuckets", "Refusal", "Admission", "RequestRate", "FailureLimit", "should_log", "LogRate", "excerpt"]
 
 #: client addresses whose buckets are remembered; the least recently seen is forgotten first
 MAX_TRACKED_ADDRESSES = 10_000
@@ -25,6 +25,15 @@ def should_log(count: int) -> bool:
     """Log the first ten of a kind (refusals, bad requests, bad upstream payloads), then every
     thousandth: a flood must not flood the log."""
     return count <= 10 or count % 1000 == 0
+
+
+def excerpt(text: str | None, most: int = 200) -> str | None:
+    """``text`` as a log line shows it: at most ``most`` characters, a cut ending in ``...``. An id or a
+    path is the client's or the upstream's choice, up to the header limit or ``max.event.size``, and
+    lines that carry one are written for every connection."""
+    if text is None or len(text) <= most:
+        return text
+    return text[: most - 3] + "..."
 
 
 class LogRate:

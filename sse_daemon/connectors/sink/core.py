@@ -35,7 +35,7 @@ from sse_daemon.connectors.sink.replay import BusReplayer, BusResumes
 from sse_daemon.connectors.sink.subscriber import Select, Subscriber
 from sse_daemon.events.schema import Event, Schema
 from sse_daemon.mapping.mappers import IMapper
-from sse_daemon.policy.limits import LogRate  # routine lines, bounded in a reconnect storm
+from sse_daemon.policy.limits import LogRate, excerpt  # routine lines, bounded in a reconnect storm
 from sse_daemon.policy.storms import retry_frame, retry_hint  # jittered retry: against reconnect storms
 from sse_daemon.wire.eventstream import encode_comment, encode_event
 
@@ -356,7 +356,7 @@ class SseSink:
         if log:
             self.log.info(
                 "subscriber {peer} connected to sink {sink} (last event id {last_event_id!r}, {count} connected){held_back}",
-                peer=subscriber.peer, sink=self.name, last_event_id=last_event_id, count=len(self.subscribers),
+                peer=subscriber.peer, sink=self.name, last_event_id=excerpt(last_event_id), count=len(self.subscribers),
                 held_back=_held_back(held),
             )
 

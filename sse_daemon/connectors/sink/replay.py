@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from sse_daemon.connectors.history import History, Resume
 from sse_daemon.events.schema import Event
-from sse_daemon.policy.limits import should_log
+from sse_daemon.policy.limits import excerpt, should_log
 
 if TYPE_CHECKING:
     from sse_daemon.connectors.sink.subscriber import Subscriber
@@ -99,7 +99,7 @@ class BusResumes:
         reason = failure.getErrorMessage() or (failure.type.__name__ if failure.type else "unknown error")
         if should_log(self.counters["bus_replays_failed"]):
             self.log.warn("sink {sink} could not ask the bus what follows {last_event_id!r} ({reason}); resuming from local history",
-                          sink=self.name, last_event_id=last_event_id, reason=reason)
+                          sink=self.name, last_event_id=excerpt(last_event_id), reason=reason)
         return history.resume(last_event_id)
 
 
