@@ -21,6 +21,7 @@ from sse_daemon.edge.auth import (
     load_users, verify_password,
 )
 from sse_daemon.config.errors import ConfigError
+from sse_daemon.connectors.sink.core import CONNECT_LOG_BURST
 from sse_daemon.config.options import AccessOptions
 from sse_daemon.config.validate import validate
 from sse_daemon.config.yamlfile import load_yaml
@@ -287,3 +288,23 @@ async def test_ingest_with_a_static_token_from_the_environment(daemon, rsa_keys,
 def access(**given: object) -> AccessOptions:
     """A connector's access options: the table's defaults but for ``given``."""
     return AccessOptions.with_defaults(**given)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokens_that_expire_together_do_not_flood_the_log(daemon, rsa_keys, tmp_path: Path, log_events) -> None:
+    """A line per expired stream was written unsampled: tokens minted together end their streams together."""
+    private, public = rsa_keys
+    key_file = tmp_path / "jwt.pem"
+    key_file.write_text(public)
+    clock = Clock()
+    clock.advance(NOW)
+    service = await daemon(config(**{"auth.type": "bearer", "auth.jwt.key.file": key_file, "auth.jwt.audience": "sse"}), clock=clock)
+    port = service.port_of("Events")
+    sink = service.sinks["Events"].sink
+    shared = token(private, exp=NOW + 30)
+    streams = [await subscribe(port, headers=f"Authorization: Bearer {shared}\r\n") for _ in range(CONNECT_LOG_BURST + 20)]
+    clock.advance(30)
+    await wait_for(lambda: all(s.is_closed for s in streams), what="every expired stream to end")
+    assert sink.counters["closed_token_expired"] == len(streams)
+    expiry_lines = [e for e in log_events if "access token expired" in (formatEvent(e) or "")]
+    assert 0 < len(expiry_lines) <= CONNECT_LOG_BURST

@@ -52,7 +52,7 @@ from sse_daemon.config.credentials import AccessSecrets
 from sse_daemon.config.model import ConnectorDef
 from sse_daemon.config.options import AccessOptions, HttpSourceOptions, SseServerOptions
 from sse_daemon.edge.cors import CorsPolicy
-from sse_daemon.policy.limits import Admission, Refusal, RequestRate, should_log
+from sse_daemon.policy.limits import Admission, LogRate, Refusal, RequestRate, should_log
 from sse_daemon.edge.passwords import PasswordGate, PasswordPool, PoolStopped
 from sse_daemon.edge.safety import internal_error
 from sse_daemon.wire.eventstream import encode_comment
@@ -76,6 +76,7 @@ class GuardedSink(Protocol):
     subscribers: Any  # a set of subscribers, each with its ``request`` and ``peer``
     counters: Counter[str]
     rejected: Counter[str]
+    routine_lines: LogRate  # its connect and leave lines' budget, which an expiry's line shares
 
     def close(self, subscriber: Any, final: bytes = b"") -> None: ...
     def stream_requests(self) -> list[Any]: ...
@@ -453,8 +454,10 @@ def sink_guard(connector: ConnectorDef[SseServerOptions], resource: IResource, s
         for subscriber in tuple(sink.subscribers):
             if subscriber.request is request:
                 sink.counters["closed_token_expired"] += 1
-                Guard.log.info("closing subscriber {peer} of sink {sink}: its access token expired",
-                               peer=subscriber.peer, sink=sink.name)
+                log, _ = sink.routine_lines.allow()  # tokens minted together expire together: one line each would flood
+                if log:
+                    Guard.log.info("closing subscriber {peer} of sink {sink}: its access token expired",
+                                   peer=subscriber.peer, sink=sink.name)
                 sink.close(subscriber, EXPIRED)
 
     def revoked(requests: list[IRequest]) -> None:

@@ -243,7 +243,9 @@ class Hub:
         for connections in tuple(self.groups.values()):
             for connection in tuple(connections):
                 if connection.subscriber.request is request:
-                    self.log.info("closing hub subscriber {peer}: an access token expired", peer=connection.subscriber.peer)
+                    log, _ = self.sinks[name].routine_lines.allow()  # bounded as a sink's expiries are
+                    if log:
+                        self.log.info("closing hub subscriber {peer}: an access token expired", peer=connection.subscriber.peer)
                     self.sinks[name].counters["closed_token_expired"] += 1
                     self.close(connection, EXPIRED)
 
