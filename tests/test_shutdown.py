@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import error, reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 
 from sse_daemon.events.schema import Event
 from sse_daemon.policy.storms import drain_schedule, retry_frame, retry_hint
 
-from .conftest import RawHttpClient, TwistdProcess, deadline, subscribe, wait_for, write_config
+from .conftest import RawHttpClient, TwistdProcess, deadline, raw_request, status, subscribe, wait_for, write_config
 
 SINK = """\
 sinks:
@@ -155,3 +157,63 @@ async def test_real_twistd_drains_in_stages_on_sigterm(tmp_path: Path) -> None:
             assert b"server shutting down" in client.received and client.received.endswith(b"0\r\n\r\n"), (process.output.decode()[-3000:], [b"shutting" in c.received for c in clients])
     finally:
         await process.kill()
+
+
+PUBLISHED = """\
+sources:
+  In: {type: http, schema: "n int", stream: S, receiver.url: "http://127.0.0.1:0/in"}
+sinks:
+  Out: {type: sse-server, stream: S, server.host: 127.0.0.1, server.port: 0, server.path: events, drain.window: 0.5}
+"""
+
+STREAMING_HEAD = (b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"%x\r\n%s\r\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_real_twistd_sigterm_answers_an_open_streaming_publish_with_what_it_took(tmp_path: Path) -> None:
+    """Seen: a streaming publish open at SIGTERM (its publisher between two lines) was cut at exit without
+    an answer, its lines delivered: the publisher could not tell what had been accepted."""
+    process, port = await TwistdProcess.start(write_config(tmp_path, PUBLISHED), tmp_path)
+    try:
+        live = await subscribe(port)
+        lines = b'{"n": 1}\n{"n": 2}\n'
+        publisher = await raw_request(port, STREAMING_HEAD % (len(lines), lines))
+        await live.wait_for(b'"n":2')  # both lines are published: the body stays open
+        process.signal("TERM")
+        await wait_for(lambda: publisher.is_closed and process.ended, timeout=15, what="the answer and twistd's exit")
+        assert process.reason.value.exitCode == 0, process.output
+        raw = bytes(publisher.received)
+        assert raw and status(raw) == 200, f"the publisher got {raw!r}"
+        answer = json.loads(raw.partition(b"\r\n\r\n")[2])
+        assert (answer["accepted"], answer["lines"], answer.get("ended")) == (2, 2, "shutting-down")
+    finally:
+        await process.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_waits_for_the_answer_of_a_publish_the_bus_has_not_acknowledged(daemon) -> None:
+    """A POST whose events wait for the bus (Redis's acknowledgement, a commit) at SIGTERM: twistd cuts every
+    connection once stopService fires, so it must fire only after the publisher has its answer."""
+    service = await daemon(PUBLISHED)
+    ingest = service.sources["In"]
+    real_publish = ingest.bus.publish
+    acknowledged: list[Deferred] = []
+
+    def slow_publish(stream: str, events: list) -> Deferred:
+        done: Deferred = Deferred()
+        acknowledged.append(done)
+        done.addCallback(lambda _: real_publish(stream, events))
+        return done
+
+    ingest.bus.publish = slow_publish
+    body = b'{"n": 7}'
+    publisher = await raw_request(service.port_of("In"), b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    await wait_for(lambda: acknowledged, what="the publish to reach the bus")
+    stopped = service.stopService()
+    assert not stopped.called, "stopped while a publisher waits for its answer"
+    reactor.callLater(0.2, acknowledged[0].callback, None)
+    await deadline(stopped)
+    assert publisher.received and status(bytes(publisher.received)) == 200, bytes(publisher.received)
+

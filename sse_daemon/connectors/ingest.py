@@ -17,8 +17,8 @@ import json
 from collections import Counter
 from typing import Any, Callable, Collection
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime, ITCPTransport
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
@@ -31,6 +31,7 @@ from zope.interface import implementer
 from sse_daemon.compat import request_disconnected  # the client left before its answer
 from sse_daemon.bus.interfaces import IBus, PublishUnconfirmed
 from sse_daemon.connectors.interfaces import ISource
+from sse_daemon.connectors.sink.drain import FLUSH_TIMEOUT, flushed
 from sse_daemon.connectors.sink.historyfile import HistoryUnavailable
 from sse_daemon.policy.limits import should_log
 from sse_daemon.config.model import ConnectorDef
@@ -46,6 +47,8 @@ from sse_daemon.events.validate import InvalidValue
 #: (bench figures in docs/reliability-validate.md), so a 10,000-event body leaves other
 #: streams waiting for one slice at a time instead of the whole body
 PUBLISH_SLICE = 500
+#: at shutdown, how long the publishes under way get for their answers (a shared bus's own timeout is 5 s)
+ANSWER_TIMEOUT = 10.0
 
 
 @implementer(ISource)
@@ -78,6 +81,8 @@ class IngestResource(Resource):
         self.rejected: Counter[str] = Counter()
         #: streaming publishes under way, by request: what its guard checks again when credentials are renewed
         self.streaming: dict[Any, NdjsonPublish] = {}
+        #: other requests whose answer waits for the bus (an acknowledgement, a commit, a large body's slices)
+        self.answering: set[Any] = set()
 
     def render_HEAD(self, request: IRequest) -> bytes:
         # Resource's default HEAD calls render_GET, which an ingest has not: that was a 500 (found by tests/test_fuzz.py)
@@ -95,7 +100,7 @@ class IngestResource(Resource):
             whole = self._ndjson(request, BodyStream(None))
             whole.chunk(body)
             whole.end()
-            return NOT_DONE_YET
+            return self._answer_later(request)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -122,6 +127,12 @@ class IngestResource(Resource):
             return self._accepted(request, len(rows))  # delivered already: answered now, without a callback's cost
         published.addCallbacks(self._published, self._unavailable, (request, len(rows)), errbackArgs=(request,))
         published.addErrback(lambda f: self.log.failure("ingest {source} could not answer", f, source=self.name))
+        return self._answer_later(request)
+
+    def _answer_later(self, request: Request) -> int:
+        if not request.finished:
+            self.answering.add(request)
+            request.notifyFinish().addBoth(lambda _: self.answering.discard(request))
         return NOT_DONE_YET
 
     async def _publish_in_slices(self, rows: list, now: float) -> None:
@@ -149,6 +160,27 @@ class IngestResource(Resource):
         whose body had ended already is not)."""
         ending = {id(request) for request in requests}
         return sum(publish.cut(reason) for request, publish in list(self.streaming.items()) if id(request) in ending)
+
+    def settle(self) -> Deferred:
+        """Shutdown: cut every streaming publish short (its answer says what it took, with ``"ended":
+        "shutting-down"``) and fire once every publish under way has its answer sent (or after
+        :data:`ANSWER_TIMEOUT`). twistd cuts every connection still open once the daemon has stopped, and a
+        publisher cut before its answer cannot tell what was accepted."""
+        requests = [*self.streaming, *self.answering]
+        transports = [request.transport for request in requests]
+        answers = [request.notifyFinish() for request in requests]  # before the cut, which may answer at once
+        self.end_streams(requests, "shutting-down")
+        answered = DeferredList(answers, consumeErrors=True).addTimeout(ANSWER_TIMEOUT, self.turns)
+        answered.addErrback(lambda _: self.log.warn("ingest {source}: publishes still unanswered at shutdown after {seconds}s",
+                                                    source=self.name, seconds=ANSWER_TIMEOUT))
+
+        def sent(_: object) -> Deferred:
+            for transport in transports:  # a kept-alive HTTP/1.1 connection closes once its answer is sent (an HTTP/2 stream has ended)
+                if ITCPTransport.providedBy(transport) and not getattr(transport, "disconnecting", False):
+                    transport.loseConnection()
+            return flushed(transports, self.turns, FLUSH_TIMEOUT)
+
+        return answered.addCallback(sent)
 
     def _ndjson(self, request: Request, body: BodyStream) -> NdjsonPublish:
         """The consumer of an NDJSON body: each line taken or refused on its own; answered once all settled."""

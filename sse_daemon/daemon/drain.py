@@ -11,7 +11,8 @@ Deferred. :func:`shutdown` makes that an ordered drain instead of
    ``drain.window`` (its service's ``drain``: connectors/sink/drain.py), each
    with a last comment and its own random ``retry:``, so clients do not all
    come back in the same second; sources and the bus keep running meanwhile,
-   so those still connected keep getting events;
+   so those still connected keep getting events; meanwhile every ingest answers the publishes
+   under way (a streaming one is cut short, and its answer says what it took);
 3. everything else stops (sources, routes, the bus's subscribers).
 """
 
@@ -28,8 +29,9 @@ __all__ = ["shutdown"]
 
 
 def shutdown(listeners: Iterable[Any], sink_services: Iterable[Any], stop_rest: Callable[[], Any],
-             io: IReactorTime | None = None, stopping: Stopping | None = None) -> Deferred:
-    """Stop accepting, drain every SSE sink (in parallel), then ``stop_rest()``; one Deferred for all.
+             io: IReactorTime | None = None, stopping: Stopping | None = None, ingests: Iterable[Any] = ()) -> Deferred:
+    """Stop accepting, drain every SSE sink and answer every ingest's publishes under way (in parallel),
+    then ``stop_rest()``; one Deferred for all.
 
     ``stopping`` (shared with every port and the reloader) is set first: from
     then on every request on a kept-alive connection gets 503 with
@@ -40,8 +42,9 @@ def shutdown(listeners: Iterable[Any], sink_services: Iterable[Any], stop_rest: 
         stopping.begin()
     stopped = [maybeDeferred(listener.stopService) for listener in listeners]
     drains = [service.drain(io) for service in sink_services]
+    answers = [ingest.settle() for ingest in ingests]
 
     def rest(_: object) -> Deferred:
         return maybeDeferred(stop_rest)
 
-    return DeferredList(stopped + drains, consumeErrors=True).addCallback(rest)
+    return DeferredList(stopped + drains + answers, consumeErrors=True).addCallback(rest)

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from sse_daemon.bus.connector import ConnectorBus
 from sse_daemon.bus.interfaces import IDeliveringBus
 from sse_daemon.config.model import Config, listen_address, served_by_workers
+from sse_daemon.connectors.ingest import IngestResource
 from sse_daemon.connectors.route import RouteService
 from sse_daemon.daemon.build import BuiltConnector, Builder, Staged, make_bus
 from sse_daemon.daemon.drain import shutdown  # SIGTERM: stop accepting, drain sinks in stages, then the rest
@@ -89,7 +90,8 @@ class DaemonService(MultiService):
     def stopService(self) -> Deferred:
         """Stop accepting, close subscribers in stages, then stop the rest (drain.py)."""
         sinks = [service for name, service in self.sinks.items() if self.built[name].drain is not None]  # SSE sinks, and their workers
-        return shutdown(self.listeners.values(), sinks, super().stopService, self.reactor, self.stopping)
+        ingests = [source for source in self.sources.values() if isinstance(source, IngestResource)]
+        return shutdown(self.listeners.values(), sinks, super().stopService, self.reactor, self.stopping, ingests)
 
     # -- applying a plan (start-up: from nothing; a reload: from the running configuration)
 
