@@ -155,12 +155,17 @@ class StopOnSigterm(Service):
     after a clean shutdown; an operator (and systemd's ``SuccessExitStatus``
     defaults aside, many supervisors) reads that as a crash. The reactor
     installs its handlers when it starts running, so ours goes in after.
+    A second SIGTERM, or a SIGINT, once shutdown began is logged and ignored:
+    stopping a reactor that is stopping already raised (a critical traceback),
+    and Twisted's SIGINT handler then made twistd end by that signal.
     """
 
     log = Logger()
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
+        self.stopping = False
+        self._interrupt: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -169,10 +174,30 @@ class StopOnSigterm(Service):
     def _install(self) -> None:
         if self.running:
             signal.signal(signal.SIGTERM, self._signalled)
+            self._interrupt = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._interrupted)
 
     def _signalled(self, signum: int, frame: Any) -> None:
+        if self._again("SIGTERM"):
+            return
         self.log.info("received SIGTERM: draining subscribers and shutting down")
         self.reactor.callFromThread(self.reactor.stop)
+
+    def _interrupted(self, signum: int, frame: Any) -> None:
+        """SIGINT (Ctrl-C) stops as Twisted's handler does, once."""
+        if self._again("SIGINT"):
+            return
+        if callable(self._interrupt):
+            self._interrupt(signum, frame)
+        else:
+            self.reactor.callFromThread(self.reactor.stop)
+
+    def _again(self, name: str) -> bool:
+        if self.stopping:
+            self.log.info("received {signal}: already shutting down; ignored", signal=name)
+            return True
+        self.stopping = True
+        return False
 
 
 def makeService(options: Options, reactor: Any = None) -> DaemonService:

@@ -217,3 +217,22 @@ async def test_stop_waits_for_the_answer_of_a_publish_the_bus_has_not_acknowledg
     await deadline(stopped)
     assert publisher.received and status(bytes(publisher.received)) == 200, bytes(publisher.received)
 
+
+@pytest_twisted.ensureDeferred
+async def test_real_twistd_a_second_sigterm_or_a_sigint_during_the_drain_is_logged_and_ignored(tmp_path: Path) -> None:
+    """Seen: a second SIGTERM (or a SIGINT) while the daemon drained logged a critical ReactorNotRunning
+    traceback; after a SIGINT twistd then ended by that signal instead of exiting 0."""
+    process, port = await TwistdProcess.start(write_config(tmp_path, config(**{"drain.window": 2.0, "drain.batch.min": 1})), tmp_path)
+    try:
+        clients = [await subscribe(port) for _ in range(3)]  # the drain takes 2 s
+        process.signal("TERM")
+        await wait_for(lambda: b"closing 3 subscribers over" in process.output, what="the drain to begin")
+        process.signal("TERM")
+        process.signal("INT")
+        await wait_for(lambda: process.ended, timeout=15, what="twistd to exit")
+        assert b"Traceback" not in process.output, process.output.decode()
+        assert process.reason.value.exitCode == 0, process.output
+        assert process.output.count(b"already shutting down") == 2, process.output.decode()
+        assert all(c.is_closed and b"server shutting down" in c.received for c in clients), "the drain went on to its end"
+    finally:
+        await process.kill()
