@@ -21,10 +21,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.web import client as web_client, http, server
+from twisted.web import _newclient, client as web_client, http, server
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection, H2Stream
 
-__all__ = ["BadRequestChannel", "between_requests", "DATA_LOSS", "H2Stream", "STREAM_BUFFER", "StreamingH2Connection",
+__all__ = ["BadRequestChannel", "between_requests", "DATA_LOSS", "H2Stream", "MAX_RESPONSE_HEAD", "ResponseHeadTooLarge", "STREAM_BUFFER", "StreamingH2Connection",
            "StreamingH2Stream", "has_write_buffer", "quiet_connection_pool", "request_disconnected", "request_line", "skip_form_parsing", "write_buffer_empty"]
 
 
@@ -137,11 +137,49 @@ def request_disconnected(request: object) -> bool:
 DATA_LOSS: type[Exception] = http._DataLoss
 
 
+#: bytes of a response head (status line and headers) the client reads before it gives the response up
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class ResponseHeadTooLarge(Exception):
+    """An upstream's response head went on past :data:`MAX_RESPONSE_HEAD` bytes."""
+
+
+class HeadLimitedClientProtocol(_newclient.HTTP11ClientProtocol):
+    """Twisted's HTTP/1.1 client protocol, giving a response up once its head passes :data:`MAX_RESPONSE_HEAD`.
+
+    twisted.web's client keeps every header line of a response head until the
+    blank line, with no bound on their number (its server side has
+    ``maxHeaders`` and ``totalHeadersSize``): an upstream that never ends its
+    head would grow it until the connect timeout. Bytes are counted per
+    response parser (``_parser``, replaced for each request) while it is still
+    in its head (``state``); ``_giveUp`` is how Twisted itself fails a response
+    and closes the connection.
+    """
+
+    _counted: object = None
+    _head_bytes = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is not self._counted:
+            self._counted, self._head_bytes = parser, 0
+        self._head_bytes += len(data)
+        super().dataReceived(data)
+        if (parser is not None and self._parser is parser and parser.state in (_newclient.STATUS, _newclient.HEADER)
+                and self._head_bytes > MAX_RESPONSE_HEAD):
+            self._giveUp(Failure(ResponseHeadTooLarge(f"the response head is over {MAX_RESPONSE_HEAD} bytes")))
+
+
 class _QuietClientFactory(web_client._HTTP11ClientFactory):
     """The pool's per-connection factory without its "Starting factory" log line
-    (one line per reconnect is noise in a daemon's log)."""
+    (one line per reconnect is noise in a daemon's log), building protocols that
+    bound a response head."""
 
     noisy = False
+
+    def buildProtocol(self, addr: Any) -> HeadLimitedClientProtocol:
+        return HeadLimitedClientProtocol(self._quiescentCallback)
 
 
 def quiet_connection_pool(reactor: Any, persistent: bool = False) -> web_client.HTTPConnectionPool:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
-from twisted.web import client as web_client, http
+from twisted.web import _newclient, client as web_client, http
 
-from sse_daemon.compat import DATA_LOSS, quiet_connection_pool
+from sse_daemon.compat import DATA_LOSS, HeadLimitedClientProtocol, quiet_connection_pool
 
 pytestmark = pytest.mark.reactor_free
 
@@ -23,6 +23,17 @@ def test_the_pool_builds_its_connections_with_the_factory_in_its_private_factory
     built = getattr(factory, "_wrappedFactory", factory)
     assert isinstance(built, web_client._HTTP11ClientFactory) and built.noisy is False
     assert not pool.persistent
+    assert isinstance(built.buildProtocol(None), HeadLimitedClientProtocol)
+
+
+def test_the_client_protocol_keeps_its_response_parser_and_gives_up_where_compat_looks() -> None:
+    protocol = _newclient.HTTP11ClientProtocol()
+    assert protocol._parser is None and callable(protocol._giveUp)
+    parser = _newclient.HTTPClientParser(None, lambda rest: None)
+    parser.makeConnection(None)
+    assert parser.state == _newclient.STATUS
+    parser.dataReceived(b"HTTP/1.1 200 OK\r\n")
+    assert parser.state == _newclient.HEADER
 
 
 def test_a_cut_chunked_body_fails_with_the_private_data_loss() -> None:

@@ -11,14 +11,18 @@ import base64
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import capturedLogs, formatEvent
 
+from sse_daemon.client import EventSource, Interruption, Settings, http_client
+from sse_daemon.compat import MAX_RESPONSE_HEAD
 from sse_daemon.connectors.source import SERVER_WAIT_MAX, ReconnectPolicy, Verdict, describe_failure, judge_response, retry_after
 
-from .conftest import wait_for
+from .conftest import deadline, wait_for
 from .sse_servers import STALL, Canned, ClockedReactor
+from .test_client import Recorder
 from .test_source import Harness, harness, next_timer, payload, values  # noqa: F401  (harness is a fixture)
 
 SSE = "text/event-stream"
@@ -231,3 +235,63 @@ async def test_credentials_in_the_url_are_sent_as_basic_and_never_logged(harness
     messages = [formatEvent(e) for e in log_events if e.get("source") == "Src"]
     for words in ("subscribing to", "HTTP 503", "connected to", "stream ended"):
         assert any(words in m and shown in m for m in messages), words
+
+
+class _EndlessHead(Protocol):
+    """An upstream that answers a status line and then header lines, never the blank line that ends
+    the head, up to ``CAP`` bytes, written as the client reads them (a push producer's pace)."""
+
+    CAP = 16 * 1024 * 1024
+    LINE = b"X-Pad: " + b"a" * 1000 + b"\r\n"
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.paused = False
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and self.sent < self.CAP and self.transport.connected:
+            self.transport.write(self.LINE * 64)
+            self.sent += len(self.LINE) * 64
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.closed.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_response_head_that_never_ends_is_given_up_past_its_bound() -> None:
+    """Seen: twisted.web's client kept every header line of a head without end (8 MiB of them read,
+    the connection still open) until the connect timeout; an upstream chose how much it held."""
+    upstream: list[_EndlessHead] = []
+
+    def build(addr: object) -> _EndlessHead:
+        upstream.append(_EndlessHead())
+        return upstream[-1]
+
+    factory = Factory()
+    factory.buildProtocol = build  # type: ignore[method-assign]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    got = Recorder()
+    source = EventSource(Settings(f"http://127.0.0.1:{port.getHost().port}/", connect_timeout=0), got, http_client(reactor), reactor)
+    try:
+        source.start()
+        (interruption,) = await wait_for(lambda: got.of(Interruption), timeout=10, what="the head given up")
+        assert f"the response head is over {MAX_RESPONSE_HEAD} bytes" in interruption.reason
+        assert interruption.kind == "no-response" and interruption.will_reconnect
+        await deadline(upstream[0].closed, 10)
+        assert upstream[0].sent < _EndlessHead.CAP, "the client cut the connection, not the upstream"
+    finally:
+        await source.stop()
+        await port.stopListening()
