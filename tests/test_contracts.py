@@ -285,6 +285,31 @@ def test_a_bus_replay_that_does_not_answer_in_time_times_out_without_waiting_for
     assert answered == ["now"] and not clock.getDelayedCalls()
 
 
+def test_live_events_held_for_a_subscriber_waiting_for_a_bus_replay_count_against_its_bounds(log_events) -> None:
+    """Seen: while the bus had not answered (up to BUS_REPLAY_TIMEOUT), every live event was kept for each
+    waiting subscriber, outside its queue bounds: 5,000 events held for one of ``subscriber.queue.size: 100``."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web.test.requesthelper import DummyRequest
+
+    _, connectors = loaded(YAML.replace("server.path: /events,", "server.path: /events, subscriber.queue.size: 100,"))
+    clock = Clock()
+    sink = sink_for_bus(FakeSharedBus(), "S", connectors["Events"], mapper_for(connectors["Events"]), clock)
+    assert sink.queue_size == 100
+    request = DummyRequest([b"events"])
+    request.transport = StringTransport()
+    request.write = request.transport.write
+    request.registerProducer = lambda producer, streaming: None
+    request.requestHeaders.setRawHeaders(b"last-event-id", [b"1-0"])
+    sink.subscribe(request)
+    (waiting,) = sink.resumes.waiting
+    for n in range(50):  # the bus does not answer meanwhile
+        sink.publish([Event({"n": n}, bus_id=f"{2 + n * 100 + i}-0") for i in range(100)])
+        clock.advance(0)
+        assert sum(len(frames) for frames in sink.resumes.waiting.values()) <= sink.queue_size
+    assert waiting.gone and not sink.resumes.waiting and sink.counters["dropped_slow"] == 1
+    assert [str(e.get("log_format")) for e in log_events if "too slow" in str(e.get("log_format"))]
+
+
 @pytest.mark.reactor_free
 def test_an_event_is_equal_by_what_it_says_not_where_or_when_it_came_from() -> None:
     assert Event({"n": 1}, "7", "tick", ingress=1.0, bus_id="1-0") == Event({"n": 1}, "7", "tick", ingress=2.0)

@@ -61,9 +61,16 @@ class BusResumes:
         return d
 
     def live(self, event_id: Any, frame: bytes) -> None:
-        """A live event: kept for every subscriber still waiting."""
-        for frames in self.waiting.values():
+        """A live event: kept for every subscriber still waiting, within its queue bounds as its backlog
+        is (the bus may take BUS_REPLAY_TIMEOUT to answer); past them it is cut, as a slow one is."""
+        for subscriber, frames in tuple(self.waiting.items()):
             frames.append((event_id, frame))
+            subscriber.queued_events += 1
+            subscriber.queued_bytes += len(frame)
+            host = subscriber.sink
+            if subscriber.queued_events > host.queue_size or subscriber.queued_bytes > host.queue_bytes:
+                self.waiting.pop(subscriber, None)
+                host.drop_slow(subscriber)
 
     def forget(self, subscriber: "Subscriber") -> None:
         self.waiting.pop(subscriber, None)
@@ -73,6 +80,7 @@ class BusResumes:
         live = self.waiting.pop(subscriber, [])
         if subscriber.gone:
             return None
+        subscriber.queued_events = subscriber.queued_bytes = 0  # what was held goes out as its resume
         key = history.key
         frames: list[bytes] = []
         keys: list[Any] = []
@@ -95,6 +103,7 @@ class BusResumes:
         self.waiting.pop(subscriber, None)
         if subscriber.gone:
             return None
+        subscriber.queued_events = subscriber.queued_bytes = 0  # local history has what was held
         self.counters["bus_replays_failed"] += 1
         reason = failure.getErrorMessage() or (failure.type.__name__ if failure.type else "unknown error")
         if should_log(self.counters["bus_replays_failed"]):
