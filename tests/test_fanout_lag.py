@@ -76,3 +76,20 @@ def test_publishes_redis_no_longer_holds_stop_waiting_and_those_it_holds_still_w
     lags.lost_after("S", (0, 0))  # restarted empty
     assert lags.lag("S", now=13.0) == 0.0 and lags.waiting("S") == 0
     lags.lost_after("T", (0, 0))  # a stream with nothing waiting: nothing to do
+
+
+def test_a_stream_keeps_a_bounded_number_of_marks_and_still_reads_its_lag() -> None:
+    """With nothing refusing publishes (fanout.max.lag: 0) a fan-out behind for long must not hold a mark per
+    COALESCE for ever: past MAX_MARKS publishes join the newest; the lag and the count stay right."""
+    from sse_daemon.bus.fanoutlag import MAX_MARKS
+
+    lags = FanoutLag()
+    for n in range(MAX_MARKS + 500):
+        lags.accepted("S", (n, 0), n * COALESCE * 2)
+    assert len(lags._marks["S"]) == MAX_MARKS
+    assert lags.lag("S", (MAX_MARKS + 500) * COALESCE * 2) == pytest.approx((MAX_MARKS + 500) * COALESCE * 2)
+    assert lags.waiting("S") == MAX_MARKS + 500
+    lags.delivered("S", (MAX_MARKS + 498, 0))
+    assert lags.waiting("S") == 501, "the newest mark holds what joined it until all of it is read back"
+    lags.delivered("S", (MAX_MARKS + 499, 0))
+    assert lags.waiting("S") == 0

@@ -23,6 +23,9 @@ from sse_daemon.bus.streamids import Key
 
 #: acknowledgements closer than this share a mark (the older time is kept: the lag is never under-read)
 COALESCE = 0.01
+#: marks a stream keeps at the most: past them a publish joins the newest mark whatever its time. With
+#: ``fanout.max.lag: 0`` nothing refuses publishes, and a fan-out behind for an hour held 360,000 marks
+MAX_MARKS = 10_000
 
 
 @dataclass(slots=True)
@@ -41,7 +44,7 @@ class FanoutLag:
     def accepted(self, stream: str, newest: Key, now: float, count: int = 1) -> None:
         """Redis acknowledged a publish of ``count`` events whose newest entry is ``newest``, at ``now``."""
         marks = self._marks.setdefault(stream, deque())
-        if marks and now - marks[-1].at < COALESCE:
+        if marks and (now - marks[-1].at < COALESCE or len(marks) >= MAX_MARKS):
             marks[-1].newest = max(marks[-1].newest, newest)
             marks[-1].count += count
         else:
