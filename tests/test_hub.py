@@ -90,6 +90,8 @@ def test_hub_ids_carry_every_stream_and_read_back() -> None:
     assert hub_positions("A:17,B:1700-0") == {"A": "17", "B": "1700-0"}
     assert hub_positions("12345") is None
     assert hub_positions("A:1,") is None
+    # a stream's name may hold a colon; a position never does (the sink's numbers, Redis's "ms-seq")
+    assert hub_positions(hub_id(("eu:prices", "B"), {"eu:prices": "17", "B": "42"})) == {"eu:prices": "17", "B": "42"}
 
 
 @pytest_twisted.ensureDeferred
@@ -125,6 +127,34 @@ async def test_one_connection_gets_two_streams_each_named_and_resumes_both_exact
     live = (await count_messages(again, 4))[3]
     assert live.event == "News" and hub_positions(live.id)["Prices"] == hub_positions(replayed[2].id)["Prices"]
     assert not any(m.event == "Secret" for m in parsed(bytes(again.received)))
+    await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_named_with_a_colon_resumes_exactly(daemon) -> None:
+    """Its hub id is ``eu:prices:<id>``: read back at the first colon, the position was lost and the
+    reconnect went on from now, silently skipping what it had missed."""
+    service = await daemon("""\
+sinks:
+  "eu:prices":
+    type: sse-server
+    schema: "n int"
+    server.host: 127.0.0.1
+    server.port: 0
+    server.path: prices
+    hub.path: /hub
+    retry.max: 0
+""")
+    port = service.port_of("eu:prices")
+    client = await subscribe(port, "/hub?stream=eu:prices")
+    service.bus.publish("eu:prices", [Event({"n": 1})])
+    last = (await count_messages(client, 1))[0].id
+    await client.close()
+    service.bus.publish("eu:prices", [Event({"n": 2})])
+    service.bus.publish("eu:prices", [Event({"n": 3})])
+    again = await subscribe(port, "/hub?stream=eu:prices", f"Last-Event-ID: {last}\r\n")
+    replayed = await count_messages(again, 2)
+    assert [(m.event, json.loads(m.data)["event"]["n"]) for m in replayed] == [("eu:prices", 2), ("eu:prices", 3)]
     await again.close()
 
 
@@ -259,6 +289,25 @@ async def test_a_caret_sits_under_the_fault(daemon, tokens) -> None:
     message, line, caret = body["error"].split("\n")
     assert "column 8" in message and line.strip() == "price >> 3" and caret.index("^") == line.index(">> 3") + 1
     await client.close()
+
+
+@pytest.mark.parametrize("name", ["eu,prices", "\"prices\\nevent: other\"", "\" prices\"", "\"prices\\u0000\""])
+def test_config_refuses_a_hub_stream_name_the_hub_cannot_carry(tmp_path, name: str) -> None:
+    """A comma splits the hub's ids and its stream list, a line break or NUL would break the frames it is
+    written in (``event:``, ``id:``), and spaces around it are stripped from the request: no client could
+    read that stream through the hub, or its frames would say something else."""
+    text = f"""\
+sinks:
+  {name}:
+    type: sse-server
+    schema: "n int"
+    server.port: 8000
+    server.path: prices
+    hub.path: /hub
+"""
+    with pytest.raises(ConfigError) as e:
+        load_files([str(write_config(tmp_path, text))])
+    assert "cannot be a hub stream" in str(e.value)
 
 
 @pytest.mark.parametrize("extra, wanted", [

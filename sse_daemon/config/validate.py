@@ -641,8 +641,9 @@ def _check_listeners(connectors: list[ConnectorDef[Any]], issues: list[ConfigIss
 
 
 def _check_hubs(connectors: list[ConnectorDef[Any]], raws: Mapping[str, RawConnector], issues: list[ConfigIssue]) -> None:
-    """hub.path and subscriber.where (issue 16): a hub path is no connector's path on its port, and neither
-    option goes with a raw sink, nor with a sink served by worker processes."""
+    """hub.path and subscriber.where (issue 16): a hub path is no connector's path on its port, a hub stream's
+    name is one its requests and frames can carry, and neither option goes with a raw sink, nor with a sink
+    served by worker processes."""
     paths = {(address[1], address[2]): connector for connector in connectors
              if (address := listen_address(connector)) is not None and not served_by_workers(connector)}
     for connector in connectors:
@@ -659,6 +660,14 @@ def _check_hubs(connectors: list[ConnectorDef[Any]], raws: Mapping[str, RawConne
             elif wanted and served_by_workers(connector):  # a worker gets frames, not the values a filter tests: all passed
                 issues.append(ConfigIssue(location, "subscriber.where is not available with worker.count above 1: a worker gets the encoded "
                                           "events, not the values a filter tests", connector.label, name))
+        if options.hub_path is not None and (any(c in connector.name for c in ",\r\n\0") or connector.name != connector.name.strip()):
+            # the name is the hub's stream parameter, its frames' event: and part of their id: (A:17,B:42)
+            raw = raws[connector.name].options.get("hub.path")
+            issues.append(ConfigIssue(raw.location if raw is not None else connector.location,
+                                      f"the name {connector.name!r} cannot be a hub stream: a hub request lists streams split at "
+                                      "commas and stripped of spaces, and writes the name in its frames' event: and id: lines; "
+                                      "rename the sink (no comma, line break or NUL, no spaces around it)",
+                                      connector.label, "hub.path"))
         if options.hub_path is not None:
             other = paths.get((options.server_port, options.hub_path))
             if other is not None:

@@ -54,10 +54,11 @@ def hub_id(streams: tuple[str, ...], positions: Mapping[str, str | None]) -> str
 
 
 def hub_positions(text: str) -> dict[str, str] | None:
-    """The positions in a hub id, by stream; None when ``text`` is not one."""
+    """The positions in a hub id, by stream; None when ``text`` is not one. Each part is cut at its last
+    colon: a stream's name may hold one, a position never does (the sink's numbers, Redis's ``ms-seq``)."""
     positions: dict[str, str] = {}
     for part in text.split(","):
-        name, colon, position = part.partition(":")
+        name, colon, position = part.rpartition(":")
         if not colon or not name or not position:
             return None
         positions[name] = position
