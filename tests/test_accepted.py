@@ -17,6 +17,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock, LoopingCall
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from sse_daemon.bus.memory import MemoryBus
@@ -196,6 +197,41 @@ def test_a_large_body_is_published_in_slices_one_per_reactor_turn_and_answered_a
     assert got == list(range(1234)) and request.finished, "in order, then the 200"
     assert not turns.calls
     assert request.responseCode in (None, 200) and json.loads(b"".join(request.written)) == {"accepted": 1234}
+
+
+@pytest.mark.reactor_free
+def test_a_body_of_many_values_is_mapped_and_checked_over_several_reactor_turns() -> None:
+    """A body's walk is spread over turns, not only its publish: one attribute holding 3,000 empty objects (a
+    megabyte of them held the reactor about 0.3 s) is checked ``decode_budget`` items a turn; nothing is published
+    or answered before the last step, and a bad value at its end is still the whole body's 400."""
+    connector = validate(load_yaml('sources: {In: {type: http, schema: "o object", receiver.url: "http://127.0.0.1:0/in"}}')).sources[0]
+    bus = MemoryBus()
+    got: list = []
+    bus.subscribe("In", lambda events: got.extend(len(event.values["o"]) for event in events))
+    turns = Clock()
+    ingest = IngestResource(connector, make_mapper(connector.options.mapping, parse_schema("o object")), bus, turns,
+                            turns=turns, decode_budget=500)
+
+    def post(body: str) -> tuple[DummyRequest, int]:
+        request = DummyRequest([b"in"])
+        request.method = b"POST"
+        request.content = io.BytesIO(body.encode())
+        assert ingest.render(request) == NOT_DONE_YET and not request.written, "not mapped in one go"
+        steps = 0
+        while not request.finished:
+            assert turns.calls and got == [], "nothing published before the last step"
+            one_turn(turns)
+            steps += 1
+        return request, steps
+
+    request, steps = post(json.dumps([{"o": [{}] * 3000}]))
+    assert got == [3000] and json.loads(b"".join(request.written)) == {"accepted": 1}
+    assert steps >= 3000 // 500, f"{steps} turns for 3,000 objects at 500 a turn"
+    got.clear()
+    request, _ = post(json.dumps([{"o": [{}] * 3000 + [2**70]}]))
+    answer = json.loads(b"".join(request.written))
+    assert request.responseCode == 400 and answer["reason"] == "number-out-of-range" and "[3000]" in answer["error"], answer
+    assert got == [] and not turns.calls
 
 
 @pytest.mark.reactor_free

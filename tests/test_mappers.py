@@ -9,7 +9,8 @@ import pytest
 from zope.interface.verify import verifyObject
 
 from sse_daemon.bus.memory import IBus, MemoryBus
-from sse_daemon.mapping.mappers import IMapper, JsonMapper, MappingError
+from sse_daemon.mapping.jsonpath import parse_path
+from sse_daemon.mapping.mappers import IMapper, JsonMapper, MappingError, TextMapper
 from sse_daemon.events.schema import AttrType, ConversionError, Event, SchemaError, convert, parse_schema
 
 pytestmark = pytest.mark.reactor_free
@@ -19,6 +20,7 @@ STOCK = parse_schema("symbol string, price float, volume long")
 
 def test_interfaces_are_provided() -> None:
     assert verifyObject(IMapper, JsonMapper(STOCK))
+    assert verifyObject(IMapper, TextMapper(parse_schema("s string")))
     assert verifyObject(IBus, MemoryBus())
 
 
@@ -110,6 +112,52 @@ def test_decode_array_of_either() -> None:
 def test_decode_rejects_whole_message(payload, reason, message) -> None:
     with pytest.raises(MappingError, match=message) as caught:
         JsonMapper(STOCK).decode(payload)
+    assert caught.value.reason == reason
+
+
+def run_steps(steps) -> tuple[int, object]:
+    """How many steps a decode_steps generator took before its end, and what it returned."""
+    count = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return count, done.value
+        count += 1
+
+
+def test_decode_steps_spreads_a_large_payload_and_maps_as_decode_does() -> None:
+    """The parse is one step; then the events and the values walked inside them, ``budget`` at a time, whether
+    the work is many events or one large value (mapped through map.attributes too)."""
+    many = '[' + ','.join(f'{{"symbol":"S{i}","price":{i}.5,"volume":{i}}}' for i in range(3000)) + ']'
+    steps, rows = run_steps(JsonMapper(STOCK).decode_steps(many, 10_000, budget=500))
+    assert rows == JsonMapper(STOCK).decode(many) and steps >= 3000 * 5 // 500
+    schema = parse_schema("o object, n int")
+    one = '{"x": {"o": [' + ",".join(["{}"] * 3000) + '], "n": 1}}'
+    for mapper in (JsonMapper(schema), JsonMapper(schema, attributes={"o": parse_path("$.x.o"), "n": parse_path("$.x.n")})):
+        payload = one if mapper._paths else '{"o": [' + ",".join(["{}"] * 3000) + '], "n": 1}'
+        steps, rows = run_steps(mapper.decode_steps(payload, budget=500))
+        assert rows == mapper.decode(payload) == [{"o": [{}] * 3000, "n": 1}]
+        assert steps >= 6000 // 1000, steps  # each step walks at most about twice the budget
+    assert run_steps(JsonMapper(STOCK).decode_steps('{"symbol":"A","price":1,"volume":1}'))[0] == 0, "a small one: one step"
+    assert run_steps(TextMapper(parse_schema("s string")).decode_steps("x" * 100_000)) == (0, [{"s": "x" * 100_000}])
+
+
+@pytest.mark.parametrize(
+    "payload, reason, message",
+    [
+        ('[{"symbol":"A","price":1,"volume":1}, {"symbol":"B"}]', "missing-attribute", "element 1: attribute 'price'"),
+        ('{"symbol":"A","price":[' + ",".join(["{}"] * 3000) + '],"volume":1}', "wrong-type", "attribute 'price': expected a number"),
+        ('{"symbol":"A","price":1,"volume":1,"o":[' + ",".join(["{}"] * 3000) + '],"x":"\\ud800"}', None, ""),
+    ],
+)
+def test_decode_steps_refuses_as_decode_does(payload, reason, message) -> None:
+    mapper = JsonMapper(STOCK)
+    if reason is None:
+        assert run_steps(mapper.decode_steps(payload, budget=100))[1] == mapper.decode(payload)
+        return
+    with pytest.raises(MappingError, match=message) as caught:
+        run_steps(mapper.decode_steps(payload, budget=100))
     assert caught.value.reason == reason
 
 

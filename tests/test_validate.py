@@ -18,6 +18,7 @@ from sse_daemon.events.validate import (
     MAX_DOCUMENT_DEPTH,
     REASONS,
     InvalidValue,
+    check_steps,
     check_value,
     check_values,
     load_json,
@@ -72,6 +73,31 @@ def test_check_value_vectors(text: str, reason: str | None, piece: str) -> None:
         check_value(value)
     assert caught.value.reason == reason and reason in REASONS
     assert piece in str(caught.value) + caught.value.at
+
+
+@pytest.mark.parametrize(("text", "reason", "piece"), VALUE_VECTORS)
+def test_check_steps_finds_what_check_value_finds(text: str, reason: str | None, piece: str) -> None:
+    value = load_json(text)
+    if reason is None:
+        assert sum(check_steps(value, step=2)) >= 1
+        return
+    with pytest.raises(InvalidValue) as caught:
+        list(check_steps(value, step=2))
+    assert caught.value.reason == reason and piece in str(caught.value) + caught.value.at
+
+
+@pytest.mark.parametrize("value", [
+    [{}] * 10_000,  # one long array of empty objects: each counts
+    {f"k{i}": [0] * 9 for i in range(1_000)},  # many small arrays
+    [[[[[[[[]]]]]]]] * 1_500,  # nested
+    list(range(10_000)),  # one long array of scalars: walked in pieces
+])
+def test_check_steps_walks_a_large_value_in_bounded_steps(value: object) -> None:
+    """No step walks more than twice ``step`` items, however the value is shaped: a caller that takes one step
+    per reactor turn is never held for the whole value (a megabyte of empty objects took about 0.3 s)."""
+    steps = list(check_steps(value, step=100))
+    assert len(steps) >= 90 and max(steps) <= 200, (len(steps), max(steps))
+    assert list(check_steps(value, step=0))[:-1] == [], "step 0: no step before the end (check_value)"
 
 
 @pytest.mark.parametrize(("text", "depth"), [

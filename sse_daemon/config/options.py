@@ -302,7 +302,7 @@ HTTP_SOURCE_OPTIONS = (
     FAIL_ON_MISSING,
     *SOURCE_MAPPING_OPTIONS,
     Option("max.body.size", "INT", "Largest request body accepted, in bytes; larger bodies get 413.", lambda v: parse_int(v, 1), MIB),
-    Option("max.events.per.request", "INT", "Most events one request may carry (an array body); more get 413 before any is mapped. A body is checked in one go and published in slices of 500 events, other streams served between them (see 'HTTP ingest'). On the Redis bus, at most the bus's `history.size` (a stream keeps no more: a larger body would be trimmed before anyone read it).", lambda v: parse_int(v, 1), 10_000),
+    Option("max.events.per.request", "INT", "Most events one request may carry (an array body); more get 413 before any is mapped. A large body is mapped and checked in steps of about 15 ms and published in slices of 500 events, other streams served between them (see 'HTTP ingest'). On the Redis bus, at most the bus's `history.size` (a stream keeps no more: a larger body would be trimmed before anyone read it).", lambda v: parse_int(v, 1), 10_000),
     *INGEST_HARDENING_OPTIONS,
     *ACCESS_OPTIONS,
     *TLS_SERVER_OPTIONS,

@@ -6,7 +6,10 @@ published), 413 above ``max.body.size`` or ``max.events.per.request``. Every
 value is checked where it enters (validate.py, through the mapper), so a 200
 means every sink can write every event. A large body is published in slices
 of :data:`PUBLISH_SLICE` events, one per reactor turn, so other streams are
-served between them; the 200 is sent once the last slice is published. With a
+served between them; the 200 is sent once the last slice is published. Mapping
+and checking a large body is spread over reactor turns too, in steps of
+``DECODE_SLICE`` (mapping/mappers.py): a body's values, not only its events,
+can take a long walk (a megabyte of empty objects in one attribute). With a
 sink's ``history.path`` a publish is done once the events are committed to the
 file: a commit that fails is a 503 (``history-unavailable``), never a 200.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Generator
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime, ITCPTransport
@@ -39,7 +42,7 @@ from sse_daemon.config.options import HttpSourceOptions
 from sse_daemon.connectors.ingeststream import NdjsonPublish
 from sse_daemon.edge.bodystream import BodyStream, wants_stream
 from sse_daemon.edge.listener import body_stream, json_error
-from sse_daemon.mapping.mappers import IMapper, MappingError
+from sse_daemon.mapping.mappers import DECODE_SLICE, IMapper, MappingError
 from sse_daemon.events.schema import Event
 from sse_daemon.events.validate import InvalidValue
 
@@ -60,11 +63,13 @@ class IngestResource(Resource):
         self, connector: ConnectorDef[HttpSourceOptions], mapper: IMapper, bus: IBus, clock: IReactorTime,
         turns: IReactorTime | None = None, slice_size: int = PUBLISH_SLICE,
         behind: Callable[[str, int], float | None] | None = None, max_events: int | None = None,
+        decode_budget: int = DECODE_SLICE,
     ) -> None:
         """``turns`` schedules the next slice (the real reactor even when ``clock`` is a test's Clock);
         ``slice_size`` 0 publishes a body in one call (a shared bus: one transaction, all or nothing);
         ``behind``: a shared bus's ``ISharedBus.behind``, the fan-out lag over its bound (then 503);
-        ``max_events``: fewer events a body than ``max.events.per.request`` (a shared bus's history.size)."""
+        ``max_events``: fewer events a body than ``max.events.per.request`` (a shared bus's history.size);
+        ``decode_budget``: the work of one reactor turn's mapping (:meth:`IMapper.decode_steps`)."""
         super().__init__()
         self.connector = connector
         self.name = connector.name
@@ -76,6 +81,7 @@ class IngestResource(Resource):
         self.max_events: int = connector.options.max_events_per_request if max_events is None else max_events
         self.turns = turns if turns is not None else clock
         self.slice_size = slice_size
+        self.decode_budget = decode_budget
         self.behind = behind
         self.counters: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -105,10 +111,47 @@ class IngestResource(Resource):
             text = body.decode("utf-8")
         except UnicodeDecodeError as e:
             return self._reject(request, 400, "invalid-utf8", f"the body is not UTF-8 text: {e}")
+        steps = self.mapper.decode_steps(text, self.max_events, self.decode_budget)
         try:
-            rows = self.mapper.decode(text, self.max_events)
+            next(steps)
+        except StopIteration as mapped:  # in one step (the usual): published and answered in this turn
+            return self._publish(request, mapped.value)
         except MappingError as e:
-            return self._reject(request, 413 if e.reason == "too-many-events" else 400, e.reason, str(e))
+            return self._refuse(request, e)
+        rest: Deferred = Deferred.fromCoroutine(self._decode_in_turns(steps))
+        rest.addCallbacks(self._decoded, self._undecoded, (request,), errbackArgs=(request,))
+        rest.addErrback(lambda f: self.log.failure("ingest {source} could not answer", f, source=self.name))
+        return self._answer_later(request)
+
+    async def _decode_in_turns(self, steps: Generator[None, None, list]) -> list:
+        """The rest of a large body's mapping and checks, one step per reactor turn (other requests between)."""
+        while True:
+            await deferLater(self.turns, 0, lambda: None)
+            try:
+                next(steps)
+            except StopIteration as mapped:
+                return mapped.value
+
+    def _decoded(self, rows: list, request: Request) -> None:
+        self._send(request, self._publish(request, rows))
+
+    def _undecoded(self, failure: Failure, request: Request) -> None:
+        failure.trap(MappingError)  # anything else is a bug: logged by the errback after this one
+        assert isinstance(failure.value, MappingError)
+        self._send(request, self._refuse(request, failure.value))
+
+    def _send(self, request: Request, body: bytes | int) -> None:
+        """A synchronous answer given later: ``body`` written, unless it is NOT_DONE_YET or the client left."""
+        if isinstance(body, bytes) and not request.finished and not request_disconnected(request):
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            request.write(body)
+            request.finish()
+
+    def _refuse(self, request: Request, error: MappingError) -> bytes:
+        return self._reject(request, 413 if error.reason == "too-many-events" else 400, error.reason, str(error))
+
+    def _publish(self, request: Request, rows: list) -> bytes | int:
+        """Publish a body's events (in slices if large); its answer now, or NOT_DONE_YET."""
         lag = self.behind(self.stream, len(rows)) if self.behind is not None else None
         if lag is not None:  # Redis would take them, but this instance's subscribers would get them late, or not at all
             body = self._reject(request, 503, "fanout-behind",

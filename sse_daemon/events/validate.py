@@ -25,12 +25,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from itertools import accumulate
-from typing import Any, Mapping
+from itertools import accumulate, islice
+from typing import Any, Iterator, Mapping
 
 __all__ = [
     "REASONS", "MAX_DEPTH", "MAX_DOCUMENT_DEPTH", "INT_MIN", "INT_MAX", "InvalidValue",
-    "load_json", "check_value", "check_values", "nesting", "show_path",
+    "load_json", "check_value", "check_steps", "check_values", "nesting", "show_path", "CHECK_STEP",
 ]
 
 REASONS = ("invalid-unicode", "non-finite-number", "too-deep", "number-out-of-range")
@@ -49,6 +49,8 @@ MAX_DOCUMENT_DEPTH = 64
 #: quadratic in CPython (hence its own 4300-digit guard); ids of 64 bits still pass.
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1
+#: items of arrays and objects :func:`check_steps` walks between two yields: well under a millisecond
+CHECK_STEP = 1000
 #: longest integer literal parsed at all ("-18446744073709551615" has 21 characters)
 _MAX_INT_TEXT = 21
 
@@ -189,6 +191,19 @@ def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
             if problem is not None:
                 raise InvalidValue(*problem)
         return
+    for _ in check_steps(value, max_depth, 0):
+        pass
+
+
+def check_steps(value: Any, max_depth: int = MAX_DEPTH, step: int = CHECK_STEP) -> Iterator[int]:
+    """:func:`check_value` as a generator: it yields how many items it walked, every ``step`` or more
+    (0: only at the end), so a caller can spread a large value's walk over reactor turns."""
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        check_value(value, max_depth)
+        yield 1
+        return
+    walked = 0
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
         container, path = stack.pop()
@@ -198,19 +213,31 @@ def check_value(value: Any, max_depth: int = MAX_DEPTH) -> None:
             for key in container:
                 if not key.isascii() and _SURROGATE.search(key):
                     raise InvalidValue("invalid-unicode", "a key holds a lone surrogate; it has no UTF-8 form", path + (key,))
-            items: Any = container.items()
+            items: Any = iter(container.items())
         else:
             items = enumerate(container)
-        for key, item in items:
-            if _fine(item):
-                continue
-            kind = type(item)
-            if kind is dict or kind is list:
-                stack.append((item, path + (key,)))
-                continue
-            problem = _scalar_problem(item)
-            if problem is not None:
-                raise InvalidValue(*problem, path + (key,))
+        length = len(container)
+        piece = step if step and length > step else length  # a long one in pieces, a step each
+        for _ in range(0, length, piece) if length else ():
+            for key, item in islice(items, piece) if piece < length else items:
+                if _fine(item):
+                    continue
+                kind = type(item)
+                if kind is dict or kind is list:
+                    stack.append((item, path + (key,)))
+                    continue
+                problem = _scalar_problem(item)
+                if problem is not None:
+                    raise InvalidValue(*problem, path + (key,))
+            walked += piece
+            if step and walked >= step:
+                yield walked
+                walked = 0
+        walked += 1  # the container itself: a million empty ones are a long walk too
+        if step and walked >= step:
+            yield walked
+            walked = 0
+    yield walked
 
 
 def check_values(values: Mapping[str, Any], max_depth: int = MAX_DEPTH) -> None:
