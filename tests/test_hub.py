@@ -219,6 +219,40 @@ async def test_a_stream_the_subscriber_may_not_read_is_refused_by_name(daemon, t
     assert service.sinks["Secret"].sink.counters["hub_subscribers"] == 0
 
 
+@pytest.mark.reactor_free
+def test_subscribers_sharing_a_filter_share_its_pick_once_a_turn() -> None:
+    """A turn's frames go through each filter once, not once per subscriber: subscribers sending the same text share
+    its compiled filter (a thousand of them on a 500-event slice held the reactor 0.25 s). Each still gets its frames."""
+    from sse_daemon.connectors.sink.filtering import deliver_filtered
+
+    tested: list[int] = []
+
+    def over_two(values) -> bool:
+        tested.append(values["n"])
+        return values["n"] > 2
+
+    def under_two(values) -> bool:
+        tested.append(values["n"])
+        return values["n"] < 2
+
+    class Got:
+        def __init__(self) -> None:
+            self.data: list[bytes] = []
+
+        def deliver(self, mine: list[bytes], data: bytes, chunked: bytes) -> bool:
+            self.data.append(data)
+            return True
+
+    subscribers = [Got() for _ in range(5)]
+    frames = [b"%d\n" % n for n in range(5)]
+    targets = [(subscribers[0], over_two), (subscribers[1], None), (subscribers[2], over_two), (subscribers[3], under_two),
+               (subscribers[4], over_two)]
+    written = deliver_filtered(targets, frames, b"".join(frames), b"chunked", [{"n": n} for n in range(5)], b"".join)
+    assert len(tested) == 2 * len(frames), "each filter once per frame"
+    assert [got.data for got in subscribers] == [[b"3\n4\n"], [b"0\n1\n2\n3\n4\n"], [b"3\n4\n"], [b"0\n1\n"], [b"3\n4\n"]]
+    assert written == (2 + 5 + 2 + 2 + 2, 4 + 10 + 4 + 4 + 4, 3 + 3 + 3 + 3)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_filter_picks_from_the_shared_frames_live_and_on_resume(daemon, tokens) -> None:
     service = await daemon(CONFIG.format(size=100))
