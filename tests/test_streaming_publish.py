@@ -470,3 +470,40 @@ async def test_a_stream_the_daemon_holds_longer_than_the_body_timeout_is_not_cut
     raw = bytes(publisher.received)
     assert status(raw) == 200, raw
     assert json.loads(raw.partition(b"\r\n\r\n")[2])["accepted"] == 3
+
+
+@pytest.mark.reactor_free
+def test_an_ndjson_body_that_came_whole_is_taken_a_tcp_reads_worth_a_turn() -> None:
+    """Over HTTP/2 an NDJSON body comes whole: it is taken WHOLE_PIECE bytes a reactor turn, as a streamed one
+    arrives, not all at once (a megabyte of short lines held the reactor about 0.3 s); answered after the last."""
+    import io
+
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from sse_daemon.bus.memory import MemoryBus
+    from sse_daemon.connectors import ingest as ingest_module
+    from sse_daemon.connectors.ingest import IngestResource
+
+    from .test_accepted import one_turn
+
+    connector = validate(load_yaml('sources: {In: {type: http, schema: "n int", receiver.url: "http://127.0.0.1:0/in"}}')).sources[0]
+    bus = MemoryBus()
+    got: list[int] = []
+    bus.subscribe("In", lambda events: got.extend(event.values["n"] for event in events))
+    turns = Clock()
+    ingest = IngestResource(connector, make_mapper(connector.options.mapping, parse_schema("n int")), bus, turns, turns=turns)
+    line = b'{"n": 1}\n'
+    per_piece = ingest_module.WHOLE_PIECE // len(line)
+    request = DummyRequest([b"in"])
+    request.method = b"POST"
+    request.requestHeaders.setRawHeaders(b"content-type", [b"application/x-ndjson"])
+    request.content = io.BytesIO(line * (3 * per_piece))
+    assert ingest.render(request) == NOT_DONE_YET
+    turns_taken = 0
+    while not request.finished:
+        assert len(got) <= (turns_taken + 1) * (per_piece + 1), "no more than a piece's lines a turn"
+        assert turns.calls, "the rest waits for the next turn"
+        one_turn(turns)
+        turns_taken += 1
+    assert turns_taken >= 2 and len(got) == 3 * per_piece
+    assert json.loads(b"".join(request.written))["accepted"] == 3 * per_piece
