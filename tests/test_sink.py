@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -457,27 +458,37 @@ def test_log_rate_lets_a_burst_through_per_window_and_tells_what_it_held() -> No
     assert rate.allow() == (True, 3) and rate.allow() == (True, 0)
 
 
-@pytest.mark.reactor_free
-def test_a_raw_subscriber_cut_in_a_large_turn_is_cut_counted_and_logged_once(log_events) -> None:
-    """A raw sink holds a slow subscriber's events one by one: past the bound in the middle of a turn it is cut,
-    and the rest of the turn is not held for it again (each further bound crossed counted and logged another cut)."""
-    from twisted.internet.testing import StringTransport
-    from twisted.web.test.requesthelper import DummyRequest
-
+def raw_sink(**options: object) -> tuple[Any, Clock]:
+    """A raw-format SseSink of ``config(**options)`` on a Clock, outside any daemon."""
     from sse_daemon.config.validate import validate
     from sse_daemon.config.yamlfile import load_yaml
     from sse_daemon.connectors.sink import SseSink
     from sse_daemon.mapping.mappers import make_mapper
 
-    loaded = validate(load_yaml(config(**{"sse.format": "raw", "subscriber.queue.size": 10, "flush.interval": 0}), "sink.yaml"))
+    loaded = validate(load_yaml(config(**{"sse.format": "raw", "flush.interval": 0, **options}), "sink.yaml"))
     (connector,) = loaded.sinks
     clock = Clock()
-    sink = SseSink(connector, make_mapper(connector.options.mapping, loaded.streams["Events"].schema), clock)
+    return SseSink(connector, make_mapper(connector.options.mapping, loaded.streams["Events"].schema), clock), clock
+
+
+def subscribe_stub(sink: Any) -> None:
+    """Subscribe a request whose writes go to a StringTransport (no socket)."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web.test.requesthelper import DummyRequest
+
     request = DummyRequest([b"events"])
     request.transport = StringTransport()
     request.write = request.transport.write
     request.registerProducer = lambda producer, streaming: None
     sink.subscribe(request)
+
+
+@pytest.mark.reactor_free
+def test_a_raw_subscriber_cut_in_a_large_turn_is_cut_counted_and_logged_once(log_events) -> None:
+    """A raw sink holds a slow subscriber's events one by one: past the bound in the middle of a turn it is cut,
+    and the rest of the turn is not held for it again (each further bound crossed counted and logged another cut)."""
+    sink, clock = raw_sink(**{"subscriber.queue.size": 10})
+    subscribe_stub(sink)
     (subscriber,) = sink.subscribers
     subscriber.pauseProducing()  # its socket is full
     sink.publish([Event({"n": n, "text": "hi"}) for n in range(45)])
@@ -491,27 +502,13 @@ def test_a_raw_subscriber_cut_in_a_large_turn_is_cut_counted_and_logged_once(log
 def test_a_mass_cut_of_slow_subscribers_logs_a_bounded_number_of_lines(log_events) -> None:
     """A network blip can make thousands of subscribers slow at once: each cut is counted, but the log gets at most
     CONNECT_LOG_BURST lines a window, and the next line let through says how many were held back."""
-    from twisted.internet.testing import StringTransport
-    from twisted.web.test.requesthelper import DummyRequest
-
-    from sse_daemon.config.validate import validate
-    from sse_daemon.config.yamlfile import load_yaml
-    from sse_daemon.connectors.sink import SseSink
     from twisted.logger import formatEvent
 
     from sse_daemon.connectors.sink.core import CONNECT_LOG_BURST, CONNECT_LOG_WINDOW
-    from sse_daemon.mapping.mappers import make_mapper
 
-    loaded = validate(load_yaml(config(**{"sse.format": "raw", "subscriber.queue.size": 1, "flush.interval": 0}), "sink.yaml"))
-    (connector,) = loaded.sinks
-    clock = Clock()
-    sink = SseSink(connector, make_mapper(connector.options.mapping, loaded.streams["Events"].schema), clock)
+    sink, clock = raw_sink(**{"subscriber.queue.size": 1})
     for _ in range(CONNECT_LOG_BURST + 30):
-        request = DummyRequest([b"events"])
-        request.transport = StringTransport()
-        request.write = request.transport.write
-        request.registerProducer = lambda producer, streaming: None
-        sink.subscribe(request)
+        subscribe_stub(sink)
     for subscriber in sink.subscribers:
         subscriber.pauseProducing()  # every socket full at once
     sink.publish([Event({"n": n, "text": "hi"}) for n in range(3)])
@@ -520,11 +517,7 @@ def test_a_mass_cut_of_slow_subscribers_logs_a_bounded_number_of_lines(log_event
     assert sink.counters["dropped_slow"] == CONNECT_LOG_BURST + 30 and not sink.subscribers
     assert len(cuts) == CONNECT_LOG_BURST
     clock.advance(CONNECT_LOG_WINDOW)
-    request = DummyRequest([b"events"])
-    request.transport = StringTransport()
-    request.write = request.transport.write
-    request.registerProducer = lambda producer, streaming: None
-    sink.subscribe(request)
+    subscribe_stub(sink)
     (late,) = sink.subscribers
     late.pauseProducing()
     sink.publish([Event({"n": n, "text": "hi"}) for n in range(3)])
