@@ -279,19 +279,16 @@ class JsonMapper:
         self._validate = validate_json and payload is not None
 
     def decode(self, payload: str, max_events: int | None = None) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for _ in self._steps(payload, max_events, 0, rows):
-            pass
-        return rows
+        values, items = self._items(payload, max_events)
+        return [values(item, where, None) for where, item in items]
 
     def decode_steps(self, payload: str, max_events: int | None = None, budget: int = DECODE_SLICE) -> Generator[None, None, list[dict[str, Any]]]:
         rows: list[dict[str, Any]] = []
         yield from self._steps(payload, max_events, budget, rows)
         return rows
 
-    def _steps(self, payload: str, max_events: int | None, budget: int, rows: list[dict[str, Any]]) -> Iterator[None]:
-        """The events of ``payload`` into ``rows``, yielding after each ``budget`` of work (0: never).
-        The parse itself is one step."""
+    def _items(self, payload: str, max_events: int | None) -> tuple[Any, Any]:
+        """The payload parsed: the method that maps one event's values, and its events with where each stands."""
         try:
             document = load_json(payload)
         except InvalidValue as e:
@@ -309,23 +306,41 @@ class JsonMapper:
             items: Any = enumerate(document)
         else:
             items = (("the payload", document),)
-        if budget and len(payload) > budget:
-            yield  # the parse of a large payload is a step of its own
+        return values, items
+
+    def _steps(self, payload: str, max_events: int | None, budget: int, rows: list[dict[str, Any]]) -> Iterator[None]:
+        """The events of ``payload`` into ``rows``, yielding after each ``budget`` of work (0: never). The parse
+        itself is one step; a payload of ``budget`` characters or fewer cannot walk more than one: mapped at once."""
+        values, items = self._items(payload, max_events)
+        if not budget or len(payload) <= budget:
+            rows += [values(item, where, None) for where, item in items]
+            return
+        yield  # the parse of a large payload is a step of its own
         spent = 0
+        arrays_and_objects: list[tuple[str, Any, AttrType, str]] = []  # an event's, checked here a step at a time
         for where, item in items:
-            row: dict[str, Any] = {}
-            for walked in values(item, where, row):  # only an array or an object's check yields
-                spent += walked
-                if budget and spent >= budget:
-                    yield  # within one large value
-                    spent = 0
+            row = values(item, where, arrays_and_objects)
+            for name, value, attr_type, found_at in arrays_and_objects:
+                steps = _typed_steps(value, attr_type, where, name, found_at)
+                while True:
+                    try:
+                        spent += next(steps)
+                    except StopIteration as typed:
+                        row[name] = typed.value
+                        break
+                    if spent >= budget:
+                        yield  # within one large value
+                        spent = 0
+            arrays_and_objects.clear()
             rows.append(row)
             spent += EVENT_WORK
-            if budget and spent >= budget:
+            if spent >= budget:
                 yield
                 spent = 0
 
-    def _values(self, document: Any, where: int | str, values: dict[str, Any]) -> Iterator[int]:
+    def _values(self, document: Any, where: int | str, later: list | None) -> dict[str, Any]:
+        """An event's values. Arrays and objects go to ``later`` (name, value, type, where found) when it is a
+        list, for the caller to check a step at a time; with None they are checked here."""
         if document.__class__ is not dict:
             raise MappingError(
                 "not-an-object",
@@ -333,6 +348,7 @@ class JsonMapper:
             )
         if self._unwrap and len(document) == 1 and document.get("event").__class__ is dict:
             document = document["event"]
+        values: dict[str, Any] = {}
         for name, attr_type in self._attributes:
             value = document.get(name, MISSING)
             if value.__class__ is str and attr_type is _STRING and value.isascii():
@@ -341,22 +357,28 @@ class JsonMapper:
                 if self.fail_on_missing:
                     raise MappingError("missing-attribute", f"{_place(where)}: attribute '{name}' is missing")
                 values[name] = None
-            elif value.__class__ is dict or value.__class__ is list:
-                values[name] = yield from _typed_steps(value, attr_type, where, name, "")
+            elif later is not None and (value.__class__ is dict or value.__class__ is list):
+                values[name] = None  # its place, in schema order
+                later.append((name, value, attr_type, ""))
             else:
                 values[name] = _typed(value, attr_type, where, name, "")
+        return values
 
-    def _path_values(self, document: Any, where: int | str, values: dict[str, Any]) -> Iterator[int]:
+    def _path_values(self, document: Any, where: int | str, later: list | None) -> dict[str, Any]:
+        """:meth:`_values` with ``map.attributes`` (JSONPath)."""
+        values: dict[str, Any] = {}
         for name, attr_type, path in self._paths or ():
             value = path.find(document)
             if value is MISSING:
                 if self.fail_on_missing:
                     raise MappingError("missing-attribute", f"{_place(where)}: attribute '{name}' is missing (nothing at {path})")
                 value = None
-            if value.__class__ is dict or value.__class__ is list:
-                values[name] = yield from _typed_steps(value, attr_type, where, name, f" (at {path})")
+            if later is not None and (value.__class__ is dict or value.__class__ is list):
+                values[name] = None  # its place, in schema order
+                later.append((name, value, attr_type, f" (at {path})"))
             else:
                 values[name] = _typed(value, attr_type, where, name, f" (at {path})")
+        return values
 
     def encode(self, event: Event) -> str:
         if self.payload is not None:
