@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
 import ssl
 from pathlib import Path
 
@@ -257,3 +258,49 @@ async def test_a_stream_ended_on_a_tls_port_closes_its_connection(daemon, pki) -
     assert closed == [True], "the drain was done with the connection still open"
     await deadline(client.closed)
     assert client.received.endswith(b"0\r\n\r\n") and b": server shutting down; reconnect\n" in client.received
+
+
+def _served_certificate(port: int) -> bytes:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, context.wrap_socket(raw, server_hostname="localhost") as tls:
+        certificate = tls.getpeercert(binary_form=True)
+    assert certificate is not None
+    return certificate
+
+
+@pytest.mark.parametrize("how", ["server.tls", "server.endpoint"])
+@pytest_twisted.ensureDeferred
+async def test_reload_serves_a_renewed_certificate(daemon, pki, tmp_path: Path, how: str) -> None:
+    """certbot renews the files in place (same paths): a reload serves the new certificate, not the one read at bind."""
+    from sse_daemon.daemon.reload import Reloader
+
+    live = tmp_path / "live"
+    live.mkdir()
+    files = {"cert": live / "cert.pem", "key": live / "key.pem"}
+    files["cert"].write_bytes(pki["cert"].read_bytes())
+    files["key"].write_bytes(pki["key"].read_bytes())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    binding = (f"server.tls.cert: {files['cert']}, server.tls.key: {files['key']}" if how == "server.tls" else
+               f"server.endpoint: 'ssl:{port}:interface=127.0.0.1:certKey={files['cert']}:privateKey={files['key']}'")
+    service = await daemon(f"sinks:\n  Events: {{type: sse-server, schema: 'n int', server.host: 127.0.0.1, server.port: {port}, "
+                           f"server.path: events, {binding}}}\n")
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])  # as at start-up: before the files change
+    first = await threads.deferToThread(_served_certificate, port)
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    renewed = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(_name("localhost"))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=90))
+               .sign(key, hashes.SHA256()))
+    files["cert"].write_bytes(renewed.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(_pem_key(key))
+    assert await deadline(reloader.reload()) is True
+
+    served = await threads.deferToThread(_served_certificate, port)
+    assert served != first, "the port still serves the certificate it read when it was bound"
+    assert served == renewed.public_bytes(serialization.Encoding.DER)

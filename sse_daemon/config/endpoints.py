@@ -14,13 +14,14 @@ without certificates. edge/tls.py builds the HTTPS client policy from the same f
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from sse_daemon.config.options import ServerTlsOptions
 from sse_daemon.policy.connections import LISTEN_BACKLOG  # noqa: F401 (re-exported for the listeners)
 
 __all__ = ["LISTEN_BACKLOG", "HTTP2_MARK", "quote_argument", "listen_description", "offers_http2", "port_description", "is_tls",
-           "check_server_tls", "check_ca_file", "ca_certificates"]
+           "tls_files", "tls_files_mark", "check_server_tls", "check_ca_file", "ca_certificates"]
 
 #: how a port description says that the port offers HTTP/2 (ALPN); not part of Twisted's endpoint syntax
 HTTP2_MARK = " +h2"
@@ -57,6 +58,56 @@ def port_description(host: str, port: int, options: ServerTlsOptions) -> str:
     """How a port is bound, as a plan and validation compare ports: the endpoint string, and
     whether it offers HTTP/2 (which a reload changes only by binding the port again)."""
     return listen_description(host, port, options) + (HTTP2_MARK if offers_http2(options) else "")
+
+
+#: the arguments of an ``ssl:`` endpoint that name files it reads when it binds
+_SSL_FILE_ARGUMENTS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
+
+
+def tls_files(options: ServerTlsOptions) -> tuple[str, ...]:
+    """The files a TLS port reads once, when it is bound: ``server.tls.cert`` and ``server.tls.key``,
+    or those an ``ssl:`` ``server.endpoint`` names."""
+    if options.server_tls_cert:
+        return (options.server_tls_cert, options.server_tls_key or "")
+    endpoint = options.server_endpoint or ""
+    if not endpoint.startswith("ssl:"):
+        return ()
+    named = dict(part.partition("=")[::2] for part in _endpoint_arguments(endpoint)[1:] if "=" in part)
+    return tuple(named[name] for name in _SSL_FILE_ARGUMENTS if named.get(name))
+
+
+def _endpoint_arguments(description: str) -> list[str]:
+    """An endpoint string split at its unescaped ``:``, each ``\\x`` read as ``x`` (Twisted's quoting)."""
+    parts, current, escaped = [], [], False
+    for character in description:
+        if escaped:
+            current.append(character)
+            escaped = False
+        elif character == "\\":
+            escaped = True
+        elif character == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(character)
+    parts.append("".join(current))
+    return parts
+
+
+def tls_files_mark(options: ServerTlsOptions) -> str:
+    """The content of a TLS port's files (:func:`tls_files`), as a reload compares ports: a certificate
+    renewed in place (same paths) binds the port again, with the new files."""
+    files = tls_files(options)
+    if not files:
+        return ""
+    digest = hashlib.sha256()
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                digest.update(hashlib.sha256(f.read()).digest())
+        except OSError:
+            digest.update(b"unreadable")
+    return f" +files={digest.hexdigest()[:16]}"
 
 
 def is_tls(options: ServerTlsOptions) -> bool:

@@ -37,7 +37,7 @@ from sse_daemon.daemon.plan import Plan, PortKey
 from sse_daemon.edge.guard import Guard, ingest_guard, sink_guard  # limits and access control in front of sinks and ingests
 from sse_daemon.edge.listener import BindError, ListenerService, PortRoute, RouteTable
 from sse_daemon.edge.passwords import PasswordPool
-from sse_daemon.edge.tls import client_policy, listen_description, offers_http2
+from sse_daemon.edge.tls import client_policy, listen_description, offers_http2, tls_files_mark
 from sse_daemon.events.schema import Schema
 from sse_daemon.mapping.mappers import make_mapper
 from sse_daemon.policy.connections import DescriptorBudget, Stopping, port_policy
@@ -243,7 +243,7 @@ class Builder:
         options = first.options
         listener = ListenerService(self.reactor, host, port, table.policy, self.descriptors, self.stopping,
                                    endpoint=listen_description(host, port, options),
-                                   http2=offers_http2(options))
+                                   http2=offers_http2(options), files_mark=tls_files_mark(options))
         listener.serve(table)
         return listener
 

@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from sse_daemon.config.endpoints import port_description
+from sse_daemon.config.endpoints import port_description, tls_files_mark
 from sse_daemon.config.model import Config, ConnectorDef, RouteDef, listen_address, served_by_workers
 from sse_daemon.config.values import Url
 
@@ -99,8 +99,10 @@ def port_layout(config: Config) -> dict[PortKey, list[tuple[str, ConnectorDef]]]
 
 
 def port_endpoints(config: Config) -> dict[PortKey, str]:
-    """How each port is bound (the endpoint string of its first connector, and whether it offers HTTP/2; tls.py)."""
-    return {key: port_description(key[0], key[1], entries[0][1].options) for key, entries in port_layout(config).items()}
+    """How each port is bound (the endpoint string of its first connector, whether it offers HTTP/2, and the
+    content of the TLS files it reads when bound, so that a certificate renewed in place binds it again; tls.py)."""
+    return {key: port_description(key[0], key[1], entries[0][1].options) + tls_files_mark(entries[0][1].options)
+            for key, entries in port_layout(config).items()}
 
 
 @dataclass
@@ -129,7 +131,8 @@ class Plan:
 
     @property
     def changes(self) -> bool:
-        return bool(self.restart or self.remove or self.add or self.routes_remove or self.routes_add)
+        return bool(self.restart or self.remove or self.add or self.routes_remove or self.routes_add
+                    or self.ports_rebind)  # a port's TLS files renewed, its connectors unchanged (an ssl: server.endpoint)
 
     @property
     def fresh(self) -> list[str]:
@@ -147,6 +150,8 @@ class Plan:
                   ("removed", self.remove), ("added", self.add)) if names]
         if self.routes_remove or self.routes_add:
             parts.append(f"routes -{len(self.routes_remove)} +{len(self.routes_add)}")
+        if self.ports_rebind:
+            parts.append(f"bound again: port {', '.join(str(port) for _, port in self.ports_rebind)}")
         return "; ".join(parts) or "nothing"
 
 

@@ -965,7 +965,7 @@ class ListenerService(Service):
 
     def __init__(self, reactor: Any, host: str, port: int, policy: PortPolicy = PortPolicy(),
                  descriptors: DescriptorBudget | None = None, stopping: Stopping | None = None,
-                 list_paths: bool = True, endpoint: str | None = None, http2: bool = False) -> None:
+                 list_paths: bool = True, endpoint: str | None = None, http2: bool = False, files_mark: str = "") -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
@@ -982,12 +982,15 @@ class ListenerService(Service):
         self.endpoint = endpoint
         #: a TLS port that offers HTTP/2 through ALPN (server.http2)
         self.http2 = http2
+        #: the content of the TLS files read when the port binds (tls.py ``tls_files_mark``): a reload that finds
+        #: them renewed binds the port again, since a bound port keeps the certificate it read
+        self.files_mark = files_mark
         self.setName(f"listener:{host}:{port}")
 
     @property
     def description(self) -> str:
-        """How the port is bound, as a plan compares ports (config/endpoints.py ``port_description``)."""
-        return (self.endpoint or "") + (HTTP2_MARK if self.http2 else "")
+        """How the port is bound, as a plan compares ports (daemon/plan.py ``port_endpoints``)."""
+        return (self.endpoint or "") + (HTTP2_MARK if self.http2 else "") + self.files_mark
 
     def add(self, path: str, resource: IResource, label: str, max_body_size: int | None = None) -> None:
         self.router.add(path, resource, max_body_size is not None)

@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from sse_daemon.config.endpoints import (HTTP2_MARK, LISTEN_BACKLOG, ca_certificates, check_ca_file, check_server_tls, is_tls,
-                                         listen_description, offers_http2)
+                                         listen_description, offers_http2, tls_files_mark)
 
 __all__ = ["listen_description", "check_server_tls", "check_ca_file", "client_policy", "is_tls", "LISTEN_BACKLOG",
-           "HTTP2_MARK", "offers_http2"]
+           "HTTP2_MARK", "offers_http2", "tls_files_mark"]
 
 def client_policy(ca_file: str | None) -> Any:
     """The HTTPS policy of an SSE source: verify against the system's trust store, or the given CA bundle."""
