@@ -304,3 +304,26 @@ async def test_reload_serves_a_renewed_certificate(daemon, pki, tmp_path: Path, 
     served = await threads.deferToThread(_served_certificate, port)
     assert served != first, "the port still serves the certificate it read when it was bound"
     assert served == renewed.public_bytes(serialization.Encoding.DER)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rebind_to_unusable_tls_files_is_rejected_before_the_port_is_released(daemon, pki, tmp_path: Path) -> None:
+    """An ssl: server.endpoint's files are read only by Twisted: a renewal caught half-written (a key that is not the
+    certificate's) must reject the reload, not release the port and then fail to bind it again."""
+    from sse_daemon.daemon.reload import Reloader
+
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "cert.pem", live / "key.pem"
+    cert.write_bytes(pki["cert"].read_bytes())
+    key.write_bytes(pki["key"].read_bytes())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    service = await daemon(f"sinks:\n  Events: {{type: sse-server, schema: 'n int', server.host: 127.0.0.1, server.port: {port}, "
+                           f"server.path: events, server.endpoint: 'ssl:{port}:interface=127.0.0.1:certKey={cert}:privateKey={key}'}}\n")
+    reloader = Reloader(service, [str(tmp_path / "sse.yaml")])
+    first = await threads.deferToThread(_served_certificate, port)
+    key.write_bytes(pki["other_key"].read_bytes())
+    assert await deadline(reloader.reload()) is False
+    assert await threads.deferToThread(_served_certificate, port) == first, "the port is still served as it was"

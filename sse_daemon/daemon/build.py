@@ -89,10 +89,13 @@ class Staged:
     rebind: dict[PortKey, ListenerService] = field(default_factory=dict)  # same port, bound another way
 
     def bind(self) -> tuple[BindError | None, list[Deferred]]:
-        """Bind every new port, before anything running is touched. On a failure, the error and
+        """Bind every new port, before anything running is touched, and read the endpoints (TLS files) of
+        the ports bound again, which bind only once the old ones are released. On a failure, the error and
         the release of those bound already (nothing of this stage may go live then)."""
         bound: list[ListenerService] = []
         try:
+            for listener in self.rebind.values():
+                listener.resolve()
             for listener in self.listeners.values():
                 listener.privilegedStartService()
                 bound.append(listener)

@@ -985,6 +985,7 @@ class ListenerService(Service):
         #: the content of the TLS files read when the port binds (tls.py ``tls_files_mark``): a reload that finds
         #: them renewed binds the port again, since a bound port keeps the certificate it read
         self.files_mark = files_mark
+        self._parsed: IStreamServerEndpoint | None = None  # the endpoint, once parsed (resolve)
         self.setName(f"listener:{host}:{port}")
 
     @property
@@ -1028,17 +1029,24 @@ class ListenerService(Service):
             raise TypeError(f"{self.name} is bound to {address}, which has no port")
         return address.port
 
+    def resolve(self) -> IStreamServerEndpoint:
+        """The endpoint to bind, parsed once: an ``ssl:`` one reads its files here (and Twisted checks that the key is
+        the certificate's), so a port bound again can be checked before the old one is released. BindError if unusable."""
+        if self._parsed is None:
+            interface = self.host.replace(":", "\\:")
+            try:
+                self._parsed = server_endpoint(self.reactor, self.endpoint or f"tcp:{self.port}:interface={interface}")
+            except ValueError as e:
+                raise BindError(f"cannot listen on {self.host}:{self.port} for {', '.join(self.labels)}: {e}") from None
+        return self._parsed
+
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         direct = self.endpoint is None or self.endpoint.partition(":")[0] in DIRECT_ENDPOINTS
         site = self.site = QuietSite(self.router, self.reactor, self.max_body_size or SINK_ONLY_BODY_LIMIT,
                                      self.policy, self.descriptors, self.stopping, direct)
         site.http2 = self.http2
-        interface = self.host.replace(":", "\\:")
-        try:
-            endpoint = server_endpoint(self.reactor, self.endpoint or f"tcp:{self.port}:interface={interface}")
-        except ValueError as e:
-            raise BindError(f"cannot listen on {self.host}:{self.port} for {', '.join(self.labels)}: {e}") from None
+        endpoint = self.resolve()
         outcome: list[IListeningPort | Failure] = []
         endpoint.listen(site).addBoth(outcome.append)
         result = outcome[0] if outcome else None  # TCP endpoints answer synchronously
