@@ -54,10 +54,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(ca_key, hashes.SHA256()))
+    elsewhere = (x509.CertificateBuilder().subject_name(_name("other.example")).issuer_name(ca.subject)
+                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                 .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                 .add_extension(x509.SubjectAlternativeName([x509.DNSName("other.example")]), critical=False)
+                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                 .sign(ca_key, hashes.SHA256()))
     files = {
         "ca": folder / "ca.pem", "cert": folder / "cert.pem", "key": folder / "key.pem",
-        "other_key": folder / "other-key.pem", "empty": folder / "empty.pem",
+        "other_key": folder / "other-key.pem", "empty": folder / "empty.pem", "elsewhere": folder / "elsewhere.pem",
     }
+    files["elsewhere"].write_bytes(elsewhere.public_bytes(serialization.Encoding.PEM))
     files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     files["key"].write_bytes(_pem_key(key))
@@ -166,6 +173,28 @@ sinks:
     await wait_for(lambda: source.counters["failures"] >= 1, what="the TLS failure")
     assert not upstream.sinks["Events"].sink.subscribers, "no stream over an unverified connection"
     assert "TLS error" in log_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_source_with_a_ca_file_checks_the_host_name(daemon, pki, log_text) -> None:
+    """A certificate that chains to tls.ca.file but names another host is refused, and logged as a TLS error."""
+    upstream = await daemon(tls_sink({"cert": pki["elsewhere"], "key": pki["key"]}))
+    port = upstream.port_of("Events")
+    relay = await daemon(f"""\
+sources:
+  Src:
+    type: sse
+    stream: Copy
+    schema: "n int"
+    receiver.url: https://localhost:{port}/events
+    tls.ca.file: {pki['ca']}
+sinks:
+  Show: {{type: log, stream: Copy}}
+""", name="relay.yaml")
+    source = relay.sources["Src"]
+    await wait_for(lambda: source.counters["failures"] >= 1, what="the TLS failure")
+    assert not upstream.sinks["Events"].sink.subscribers, "no stream to a host the certificate does not name"
+    assert "TLS error: the certificate is not for localhost" in log_text()
 
 
 @pytest_twisted.ensureDeferred

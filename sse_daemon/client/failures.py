@@ -48,6 +48,9 @@ def describe_failure(failure: BaseException | Failure) -> str:
         return "connection closed" if isinstance(reason, net_error.ConnectionDone) else "connection lost"
     if _is_tls_error(reason):
         return f"TLS error: {_tls_text(reason)}"
+    mismatched = _host_mismatch(reason)
+    if mismatched is not None:
+        return f"TLS error: the certificate is not for {mismatched}"
     text = redact_urls(str(reason).strip())  # an exception's text may quote a URL
     return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
 
@@ -66,6 +69,19 @@ def _is_tls_error(reason: BaseException) -> bool:
     except ImportError:  # pragma: no cover - pyOpenSSL is needed for https anyway
         return False
     return isinstance(reason, SSLError)
+
+
+def _host_mismatch(reason: BaseException) -> str | None:
+    """The host name or address a certificate that chains to a trusted CA was not issued for (service_identity's check)."""
+    try:
+        from service_identity import VerificationError
+    except ImportError:  # pragma: no cover - installed with Twisted's tls extra, as pyOpenSSL
+        return None
+    if not isinstance(reason, VerificationError):
+        return None
+    names = [_text(getattr(error.mismatched_id, "hostname", None) or getattr(error.mismatched_id, "ip", "?"))
+             for error in reason.errors if hasattr(error, "mismatched_id")]
+    return ", ".join(names) or "the host name asked for"
 
 
 def _tls_text(reason: BaseException) -> str:
