@@ -34,7 +34,7 @@ from sse_daemon.client.body import BodyReceiver, Discard
 from sse_daemon.client.decisions import ReconnectPolicy, Verdict, judge_response, reconnect_delay, retry_after, RETRY_AFTER_MAX
 from sse_daemon.client.failures import describe_failure
 from sse_daemon.client.http import HttpGet
-from sse_daemon.policy.limits import excerpt
+from sse_daemon.policy.limits import excerpt, should_log
 from sse_daemon.policy.redact import redact_url, split_userinfo
 from sse_daemon.wire.eventstream import Comment, EventStreamParser, Item, Message, Rejection
 from sse_daemon.wire.jsondocs import JsonDocumentSplitter
@@ -160,6 +160,8 @@ class EventSource:
     def __init__(self, settings: Settings, handler: EventSourceHandler, http: HttpGet, clock: IReactorTime) -> None:
         self.settings = settings
         self.handler = handler
+        #: a Handler that did not override ``messages``: its ``message`` is called here, one guarded call each
+        self._one_by_one = getattr(type(handler), "messages", None) is Handler.messages
         self._http = http
         self._clock = clock
         self._request_url, self._credentials = split_userinfo(settings.url)
@@ -179,6 +181,7 @@ class EventSource:
         self.connected = False
         self.paused = False
         self._halted = True
+        self._run_id = 0  # which start() the running loop belongs to: one stopped and started again ends its old loop
         self._loop: Deferred[None] | None = None
         self._request: Deferred | None = None
         self._waiting: Deferred | None = None
@@ -215,7 +218,8 @@ class EventSource:
             return
         self._halted = False
         self.closed_reason = None
-        self._loop = Deferred.fromCoroutine(self._run())
+        self._run_id += 1
+        self._loop = Deferred.fromCoroutine(self._run(self._run_id, self._loop))
         self._loop.addErrback(lambda f: self.log.failure("{label} stopped unexpectedly", f, label=self.label))
 
     def stop(self) -> Deferred[None]:
@@ -247,15 +251,21 @@ class EventSource:
 
     # -- one attempt after another
 
-    async def _run(self) -> None:
-        while not self._halted:
+    def _stopped(self, run: int) -> bool:
+        """Whether the loop of ``run`` must end: stop() was called (and maybe start() again since)."""
+        return self._halted or run != self._run_id
+
+    async def _run(self, run: int, previous: Deferred[None] | None) -> None:
+        if previous is not None and not previous.called:
+            await _when_done(previous)  # started again before the old loop was done: it shares our state
+        while not self._stopped(run):
             try:
-                outcome = await self._attempt()
+                outcome = await self._attempt(run)
             except Exception:
                 # A bug must not leave the client dead: log it and treat it as a failure.
                 self.log.failure("{label} failed unexpectedly", label=self.label)
                 outcome = _Outcome(kind="internal", failure="internal error (see the traceback above)")
-            if self._halted:
+            if self._stopped(run):
                 break
             if outcome.stop:
                 self._halted = True
@@ -273,7 +283,7 @@ class EventSource:
                 (outcome.failure if failed else outcome.ended) or "closed", failed, delay, self.failures,
                 self.last_event_id, outcome.kind,
             ))
-            if self._halted:  # the handler stopped us
+            if self._stopped(run):  # the handler stopped us
                 break
             self._waiting = deferLater(self._clock, delay, lambda: None)
             try:
@@ -292,7 +302,7 @@ class EventSource:
             self.counters["failures"] += 1
         return reconnect_delay(self.policy, self.failures, self.parser.retry, outcome.retry_after)
 
-    async def _attempt(self) -> _Outcome:
+    async def _attempt(self, run: int) -> _Outcome:
         self._delivered = 0
         self._timed_out = None
         got_data = [False]
@@ -307,11 +317,11 @@ class EventSource:
         try:
             response: IResponse = await request
         except CancelledError:
-            if self._halted:
+            if self._stopped(run):
                 return _Outcome()
             return _Outcome(kind="connect-timeout", failure=self._timed_out or "request cancelled")
         except Exception as e:
-            if self._halted:
+            if self._stopped(run):
                 return _Outcome()
             if self._timed_out:
                 return _Outcome(kind="connect-timeout", failure=self._timed_out)
@@ -361,7 +371,7 @@ class EventSource:
             self._cancel_timer()
         self._dispatch(self._items(None))  # drops an unfinished event, resets for the next stream
         delivered = self._delivered
-        if self._halted:
+        if self._stopped(run):
             return _Outcome()
         if self._timed_out:
             self.counters["read_timeouts"] += 1
@@ -440,16 +450,38 @@ class EventSource:
             if run:
                 self._messages(run)
                 run = []
+            if self._halted:  # a handler called stop(): nothing more, as a browser's close()
+                return
             if isinstance(item, Comment):
-                self.handler.comment(item.text)
+                self._call(self.handler.comment, item.text)
             else:
-                self.handler.rejected(item)
+                self._call(self.handler.rejected, item)
         if run:
             self._messages(run)
 
     def _messages(self, messages: list[Message]) -> None:
+        if self._halted:
+            return
         self._delivered += len(messages)  # a stream that carried one has worked
-        self.handler.messages(messages)
+        if not self._one_by_one:
+            self._call(self.handler.messages, messages)
+            return
+        for message in messages:  # Handler.messages, with each message guarded: one failing loses no other
+            if self._halted:
+                return
+            self._call(self.handler.message, message)  # type: ignore[attr-defined]
+
+    def _call(self, call: Callable[[Any], None], argument: object) -> None:
+        """A handler's ``messages``, ``message``, ``comment`` or ``rejected``: a failure is counted and
+        logged (sampled: a handler failing on every event must not flood the log), never the end of
+        the other items of the read, of the stream or of the client."""
+        try:
+            call(argument)
+        except Exception:
+            self.counters["internal_errors"] += 1
+            if should_log(self.counters["internal_errors"]):
+                self.log.failure("{label}: the handler failed ({errors} times so far)", level=LogLevel.error,
+                                 label=self.label, errors=self.counters["internal_errors"])
 
     def _tell(self, call: Callable[[Any], None], report: Opened | Interruption) -> None:
         """``opened`` or ``interrupted``: a failing handler is logged, never the end of the client."""

@@ -1,0 +1,106 @@
+"""The SSE client as its users meet it: a real server on 127.0.0.1 port 0, the real reactor and treq.
+
+tests/test_client.py pins the rules with StubTreq and a task.Clock; these check what only real
+sockets show (a connection closes later than stop() asks) and that docs/client.md's example runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+
+from sse_daemon.client import EventSource, Handler, Interruption, Opened, ReconnectPolicy, Settings, http_client
+from sse_daemon.wire.eventstream import Message
+
+from .conftest import sleep, wait_for
+from .sse_servers import ScriptedServer
+
+QUICK = ReconnectPolicy(initial=0.05, maximum=1.0, jitter=lambda: 0.0)
+
+
+class Recorder(Handler):
+    def __init__(self) -> None:
+        self.reports: list[Any] = []
+
+    def opened(self, opened: Opened) -> None:
+        self.reports.append(("opened", opened.last_event_id))
+
+    def message(self, message: Message) -> None:
+        self.reports.append(("message", message.data))
+
+    def comment(self, text: str) -> None:
+        if text != "scripted stream open":
+            self.reports.append(("comment", text))
+
+    def interrupted(self, interruption: Interruption) -> None:
+        self.reports.append(("interrupted", interruption.kind))
+
+
+async def _open(handler: Handler, **settings: Any) -> tuple[ScriptedServer, EventSource]:
+    server = ScriptedServer(retry=50)
+    server.start()
+    source = EventSource(Settings(server.url(), reconnect=QUICK, **settings), handler, http_client(reactor), reactor)
+    source.start()
+    await wait_for(lambda: source.connected, what="the stream")
+    return server, source
+
+
+@pytest_twisted.ensureDeferred
+async def test_started_again_at_once_after_stop_it_keeps_one_stream_and_the_old_one_says_nothing() -> None:
+    got = Recorder()
+    server, source = await _open(got)
+    try:
+        server.publish("a")
+        await wait_for(lambda: ("message", "a") in got.reports, what="a")
+        source.stop()
+        source.start()  # without waiting for stop()'s Deferred: the old connection is still closing
+        await wait_for(lambda: len(server.seen) == 2 and source.connected, what="the second stream")
+        server.publish("b")
+        await wait_for(lambda: ("message", "b") in got.reports, what="b")
+        await sleep(0.3)  # a second loop would have announced the old stream's end and reconnected by now
+        assert got.reports == [("opened", ""), ("message", "a"), ("opened", "1"), ("message", "b")]
+        assert len(server.seen) == 2 and source.connected
+    finally:
+        await source.stop()
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_message_callback_loses_nothing_else_of_the_read() -> None:
+    class Broken(Recorder):
+        def message(self, message: Message) -> None:
+            super().message(message)
+            if message.data == "a":
+                raise RuntimeError("bug")
+
+    got = Broken()
+    server, source = await _open(got)
+    try:
+        server.write(b"data: a\n\ndata: b\n\n: c\n\ndata: d\n\n")  # one write: one read
+        await wait_for(lambda: ("message", "d") in got.reports, what="d")
+        assert got.reports == [("opened", ""), ("message", "a"), ("message", "b"), ("comment", "c"), ("message", "d")]
+        assert source.counters["internal_errors"] == 1 and source.connected
+    finally:
+        await source.stop()
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_in_a_callback_ends_the_calls_even_within_one_read() -> None:
+    class StopAtA(Recorder):
+        def message(self, message: Message) -> None:
+            super().message(message)
+            source.stop()
+
+    got = StopAtA()
+    server, source = await _open(got)
+    try:
+        server.write(b"data: a\n\ndata: b\n\n: c\n\n")
+        await wait_for(lambda: not source.connected, what="the stop")
+        await sleep(0.1)
+        assert got.reports == [("opened", ""), ("message", "a")]
+    finally:
+        await source.stop()
+        await server.stop()
