@@ -6,10 +6,16 @@ sockets show (a connection closes later than stop() asks) and that docs/client.m
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import protocol, reactor
 
 from sse_daemon.client import EventSource, Handler, Interruption, Opened, ReconnectPolicy, Settings, http_client
 from sse_daemon.wire.eventstream import Message
@@ -104,3 +110,65 @@ async def test_stop_in_a_callback_ends_the_calls_even_within_one_read() -> None:
     finally:
         await source.stop()
         await server.stop()
+
+
+def _docs_examples() -> list[tuple[str, str]]:
+    """The python examples of docs/client.md and of the package's docstring, as written."""
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "client.md").read_text(encoding="utf-8")
+    found = [(f"docs/client.md#{n}", body) for n, body in enumerate(re.findall(r"^```python\n(.*?)^```", doc, re.M | re.S))]
+    import sse_daemon.client
+
+    docstring = sse_daemon.client.__doc__ or ""
+    block = docstring.split("::\n", 1)[1].split("\nModules", 1)[0]
+    found.append(("sse_daemon/client/__init__.py", textwrap.dedent(block)))
+    return found
+
+
+@pytest.mark.parametrize("where, code", _docs_examples(), ids=lambda v: v if "\n" not in v else "")
+@pytest_twisted.ensureDeferred
+async def test_the_documented_example_runs_as_written(where: str, code: str) -> None:
+    server = ScriptedServer()
+    server.start()
+    url = re.search(r'Settings\("([^"]+)"\)', code)
+    assert url, f"{where}: no Settings(url) to point at the local server"
+    program = _Program()
+    reactor.spawnProcess(program, sys.executable, [sys.executable, "-c", code.replace(url.group(1), server.url())],
+                         env=os.environ.copy())
+    try:
+        server.publish("hello", event="greeting")
+        await wait_for(lambda: b"1 greeting hello" in program.out or program.ended, what=f"{where} to print the event")
+        assert b"1 greeting hello" in program.out, program.err.decode()
+    finally:
+        if not program.ended:
+            program.transport.signalProcess("KILL")
+        await server.stop()
+
+
+class _Program(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended = False
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended = True
+
+
+def test_settings_refuse_what_cannot_work_with_a_clear_error() -> None:
+    for bad, words in [
+        (dict(url="ftp://a/events"), "http:// or https://"),
+        (dict(url="127.0.0.1:8020/events"), "http:// or https://"),
+        (dict(url="http://a/", connect_timeout=-1), "connect_timeout must be"),
+        (dict(url="http://a/", read_timeout=float("nan")), "read_timeout must be"),
+        (dict(url="http://a/", max_event_size=0), "max_event_size must be"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            Settings(**bad)  # type: ignore[arg-type]
+    assert Settings("HTTPS://a/", connect_timeout=0, read_timeout=0).read_timeout == 0

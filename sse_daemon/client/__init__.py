@@ -2,6 +2,8 @@
 
 Usage (see ``docs/client.md`` and ``examples/follow.py``)::
 
+    from twisted.internet import reactor
+
     from sse_daemon.client import EventSource, Handler, Settings, http_client
 
     class Print(Handler):
@@ -10,6 +12,7 @@ Usage (see ``docs/client.md`` and ``examples/follow.py``)::
 
     source = EventSource(Settings("https://example.org/events"), Print(), http_client(reactor), reactor)
     source.start()
+    reactor.run()
 
 Modules: :mod:`.eventsource` (the client, its settings and handler interface),
 :mod:`.decisions` (pure: reconnect policy, judging a response head),

@@ -60,6 +60,17 @@ class Settings:
     json_documents: bool = False  # the body is back-to-back JSON documents, each one a message (any Content-Type)
     label: str = ""  # names this client in its own log lines (default: "event source <url>")
 
+    def __post_init__(self) -> None:
+        scheme = self.url.partition(":")[0].lower() if "://" in self.url else ""
+        if scheme not in ("http", "https"):
+            raise ValueError(f"Settings.url must be an http:// or https:// URL, got {redact_url(self.url)!r}")
+        for name in ("connect_timeout", "read_timeout"):
+            value = getattr(self, name)
+            if not value >= 0 or value == float("inf"):  # NaN fails >= too
+                raise ValueError(f"Settings.{name} must be a number of seconds >= 0 (0: no limit), got {value!r}")
+        if self.max_event_size < 1:
+            raise ValueError(f"Settings.max_event_size must be at least 1 character, got {self.max_event_size!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class Opened:
