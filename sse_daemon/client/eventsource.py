@@ -172,7 +172,7 @@ class EventSource:
         self.settings = settings
         self.handler = handler
         #: a Handler that did not override ``messages``: its ``message`` is called here, one guarded call each
-        self._one_by_one = getattr(type(handler), "messages", None) is Handler.messages
+        self._one_by_one = type(handler).messages is Handler.messages
         self._http = http
         self._clock = clock
         self._request_url, self._credentials = split_userinfo(settings.url)
