@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol, reactor
+from twisted.internet import reactor
 
 from sse_daemon.client import EventSource, Handler, Interruption, Opened, ReconnectPolicy, Settings, http_client
 from sse_daemon.wire.eventstream import Message
 
-from .conftest import sleep, wait_for
+from .conftest import wait_for
 from .sse_servers import ScriptedServer
+from .test_example_follow import _Program  # a child process whose output and end a test reads
 
 QUICK = ReconnectPolicy(initial=0.05, maximum=1.0, jitter=lambda: 0.0)
 
@@ -65,7 +66,9 @@ async def test_started_again_at_once_after_stop_it_keeps_one_stream_and_the_old_
         await wait_for(lambda: len(server.seen) == 2 and source.connected, what="the second stream")
         server.publish("b")
         await wait_for(lambda: ("message", "b") in got.reports, what="b")
-        await sleep(0.3)  # a second loop would have announced the old stream's end and reconnected by now
+        # once the server has seen the old stream close, a second loop would have heard its end (it reads no
+        # more) and said so: nothing may have been reported since "b"
+        await wait_for(lambda: len(server.streams) == 1, what="the old stream closed on the server")
         assert got.reports == [("opened", ""), ("message", "a"), ("opened", "1"), ("message", "b")]
         assert len(server.seen) == 2 and source.connected
     finally:
@@ -104,8 +107,7 @@ async def test_stop_in_a_callback_ends_the_calls_even_within_one_read() -> None:
     server, source = await _open(got)
     try:
         server.write(b"data: a\n\ndata: b\n\n: c\n\n")
-        await wait_for(lambda: not source.connected, what="the stop")
-        await sleep(0.1)
+        await wait_for(lambda: not source.connected and not server.streams, what="the stop, seen by the server")
         assert got.reports == [("opened", ""), ("message", "a")]
     finally:
         await source.stop()
@@ -143,22 +145,6 @@ async def test_the_documented_example_runs_as_written(where: str, code: str) -> 
         if not program.ended:
             program.transport.signalProcess("KILL")
         await server.stop()
-
-
-class _Program(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.out = b""
-        self.err = b""
-        self.ended = False
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended = True
 
 
 def test_settings_refuse_what_cannot_work_with_a_clear_error() -> None:

@@ -131,21 +131,26 @@ async def test_sink_and_ingest_over_tls(daemon, pki) -> None:
         await plain.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_https_source_verifies_against_the_ca_file(daemon, pki) -> None:
-    upstream = await daemon(tls_sink(pki))
-    port = upstream.port_of("Events")
-    relay = await daemon(f"""\
+def relay_config(port: int, ca_file: str | None = None) -> str:
+    """An sse source reading the TLS sink on ``port`` by its host name, trusting ``ca_file`` (None: the system's)."""
+    ca = f"\n    tls.ca.file: {ca_file}" if ca_file else ""
+    return f"""\
 sources:
   Src:
     type: sse
     stream: Copy
     schema: "n int"
-    receiver.url: https://localhost:{port}/events
-    tls.ca.file: {pki['ca']}
+    receiver.url: https://localhost:{port}/events{ca}
 sinks:
   Show: {{type: log, stream: Copy}}
-""")
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_source_verifies_against_the_ca_file(daemon, pki) -> None:
+    upstream = await daemon(tls_sink(pki))
+    port = upstream.port_of("Events")
+    relay = await daemon(relay_config(port, pki['ca']))
     got: list[Event] = []
     relay.bus.subscribe("Copy", got.extend)
     sink = upstream.sinks["Events"].sink
@@ -159,16 +164,7 @@ sinks:
 async def test_https_source_refuses_an_unknown_ca_by_default(daemon, pki, log_text) -> None:
     upstream = await daemon(tls_sink(pki))
     port = upstream.port_of("Events")
-    relay = await daemon(f"""\
-sources:
-  Src:
-    type: sse
-    stream: Copy
-    schema: "n int"
-    receiver.url: https://localhost:{port}/events
-sinks:
-  Show: {{type: log, stream: Copy}}
-""")
+    relay = await daemon(relay_config(port))
     source = relay.sources["Src"]
     await wait_for(lambda: source.counters["failures"] >= 1, what="the TLS failure")
     assert not upstream.sinks["Events"].sink.subscribers, "no stream over an unverified connection"
@@ -180,17 +176,7 @@ async def test_https_source_with_a_ca_file_checks_the_host_name(daemon, pki, log
     """A certificate that chains to tls.ca.file but names another host is refused, and logged as a TLS error."""
     upstream = await daemon(tls_sink({"cert": pki["elsewhere"], "key": pki["key"]}))
     port = upstream.port_of("Events")
-    relay = await daemon(f"""\
-sources:
-  Src:
-    type: sse
-    stream: Copy
-    schema: "n int"
-    receiver.url: https://localhost:{port}/events
-    tls.ca.file: {pki['ca']}
-sinks:
-  Show: {{type: log, stream: Copy}}
-""", name="relay.yaml")
+    relay = await daemon(relay_config(port, pki['ca']), name="relay.yaml")
     source = relay.sources["Src"]
     await wait_for(lambda: source.counters["failures"] >= 1, what="the TLS failure")
     assert not upstream.sinks["Events"].sink.subscribers, "no stream to a host the certificate does not name"
