@@ -276,3 +276,25 @@ class TwistdProcess(protocol.ProcessProtocol):
         """For ``finally:``: make sure nothing outlives the test."""
         if not self.ended:
             await self.stop("KILL")
+
+
+def port_channel(resource: Any, *, takes_posts: bool = True, transport_class: Any = None) -> tuple[Any, Any, Any, Any]:
+    """A port's channel serving ``resource`` at /in (head and body deadlines of 10 s), on a StringTransport
+    (or ``transport_class``) and a Clock: the listener's own code without a socket. (channel, transport,
+    router, clock)."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from sse_daemon.edge.listener import PathRouter, QuietSite
+    from sse_daemon.policy.connections import PortPolicy
+
+    clock = Clock()
+    router = PathRouter()
+    router.add("/in", resource, takes_posts=takes_posts)
+    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=10, body_timeout=10))
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    channel = site.buildProtocol(address)
+    transport = (transport_class or StringTransport)(peerAddress=address)
+    channel.makeConnection(transport)
+    return channel, transport, router, clock

@@ -26,7 +26,7 @@ from sse_daemon.edge.listener import LEAN_BACKLOG, PathRouter, QuietSite
 from sse_daemon.policy.connections import PortPolicy
 from sse_daemon.wire.httphead import MAX_HEAD, plain_post
 
-from .conftest import deadline, header, next_response, raw_request, status, subscribe, wait_for
+from .conftest import deadline, header, next_response, port_channel, raw_request, status, subscribe, wait_for
 from .test_auth import PASSWORD, basic, users_file  # noqa: F401  (users_file: a fixture)
 
 # --------------------------------------------------------------------------- the request splitter (pure)
@@ -113,14 +113,7 @@ def test_a_client_that_ends_each_post_with_an_extra_crlf_is_answered_as_twisted_
     """twisted.web ignores one empty line before a request line (old browsers sent a CRLF after a POST's body),
     and only one until it has parsed the next request. The fast lane took the next request without that reset:
     the CRLF after it was then parsed as a request line, a 400 after its 200 and the kept-alive connection closed."""
-    clock = Clock()
-    router = PathRouter()
-    router.add("/in", Taken(), takes_posts=lean)
-    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=10, body_timeout=10))
-    address = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = site.buildProtocol(address)
-    transport = StringTransport(peerAddress=address)
-    channel.makeConnection(transport)
+    channel, transport, router, clock = port_channel(Taken(), takes_posts=lean)
     for _ in range(3):  # one request a read, as a client that waits for each answer sends them
         channel.dataReceived(request_bytes("/in", "", b"{}") + b"\r\n")
     assert transport.value().count(b"HTTP/1.1 200 OK") == 3 and b"400" not in transport.value()
@@ -152,15 +145,8 @@ def test_reading_stays_paused_while_more_than_the_backlog_waits_behind_a_request
     """A pipelining client whose answers come later (a history file, Redis) once had its reading paused only when
     the backlog first grew past 16 KiB: a first read larger than that was not paused at all, and every answer resumed
     reading with most of the backlog still held, one more read per answer, so the backlog grew without bound."""
-    clock = Clock()
-    router = PathRouter()
     later = Later()
-    router.add("/in", later, takes_posts=True)
-    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=10, body_timeout=10))
-    address = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = site.buildProtocol(address)
-    transport = StringTransport(peerAddress=address)
-    channel.makeConnection(transport)
+    channel, transport, router, clock = port_channel(later)
     one = request_bytes("/in", "", b"{}")
     count = 3 * LEAN_BACKLOG // len(one)
     channel.dataReceived(one * count)  # one read, three times the backlog
@@ -186,15 +172,8 @@ def test_a_client_that_reads_none_of_its_answers_is_not_read_from_meanwhile() ->
     """An answer given later once resumed the reading a large backlog had paused even while the transport held
     answers the client had not read (its buffer full: it paused the channel), so a pipelining client that reads
     nothing could have answers pile up in the daemon's memory for as long as it kept sending."""
-    clock = Clock()
-    router = PathRouter()
     later = Later()
-    router.add("/in", later, takes_posts=True)
-    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=10, body_timeout=10))
-    address = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = site.buildProtocol(address)
-    transport = StringTransport(peerAddress=address)
-    channel.makeConnection(transport)
+    channel, transport, router, clock = port_channel(later)
     one = request_bytes("/in", "", b"{}")
     count = 2 * LEAN_BACKLOG // len(one)
     channel.dataReceived(one * count)

@@ -8,7 +8,6 @@ from collections import Counter
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -21,15 +20,14 @@ from sse_daemon.connectors import ingeststream
 from sse_daemon.connectors.ingeststream import NdjsonPublish
 from sse_daemon.connectors.sink.historyfile import HistoryUnavailable
 from sse_daemon.edge.bodystream import BodyStream, wants_stream
-from sse_daemon.edge.listener import PathRouter, QuietSite, body_stream
+from sse_daemon.edge.listener import body_stream
 from sse_daemon.events.schema import Event, parse_schema
 from sse_daemon.config.validate import validate
 from sse_daemon.config.yamlfile import load_yaml
 from sse_daemon.mapping.mappers import make_mapper
-from sse_daemon.policy.connections import PortPolicy
 from sse_daemon.wire.ndjson import TOO_LONG, NdjsonLines
 
-from .conftest import raw_request, status, subscribe, wait_for, write_config
+from .conftest import port_channel, raw_request, status, subscribe, wait_for, write_config
 
 # --------------------------------------------------------------------------- the lines (pure)
 
@@ -248,14 +246,7 @@ def test_a_held_stream_stays_unread_when_the_transport_drains_earlier_answers() 
     """twisted.web resumes reading when the transport has sent what it held (earlier answers on a kept-alive
     connection), unaware that the daemon holds a streaming publish: its body was then read on, into the lines
     waiting for a commit or a fan-out that was behind, without bound."""
-    clock = Clock()
-    router = PathRouter()
-    router.add("/in", Holding(), takes_posts=True)
-    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=10, body_timeout=10))
-    address = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = site.buildProtocol(address)
-    transport = StringTransport(peerAddress=address)
-    channel.makeConnection(transport)
+    channel, transport, router, clock = port_channel(Holding())
     channel.pauseProducing()  # the transport's buffer is full of earlier answers the client has not read yet
     channel.dataReceived(HEAD + chunk(b'{"n": 1}\n'))
     assert transport.producerState == "paused"
@@ -289,14 +280,7 @@ def test_a_streaming_publish_refused_at_its_head_gets_no_408_after_its_answer() 
     body-timeout. The refusal ends the body's deadline; a peer that does not read is cut after CLOSE_GRACE."""
     from sse_daemon.edge.listener import CLOSE_GRACE
 
-    clock = Clock()
-    router = PathRouter()
-    router.add("/in", Refusing(), takes_posts=True)
-    site = QuietSite(router, clock, 1000, PortPolicy(head_timeout=10, body_timeout=10))
-    address = IPv4Address("TCP", "127.0.0.1", 40000)
-    channel = site.buildProtocol(address)
-    transport = CutTransport(peerAddress=address)  # never drains: the client reads nothing
-    channel.makeConnection(transport)
+    channel, transport, router, clock = port_channel(Refusing(), transport_class=CutTransport)  # never drains: the client reads nothing
     channel.dataReceived(HEAD + chunk(b'{"n": 1}\n'))
     assert transport.value().startswith(b"HTTP/1.1 401 ")
     clock.advance(CLOSE_GRACE)
